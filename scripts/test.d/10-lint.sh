@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# fmt and clippy, warnings are errors.
+set -euo pipefail
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings

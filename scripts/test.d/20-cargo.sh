@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Unit, integration and doc tests of the whole workspace on the build machine.
+set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
+need_apt python3
+cargo build --workspace --locked
+cargo test --workspace --locked

@@ -1,0 +1,2 @@
+//! `toru`: arguments → config → runtime → `toru::run`. Nothing else.
+fn main() {}

@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Layout
+//! - [`protocol`]: metadata, envelope and messages of protocol 1.0 and 1.1; no I/O.
+//! - [`codec`]: the length-prefixed frame codec, sync (`std::io`) and async (feature `tokio`).
+//! - [`sdk`] (feature `sdk`, default): the [`ToruPlugin`] trait, [`PluginContext`] and the runner.
+//!
+//! The host uses `protocol` and `codec` only (`default-features = false, features = ["tokio"]`);
+//! the SDK never depends on the host.
+
+pub use serde_json;
+
+pub mod codec;
+pub mod protocol;
+#[cfg(feature = "sdk")]
+pub mod sdk;
+
+pub use protocol::{
+    ErrorCode, HttpRequest, HttpResponse, KvRequest, LogLevel, PROTOCOL_VERSION, PluginMetadata,
+};
+#[cfg(feature = "sdk")]
+pub use sdk::{KvClient, KvError, PluginContext, PluginError, RunError, ToruPlugin, run, serve};

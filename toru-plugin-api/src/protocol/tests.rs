@@ -1,0 +1,418 @@
+//! Protocol unit tests: every vector decodes to its intended meaning and every message round-trips.
+
+use super::*;
+
+fn vector(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn vector_host_init() {
+    let f = decode_host_frame(&vector("host-init.json")).unwrap();
+    assert_eq!(f.request_id, None);
+    let HostMessage::Init(init) = f.message else {
+        panic!("{:?}", f.message)
+    };
+    assert_eq!(init.instance_id, "5f0c6c2e-8a3b-4d7e-9c1a-2b3c4d5e6f70");
+    assert_eq!(
+        init.plugin_socket,
+        "/run/toru/plugins/hello-plugin-python.sock"
+    );
+    assert_eq!(init.log_path, "/run/toru/logs/hello-plugin-python.log");
+    assert_eq!(init.protocol, None);
+}
+
+#[test]
+fn vector_host_shutdown() {
+    let f = decode_host_frame(&vector("host-shutdown.json")).unwrap();
+    assert_eq!(f.message, HostMessage::Shutdown);
+    assert_eq!(f.timestamp.to_rfc3339(), "2025-12-30T12:05:00+00:00");
+}
+
+#[test]
+fn vector_host_http_request() {
+    let f = decode_host_frame(&vector("host-http-request.json")).unwrap();
+    assert_eq!(
+        f.request_id.as_deref(),
+        Some("7d9f2a10-3b4c-4e5f-8a6b-1c2d3e4f5a6b")
+    );
+    let HostMessage::Http(req) = f.message else {
+        panic!()
+    };
+    assert_eq!(req.method, "GET");
+    assert_eq!(req.path, "/");
+    assert_eq!(req.header("accept"), Some("application/json"));
+    assert_eq!(
+        req.headers.get("Host").map(String::as_str),
+        Some("toru.local:8080")
+    );
+    assert_eq!(req.body, None);
+}
+
+#[test]
+fn vector_plugin_http_reply_documented() {
+    let f = decode_plugin_frame(&vector("plugin-http-response-documented.json")).unwrap();
+    assert_eq!(
+        f.request_id.as_deref(),
+        Some("7d9f2a10-3b4c-4e5f-8a6b-1c2d3e4f5a6b")
+    );
+    let PluginMessage::HttpReply(r) = f.message else {
+        panic!()
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["Content-Type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["message"], "Hello from Python plugin!");
+    assert_eq!(f.timestamp.timestamp_subsec_micros(), 50213);
+}
+
+#[test]
+fn vector_plugin_http_reply_legacy_rust() {
+    let f = decode_plugin_frame(&vector("plugin-http-response-legacy-rust.json")).unwrap();
+    let PluginMessage::HttpReply(r) = f.message else {
+        panic!()
+    };
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["Content-Type"], "application/json");
+    assert_eq!(
+        r.body.as_deref(),
+        Some("{\"message\":\"Hello from Rust plugin!\"}")
+    );
+}
+
+#[test]
+fn vector_metadata_pretty() {
+    let m = PluginMetadata::parse(&vector("plugin-metadata-pretty.txt")).unwrap();
+    assert_eq!(m.id, "hello-plugin-python");
+    assert_eq!(m.icon, "🐍");
+    assert_eq!(m.route, "/hello-python");
+    assert_eq!(m.validate().unwrap(), ProtocolVersion::V1_0);
+}
+
+#[test]
+fn host_frames_encode_like_the_vectors() {
+    // Our encoder produces the same JSON value as the recorded frames.
+    for name in [
+        "host-init.json",
+        "host-shutdown.json",
+        "host-http-request.json",
+    ] {
+        let bytes = vector(name);
+        let f = decode_host_frame(&bytes).unwrap();
+        let ours = f.to_value();
+        let theirs: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(ours, theirs, "{name}");
+    }
+}
+
+fn round_trip_host(m: HostMessage, id: Option<&str>) {
+    let f = Frame::new(id.map(String::from), m);
+    let back = decode_host_frame(&f.encode()).unwrap();
+    assert_eq!(back.message, f.message);
+    assert_eq!(back.request_id, f.request_id);
+    assert_eq!(back.timestamp, f.timestamp);
+}
+
+fn round_trip_plugin(m: PluginMessage, id: Option<&str>) {
+    let f = Frame::new(id.map(String::from), m);
+    let back = decode_plugin_frame(&f.encode()).unwrap();
+    assert_eq!(back.message, f.message);
+    assert_eq!(back.request_id, f.request_id);
+}
+
+#[test]
+fn every_message_round_trips() {
+    let init = Init {
+        instance_id: "i".into(),
+        plugin_socket: "/run/toru/p.sock".into(),
+        log_path: "/run/toru/p.log".into(),
+        protocol: Some("1.1".into()),
+        heartbeat_interval_ms: Some(5000),
+        max_frame_len: Some(8 << 20),
+    };
+    round_trip_host(HostMessage::Init(init), Some("h1"));
+    round_trip_host(HostMessage::Shutdown, Some("h2"));
+    round_trip_host(HostMessage::Ping { seq: 9 }, Some("h3"));
+    let mut headers = BTreeMap::new();
+    headers.insert("X-Toru-User".to_string(), "admin".to_string());
+    round_trip_host(
+        HostMessage::Http(HttpRequest {
+            method: "POST".into(),
+            path: "/a?b=c".into(),
+            headers,
+            body: Some("aGk=".into()),
+            body_encoding: BodyEncoding::Base64,
+        }),
+        Some("h4"),
+    );
+    for reply in [
+        KvReply::Get {
+            key: "k".into(),
+            value: Some("v".into()),
+        },
+        KvReply::Get {
+            key: "k".into(),
+            value: None,
+        },
+        KvReply::Set { key: "k".into() },
+        KvReply::Delete {
+            key: "k".into(),
+            existed: true,
+        },
+        KvReply::List {
+            keys: vec!["a".into()],
+            truncated: false,
+        },
+    ] {
+        round_trip_host(HostMessage::Kv(KvPayload::from_reply(&reply)), Some("p1"));
+        let f = Frame::new(
+            Some("p1".into()),
+            HostMessage::Kv(KvPayload::from_reply(&reply)),
+        );
+        let HostMessage::Kv(p) = decode_host_frame(&f.encode()).unwrap().message else {
+            panic!()
+        };
+        assert_eq!(p.into_reply().unwrap(), reply);
+    }
+    round_trip_host(
+        HostMessage::Error(ErrorReply::new(ErrorCode::QuotaExceeded, "full")),
+        Some("p2"),
+    );
+
+    round_trip_plugin(PluginMessage::Ready, Some("h1"));
+    round_trip_plugin(PluginMessage::ShutdownAck, Some("h2"));
+    round_trip_plugin(PluginMessage::Pong { seq: 9 }, Some("h3"));
+    round_trip_plugin(
+        PluginMessage::HttpReply(HttpResponse::json(201, &serde_json::json!({"a": 1}))),
+        Some("h4"),
+    );
+    round_trip_plugin(
+        PluginMessage::HttpReply(HttpResponse::bytes(200, "image/png", &[0, 159, 255])),
+        Some("h5"),
+    );
+    for req in [
+        KvRequest::Get { key: "k".into() },
+        KvRequest::Set {
+            key: "k".into(),
+            value: "v".into(),
+        },
+        KvRequest::Delete { key: "k".into() },
+        KvRequest::List {
+            prefix: "a/".into(),
+            start_after: Some("a/1".into()),
+            limit: Some(5),
+        },
+    ] {
+        round_trip_plugin(PluginMessage::Kv(req), Some("p1"));
+    }
+    round_trip_plugin(
+        PluginMessage::Log(LogRecord {
+            level: LogLevel::Warn,
+            message: "m".into(),
+        }),
+        None,
+    );
+    round_trip_plugin(
+        PluginMessage::Error(ErrorReply::new(ErrorCode::NotFound, "no")),
+        Some("h6"),
+    );
+}
+
+#[test]
+fn binary_body_decodes() {
+    let r = HttpResponse::bytes(200, "application/octet-stream", &[0, 1, 255]);
+    assert_eq!(r.body_bytes().unwrap(), vec![0, 1, 255]);
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let f = br#"{"type":"heartbeat","timestamp":"2025-12-30T12:00:00Z","request_id":"h1","extra":1,
+                 "payload":{"type":"heartbeat","action":"pong","seq":3,"more":[1,2]}}"#;
+    assert_eq!(
+        decode_plugin_frame(f).unwrap().message,
+        PluginMessage::Pong { seq: 3 }
+    );
+}
+
+#[test]
+fn unknown_type_is_unsupported_and_keeps_request_id() {
+    let f =
+        br#"{"type":"teleport","timestamp":"2025-12-30T12:00:00Z","request_id":"h7","payload":{}}"#;
+    let e = decode_host_frame(f).unwrap_err();
+    assert!(
+        matches!(e, DecodeError::Unsupported { field: "type", .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.request_id(), Some("h7"));
+    assert_eq!(e.to_reply().code, ErrorCode::Unsupported);
+}
+
+#[test]
+fn unknown_action_and_level_are_rejected() {
+    let f = br#"{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z","request_id":"h1","payload":{"action":"reboot"}}"#;
+    assert!(matches!(
+        decode_host_frame(f),
+        Err(DecodeError::Unsupported {
+            field: "action",
+            ..
+        })
+    ));
+    let f = br#"{"type":"kv","timestamp":"2025-12-30T12:00:00Z","request_id":"p1","payload":{"action":"drop","key":"k"}}"#;
+    assert!(matches!(
+        decode_plugin_frame(f),
+        Err(DecodeError::Unsupported {
+            field: "action",
+            ..
+        })
+    ));
+    let f = br#"{"type":"log","timestamp":"2025-12-30T12:00:00Z","payload":{"level":"loud","message":"x"}}"#;
+    assert!(matches!(
+        decode_plugin_frame(f),
+        Err(DecodeError::Unsupported { field: "level", .. })
+    ));
+}
+
+#[test]
+fn envelope_rules() {
+    // Not JSON, not an object, no payload.
+    assert!(matches!(
+        decode_host_frame(b"{nope"),
+        Err(DecodeError::Envelope(_))
+    ));
+    assert!(matches!(
+        decode_host_frame(b"[1,2]"),
+        Err(DecodeError::Envelope(_))
+    ));
+    assert!(matches!(
+        decode_host_frame(br#"{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z"}"#),
+        Err(DecodeError::Envelope(_))
+    ));
+    // Bad timestamp.
+    let f = br#"{"type":"lifecycle","timestamp":"yesterday","request_id":"h1","payload":{"action":"shutdown"}}"#;
+    let e = decode_host_frame(f).unwrap_err();
+    assert!(matches!(e, DecodeError::Timestamp { .. }));
+    assert_eq!(e.request_id(), Some("h1"));
+    // payload.type must match type.
+    let f = br#"{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z","payload":{"type":"http","action":"shutdown"}}"#;
+    assert!(matches!(
+        decode_host_frame(f),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // http and kv requests need a request_id.
+    let f =
+        br#"{"type":"kv","timestamp":"2025-12-30T12:00:00Z","payload":{"action":"get","key":"k"}}"#;
+    assert!(matches!(
+        decode_plugin_frame(f),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // Over-long request ids.
+    let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+    let f = format!(
+        r#"{{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z","request_id":"{long}","payload":{{"action":"ready"}}}}"#
+    );
+    assert!(matches!(
+        decode_plugin_frame(f.as_bytes()),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // A kv request missing its key is a payload error that keeps the id.
+    let f = br#"{"type":"kv","timestamp":"2025-12-30T12:00:00Z","request_id":"p9","payload":{"action":"get"}}"#;
+    let e = decode_plugin_frame(f).unwrap_err();
+    assert_eq!(e.request_id(), Some("p9"));
+    assert_eq!(e.to_reply().code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn http_reply_without_status_or_legacy_body_is_rejected() {
+    let f = br#"{"type":"http","timestamp":"2025-12-30T12:00:00Z","request_id":"h1","payload":{"headers":{}}}"#;
+    assert!(decode_plugin_frame(f).is_err());
+}
+
+#[test]
+fn metadata_validation() {
+    let ok = PluginMetadata {
+        id: "hello-1".into(),
+        name: "Hello".into(),
+        version: "1".into(),
+        author: None,
+        icon: String::new(),
+        route: "/hello".into(),
+        protocol: Some("1.1".into()),
+    };
+    assert_eq!(ok.validate().unwrap(), ProtocolVersion::V1_1);
+    let bad = |f: &dyn Fn(&mut PluginMetadata)| {
+        let mut m = ok.clone();
+        f(&mut m);
+        m.validate().unwrap_err()
+    };
+    assert!(matches!(
+        bad(&|m| m.id = "Hello".into()),
+        MetadataError::Id(_)
+    ));
+    assert!(matches!(bad(&|m| m.id = "-x".into()), MetadataError::Id(_)));
+    assert!(matches!(
+        bad(&|m| m.id = "a".repeat(64)),
+        MetadataError::Id(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.id = String::new()),
+        MetadataError::Id(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.route = "hello".into()),
+        MetadataError::Route(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.route = "/..".into()),
+        MetadataError::Route(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.route = "/a..b".into()),
+        MetadataError::Route(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.route = "/a/b".into()),
+        MetadataError::Route(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.route = "/".into()),
+        MetadataError::Route(_)
+    ));
+    assert!(matches!(
+        bad(&|m| m.name = "n".repeat(100)),
+        MetadataError::Name
+    ));
+    assert!(matches!(
+        bad(&|m| m.author = Some("a".repeat(100))),
+        MetadataError::Author
+    ));
+    let e = bad(&|m| m.protocol = Some("2.0".into()));
+    assert_eq!(
+        e.to_string(),
+        "plugin speaks protocol 2.0, this host speaks 1.0 and 1.1"
+    );
+    assert!(matches!(
+        bad(&|m| m.protocol = Some("banana".into())),
+        MetadataError::Protocol { .. }
+    ));
+    let mut future = ok.clone();
+    future.protocol = Some("1.7".into());
+    assert_eq!(future.validate().unwrap(), ProtocolVersion::V1_1);
+}
+
+#[test]
+fn query_parsing() {
+    let req = HttpRequest {
+        method: "GET".into(),
+        path: "/items?x=1&name=a%20b+c&flag&bad=%zz".into(),
+        headers: BTreeMap::new(),
+        body: None,
+        body_encoding: BodyEncoding::Utf8,
+    };
+    assert_eq!(req.path_only(), "/items");
+    assert_eq!(req.query_param("x").as_deref(), Some("1"));
+    assert_eq!(req.query_param("name").as_deref(), Some("a b c"));
+    assert_eq!(req.query_param("flag").as_deref(), Some(""));
+    assert_eq!(req.query_param("bad").as_deref(), Some("%zz"));
+    assert_eq!(percent_decode("%41%4"), "A%4");
+}
