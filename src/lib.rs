@@ -1,1 +1,237 @@
-//! The Toru host.
+//! The Toru host: supervises plugin executables and serves their web UI on one thread.
+//!
+//! ## Layout
+//! - [`config`]: defaults ← file ← `TORU_*` ← flags.
+//! - [`store`]: the crash-safe redb file (KV, plugin state, events, users, tokens). Only it names redb.
+//! - [`supervisor`]: discovery, spawn, per-plugin policy state machine, plugin connections.
+//! - [`http`]: the web UI and REST API. Only it names the HTTP library.
+//!
+//! ## How a request flows
+//! HTTP connection → [`http`] (limits, auth) → handler → [`supervisor::Supervisor::forward_http`] →
+//! the plugin's connection (1.1 multiplexed, or one connection per message for 1.0) → reply.
+
+pub mod config;
+pub mod http;
+pub mod store;
+pub mod supervisor;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+
+/// The host's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the request handlers share. Lives on the runtime thread (`Rc<App>`).
+#[derive(Debug)]
+pub struct App {
+    /// The configuration in force.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// The supervisor.
+    pub supervisor: Supervisor,
+    /// When the host started (monotonic).
+    pub started: Instant,
+    /// When the host started (wall clock).
+    pub started_at: DateTime<Utc>,
+}
+
+pub mod admin;
+pub mod notify;
+
+use std::future::Future;
+use std::path::Path;
+use std::rc::Rc;
+
+use crate::notify::Notifier;
+use crate::store::{OpenError, StoreOptions};
+
+/// Why the host could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Another instance holds the data dir.
+    #[error("toru is already running on this data dir ({0})")]
+    AlreadyRunning(std::path::PathBuf),
+    /// The store could not be opened at all.
+    #[error("cannot open the store")]
+    Store(#[source] OpenError),
+    /// A directory could not be prepared.
+    #[error("cannot prepare {path}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// The process exit code for this error: 3 when another instance runs, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::AlreadyRunning(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Create `dir` (and parents) and make it private (`0700`).
+pub fn private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| RunError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Open the store for `config`, mapping a held lock to [`RunError::AlreadyRunning`].
+pub fn open_store(config: &Config) -> Result<Store, RunError> {
+    let opts = StoreOptions {
+        kv_quota_bytes: config.kv_quota_bytes,
+        events_per_plugin: config.events_per_plugin,
+        legacy_config: Some(config.plugins_dir.join(".metadata").join("config.json")),
+        ..StoreOptions::default()
+    };
+    Store::open(&config.data_dir, opts).map_err(|e| match e {
+        OpenError::Locked(p) => RunError::AlreadyRunning(p),
+        other => RunError::Store(other),
+    })
+}
+
+/// Run the host until `shutdown` resolves or SIGTERM/SIGINT arrives. Must run inside a `LocalSet`
+/// on a `current_thread` runtime.
+pub async fn run(
+    config: Config,
+    notifier: Notifier,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    private_dir(&config.runtime_dir)?;
+    private_dir(&config.runtime_dir.join("plugins"))?;
+    private_dir(&config.runtime_dir.join("logs"))?;
+    private_dir(&config.data_dir)?;
+    let store = open_store(&config)?;
+    if let store::StoreHealth::Degraded { reason, moved_to } = store.health() {
+        log::error!(
+            "store degraded: {reason}; unreadable file kept at {}; running without durable storage",
+            moved_to.map_or_else(|| "-".into(), |p| p.display().to_string())
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let addr_file = config.runtime_dir.join("http.addr");
+    if let Err(e) = std::fs::write(&addr_file, format!("{bound}\n")) {
+        log::warn!("cannot write {}: {e}", addr_file.display());
+    }
+    log::info!("toru {VERSION} listening on http://{bound}/");
+
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+
+    let supervisor = Supervisor::new(config.clone(), store.clone());
+    let app = Rc::new(App {
+        config: config.clone(),
+        store: store.clone(),
+        supervisor: supervisor.clone(),
+        started: Instant::now(),
+        started_at: Utc::now(),
+    });
+    let report = supervisor.rescan().await;
+    log::info!(
+        "{} plugins found, {} skipped",
+        report.added.len(),
+        report.invalid.len()
+    );
+    let cfg = &config.supervisor;
+    supervisor
+        .settle(cfg.socket_timeout + cfg.ready_timeout)
+        .await;
+
+    // TODO-lead: http::auth::ensure_setup_code(&app) once it lands.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = {
+        let app = app.clone();
+        let mut rx = stop_rx.clone();
+        tokio::task::spawn_local(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = http::serve(listener, app, stop).await {
+                log::error!("HTTP server failed: {e}");
+            }
+        })
+    };
+    let control = admin::serve_control(app.clone(), stop_rx.clone());
+    let control_task = tokio::task::spawn_local(control);
+
+    notifier.send(&format!("READY=1\nSTATUS={}", supervisor.status_line()));
+    log::info!("ready: {}", supervisor.status_line());
+    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { log::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => {
+                log::info!("SIGHUP: rescanning plugins");
+                let r = supervisor.rescan().await;
+                log::info!("rescan: {} added, {} removed, {} skipped", r.added.len(), r.removed.len(), r.invalid.len());
+            }
+            _ = async {
+                match watchdog.as_mut() {
+                    Some(w) => { w.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                // Sent from the event loop itself: a stalled loop sends nothing.
+                notifier.send(&format!("WATCHDOG=1\nSTATUS={}", supervisor.status_line()));
+            }
+        }
+    }
+    notifier.send("STOPPING=1\nSTATUS=stopping plugins");
+    supervisor.shutdown().await;
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let _ = control_task.await;
+    store.close();
+    let _ = std::fs::remove_file(&addr_file);
+    log::info!("stopped");
+    Ok(())
+}

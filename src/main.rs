@@ -1,2 +1,314 @@
 //! `toru`: arguments → config → runtime → `toru::run`. Nothing else.
-fn main() {}
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use toru::admin::{self, Request};
+use toru::config::{Config, Overrides};
+
+const USAGE: &str = "\
+usage: toru [OPTIONS]                  run the host
+       toru token create NAME [--role admin|viewer]
+       toru token list
+       toru token revoke NAME
+       toru passwd [--user NAME] [--role admin|viewer]   (password from stdin or a prompt)
+       toru plugins
+       toru events [PLUGIN] [--limit N]
+       toru --version | --help
+
+options (also TORU_* environment variables and the config file; flags win):
+  --config FILE        TOML config file (TORU_CONFIG)
+  --listen ADDR        HTTP address, default 0.0.0.0:8080 (TORU_LISTEN)
+  --data-dir DIR       store and state, default /var/lib/toru (TORU_DATA_DIR)
+  --plugins-dir DIR    plugin executables (*.binary) (TORU_PLUGINS_DIR)
+  --runtime-dir DIR    sockets, default $RUNTIME_DIRECTORY or /run/toru (TORU_RUNTIME_DIR)
+  --log-level LEVEL    error, warn, info, debug, trace (TORU_LOG_LEVEL)";
+
+enum Cmd {
+    Serve,
+    Version,
+    Help,
+    Admin(Request),
+    Passwd { user: String, role: String },
+}
+
+fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
+    let mut o = Overrides::default();
+    let mut words = Vec::new();
+    let mut role = None;
+    let mut user = None;
+    let mut limit = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--version" | "-V" => return Ok((Cmd::Version, o)),
+            "--help" | "-h" => return Ok((Cmd::Help, o)),
+            "--config" => o.config = Some(PathBuf::from(value("--config")?)),
+            "--listen" => o.listen = Some(value("--listen")?),
+            "--data-dir" => o.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--plugins-dir" => o.plugins_dir = Some(PathBuf::from(value("--plugins-dir")?)),
+            "--runtime-dir" => o.runtime_dir = Some(PathBuf::from(value("--runtime-dir")?)),
+            "--log-level" => o.log_level = Some(value("--log-level")?),
+            "--role" => role = Some(value("--role")?),
+            "--user" => user = Some(value("--user")?),
+            "--limit" => {
+                let v = value("--limit")?;
+                limit = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("--limit: not a number: {v:?}"))?,
+                );
+            }
+            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
+            _ => words.push(a),
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let role_or = |d: &str| role.clone().unwrap_or_else(|| d.to_string());
+    let cmd = match words.as_slice() {
+        [] => Cmd::Serve,
+        ["token", "create", name] => Cmd::Admin(Request::TokenCreate {
+            name: name.to_string(),
+            role: role_or("admin"),
+        }),
+        ["token", "list"] => Cmd::Admin(Request::TokenList),
+        ["token", "revoke", name] => Cmd::Admin(Request::TokenRevoke {
+            name: name.to_string(),
+        }),
+        ["passwd"] => Cmd::Passwd {
+            user: user.clone().unwrap_or_else(|| "admin".into()),
+            role: role_or("admin"),
+        },
+        ["plugins"] => Cmd::Admin(Request::Plugins),
+        ["events"] => Cmd::Admin(Request::Events {
+            plugin: None,
+            limit: limit.unwrap_or(50),
+        }),
+        ["events", p] => Cmd::Admin(Request::Events {
+            plugin: Some(p.to_string()),
+            limit: limit.unwrap_or(50),
+        }),
+        other => return Err(format!("unknown command: {}", other.join(" "))),
+    };
+    Ok((cmd, o))
+}
+
+/// Read a password from a TTY without echo, or one line from stdin.
+fn read_password() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let first = prompt_hidden("New password: ")?;
+        let second = prompt_hidden("Again: ")?;
+        if first != second {
+            return Err("the passwords differ".into());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    // SAFETY: termios calls on fd 0 with a zeroed struct filled by tcgetattr.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let have_term = unsafe { libc::tcgetattr(0, &mut term) } == 0;
+    if have_term {
+        let mut quiet = term;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let r = std::io::stdin().lock().read_line(&mut line);
+    if have_term {
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
+    }
+    eprintln!();
+    r.map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn print_result(req_kind: &Request, v: &serde_json::Value) {
+    match req_kind {
+        Request::TokenCreate { .. } => {
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!("Token created. It is shown only now; store it safely.");
+        }
+        Request::TokenList => {
+            for t in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    t["created"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::Plugins => {
+            for p in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    p["id"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or(""),
+                    if p["enabled"] == serde_json::json!(true) {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    }
+                );
+            }
+        }
+        Request::Events { .. } => {
+            for e in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    e["at"].as_str().unwrap_or(""),
+                    e["plugin"].as_str().unwrap_or(""),
+                    e["kind"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::TokenRevoke { name } => eprintln!("Token {name:?} revoked."),
+        Request::Passwd { user, .. } => {
+            eprintln!("Password for {user:?} set; their sessions were ended.")
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let (cmd, overrides) = match parse(std::env::args().skip(1).collect()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("toru: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Cmd::Version => {
+            println!("toru {}", toru::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match Config::load(&overrides, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("toru: {}", error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let notifier = toru::notify::Notifier::from_env();
+    let level = if matches!(cmd, Cmd::Serve) {
+        config.log_level
+    } else {
+        log::LevelFilter::Warn
+    };
+    let log_config = simplelog::ConfigBuilder::new()
+        .set_time_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(level, log_config, std::io::stderr());
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("toru: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match cmd {
+        Cmd::Serve => {
+            let result = local.block_on(
+                &runtime,
+                toru::run(config, notifier, std::future::pending()),
+            );
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("toru: {}", error_chain(&e));
+                    log::error!("{}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Cmd::Passwd { user, role } => {
+            let password = match read_password() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("toru: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let req = Request::Passwd {
+                user,
+                password,
+                role,
+            };
+            run_admin(&local, &runtime, &config, req)
+        }
+        Cmd::Admin(req) => run_admin(&local, &runtime, &config, req),
+        Cmd::Version | Cmd::Help => ExitCode::SUCCESS,
+    }
+}
+
+fn run_admin(
+    local: &tokio::task::LocalSet,
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    req: Request,
+) -> ExitCode {
+    let shown = match &req {
+        Request::Passwd { user, role, .. } => Request::Passwd {
+            user: user.clone(),
+            password: String::new(),
+            role: role.clone(),
+        },
+        other => other.clone(),
+    };
+    match local.block_on(runtime, admin::run_cli(config, req)) {
+        Ok(v) => {
+            print_result(&shown, &v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toru: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -414,7 +414,11 @@ async fn serve_connection<P: ToruPlugin>(
     let (mut reader, mut writer) = stream.into_split();
     let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer_task = tokio::task::spawn_local(async move {
+        // An empty body is the close marker: everything queued before it is written first.
         while let Some(body) = out_rx.recv().await {
+            if body.is_empty() {
+                break;
+            }
             if let Err(e) = tokio_codec::write_frame(&mut writer, &body, MAX_FRAME_LEN).await {
                 eprintln!("plugin: cannot write to host: {e}");
                 break;
@@ -440,7 +444,7 @@ async fn serve_connection<P: ToruPlugin>(
         let read = tokio::select! {
             read = tokio_codec::read_frame(&mut reader, MAX_FRAME_LEN) => read,
             Some(e) = failed_rx.recv() => {
-                drop(out);
+                let _ = out.send(Vec::new()).await;
                 let _ = writer_task.await;
                 return Err(RunError::Init(e));
             }
@@ -455,7 +459,7 @@ async fn serve_connection<P: ToruPlugin>(
                 };
             }
             Err(e) => {
-                drop(out);
+                let _ = out.send(Vec::new()).await;
                 let _ = writer_task.await;
                 return Err(e.into());
             }
@@ -574,7 +578,7 @@ async fn serve_connection<P: ToruPlugin>(
     };
     // Fail every KV call still waiting: its reply can no longer arrive.
     pending.borrow_mut().clear();
-    drop(out);
+    let _ = out.send(Vec::new()).await;
     let _ = writer_task.await;
     Ok(end)
 }

@@ -1,0 +1,463 @@
+//! Configuration: defaults that fit a device, overridden by the config file (TOML), then by `TORU_*`
+//! environment variables, then by command-line flags. Parsing only; nothing here touches the disk
+//! except reading the config file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the host needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the web UI and API listen.
+    pub listen: SocketAddr,
+    /// Holds `toru.redb`, the lock file and the setup code.
+    pub data_dir: PathBuf,
+    /// Holds the plugin executables (`*.binary`).
+    pub plugins_dir: PathBuf,
+    /// Holds plugin sockets and the control socket (`0700`, never `/tmp`).
+    pub runtime_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: log::LevelFilter,
+    /// Per-plugin KV quota in bytes.
+    pub kv_quota_bytes: u64,
+    /// Events kept per plugin.
+    pub events_per_plugin: u64,
+    /// Longest frame read from a plugin.
+    pub max_frame_len: usize,
+    /// Log lines kept per plugin in memory.
+    pub log_ring_lines: usize,
+    /// Log lines accepted per plugin per second (the rest are counted as dropped).
+    pub log_lines_per_sec: u32,
+    /// HTTP server limits and auth settings.
+    pub http: HttpConfig,
+    /// Supervisor timings.
+    pub supervisor: SupervisorConfig,
+}
+
+/// HTTP limits (all configurable) and auth settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Connections served at once; beyond it, new connections get a fast 503.
+    pub max_connections: usize,
+    /// A client must send its request head within this time.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this time.
+    pub keepalive_timeout: Duration,
+    /// Largest request head; larger → 431.
+    pub max_header_bytes: usize,
+    /// Largest API request body; larger → 413.
+    pub max_api_body_bytes: usize,
+    /// Largest body forwarded to a plugin route; larger → 413.
+    pub max_plugin_body_bytes: usize,
+    /// How long a plugin has to answer a forwarded request → 504.
+    pub plugin_timeout: Duration,
+    /// Extra names accepted in `Host` (besides localhost, the hostname, `hostname.local` and the
+    /// device's addresses).
+    pub allowed_hosts: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// A session unused this long expires.
+    pub session_idle: Duration,
+    /// A session expires this long after login, used or not.
+    pub session_absolute: Duration,
+}
+
+/// Supervisor timings (the spec's defaults).
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// `--metadata` must finish within this.
+    pub metadata_timeout: Duration,
+    /// The socket must appear within this after spawn.
+    pub socket_timeout: Duration,
+    /// A 1.1 plugin must answer init with ready within this.
+    pub ready_timeout: Duration,
+    /// Heartbeat period for 1.1 plugins.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats missed in a row before a plugin is hung.
+    pub heartbeat_misses: u32,
+    /// After shutdown, wait this long before SIGTERM.
+    pub shutdown_grace: Duration,
+    /// After SIGTERM, wait this long before SIGKILL.
+    pub term_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_api_body_bytes: 1024 * 1024,
+            max_plugin_body_bytes: 8 * 1024 * 1024,
+            plugin_timeout: Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
+            session_idle: Duration::from_secs(12 * 3600),
+            session_absolute: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            metadata_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(2),
+            ready_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_misses: 3,
+            shutdown_grace: Duration::from_secs(5),
+            term_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+            .map(|v| {
+                // systemd may pass several, colon-separated; ours is the first.
+                let s = v.to_string_lossy().into_owned();
+                PathBuf::from(s.split(':').next().unwrap_or("/run/toru"))
+            })
+            .unwrap_or_else(|| PathBuf::from("/run/toru"));
+        let plugins_dir = if Path::new("/usr/lib/toru/plugins").is_dir() {
+            PathBuf::from("/usr/lib/toru/plugins")
+        } else {
+            PathBuf::from("/var/lib/toru/plugins")
+        };
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            data_dir: PathBuf::from("/var/lib/toru"),
+            plugins_dir,
+            runtime_dir,
+            log_level: log::LevelFilter::Info,
+            kv_quota_bytes: 1024 * 1024,
+            events_per_plugin: 200,
+            max_frame_len: toru_plugin_api::codec::MAX_FRAME_LEN,
+            log_ring_lines: 1000,
+            log_lines_per_sec: 200,
+            http: HttpConfig::default(),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+}
+
+/// Why the configuration is unusable (a usage error: exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is not valid.
+    #[error("invalid value for {name}: {value:?} ({expected})")]
+    Value {
+        /// The option.
+        name: String,
+        /// The value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+/// The config file's shape (every key optional; unknown keys are an error, to catch typos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    kv_quota_bytes: Option<u64>,
+    events_per_plugin: Option<u64>,
+    max_frame_len: Option<usize>,
+    log_ring_lines: Option<usize>,
+    log_lines_per_sec: Option<u32>,
+    http: Option<FileHttp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    keepalive_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_api_body_bytes: Option<usize>,
+    max_plugin_body_bytes: Option<usize>,
+    plugin_timeout_secs: Option<u64>,
+    allowed_hosts: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    session_idle_secs: Option<u64>,
+    session_absolute_secs: Option<u64>,
+}
+
+/// Settings given on the command line (flags win over everything).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config FILE`
+    pub config: Option<PathBuf>,
+    /// `--listen ADDR`
+    pub listen: Option<String>,
+    /// `--data-dir DIR`
+    pub data_dir: Option<PathBuf>,
+    /// `--plugins-dir DIR`
+    pub plugins_dir: Option<PathBuf>,
+    /// `--runtime-dir DIR`
+    pub runtime_dir: Option<PathBuf>,
+    /// `--log-level LEVEL`
+    pub log_level: Option<String>,
+}
+
+fn parse_listen(name: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Value {
+        name: name.into(),
+        value: v.into(),
+        expected: "an address like 0.0.0.0:8080 or 127.0.0.1:8080",
+    })
+}
+
+fn parse_level(name: &str, v: &str) -> Result<log::LevelFilter, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Value {
+        name: name.into(),
+        value: v.into(),
+        expected: "one of off, error, warn, info, debug, trace",
+    })
+}
+
+impl Config {
+    /// Build the configuration: defaults ← file (`--config`, `TORU_CONFIG`) ← `TORU_*` ← flags.
+    /// `env` is passed in so tests need not touch the process environment.
+    pub fn load(
+        flags: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let file = flags
+            .config
+            .clone()
+            .or_else(|| env("TORU_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let f: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            c.apply_file(f)?;
+        }
+        // Environment, then flags.
+        if let Some(v) = env("TORU_LISTEN") {
+            c.listen = parse_listen("TORU_LISTEN", &v)?;
+        }
+        if let Some(v) = env("TORU_DATA_DIR") {
+            c.data_dir = v.into();
+        }
+        if let Some(v) = env("TORU_PLUGINS_DIR") {
+            c.plugins_dir = v.into();
+        }
+        if let Some(v) = env("TORU_RUNTIME_DIR") {
+            c.runtime_dir = v.into();
+        }
+        if let Some(v) = env("TORU_LOG_LEVEL") {
+            c.log_level = parse_level("TORU_LOG_LEVEL", &v)?;
+        }
+        if let Some(v) = &flags.listen {
+            c.listen = parse_listen("--listen", v)?;
+        }
+        if let Some(v) = &flags.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.plugins_dir {
+            c.plugins_dir = v.clone();
+        }
+        if let Some(v) = &flags.runtime_dir {
+            c.runtime_dir = v.clone();
+        }
+        if let Some(v) = &flags.log_level {
+            c.log_level = parse_level("--log-level", v)?;
+        }
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+        if let Some(v) = f.listen {
+            self.listen = parse_listen("listen", &v)?;
+        }
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.plugins_dir {
+            self.plugins_dir = v;
+        }
+        if let Some(v) = f.runtime_dir {
+            self.runtime_dir = v;
+        }
+        if let Some(v) = f.log_level {
+            self.log_level = parse_level("log_level", &v)?;
+        }
+        if let Some(v) = f.kv_quota_bytes {
+            self.kv_quota_bytes = v;
+        }
+        if let Some(v) = f.events_per_plugin {
+            self.events_per_plugin = v.max(1);
+        }
+        if let Some(v) = f.max_frame_len {
+            if !(1024..=64 * 1024 * 1024).contains(&v) {
+                return Err(ConfigError::Value {
+                    name: "max_frame_len".into(),
+                    value: v.to_string(),
+                    expected: "between 1024 and 67108864 bytes",
+                });
+            }
+            self.max_frame_len = v;
+        }
+        if let Some(v) = f.log_ring_lines {
+            self.log_ring_lines = v.clamp(10, 100_000);
+        }
+        if let Some(v) = f.log_lines_per_sec {
+            self.log_lines_per_sec = v.max(1);
+        }
+        if let Some(h) = f.http {
+            let secs = Duration::from_secs;
+            let d = &mut self.http;
+            if let Some(v) = h.max_connections {
+                d.max_connections = v.max(1);
+            }
+            if let Some(v) = h.header_timeout_secs {
+                d.header_timeout = secs(v.max(1));
+            }
+            if let Some(v) = h.keepalive_timeout_secs {
+                d.keepalive_timeout = secs(v.max(1));
+            }
+            if let Some(v) = h.max_header_bytes {
+                d.max_header_bytes = v.max(1024);
+            }
+            if let Some(v) = h.max_api_body_bytes {
+                d.max_api_body_bytes = v;
+            }
+            if let Some(v) = h.max_plugin_body_bytes {
+                d.max_plugin_body_bytes = v;
+            }
+            if let Some(v) = h.plugin_timeout_secs {
+                d.plugin_timeout = secs(v.max(1));
+            }
+            if let Some(v) = h.allowed_hosts {
+                d.allowed_hosts = v;
+            }
+            if let Some(v) = h.trusted_proxies {
+                d.trusted_proxies = v
+                    .iter()
+                    .map(|s| {
+                        s.parse().map_err(|_| ConfigError::Value {
+                            name: "http.trusted_proxies".into(),
+                            value: s.clone(),
+                            expected: "IP addresses",
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            if let Some(v) = h.session_idle_secs {
+                d.session_idle = secs(v.max(60));
+            }
+            if let Some(v) = h.session_absolute_secs {
+                d.session_absolute = secs(v.max(60));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_win_over_env_over_file() {
+        let dir = std::env::temp_dir().join(format!("toru-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("toru.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/file\"\nplugins_dir = \"/fp\"\n[http]\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(file),
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let c = Config::load(
+            &flags,
+            &env_of(&[("TORU_LISTEN", "127.0.0.1:2"), ("TORU_DATA_DIR", "/env")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.plugins_dir, PathBuf::from("/fp"));
+        assert_eq!(c.http.max_connections, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let flags = Overrides {
+            listen: Some("nope".into()),
+            ..Default::default()
+        };
+        let e = Config::load(&flags, &env_of(&[])).unwrap_err();
+        assert!(e.to_string().contains("--listen"), "{e}");
+        let flags = Overrides {
+            log_level: Some("loud".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(&flags, &env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_rejected() {
+        let dir = std::env::temp_dir().join(format!("toru-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("toru.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let flags = Overrides {
+            config: Some(file),
+            ..Default::default()
+        };
+        let e = Config::load(&flags, &env_of(&[])).unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

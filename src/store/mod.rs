@@ -1,0 +1,692 @@
+//! The store: one crash-safe redb file, `<data-dir>/toru.redb`, holding everything the host must
+//! remember across restarts — each plugin's enabled state and recent events, each plugin's KV
+//! namespace, and the web layer's users, API tokens and sessions. The only module that names redb:
+//! callers see [`Store`] and plain records.
+//!
+//! Called by the supervisor (plugin state, events, KV on behalf of plugins), the HTTP layer (the
+//! same, plus users, tokens and sessions) and startup (open, close). It must not hash secrets (the
+//! callers hand it hashes), know about processes or HTTP, or block the runtime thread on a disk
+//! flush.
+//!
+//! # Writes: one writer thread, group commit
+//!
+//! A durable commit ends in an `fsync`, which on an SD card takes milliseconds to hundreds of
+//! milliseconds. The host runs on ONE `current_thread` runtime: an fsync there would stall every
+//! HTTP request and every plugin heartbeat for that long. So every write goes over a bounded
+//! channel to one dedicated `std::thread` (`writer.rs`), which blocks on the channel when idle
+//! (no polling). It takes the first pending write, drains whatever else is queued (at most 256
+//! writes or 2 MiB of payload), applies them all in one write transaction, commits once with
+//! immediate durability, and only then answers each caller over its oneshot. Writers that arrive
+//! in the same turn of the loop share one fsync: the commit rate stays flat while throughput grows
+//! with concurrency, and every caller still waits for its write to be durable. A write refused on
+//! its own merits (key too long, quota) never touches the transaction and fails alone; a storage
+//! failure aborts the batch, whose writes are then retried one transaction each so that one bad
+//! write cannot sink its neighbours. Writes are applied in the order they were submitted. A caller
+//! that stops waiting does not cancel its write.
+//!
+//! Reads run on the caller's thread in a read transaction on the shared `Database` (an MVCC
+//! snapshot; they never wait for the writer). They see every acknowledged write.
+//!
+//! # Files in the data dir
+//!
+//! ```text
+//! <data-dir>/                          created 0700 when missing
+//!   toru.lock                          flock(LOCK_EX|LOCK_NB) held for the Store's life: one toru
+//!                                      per data dir, and a second Store in the same process fails
+//!   toru.redb                          the store (schema version 1, below)
+//!   toru.redb.corrupt-20261124T194503Z an unreadable store, moved aside: never deleted
+//! ```
+//!
+//! # Tables (schema version 1)
+//!
+//! ```text
+//! table          key                       value
+//! ─────────────  ────────────────────────  ───────────────────────────────────────────────
+//! meta           &str                      &str   "schema_version" → "1"
+//!                                                 "instance_id"    → UUID v4, set once
+//! plugins        plugin id                 JSON PluginRecord
+//! events         u64 seq (host-wide)       JSON Event (with its plugin and seq)
+//! plugin_events  (plugin id, u64 seq)      ()     index: a plugin's events, oldest first
+//! kv             (plugin id, key)          &str   the value
+//! kv_usage       plugin id                 u64    Σ len(key) + len(value) over its kv rows
+//! users          user name                 JSON UserRecord
+//! tokens         token hash                JSON TokenRecord
+//! token_names    token name                &str   token hash (names are unique)
+//! sessions       session hash              JSON SessionRecord
+//! user_sessions  (user name, session hash) ()     index: a user's sessions
+//! ```
+//!
+//! Invariants, each kept inside the one transaction that changes the rows involved:
+//! - a plugin id is the first part of every KV key, so namespaces are isolated by construction;
+//! - `kv_usage[p]` equals the bytes of `p`'s kv rows, and never exceeds the quota after a write
+//!   that grows it;
+//! - `events` and `plugin_events` hold the same (plugin, seq) pairs, at most
+//!   [`StoreOptions::events_per_plugin`] per plugin; `seq` only grows (it continues from the
+//!   newest stored event);
+//! - `token_names[n] = h` exactly when `tokens[h].name = n`; `user_sessions` has `(u, h)` exactly
+//!   when `sessions[h].user = u`.
+//!
+//! Records are JSON so that a field added later deserialises old rows with its default; a change
+//! that old code could not read bumps the schema version. A file with a newer version than this
+//! build knows is left in place, its rows unchanged, and the store runs degraded.
+//!
+//! # Failure
+//!
+//! A file that cannot be opened (corrupt, unreadable) is renamed to `toru.redb.corrupt-<UTC time>`
+//! and the host runs **degraded** on an in-memory redb: reads work, plugin state, events, users,
+//! tokens and sessions live in memory until the process exits, and KV writes are refused with
+//! [`StoreError::Degraded`], because a plugin told "stored" must be able to rely on it. The next
+//! start creates a fresh file. Every open checks the whole file's integrity (redb's checksums), so
+//! corruption is reported as an error rather than trusted.
+
+mod open;
+mod tables;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+
+use self::tables::{Doing, Limits};
+use self::writer::Writer;
+
+/// Longest KV key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest KV value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Most keys one [`Store::kv_list`] returns.
+pub const MAX_LIST_KEYS: usize = 1000;
+/// Most events one [`Store::events`] returns.
+pub const MAX_LIST_EVENTS: usize = 1000;
+/// An event whose JSON is larger than this is stored with its details replaced by a note and its
+/// message cut to [`MAX_EVENT_MESSAGE_BYTES`], so that retention bounds the file.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// Longest message of an event that had to be cut (see [`MAX_EVENT_BYTES`]).
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 1024;
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Per-plugin KV quota in bytes (keys + values). Default 1 MiB.
+    pub kv_quota_bytes: u64,
+    /// Events kept per plugin; older ones are dropped. Default 200; at least 1 is kept.
+    pub events_per_plugin: u64,
+    /// redb cache size in bytes (bounded). Default 4 MiB.
+    pub cache_bytes: usize,
+    /// A legacy `<plugins-dir>/.metadata/config.json` (`{"plugins": {"id": true}}`) imported on first
+    /// start only (when the store is new).
+    pub legacy_config: Option<PathBuf>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            kv_quota_bytes: 1024 * 1024,
+            events_per_plugin: 200,
+            cache_bytes: 4 * 1024 * 1024,
+            legacy_config: None,
+        }
+    }
+}
+
+/// Whether the store is the durable file or a degraded stand-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StoreHealth {
+    /// The file opened normally.
+    Ok,
+    /// The file could not be used: it was moved aside to `moved_to`; the host runs on an in-memory
+    /// store, and KV writes are refused (`StoreError::Degraded`).
+    Degraded {
+        /// What went wrong.
+        reason: String,
+        /// Where the unreadable file now is (`None` when it was left in place, e.g. a file written
+        /// by a newer toru, or when moving it failed).
+        moved_to: Option<PathBuf>,
+    },
+}
+
+/// Why the store could not be opened at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process holds the data dir (a second `toru` instance).
+    #[error("another toru process is using {0} (its lock file is held)")]
+    Locked(PathBuf),
+    /// The data dir cannot be created or written.
+    #[error("cannot use data dir {path}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Even the in-memory fallback store could not be set up.
+    #[error("cannot create the in-memory fallback store")]
+    InMemory(#[source] StorageFailure),
+    /// The writer thread could not be started.
+    #[error("cannot start the store's writer thread")]
+    WriterThread(#[source] std::io::Error),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Key longer than 256 bytes or empty.
+    #[error("key must be 1 to 256 bytes (got {0})")]
+    KeyTooLong(usize),
+    /// Value longer than 64 KiB.
+    #[error("value must be at most 65536 bytes (got {0})")]
+    ValueTooLarge(usize),
+    /// The plugin's quota would be exceeded.
+    #[error("plugin KV quota of {quota} bytes exceeded (in use {used}, this write needs {needed})")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+        /// Bytes in use.
+        used: u64,
+        /// Bytes this write would add.
+        needed: u64,
+    },
+    /// An API token with this name already exists.
+    #[error("an API token named {0:?} already exists")]
+    NameTaken(String),
+    /// The store is degraded; writes are refused.
+    #[error("the store is degraded (running without its data file); writes are refused")]
+    Degraded,
+    /// The store thread is gone (host shutting down).
+    #[error("the store is shut down")]
+    Closed,
+    /// The storage engine failed (I/O error, full disk, corruption found while reading). Print
+    /// the error's source chain to see the cause.
+    #[error(transparent)]
+    Storage(StorageFailure),
+}
+
+/// A storage-engine failure: what the store was doing, with the engine's error as the source.
+/// Cheap to clone (one failed commit is reported to every write in its batch).
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    doing: &'static str,
+    source: Arc<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl StorageFailure {
+    fn new(doing: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StorageFailure {
+            doing,
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage failed while {}", self.doing)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+impl From<StorageFailure> for StoreError {
+    fn from(failure: StorageFailure) -> Self {
+        StoreError::Storage(failure)
+    }
+}
+
+/// Persisted state of one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// Whether the plugin should run.
+    pub enabled: bool,
+    /// Set when the supervisor disabled it after repeated failures (why).
+    pub auto_disabled: Option<String>,
+}
+
+/// An event to record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// `started`, `ready`, `stopped`, `crashed`, `restarted`, `hung`, `disabled`, `enabled`,
+    /// `metadata-invalid`, …
+    pub kind: String,
+    /// One human sentence.
+    pub message: String,
+    /// Structured details (exit code, signal, uptime_ms, stderr_tail, …).
+    pub details: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing per plugin (drawn from one host-wide counter, so it also orders
+    /// events across plugins).
+    pub seq: u64,
+    /// The plugin id (or `"host"`).
+    pub plugin: String,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// See [`NewEvent::kind`].
+    pub kind: String,
+    /// See [`NewEvent::message`].
+    pub message: String,
+    /// See [`NewEvent::details`].
+    pub details: serde_json::Value,
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login name (`admin` is the owner).
+    pub name: String,
+    /// PHC string of a memory-hard KDF (argon2id).
+    pub password_hash: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    /// Bumped on every password change (sessions of older generations are invalid).
+    pub generation: u64,
+}
+
+/// An API token (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Unique name given at creation.
+    pub name: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    /// When created.
+    pub created: DateTime<Utc>,
+}
+
+/// A login session (keyed by the hash of its id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The user.
+    pub user: String,
+    /// The user's generation when the session was made.
+    pub generation: u64,
+    /// When created (absolute timeout).
+    pub created: DateTime<Utc>,
+}
+
+/// Handle to the store; cheap to clone. Dropping the last clone stops the writer thread (after it
+/// has committed what was queued), closes the file and releases the data dir's lock, in that order.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+// Fields drop in declaration order: the writer thread is joined first (it holds a clone of `db`),
+// then the database closes, and only then is the lock released.
+struct Inner {
+    writer: Writer,
+    db: Arc<Database>,
+    health: StoreHealth,
+    instance_id: String,
+    /// `Some(path of toru.redb)` unless degraded.
+    file: Option<PathBuf>,
+    commits: Arc<AtomicU64>,
+    _lock: File,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("file", &self.inner.file)
+            .field("health", &self.inner.health)
+            .field("instance_id", &self.inner.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open or create `<data_dir>/toru.redb`, taking the data dir's lock first.
+    ///
+    /// Fails only when the data dir is unusable or held by another instance; an unusable store
+    /// file yields a degraded store (see [`Store::health`]). Runs on the caller's thread and reads
+    /// the whole file to check it: call it at startup, before serving.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, OpenError> {
+        let lock = open::lock_data_dir(data_dir)?;
+        let opened = open::open_database(data_dir, &opts)?;
+        let db = Arc::new(opened.db);
+        let commits = Arc::new(AtomicU64::new(0));
+        let limits = Limits {
+            kv_quota_bytes: opts.kv_quota_bytes,
+            events_per_plugin: opts.events_per_plugin.max(1),
+        };
+        let writer = Writer::spawn(Arc::clone(&db), limits, Arc::clone(&commits))
+            .map_err(OpenError::WriterThread)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer,
+                db,
+                health: opened.health,
+                instance_id: opened.instance_id,
+                file: opened.file,
+                commits,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Whether the store runs on its file or degraded in memory.
+    pub fn health(&self) -> StoreHealth {
+        self.inner.health.clone()
+    }
+
+    /// This installation's id: a UUID v4 created when the store file was created, never changed.
+    /// (A degraded store has a fresh id of its own.)
+    pub fn instance_id(&self) -> String {
+        self.inner.instance_id.clone()
+    }
+
+    /// Size of `toru.redb` in bytes (0 when degraded or when it cannot be read).
+    pub fn file_bytes(&self) -> u64 {
+        self.inner
+            .file
+            .as_ref()
+            .and_then(|path| std::fs::metadata(path).ok())
+            .map_or(0, |meta| meta.len())
+    }
+
+    /// Durable commits made by the writer thread since open (each one an fsync; one commit may
+    /// carry many writes).
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Every plugin's persisted state, by plugin id.
+    pub fn plugin_records(&self) -> Result<BTreeMap<String, PluginRecord>, StoreError> {
+        self.read(tables::plugin_records)
+    }
+
+    /// Persist a plugin's state and, in the same transaction, the event that explains the change.
+    pub async fn set_plugin(
+        &self,
+        id: &str,
+        rec: PluginRecord,
+        event: Option<NewEvent>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        let rec = serde_json::to_string(&rec).expect("a PluginRecord always serialises");
+        let event = event.map(|ev| (bound_event(ev), Utc::now()));
+        let payload = id.len() + rec.len() + event.as_ref().map_or(0, |(ev, _)| event_bytes(ev));
+        self.inner
+            .writer
+            .submit(payload, move |txn, limits| {
+                tables::set_plugin(
+                    txn,
+                    limits,
+                    &id,
+                    &rec,
+                    event.as_ref().map(|(ev, at)| (ev, *at)),
+                )
+            })
+            .await
+    }
+
+    /// Record an event for `plugin` (or `"host"`), dropping that plugin's oldest events beyond
+    /// [`StoreOptions::events_per_plugin`]. Returns the stored event.
+    pub async fn record_event(&self, plugin: &str, ev: NewEvent) -> Result<Event, StoreError> {
+        let plugin = plugin.to_owned();
+        let ev = bound_event(ev);
+        let at = Utc::now();
+        let payload = plugin.len() + event_bytes(&ev);
+        self.inner
+            .writer
+            .submit(payload, move |txn, limits| {
+                tables::append_event(txn, limits, &plugin, &ev, at)
+            })
+            .await
+    }
+
+    /// Up to `limit` (at most [`MAX_LIST_EVENTS`]) events, newest first: `plugin`'s, or every
+    /// plugin's when `None`.
+    pub fn events(&self, plugin: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let limit = limit.min(MAX_LIST_EVENTS);
+        self.read(|txn| tables::events(txn, plugin, limit))
+    }
+
+    /// The value of `key` in `plugin`'s namespace.
+    pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<String>, StoreError> {
+        check_key(key)?;
+        self.read(|txn| tables::kv_get(txn, plugin, key))
+    }
+
+    /// Set `key` in `plugin`'s namespace. Fails with [`StoreError::KeyTooLong`],
+    /// [`StoreError::ValueTooLarge`], [`StoreError::QuotaExceeded`] (overwriting counts only the
+    /// difference), or [`StoreError::Degraded`].
+    pub async fn kv_set(&self, plugin: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StoreError::ValueTooLarge(value.len()));
+        }
+        self.check_not_degraded()?;
+        let (plugin, key, value) = (plugin.to_owned(), key.to_owned(), value.to_owned());
+        let payload = plugin.len() + key.len() + value.len();
+        self.inner
+            .writer
+            .submit(payload, move |txn, limits| {
+                tables::kv_set(txn, limits, &plugin, &key, &value)
+            })
+            .await
+    }
+
+    /// Delete `key` from `plugin`'s namespace; `true` if it existed.
+    pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        self.check_not_degraded()?;
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        let payload = plugin.len() + key.len();
+        self.inner
+            .writer
+            .submit(payload, move |txn, _| tables::kv_delete(txn, &plugin, &key))
+            .await
+    }
+
+    /// Keys of `plugin`'s namespace that start with `prefix`, in byte order, after `start_after`
+    /// when given, at most `limit` of them (capped at [`MAX_LIST_KEYS`]). The flag is `true` when
+    /// more keys match beyond the returned ones (continue with `start_after` = the last key).
+    pub fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let limit = limit.min(MAX_LIST_KEYS);
+        self.read(|txn| tables::kv_list(txn, plugin, prefix, start_after, limit))
+    }
+
+    /// Bytes (keys + values) `plugin` uses of its quota.
+    pub fn kv_usage(&self, plugin: &str) -> Result<u64, StoreError> {
+        self.read(|txn| tables::kv_usage(txn, plugin))
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.read(|txn| tables::user(txn, name))
+    }
+
+    /// Create or replace the user `user.name`.
+    pub async fn put_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&user).expect("a UserRecord always serialises");
+        let payload = user.name.len() + json.len();
+        self.inner
+            .writer
+            .submit(payload, move |txn, _| {
+                tables::put_user(txn, &user.name, &json)
+            })
+            .await
+    }
+
+    /// Store an API token under its hash. Fails with [`StoreError::NameTaken`] when another token
+    /// already has `rec.name`; storing the same hash again replaces its record.
+    pub async fn put_token(&self, token_hash: &str, rec: TokenRecord) -> Result<(), StoreError> {
+        let hash = token_hash.to_owned();
+        let json = serde_json::to_string(&rec).expect("a TokenRecord always serialises");
+        let payload = hash.len() + json.len() + rec.name.len();
+        self.inner
+            .writer
+            .submit(payload, move |txn, _| {
+                tables::put_token(txn, &hash, &rec.name, &json)
+            })
+            .await
+    }
+
+    /// The token whose hash is `token_hash`.
+    pub fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|txn| tables::token(txn, token_hash))
+    }
+
+    /// Every API token, by name.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(tables::tokens)
+    }
+
+    /// Delete the token called `name`; `true` if it existed.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.inner
+            .writer
+            .submit(name.len(), move |txn, _| tables::revoke_token(txn, &name))
+            .await
+    }
+
+    /// Store a session under the hash of its id (replacing one with the same hash).
+    pub async fn put_session(
+        &self,
+        session_hash: &str,
+        rec: SessionRecord,
+    ) -> Result<(), StoreError> {
+        let hash = session_hash.to_owned();
+        let json = serde_json::to_string(&rec).expect("a SessionRecord always serialises");
+        let payload = hash.len() + json.len() + rec.user.len();
+        self.inner
+            .writer
+            .submit(payload, move |txn, _| {
+                tables::put_session(txn, &hash, &rec.user, &json)
+            })
+            .await
+    }
+
+    /// The session whose id hashes to `session_hash`.
+    pub fn session(&self, session_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(|txn| tables::session(txn, session_hash))
+    }
+
+    /// Delete one session; `true` if it existed.
+    pub async fn delete_session(&self, session_hash: &str) -> Result<bool, StoreError> {
+        let hash = session_hash.to_owned();
+        self.inner
+            .writer
+            .submit(hash.len(), move |txn, _| tables::delete_session(txn, &hash))
+            .await
+    }
+
+    /// Delete every session of `user` (log out everywhere); how many there were.
+    pub async fn delete_sessions_of(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.inner
+            .writer
+            .submit(user.len(), move |txn, _| {
+                tables::delete_sessions_of(txn, &user)
+            })
+            .await
+    }
+
+    /// Delete every session created before `cutoff` (expired ones); how many there were. Sessions
+    /// are otherwise kept until logout, so the web layer calls this now and then.
+    pub async fn delete_sessions_created_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .writer
+            .submit(0, move |txn, _| {
+                tables::delete_sessions_created_before(txn, cutoff)
+            })
+            .await
+    }
+
+    /// Stop the writer thread once it has committed every write already queued; later writes fail
+    /// with [`StoreError::Closed`], reads keep working. Blocks the calling thread for at most the
+    /// queued writes' commits: call it at shutdown. Idempotent.
+    pub fn close(&self) {
+        self.inner.writer.close();
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .doing("starting a read transaction")?;
+        f(&txn)
+    }
+
+    fn check_not_degraded(&self) -> Result<(), StoreError> {
+        match self.inner.health {
+            StoreHealth::Ok => Ok(()),
+            StoreHealth::Degraded { .. } => Err(StoreError::Degraded),
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(StoreError::KeyTooLong(key.len()));
+    }
+    Ok(())
+}
+
+/// Rough stored size of an event, for batch accounting.
+fn event_bytes(ev: &NewEvent) -> usize {
+    ev.kind.len() + ev.message.len() + 64
+}
+
+/// `ev`, with its details replaced by a note and its message cut when its JSON would exceed
+/// [`MAX_EVENT_BYTES`].
+fn bound_event(mut ev: NewEvent) -> NewEvent {
+    let bytes = serde_json::to_vec(&ev).map_or(usize::MAX, |json| json.len());
+    if bytes <= MAX_EVENT_BYTES {
+        return ev;
+    }
+    ev.details = serde_json::json!({
+        "omitted": format!("the event was {bytes} bytes, over the {MAX_EVENT_BYTES}-byte limit"),
+    });
+    if ev.kind.len() > MAX_EVENT_MESSAGE_BYTES {
+        ev.kind
+            .truncate(floor_char_boundary(&ev.kind, MAX_EVENT_MESSAGE_BYTES));
+    }
+    if ev.message.len() > MAX_EVENT_MESSAGE_BYTES {
+        ev.message
+            .truncate(floor_char_boundary(&ev.message, MAX_EVENT_MESSAGE_BYTES));
+    }
+    ev
+}
+
+/// The largest index `<= max` that is a char boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    (0..=max.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}

@@ -1,0 +1,312 @@
+//! Opening the store: the data dir and its lock, the file (or the degraded in-memory stand-in),
+//! the schema version, the instance id, and the one-time import of the legacy plugin config.
+//!
+//! Decides what is fatal ([`OpenError`]: the data dir is unusable or held by another process) and
+//! what only degrades the store (the file is unusable: it is moved aside, never deleted, unless it
+//! is unusable because of who wrote it — a newer toru — in which case it is left in place with its
+//! rows unchanged).
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use redb::backends::InMemoryBackend;
+use redb::{Builder, Database, DatabaseError, ReadableDatabase, TableError};
+use serde::Deserialize;
+
+use super::tables::{
+    self, Doing, META, META_INSTANCE_ID, META_SCHEMA_VERSION, PLUGINS, SCHEMA_VERSION,
+};
+use super::{OpenError, PluginRecord, StorageFailure, StoreHealth, StoreOptions};
+
+/// The store file's name in the data dir.
+pub(super) const STORE_FILE: &str = "toru.redb";
+/// The lock file's name in the data dir.
+pub(super) const LOCK_FILE: &str = "toru.lock";
+
+/// A database ready for use.
+pub(super) struct Opened {
+    pub db: Database,
+    pub health: StoreHealth,
+    pub instance_id: String,
+    /// The store file, unless degraded.
+    pub file: Option<PathBuf>,
+}
+
+/// Create `data_dir` (0700) if missing and take its lock: an exclusive `flock` on `toru.lock`,
+/// held as long as the returned file is open. `flock` locks belong to the open file description,
+/// so a second open of the same dir in this process is refused as well.
+pub(super) fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|source| OpenError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+    let path = data_dir.join(LOCK_FILE);
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| OpenError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux.
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::DataDir { path, source }),
+    }
+}
+
+/// Open `<data_dir>/toru.redb`, or fall back to a degraded in-memory store.
+pub(super) fn open_database(data_dir: &Path, opts: &StoreOptions) -> Result<Opened, OpenError> {
+    let path = data_dir.join(STORE_FILE);
+    let unusable = match open_file(&path, opts) {
+        Ok(opened) => return Ok(opened),
+        Err(unusable) => unusable,
+    };
+    let moved_to = if unusable.move_aside && path.exists() {
+        match move_aside(&path) {
+            Ok(to) => Some(to),
+            Err(e) => {
+                log::error!("store: cannot move {} aside: {e}", path.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let reason = unusable.reason;
+    match &moved_to {
+        Some(to) => log::error!(
+            "store: {reason}; the file was moved to {}; running DEGRADED on an in-memory store \
+             (KV writes refused, nothing else survives a restart)",
+            to.display()
+        ),
+        None => log::error!(
+            "store: {reason}; running DEGRADED on an in-memory store (KV writes refused, nothing \
+             else survives a restart)"
+        ),
+    }
+    let db = builder(opts)
+        .create_with_backend(InMemoryBackend::new())
+        .doing("creating the in-memory store")
+        .map_err(OpenError::InMemory)?;
+    let instance_id = init(&db, opts).map_err(|e| match e {
+        InitError::Storage(failure) => OpenError::InMemory(failure),
+        InitError::NewerSchema(_) | InitError::BadSchema(_) => {
+            unreachable!("a new in-memory store has no schema version yet")
+        }
+    })?;
+    Ok(Opened {
+        db,
+        health: StoreHealth::Degraded { reason, moved_to },
+        instance_id,
+        file: None,
+    })
+}
+
+/// Why the file cannot be used.
+struct Unusable {
+    reason: String,
+    /// Whether the file itself is bad (move it aside) rather than merely not ours to use.
+    move_aside: bool,
+}
+
+fn builder(opts: &StoreOptions) -> Builder {
+    let mut builder = Builder::new();
+    builder.set_cache_size(opts.cache_bytes);
+    builder
+}
+
+fn open_file(path: &Path, opts: &StoreOptions) -> Result<Opened, Unusable> {
+    let db = builder(opts)
+        // Verify every page's checksum on open: a damaged file is reported, not trusted.
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| classify(path, e))?;
+    match init(&db, opts) {
+        Ok(instance_id) => Ok(Opened {
+            db,
+            health: StoreHealth::Ok,
+            instance_id,
+            file: Some(path.to_owned()),
+        }),
+        Err(InitError::NewerSchema(found)) => Err(Unusable {
+            reason: format!(
+                "{} was written by a newer toru (store schema version {found}; this build knows \
+                 version {SCHEMA_VERSION}); it was left in place",
+                path.display()
+            ),
+            move_aside: false,
+        }),
+        Err(InitError::BadSchema(found)) => Err(Unusable {
+            reason: format!(
+                "{} has an unreadable schema version {found:?}",
+                path.display()
+            ),
+            move_aside: true,
+        }),
+        Err(InitError::Storage(failure)) => Err(Unusable {
+            reason: format!("cannot read {}: {}", path.display(), chain(&failure)),
+            move_aside: true,
+        }),
+    }
+}
+
+fn classify(path: &Path, e: DatabaseError) -> Unusable {
+    let reason = format!("cannot open {}: {}", path.display(), chain(&e));
+    let move_aside = !matches!(
+        e,
+        // Not the file's fault: another process has it open, or an older engine wrote it.
+        DatabaseError::DatabaseAlreadyOpen
+            | DatabaseError::LockProtocolMismatch
+            | DatabaseError::UpgradeRequired(_)
+    );
+    Unusable { reason, move_aside }
+}
+
+/// `e` and its sources, joined with ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Rename `path` to `<path>.corrupt-<UTC time>` (never over an existing file).
+fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    let mut to = PathBuf::from(&base);
+    let mut n = 1;
+    while to.exists() {
+        to = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &to)?;
+    Ok(to)
+}
+
+enum InitError {
+    /// The file's schema version is newer than this build's.
+    NewerSchema(u64),
+    /// The file's schema version is not a version at all.
+    BadSchema(String),
+    Storage(StorageFailure),
+}
+
+impl From<StorageFailure> for InitError {
+    fn from(failure: StorageFailure) -> Self {
+        InitError::Storage(failure)
+    }
+}
+
+/// Check the schema version (before writing anything), and on a new store write it, the instance
+/// id and the imported legacy plugin states, in one durable transaction. Returns the instance id.
+fn init(db: &Database, opts: &StoreOptions) -> Result<String, InitError> {
+    const WHAT: &str = "reading the store's metadata";
+    let existing = {
+        let txn = db.begin_read().doing(WHAT)?;
+        match txn.open_table(META) {
+            Ok(meta) => {
+                let version = meta.get(META_SCHEMA_VERSION).doing(WHAT)?;
+                let id = meta.get(META_INSTANCE_ID).doing(WHAT)?;
+                version.map(|v| (v.value().to_owned(), id.map(|id| id.value().to_owned())))
+            }
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(StorageFailure::new(WHAT, e).into()),
+        }
+    };
+    if let Some((version, id)) = &existing {
+        match version.parse::<u64>() {
+            Ok(SCHEMA_VERSION) => {}
+            Ok(newer) if newer > SCHEMA_VERSION => return Err(InitError::NewerSchema(newer)),
+            _ => return Err(InitError::BadSchema(version.clone())),
+        }
+        if let Some(id) = id {
+            return Ok(id.clone());
+        }
+    }
+
+    const WRITE: &str = "initialising the store";
+    let txn = db.begin_write().doing(WRITE)?;
+    tables::create_all(&txn)?;
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    {
+        let mut meta = txn.open_table(META).doing(WRITE)?;
+        meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_string().as_str())
+            .doing(WRITE)?;
+        meta.insert(META_INSTANCE_ID, instance_id.as_str())
+            .doing(WRITE)?;
+    }
+    if existing.is_none() {
+        import_legacy_config(&txn, opts.legacy_config.as_deref())?;
+    }
+    txn.commit().doing(WRITE)?;
+    Ok(instance_id)
+}
+
+/// The legacy plugin config: `{"plugins": {"<id>": true|false}}`.
+#[derive(Deserialize)]
+struct LegacyConfig {
+    #[serde(default)]
+    plugins: BTreeMap<String, bool>,
+}
+
+/// Copy the legacy config's enabled flags into `plugins`. A missing or unreadable file is logged
+/// and skipped: it never stops the host.
+fn import_legacy_config(
+    txn: &redb::WriteTransaction,
+    path: Option<&Path>,
+) -> Result<(), StorageFailure> {
+    let Some(path) = path else { return Ok(()) };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            log::warn!(
+                "store: cannot read legacy config {}: {e}; not imported",
+                path.display()
+            );
+            return Ok(());
+        }
+    };
+    let legacy: LegacyConfig = match serde_json::from_str(&text) {
+        Ok(legacy) => legacy,
+        Err(e) => {
+            log::warn!(
+                "store: legacy config {} is not valid: {e}; not imported",
+                path.display()
+            );
+            return Ok(());
+        }
+    };
+    const WHAT: &str = "importing the legacy plugin config";
+    let mut plugins = txn.open_table(PLUGINS).doing(WHAT)?;
+    for (id, enabled) in &legacy.plugins {
+        let record = PluginRecord {
+            enabled: *enabled,
+            auto_disabled: None,
+        };
+        let json = serde_json::to_string(&record).expect("a PluginRecord always serialises");
+        plugins.insert(id.as_str(), json.as_str()).doing(WHAT)?;
+    }
+    log::info!(
+        "store: imported {} plugin states from legacy config {}",
+        legacy.plugins.len(),
+        path.display()
+    );
+    Ok(())
+}

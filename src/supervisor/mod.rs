@@ -1,0 +1,514 @@
+//! The supervisor: discovers plugins, starts them, watches them, restarts them, stops them.
+//!
+//! - [`policy`]: the per-plugin restart policy, a state machine without I/O (unit-tested with paused
+//!   time).
+//! - [`plugin`]: one local task per plugin that owns its process and performs the policy's actions.
+//! - [`process`]: spawning (clean environment, own process group, death signal) and `--metadata`.
+//! - [`conn`]: the 1.1 persistent connection and 1.0 one-shot exchanges; plugin KV served here.
+//! - [`logs`]: the bounded per-plugin log ring.
+//!
+//! [`Supervisor`] is the handle the HTTP layer and `main` use. Everything runs on the runtime thread.
+
+pub mod conn;
+pub mod logs;
+pub mod plugin;
+pub mod policy;
+pub mod process;
+pub mod view;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::rc::Rc;
+
+use serde_json::json;
+use tokio::sync::{Notify, mpsc, oneshot};
+use toru_plugin_api::protocol::{HostMessage, PluginMessage, ProtocolVersion};
+use toru_plugin_api::{HttpRequest, HttpResponse, LogLevel};
+
+use crate::config::Config;
+use crate::store::{NewEvent, Store};
+use conn::{ConnError, legacy_exchange};
+use logs::LogRing;
+use plugin::{Command, Ctx, Shared};
+
+pub use view::{
+    ForwardError, InvalidPlugin, LogLine, LogPage, LogStream, PluginState, PluginView,
+    RescanReport, SupervisorError,
+};
+
+/// Handle to the supervisor; cheap to clone, used on the runtime thread only.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ctx: Rc<Ctx>,
+    plugins: RefCell<BTreeMap<String, Rc<Shared>>>,
+    invalid: RefCell<Vec<InvalidPlugin>>,
+    shutting_down: Cell<bool>,
+    scanning: tokio::sync::Mutex<()>,
+}
+
+impl Supervisor {
+    /// A supervisor with no plugins yet; call [`Supervisor::rescan`] to load them.
+    pub fn new(config: Config, store: Store) -> Supervisor {
+        let instance_id = store.instance_id();
+        Supervisor {
+            inner: Rc::new(Inner {
+                ctx: Rc::new(Ctx {
+                    config,
+                    store,
+                    instance_id,
+                    changed: Rc::new(Notify::new()),
+                }),
+                plugins: RefCell::new(BTreeMap::new()),
+                invalid: RefCell::new(Vec::new()),
+                shutting_down: Cell::new(false),
+                scanning: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Woken whenever a plugin changes state.
+    pub fn changed(&self) -> Rc<Notify> {
+        self.inner.ctx.changed.clone()
+    }
+
+    fn shared(&self, id: &str) -> Option<Rc<Shared>> {
+        self.inner.plugins.borrow().get(id).cloned()
+    }
+
+    fn view(s: &Shared) -> PluginView {
+        let policy = s.policy.borrow();
+        let now = tokio::time::Instant::now();
+        PluginView {
+            id: s.id.clone(),
+            name: s.metadata.name.clone(),
+            version: s.metadata.version.clone(),
+            author: s.metadata.author.clone(),
+            icon: s.metadata.icon.clone(),
+            route: s.metadata.route.clone(),
+            protocol: s.protocol.as_str(),
+            binary: s.binary.display().to_string(),
+            enabled: s.enabled.get(),
+            state: policy.state(),
+            pid: s.pid.get(),
+            restarts: policy.restarts(),
+            consecutive_failures: policy.consecutive_failures(now),
+            auto_disabled: s.auto_disabled.borrow().clone(),
+            ready_since: s.ready_since.get(),
+            last_event: s.last_event.borrow().clone(),
+            log_dropped: s.ring.dropped(),
+        }
+    }
+
+    /// Snapshots of every valid plugin, sorted by id.
+    pub fn plugins(&self) -> Vec<PluginView> {
+        self.inner
+            .plugins
+            .borrow()
+            .values()
+            .map(|s| Supervisor::view(s))
+            .collect()
+    }
+
+    /// Snapshot of one plugin.
+    pub fn plugin(&self, id: &str) -> Option<PluginView> {
+        self.shared(id).map(|s| Supervisor::view(&s))
+    }
+
+    /// The id of the plugin whose route is `/<segment>`.
+    pub fn plugin_id_for_route(&self, segment: &str) -> Option<String> {
+        self.inner
+            .plugins
+            .borrow()
+            .values()
+            .find(|s| s.metadata.route_segment() == segment)
+            .map(|s| s.id.clone())
+    }
+
+    /// Binaries skipped at the last scan, and why.
+    pub fn invalid(&self) -> Vec<InvalidPlugin> {
+        self.inner.invalid.borrow().clone()
+    }
+
+    /// The plugins directory (for `<plugins-dir>/<id>/bundle.js`).
+    pub fn plugins_dir(&self) -> &Path {
+        &self.inner.ctx.config.plugins_dir
+    }
+
+    async fn send(
+        &self,
+        id: &str,
+        make: impl FnOnce(oneshot::Sender<()>) -> Command,
+    ) -> Result<PluginView, SupervisorError> {
+        if self.inner.shutting_down.get() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| SupervisorError::NotFound(id.into()))?;
+        let (tx, rx) = oneshot::channel();
+        shared
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        rx.await.map_err(|_| SupervisorError::ShuttingDown)?;
+        Ok(Supervisor::view(&shared))
+    }
+
+    /// Enable and start a plugin (persisted, `enabled` event).
+    pub async fn enable(&self, id: &str) -> Result<PluginView, SupervisorError> {
+        self.send(id, Command::Enable).await
+    }
+
+    /// Stop and disable a plugin (persisted, `disabled` event).
+    pub async fn disable(&self, id: &str) -> Result<PluginView, SupervisorError> {
+        self.send(id, Command::Disable).await
+    }
+
+    /// Stop and start a plugin again (not counted as a failure).
+    pub async fn restart(&self, id: &str) -> Result<PluginView, SupervisorError> {
+        self.send(id, Command::Restart).await
+    }
+
+    /// Look for new and removed binaries: starts new enabled plugins, retires removed ones, leaves
+    /// the others running untouched.
+    pub async fn rescan(&self) -> RescanReport {
+        let _scan = self.inner.scanning.lock().await;
+        let ctx = self.inner.ctx.clone();
+        let dir = &ctx.config.plugins_dir;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            log::error!("cannot create plugins dir {}: {e}", dir.display());
+        }
+        let binaries = match process::list_binaries(dir) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("cannot read plugins dir {}: {e}", dir.display());
+                Vec::new()
+            }
+        };
+        let mut report = RescanReport::default();
+        let mut seen_ids = BTreeSet::new();
+        let mut seen_routes = BTreeSet::new();
+        let mut found = Vec::new();
+        // Binaries of plugins already running keep their metadata: no need to run them again.
+        let known: BTreeMap<std::path::PathBuf, Rc<Shared>> = self
+            .inner
+            .plugins
+            .borrow()
+            .values()
+            .map(|s| (s.binary.clone(), s.clone()))
+            .collect();
+        for binary in binaries {
+            let result = match known.get(&binary) {
+                Some(s) => Ok(process::Discovered {
+                    binary: binary.clone(),
+                    metadata: s.metadata.clone(),
+                    protocol: s.protocol,
+                }),
+                None => {
+                    process::read_metadata(&binary, ctx.config.supervisor.metadata_timeout).await
+                }
+            };
+            let result = result.and_then(|d| {
+                if seen_ids.contains(&d.metadata.id) {
+                    Err(format!("duplicate plugin id {:?}", d.metadata.id))
+                } else if seen_routes.contains(&d.metadata.route) {
+                    Err(format!("duplicate route {:?}", d.metadata.route))
+                } else {
+                    Ok(d)
+                }
+            });
+            match result {
+                Ok(d) => {
+                    seen_ids.insert(d.metadata.id.clone());
+                    seen_routes.insert(d.metadata.route.clone());
+                    found.push(d);
+                }
+                Err(reason) => report.invalid.push(InvalidPlugin {
+                    binary: binary.display().to_string(),
+                    reason,
+                }),
+            }
+        }
+        // Record newly invalid binaries (once per distinct reason).
+        let previous: Vec<InvalidPlugin> = self.inner.invalid.borrow().clone();
+        for inv in &report.invalid {
+            let already = previous
+                .iter()
+                .any(|p| p.binary == inv.binary && p.reason == inv.reason);
+            if !already {
+                log::error!("skipping plugin {}: {}", inv.binary, inv.reason);
+                let name = Path::new(&inv.binary)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let ev = NewEvent {
+                    kind: "metadata-invalid".into(),
+                    message: inv.reason.clone(),
+                    details: json!({ "binary": inv.binary }),
+                };
+                if let Err(e) = ctx.store.record_event(&name, ev).await {
+                    log::error!("cannot store event: {e}");
+                }
+            }
+        }
+        *self.inner.invalid.borrow_mut() = report.invalid.clone();
+
+        // Retire plugins whose binary is gone.
+        let removed: Vec<Rc<Shared>> = self
+            .inner
+            .plugins
+            .borrow()
+            .values()
+            .filter(|s| !found.iter().any(|d| d.metadata.id == s.id))
+            .cloned()
+            .collect();
+        for s in removed {
+            report.removed.push(s.id.clone());
+            let (tx, rx) = oneshot::channel();
+            if s.commands.send(Command::Retire(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+            self.inner.plugins.borrow_mut().remove(&s.id);
+            log::info!("[{}] retired: its binary is gone", s.id);
+        }
+
+        // Start new ones.
+        let records = ctx.store.plugin_records().unwrap_or_else(|e| {
+            log::error!("cannot read plugin states: {e}");
+            BTreeMap::new()
+        });
+        let sockets = ctx.config.runtime_dir.join("plugins");
+        for d in found {
+            if self.inner.plugins.borrow().contains_key(&d.metadata.id) {
+                continue;
+            }
+            let id = d.metadata.id.clone();
+            let rec = records.get(&id);
+            let enabled = rec.is_none_or(|r| r.enabled);
+            let (tx, rx) = mpsc::channel(8);
+            let last_event = ctx
+                .store
+                .events(Some(&id), 1)
+                .ok()
+                .and_then(|mut v| v.pop());
+            let shared = Rc::new(Shared {
+                id: id.clone(),
+                protocol: d.protocol,
+                binary: d.binary.clone(),
+                socket: sockets.join(format!("{id}.sock")),
+                enabled: Cell::new(enabled),
+                auto_disabled: RefCell::new(rec.and_then(|r| r.auto_disabled.clone())),
+                policy: RefCell::new(policy::Policy::new()),
+                pid: Cell::new(None),
+                ready_since: Cell::new(None),
+                conn: RefCell::new(None),
+                legacy_lock: tokio::sync::Mutex::new(()),
+                ring: Rc::new(LogRing::new(
+                    &id,
+                    ctx.config.log_ring_lines,
+                    ctx.config.log_lines_per_sec,
+                )),
+                last_event: RefCell::new(last_event),
+                commands: tx,
+                metadata: d.metadata,
+            });
+            self.inner
+                .plugins
+                .borrow_mut()
+                .insert(id.clone(), shared.clone());
+            report.added.push(id.clone());
+            log::info!(
+                "found plugin {id} ({}, protocol {}){}",
+                d.binary.display(),
+                d.protocol.as_str(),
+                if enabled { "" } else { ", disabled" }
+            );
+            tokio::task::spawn_local(plugin::run(shared, ctx.clone(), rx, enabled));
+        }
+        ctx.changed.notify_waiters();
+        report
+    }
+
+    /// Wait until no plugin is `Starting` (each start settles: ready, backoff or disabled), or
+    /// until `limit` passes.
+    pub async fn settle(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.inner.ctx.changed.clone();
+            let notified = changed.notified();
+            let starting = self.inner.plugins.borrow().values().any(|s| {
+                let state = s.policy.borrow().state();
+                // A new plugin task may not have run yet: enabled and Stopped means "about to start".
+                state == PluginState::Starting || (state == PluginState::Stopped && s.enabled.get())
+            });
+            if !starting {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stop every plugin (shutdown → SIGTERM → SIGKILL) and wait until all are gone.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.set(true);
+        let all: Vec<Rc<Shared>> = self.inner.plugins.borrow().values().cloned().collect();
+        let mut waits = Vec::new();
+        for s in all {
+            let (tx, rx) = oneshot::channel();
+            if s.commands.send(Command::Retire(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let plugins = self.inner.plugins.borrow();
+        let ready = plugins
+            .values()
+            .filter(|s| s.policy.borrow().state() == PluginState::Ready)
+            .count();
+        let disabled = plugins
+            .values()
+            .filter(|s| s.policy.borrow().state() == PluginState::Disabled)
+            .count();
+        format!(
+            "{} plugins: {ready} ready, {disabled} disabled, {} other",
+            plugins.len(),
+            plugins.len() - ready - disabled
+        )
+    }
+
+    /// Forward an HTTP request to a ready plugin and wait for its reply (deadline from config).
+    pub async fn forward_http(
+        &self,
+        id: &str,
+        req: HttpRequest,
+    ) -> Result<HttpResponse, ForwardError> {
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| ForwardError::NotFound(id.into()))?;
+        if !shared.enabled.get() {
+            return Err(ForwardError::Disabled(id.into()));
+        }
+        let state = shared.policy.borrow().state();
+        if state != PluginState::Ready {
+            return Err(ForwardError::Unavailable {
+                id: id.into(),
+                reason: format!(
+                    "it is {}",
+                    serde_json::to_value(state).map_or_else(
+                        |_| "not ready".into(),
+                        |v| v.as_str().unwrap_or("not ready").to_string()
+                    )
+                ),
+            });
+        }
+        let timeout = self.inner.ctx.config.http.plugin_timeout;
+        let max = self.inner.ctx.config.max_frame_len;
+        let unavailable = |reason: String| ForwardError::Unavailable {
+            id: id.into(),
+            reason,
+        };
+        let frame = match shared.protocol {
+            ProtocolVersion::V1_1 => {
+                let conn = shared
+                    .conn
+                    .borrow()
+                    .clone()
+                    .ok_or_else(|| unavailable("not connected".into()))?;
+                conn.request(HostMessage::Http(req), timeout).await
+            }
+            ProtocolVersion::V1_0 => {
+                if req.body_encoding != toru_plugin_api::protocol::BodyEncoding::Utf8 {
+                    return Err(ForwardError::BadRequest(
+                        "the request body is not UTF-8 text, and this plugin speaks protocol 1.0, which carries text only".into(),
+                    ));
+                }
+                let started = tokio::time::Instant::now();
+                let guard = tokio::time::timeout(timeout, shared.legacy_lock.lock())
+                    .await
+                    .map_err(|_| ForwardError::Timeout(id.into()))?;
+                let left = timeout.saturating_sub(started.elapsed());
+                let rid = uuid::Uuid::new_v4().to_string();
+                let r = legacy_exchange(
+                    &shared.socket,
+                    HostMessage::Http(req),
+                    Some(rid),
+                    true,
+                    left,
+                    max,
+                )
+                .await
+                .and_then(|f| f.ok_or(ConnError::Closed));
+                drop(guard);
+                r
+            }
+        };
+        let frame = frame.map_err(|e| match e {
+            ConnError::Timeout(_) => ForwardError::Timeout(id.into()),
+            ConnError::Invalid(reason) => ForwardError::BadReply {
+                id: id.into(),
+                reason,
+            },
+            ConnError::Frame(toru_plugin_api::codec::FrameError::WriteTooLarge { len, max }) => {
+                ForwardError::BadRequest(format!(
+                    "request of {len} bytes exceeds the plugin frame limit of {max}"
+                ))
+            }
+            other => unavailable(other.to_string()),
+        })?;
+        match frame.message {
+            PluginMessage::HttpReply(r) if (100..=599).contains(&r.status) => Ok(r),
+            PluginMessage::HttpReply(r) => Err(ForwardError::BadReply {
+                id: id.into(),
+                reason: format!("status {} is not a valid HTTP status", r.status),
+            }),
+            PluginMessage::Error(e) => Err(ForwardError::BadReply {
+                id: id.into(),
+                reason: format!("plugin answered with an error: {e}"),
+            }),
+            other => Err(ForwardError::BadReply {
+                id: id.into(),
+                reason: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    /// A page of a plugin's log (page 1 = newest), optionally only lines at `level` or more severe.
+    pub fn logs(
+        &self,
+        id: &str,
+        page: usize,
+        page_size: usize,
+        level: Option<LogLevel>,
+    ) -> Option<LogPage> {
+        self.shared(id).map(|s| s.ring.page(page, page_size, level))
+    }
+
+    /// Lines with `seq > after`, waiting until at least one arrives (for live follow: long-poll or
+    /// SSE). Returns `None` for an unknown plugin.
+    pub async fn follow_logs(&self, id: &str, after: u64) -> Option<Vec<LogLine>> {
+        let shared = self.shared(id)?;
+        loop {
+            let notified = shared.ring.notify.notified();
+            let lines = shared.ring.since(after);
+            if !lines.is_empty() {
+                return Some(lines);
+            }
+            notified.await;
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The glue for one plugin: a local task that owns the process, feeds the [`Policy`] with what
+//! happens (exit, ready, hang, commands, timers) and performs the actions it returns.
+//!
+//! Work happens only when something arrives: the child's exit (tokio reaps on SIGCHLD, no polling),
+//! a frame, a command, or a timer the policy or the stop sequence set. The only wait that retries is
+//! the connect to a freshly spawned plugin's socket, bounded by the socket timeout.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Child;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use toru_plugin_api::LogLevel;
+use toru_plugin_api::protocol::{
+    HostMessage, Init, PROTOCOL_VERSION, PluginMessage, PluginMetadata, ProtocolVersion,
+};
+
+use super::conn::{Conn, ConnEnd, ConnError, legacy_exchange};
+use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
+use super::policy::{Action, Input, Policy};
+use super::process;
+use super::view::{LogStream, PluginState};
+use crate::config::Config;
+use crate::store::{Event, NewEvent, PluginRecord, Store};
+
+/// A command from the rest of the host.
+#[derive(Debug)]
+pub enum Command {
+    /// Enable and start.
+    Enable(oneshot::Sender<()>),
+    /// Stop and disable.
+    Disable(oneshot::Sender<()>),
+    /// Stop and start.
+    Restart(oneshot::Sender<()>),
+    /// Stop for good (host shutdown, binary removed); acknowledged once the process is gone.
+    Retire(oneshot::Sender<()>),
+}
+
+/// What the supervisor and the HTTP layer may read of a plugin.
+#[derive(Debug)]
+pub struct Shared {
+    /// Metadata id.
+    pub id: String,
+    /// Metadata as printed.
+    pub metadata: PluginMetadata,
+    /// Protocol it is driven with.
+    pub protocol: ProtocolVersion,
+    /// The executable.
+    pub binary: PathBuf,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Persisted enabled state.
+    pub enabled: Cell<bool>,
+    /// Why it was disabled automatically.
+    pub auto_disabled: RefCell<Option<String>>,
+    /// Restart policy (written only by the plugin task).
+    pub policy: RefCell<Policy>,
+    /// Current process id.
+    pub pid: Cell<Option<u32>>,
+    /// When the current process became ready (wall clock).
+    pub ready_since: Cell<Option<chrono::DateTime<Utc>>>,
+    /// The 1.1 connection while ready.
+    pub conn: RefCell<Option<Rc<Conn>>>,
+    /// Serialises 1.0 exchanges (never two connections at once).
+    pub legacy_lock: tokio::sync::Mutex<()>,
+    /// Its log.
+    pub ring: Rc<LogRing>,
+    /// The newest stored event.
+    pub last_event: RefCell<Option<Event>>,
+    /// Commands to the plugin task.
+    pub commands: mpsc::Sender<Command>,
+}
+
+/// Host-wide things every plugin task needs.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Instance id given to plugins.
+    pub instance_id: String,
+    /// Woken on every plugin state change (READY settling, STATUS lines).
+    pub changed: Rc<Notify>,
+}
+
+/// Events from helper tasks of one process generation.
+#[derive(Debug)]
+enum ProcEvent {
+    Ready(Option<Rc<Conn>>),
+    StartFailed(String),
+    Hung(u32),
+    ConnLost(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPhase {
+    /// Shutdown message sent; SIGTERM next.
+    Shutdown,
+    /// SIGTERM sent; SIGKILL next.
+    Term,
+    /// SIGKILL sent; waiting for the exit.
+    Kill,
+}
+
+struct Task {
+    shared: Rc<Shared>,
+    ctx: Rc<Ctx>,
+    child: Option<Child>,
+    generation: u64,
+    events: mpsc::UnboundedSender<(u64, ProcEvent)>,
+    backoff_at: Option<Instant>,
+    stop: Option<(StopPhase, Instant)>,
+    kill_at: Option<Instant>,
+    kill_reason: Option<String>,
+    spawned_at: Option<Instant>,
+    last_exit: serde_json::Value,
+    retire_acks: Vec<oneshot::Sender<()>>,
+    retired: bool,
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run one plugin until it is retired.
+pub async fn run(
+    shared: Rc<Shared>,
+    ctx: Rc<Ctx>,
+    mut commands: mpsc::Receiver<Command>,
+    enabled: bool,
+) {
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let mut t = Task {
+        shared,
+        ctx,
+        child: None,
+        generation: 0,
+        events,
+        backoff_at: None,
+        stop: None,
+        kill_at: None,
+        kill_reason: None,
+        spawned_at: None,
+        last_exit: serde_json::Value::Null,
+        retire_acks: Vec::new(),
+        retired: false,
+    };
+    t.apply(Input::Loaded { enabled }).await;
+    loop {
+        tokio::select! {
+            Some(cmd) = commands.recv() => t.command(cmd).await,
+            status = wait_child(&mut t.child) => t.exited(status).await,
+            Some((generation, ev)) = events_rx.recv() => {
+                if generation == t.generation {
+                    t.proc_event(ev).await;
+                }
+            }
+            _ = sleep_opt(t.backoff_at) => {
+                t.backoff_at = None;
+                t.apply(Input::BackoffElapsed).await;
+            }
+            _ = sleep_opt(t.stop.map(|s| s.1)) => t.escalate_stop(),
+            _ = sleep_opt(t.kill_at) => {
+                t.kill_at = None;
+                t.kill_now(None);
+            }
+        }
+        if t.retired && t.child.is_none() {
+            for ack in t.retire_acks.drain(..) {
+                let _ = ack.send(());
+            }
+            break;
+        }
+    }
+}
+
+impl Task {
+    fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn host_log(&self, level: LogLevel, msg: &str) {
+        self.shared.ring.push(LogStream::Host, level, msg);
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enable(ack) => {
+                self.apply(Input::Enable).await;
+                let _ = ack.send(());
+            }
+            Command::Disable(ack) => {
+                self.backoff_at = None;
+                self.apply(Input::Disable).await;
+                let _ = ack.send(());
+            }
+            Command::Restart(ack) => {
+                self.backoff_at = None;
+                self.apply(Input::Restart).await;
+                let _ = ack.send(());
+            }
+            Command::Retire(ack) => {
+                self.retired = true;
+                self.backoff_at = None;
+                self.retire_acks.push(ack);
+                self.apply(Input::Retire).await;
+            }
+        }
+    }
+
+    /// Feed the policy and perform what it returns (a failed spawn feeds it again).
+    async fn apply(&mut self, input: Input) {
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let before = self.shared.policy.borrow().state();
+            let actions = self
+                .shared
+                .policy
+                .borrow_mut()
+                .handle(input, Instant::now());
+            for action in actions {
+                if let Some(next) = self.perform(action).await {
+                    queue.push(next);
+                }
+            }
+            if self.shared.policy.borrow().state() != before {
+                self.ctx.changed.notify_waiters();
+            }
+        }
+    }
+
+    async fn perform(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Spawn => {
+                if self.retired {
+                    return None;
+                }
+                self.spawn()
+                    .await
+                    .err()
+                    .map(|reason| Input::Failed { reason })
+            }
+            Action::Stop => {
+                self.begin_stop();
+                if self.child.is_none() {
+                    return Some(Input::Stopped);
+                }
+                None
+            }
+            Action::ScheduleRestart(d) => {
+                self.backoff_at = Some(Instant::now() + d);
+                None
+            }
+            Action::Persist {
+                enabled,
+                auto_disabled,
+            } => {
+                self.shared.enabled.set(enabled);
+                *self.shared.auto_disabled.borrow_mut() = auto_disabled.clone();
+                let (kind, message) = match (enabled, &auto_disabled) {
+                    (true, _) => ("enabled", "enabled".to_string()),
+                    (false, Some(why)) => ("disabled", why.clone()),
+                    (false, None) => ("disabled", "disabled by a user".to_string()),
+                };
+                let event = NewEvent {
+                    kind: kind.into(),
+                    message,
+                    details: json!({ "automatic": auto_disabled.is_some() }),
+                };
+                let rec = PluginRecord {
+                    enabled,
+                    auto_disabled,
+                };
+                if let Err(e) = self
+                    .ctx
+                    .store
+                    .set_plugin(self.id(), rec, Some(event.clone()))
+                    .await
+                {
+                    log::error!("[{}] cannot save enabled state: {e}", self.id());
+                }
+                self.remember_event(event);
+                None
+            }
+            Action::Record { kind, message } => {
+                let details = if kind == "crashed" {
+                    self.last_exit.clone()
+                } else {
+                    json!({})
+                };
+                self.record(kind, message, details).await;
+                None
+            }
+        }
+    }
+
+    fn remember_event(&self, ev: NewEvent) {
+        *self.shared.last_event.borrow_mut() = Some(Event {
+            seq: 0,
+            plugin: self.id().to_string(),
+            at: Utc::now(),
+            kind: ev.kind,
+            message: ev.message,
+            details: ev.details,
+        });
+    }
+
+    async fn record(&self, kind: &str, message: String, details: serde_json::Value) {
+        let level = match kind {
+            "crashed" | "hung" | "disabled" => log::Level::Warn,
+            _ => log::Level::Info,
+        };
+        log::log!(level, "[{}] {kind}: {message}", self.id());
+        let ev = NewEvent {
+            kind: kind.into(),
+            message,
+            details,
+        };
+        match self.ctx.store.record_event(self.id(), ev.clone()).await {
+            Ok(stored) => *self.shared.last_event.borrow_mut() = Some(stored),
+            Err(e) => {
+                log::error!("[{}] cannot store event: {e}", self.id());
+                self.remember_event(ev);
+            }
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        self.generation += 1;
+        let generation = self.generation;
+        let socket = self.shared.socket.clone();
+        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                let _ = std::fs::remove_file(&socket);
+            }
+        }
+        let mut child = process::spawn(&self.shared.binary, &socket)
+            .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
+        let pid = child.id().unwrap_or(0);
+        self.shared.pid.set(Some(pid));
+        self.spawned_at = Some(Instant::now());
+        if let Some(out) = child.stdout.take() {
+            tokio::task::spawn_local(pipe_lines(out, LogStream::Stdout, self.shared.ring.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::task::spawn_local(pipe_lines(err, LogStream::Stderr, self.shared.ring.clone()));
+        }
+        self.child = Some(child);
+        self.record(
+            "started",
+            format!("started (pid {pid})"),
+            json!({ "pid": pid }),
+        )
+        .await;
+        tokio::task::spawn_local(start_sequence(
+            self.shared.clone(),
+            self.ctx.clone(),
+            generation,
+            self.events.clone(),
+        ));
+        Ok(())
+    }
+
+    async fn proc_event(&mut self, ev: ProcEvent) {
+        match ev {
+            ProcEvent::Ready(conn) => {
+                *self.shared.conn.borrow_mut() = conn;
+                self.shared.ready_since.set(Some(Utc::now()));
+                self.apply(Input::Ready).await;
+                let proto = self.shared.protocol.as_str();
+                self.record("ready", format!("ready (protocol {proto})"), json!({}))
+                    .await;
+            }
+            ProcEvent::StartFailed(reason) => {
+                self.host_log(LogLevel::Error, &reason);
+                self.kill_now(Some(reason));
+            }
+            ProcEvent::Hung(missed) => {
+                let reason = format!("hung: missed {missed} heartbeats in a row");
+                self.record("hung", reason.clone(), json!({ "missed": missed }))
+                    .await;
+                self.kill_now(Some(reason));
+            }
+            ProcEvent::ConnLost(reason) => {
+                if self.shared.policy.borrow().state() == PluginState::Stopping {
+                    return;
+                }
+                *self.shared.conn.borrow_mut() = None;
+                // Usually the process is exiting: give its exit status a moment to arrive.
+                self.kill_reason = Some(format!("closed its connection ({reason})"));
+                self.kill_at = Some(Instant::now() + Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// SIGKILL the process group now; the exit will be reported as a failure with `reason`.
+    fn kill_now(&mut self, reason: Option<String>) {
+        if reason.is_some() {
+            self.kill_reason = reason;
+        }
+        if let Some(pid) = self.shared.pid.get() {
+            process::signal_group(pid, libc::SIGKILL);
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.kill_at = None;
+        let Some(pid) = self.shared.pid.get() else {
+            return;
+        };
+        let grace = self.ctx.config.supervisor.shutdown_grace;
+        self.stop = Some((StopPhase::Shutdown, Instant::now() + grace));
+        let conn = self.shared.conn.borrow_mut().take();
+        let shared = self.shared.clone();
+        let max = self.ctx.config.max_frame_len;
+        tokio::task::spawn_local(async move {
+            let result = match (shared.protocol, conn) {
+                (ProtocolVersion::V1_1, Some(conn)) => {
+                    conn.request(HostMessage::Shutdown, grace).await.map(|_| ())
+                }
+                (ProtocolVersion::V1_1, None) => Err(ConnError::Closed),
+                (ProtocolVersion::V1_0, _) => {
+                    let _guard = shared.legacy_lock.lock().await;
+                    legacy_exchange(
+                        &shared.socket,
+                        HostMessage::Shutdown,
+                        None,
+                        false,
+                        grace,
+                        max,
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            };
+            if let Err(e) = result {
+                shared.ring.push(
+                    LogStream::Host,
+                    LogLevel::Debug,
+                    &format!("shutdown message not delivered ({e}); will signal pid {pid}"),
+                );
+            }
+        });
+    }
+
+    fn escalate_stop(&mut self) {
+        let Some((phase, _)) = self.stop else { return };
+        let pid = self.shared.pid.get().unwrap_or(0);
+        let cfg = &self.ctx.config.supervisor;
+        match phase {
+            StopPhase::Shutdown => {
+                self.host_log(LogLevel::Warn, "no exit after shutdown: sending SIGTERM");
+                process::signal_group(pid, libc::SIGTERM);
+                self.stop = Some((StopPhase::Term, Instant::now() + cfg.term_grace));
+            }
+            StopPhase::Term => {
+                self.host_log(LogLevel::Warn, "no exit after SIGTERM: sending SIGKILL");
+                process::signal_group(pid, libc::SIGKILL);
+                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
+            }
+            StopPhase::Kill => {
+                process::signal_group(pid, libc::SIGKILL);
+                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
+            }
+        }
+    }
+
+    async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        let pid = self.shared.pid.get().unwrap_or(0);
+        // Whatever the leader did, its group (grandchildren included) goes too.
+        process::signal_group(pid, libc::SIGKILL);
+        self.child = None;
+        self.generation += 1;
+        self.shared.pid.set(None);
+        self.shared.ready_since.set(None);
+        *self.shared.conn.borrow_mut() = None;
+        self.kill_at = None;
+        self.stop = None;
+        let uptime_ms = self
+            .spawned_at
+            .take()
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        let (desc, code, signal) = match &status {
+            Ok(s) => process::describe_exit(s),
+            Err(e) => (format!("wait failed: {e}"), None, None),
+        };
+        let stderr_tail = self.shared.ring.stderr_tail(10);
+        let reason = match self.kill_reason.take() {
+            Some(r) => format!("{r}; {desc}"),
+            None => desc.clone(),
+        };
+        self.last_exit = json!({
+            "exit_code": code, "signal": signal, "uptime_ms": uptime_ms,
+            "stderr_tail": stderr_tail, "reason": reason,
+        });
+        if self.shared.policy.borrow().state() == PluginState::Stopping {
+            let details = self.last_exit.clone();
+            self.record("stopped", format!("stopped ({desc})"), details)
+                .await;
+            self.apply(Input::Stopped).await;
+        } else {
+            self.apply(Input::Failed { reason }).await;
+        }
+    }
+}
+
+/// Copy a child's output into the ring, line by line, cutting over-long lines.
+async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc<LogRing>) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match src.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            ring.push(stream, guess_level(stream, &line), &line);
+            buf.drain(..=pos);
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            ring.push(stream, guess_level(stream, &line), &line);
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        ring.push(stream, guess_level(stream, &line), &line);
+    }
+}
+
+/// Wait for the socket, deliver init, wait for ready (1.1); then run the heartbeat.
+async fn start_sequence(
+    shared: Rc<Shared>,
+    ctx: Rc<Ctx>,
+    generation: u64,
+    events: mpsc::UnboundedSender<(u64, ProcEvent)>,
+) {
+    let cfg = &ctx.config.supervisor;
+    let report = |ev| {
+        let _ = events.send((generation, ev));
+    };
+    // The socket must appear (and accept) within the socket timeout.
+    let deadline = Instant::now() + cfg.socket_timeout;
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&shared.socket).await {
+            Ok(s) => break Some(s),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => break None,
+        }
+    };
+    let Some(stream) = stream else {
+        report(ProcEvent::StartFailed(format!(
+            "socket {} did not appear within {} ms",
+            shared.socket.display(),
+            cfg.socket_timeout.as_millis()
+        )));
+        return;
+    };
+    let log_path = ctx
+        .config
+        .runtime_dir
+        .join("logs")
+        .join(format!("{}.log", shared.id));
+    let mut init = Init {
+        instance_id: ctx.instance_id.clone(),
+        plugin_socket: shared.socket.display().to_string(),
+        log_path: log_path.display().to_string(),
+        protocol: None,
+        heartbeat_interval_ms: None,
+        max_frame_len: None,
+    };
+    match shared.protocol {
+        ProtocolVersion::V1_0 => {
+            // The probe connection only proved the socket is up; 1.0 plugins get one message per
+            // connection, so close it and deliver init on its own connection.
+            drop(stream);
+            let _guard = shared.legacy_lock.lock().await;
+            let max = ctx.config.max_frame_len;
+            match legacy_exchange(
+                &shared.socket,
+                HostMessage::Init(init),
+                None,
+                false,
+                cfg.ready_timeout,
+                max,
+            )
+            .await
+            {
+                Ok(_) => report(ProcEvent::Ready(None)),
+                Err(e) => report(ProcEvent::StartFailed(format!("init not delivered: {e}"))),
+            }
+        }
+        ProtocolVersion::V1_1 => {
+            init.protocol = Some(PROTOCOL_VERSION.to_string());
+            init.heartbeat_interval_ms = Some(cfg.heartbeat_interval.as_millis() as u64);
+            init.max_frame_len = Some(ctx.config.max_frame_len as u64);
+            let (ended_tx, ended_rx) = oneshot::channel();
+            let conn = Conn::start(
+                stream,
+                shared.id.clone(),
+                ctx.store.clone(),
+                shared.ring.clone(),
+                ctx.config.max_frame_len,
+                ended_tx,
+            );
+            {
+                let events = events.clone();
+                tokio::task::spawn_local(async move {
+                    let why = match ended_rx.await {
+                        Ok(ConnEnd::Eof) => "EOF".to_string(),
+                        Ok(ConnEnd::Broken(e)) => e,
+                        Err(_) => return,
+                    };
+                    let _ = events.send((generation, ProcEvent::ConnLost(why)));
+                });
+            }
+            match conn
+                .request(HostMessage::Init(init), cfg.ready_timeout)
+                .await
+            {
+                Ok(f) if f.message == PluginMessage::Ready => {}
+                Ok(f) => {
+                    let why = match f.message {
+                        PluginMessage::Error(e) => format!("init refused: {e}"),
+                        other => format!("unexpected answer to init: {other:?}"),
+                    };
+                    report(ProcEvent::StartFailed(why));
+                    return;
+                }
+                Err(e) => {
+                    report(ProcEvent::StartFailed(format!("no ready after init: {e}")));
+                    return;
+                }
+            }
+            report(ProcEvent::Ready(Some(conn.clone())));
+            heartbeat(conn, ctx, generation, events).await;
+        }
+    }
+}
+
+/// Ping every interval; a ping unanswered within the interval is a miss; N misses → hung.
+async fn heartbeat(
+    conn: Rc<Conn>,
+    ctx: Rc<Ctx>,
+    generation: u64,
+    events: mpsc::UnboundedSender<(u64, ProcEvent)>,
+) {
+    let interval = ctx.config.supervisor.heartbeat_interval;
+    let max_misses = ctx.config.supervisor.heartbeat_misses.max(1);
+    let mut missed = 0u32;
+    let mut seq = 0u64;
+    loop {
+        if missed == 0 {
+            tokio::time::sleep(interval).await;
+        }
+        seq += 1;
+        match conn.request(HostMessage::Ping { seq }, interval).await {
+            Ok(f) if f.message == (PluginMessage::Pong { seq }) => missed = 0,
+            Ok(_) | Err(ConnError::Timeout(_)) | Err(ConnError::Busy) => missed += 1,
+            Err(_) => return, // connection gone: reported by the reader
+        }
+        if missed >= max_misses {
+            let _ = events.send((generation, ProcEvent::Hung(missed)));
+            return;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Starting and signalling plugin processes, and discovering them (`--metadata`).
+//!
+//! A plugin runs with a cleared environment (only `PATH`, `LANG` and `TORU_PLUGIN_SOCKET`: no
+//! `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin `/dev/null`, stdout and stderr piped, in its own
+//! process group, and with `PR_SET_PDEATHSIG` so it dies with the host. The group is signalled as a
+//! whole, so grandchildren go with it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use toru_plugin_api::protocol::{MetadataError, PluginMetadata, ProtocolVersion};
+
+/// Largest `--metadata` output accepted.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// `PATH` given to plugins.
+const PLUGIN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Spawn a plugin binary listening on `socket`.
+pub fn spawn(binary: &Path, socket: &Path) -> std::io::Result<Child> {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", PLUGIN_PATH)
+        .env("LANG", "C.UTF-8")
+        .env(toru_plugin_api::sdk::SOCKET_ENV, socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = binary.parent() {
+        cmd.current_dir(dir);
+    }
+    let host_pid = std::process::id();
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The host may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() as u32 != host_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Send `sig` to the process group `pgid` (the plugin's pid). Missing groups are fine.
+pub fn signal_group(pgid: u32, sig: libc::c_int) {
+    if pgid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid addresses a process group; no memory is touched.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), sig);
+    }
+}
+
+/// Describe an exit status: `exit code 3` or `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: &std::process::ExitStatus) -> (String, Option<i32>, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        (format!("exited with code {code}"), Some(code), None)
+    } else if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            libc::SIGINT => " (SIGINT)",
+            _ => "",
+        };
+        (format!("killed by signal {sig}{name}"), None, Some(sig))
+    } else {
+        ("exited".to_string(), None, None)
+    }
+}
+
+/// A plugin found by discovery.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The executable.
+    pub binary: PathBuf,
+    /// Its metadata.
+    pub metadata: PluginMetadata,
+    /// The protocol to drive it with.
+    pub protocol: ProtocolVersion,
+}
+
+/// Every executable `*.binary` in `dir`, sorted by name.
+pub fn list_binaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("binary") {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Run `binary --metadata` with a timeout and an output cap, and validate what it prints.
+pub async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Discovered, String> {
+    let mut child = Command::new(binary)
+        .arg("--metadata")
+        .env_clear()
+        .env("PATH", PLUGIN_PATH)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run --metadata: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| "no stdout".to_string())?;
+    let work = async {
+        let mut out = Vec::new();
+        (&mut stdout)
+            .take(MAX_METADATA_BYTES as u64 + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| format!("reading --metadata output: {e}"))?;
+        if out.len() > MAX_METADATA_BYTES {
+            return Err(format!(
+                "--metadata printed more than {MAX_METADATA_BYTES} bytes"
+            ));
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for --metadata: {e}"))?;
+        if !status.success() {
+            return Err(format!("--metadata {}", describe_exit(&status).0));
+        }
+        Ok(out)
+    };
+    let out = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(format!(
+                "--metadata did not finish within {} s",
+                timeout.as_secs()
+            ));
+        }
+    };
+    let metadata = PluginMetadata::parse(&out).map_err(|e| e.to_string())?;
+    let protocol = metadata
+        .validate()
+        .map_err(|e: MetadataError| e.to_string())?;
+    Ok(Discovered {
+        binary: binary.to_path_buf(),
+        metadata,
+        protocol,
+    })
+}

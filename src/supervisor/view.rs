@@ -1,0 +1,179 @@
+//! What the rest of the host may see of the supervisor: plain snapshots, serializable as API JSON.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use toru_plugin_api::LogLevel;
+
+use crate::store::Event;
+
+/// The observable state of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Enabled, not running (host starting or stopping).
+    Stopped,
+    /// Spawned, waiting for its socket or for `ready`.
+    Starting,
+    /// Serving requests.
+    Ready,
+    /// Failed; waiting before the next start.
+    Backoff,
+    /// Being stopped (shutdown → SIGTERM → SIGKILL).
+    Stopping,
+    /// Missed heartbeats; being killed.
+    Hung,
+    /// Not to run (by a user, or automatically after repeated failures).
+    Disabled,
+}
+
+/// A snapshot of one plugin for the API and UI.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    /// Metadata id.
+    pub id: String,
+    /// Metadata name.
+    pub name: String,
+    /// Metadata version.
+    pub version: String,
+    /// Metadata author.
+    pub author: Option<String>,
+    /// Metadata icon.
+    pub icon: String,
+    /// Metadata route (`/hello`).
+    pub route: String,
+    /// `"1.0"` or `"1.1"`.
+    pub protocol: &'static str,
+    /// The executable.
+    pub binary: String,
+    /// Whether it should run.
+    pub enabled: bool,
+    /// Current state.
+    pub state: PluginState,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Restarts since the host started.
+    pub restarts: u64,
+    /// Failures in a row (reset after 60 s ready).
+    pub consecutive_failures: u32,
+    /// Why it was disabled automatically, if it was.
+    pub auto_disabled: Option<String>,
+    /// When the current process became ready.
+    pub ready_since: Option<DateTime<Utc>>,
+    /// The newest stored event.
+    pub last_event: Option<Event>,
+    /// Log lines dropped because the ring was full or the rate limit hit.
+    pub log_dropped: u64,
+}
+
+/// A `*.binary` that was skipped, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidPlugin {
+    /// The executable.
+    pub binary: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// Result of a rescan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RescanReport {
+    /// Ids of plugins that appeared.
+    pub added: Vec<String>,
+    /// Ids of plugins whose binary disappeared.
+    pub removed: Vec<String>,
+    /// Binaries skipped.
+    pub invalid: Vec<InvalidPlugin>,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The plugin's stdout.
+    Stdout,
+    /// The plugin's stderr.
+    Stderr,
+    /// A 1.1 `log` frame.
+    Protocol,
+    /// Written by the supervisor about the plugin.
+    Host,
+}
+
+/// One line of a plugin's log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Sequence number (increasing, per plugin, across restarts).
+    pub seq: u64,
+    /// When it was captured.
+    pub at: DateTime<Utc>,
+    /// Severity (stderr lines are `warn`, stdout `info` unless they start with a level word).
+    pub level: LogLevel,
+    /// Origin.
+    pub stream: LogStream,
+    /// The text.
+    pub message: String,
+}
+
+/// A page of log lines, newest last.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogPage {
+    /// The lines.
+    pub lines: Vec<LogLine>,
+    /// Lines matching the filter in the ring.
+    pub total: usize,
+    /// 1-based page number (page 1 = newest lines).
+    pub page: usize,
+    /// Lines per page.
+    pub page_size: usize,
+    /// Lines dropped since the host started (ring full or rate limit).
+    pub dropped: u64,
+}
+
+/// Why a request could not be forwarded to a plugin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// No plugin with that id or route.
+    #[error("no plugin {0:?}")]
+    NotFound(String),
+    /// The plugin is disabled.
+    #[error("plugin {0:?} is disabled")]
+    Disabled(String),
+    /// The plugin is not ready (starting, backoff, down) or the connection failed.
+    #[error("plugin {id:?} is unavailable: {reason}")]
+    Unavailable {
+        /// Plugin id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin answered with something that is not a valid reply.
+    #[error("plugin {id:?} sent a broken reply: {reason}")]
+    BadReply {
+        /// Plugin id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// No reply within the deadline (30 s); the plugin keeps running.
+    #[error("plugin {0:?} did not answer in time")]
+    Timeout(String),
+    /// The request cannot be expressed to this plugin (e.g. a binary body for a 1.0 plugin).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// Why a management action failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// No such plugin.
+    #[error("no plugin {0:?}")]
+    NotFound(String),
+    /// Persisting the change failed.
+    #[error("could not save the change")]
+    Store(#[from] crate::store::StoreError),
+    /// The supervisor is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
