@@ -49,6 +49,23 @@ pub enum Request {
     },
     /// List plugins with their state.
     Plugins,
+    /// Enable a plugin (daemon only).
+    Enable {
+        /// Plugin id.
+        id: String,
+    },
+    /// Disable a plugin (daemon only).
+    Disable {
+        /// Plugin id.
+        id: String,
+    },
+    /// Restart a plugin (daemon only).
+    Restart {
+        /// Plugin id.
+        id: String,
+    },
+    /// Rescan the plugins dir (daemon only).
+    Rescan,
     /// Recent events, optionally of one plugin.
     Events {
         /// The plugin, or all.
@@ -64,10 +81,11 @@ pub async fn execute(
     supervisor: Option<&Supervisor>,
     req: Request,
 ) -> Result<Value, String> {
+    let req_copy = req.clone();
     match req {
         Request::TokenCreate { name, role } => {
             check_role(&role)?;
-            let token = auth_bridge::create_token(store, &name, &role)
+            let token = crate::http::auth::create_token(store, &name, &role)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(json!({ "name": name, "role": role, "token": token }))
@@ -90,7 +108,7 @@ pub async fn execute(
             role,
         } => {
             check_role(&role)?;
-            auth_bridge::set_password(store, &user, &password, &role)
+            crate::http::auth::set_password(store, &user, &password, &role)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(json!({ "user": user, "role": role }))
@@ -113,6 +131,24 @@ pub async fn execute(
                 Ok(Value::Array(list))
             }
         },
+        Request::Enable { id } | Request::Disable { id } | Request::Restart { id } => {
+            let Some(s) = supervisor else {
+                return Err("toru is not running: start it, or the change will apply at its next start only through the web UI".into());
+            };
+            let result = match &req_copy {
+                Request::Enable { .. } => s.enable(&id).await,
+                Request::Disable { .. } => s.disable(&id).await,
+                _ => s.restart(&id).await,
+            };
+            let view = result.map_err(|e| e.to_string())?;
+            Ok(serde_json::to_value(view).map_err(|e| e.to_string())?)
+        }
+        Request::Rescan => {
+            let Some(s) = supervisor else {
+                return Err("toru is not running; it scans the plugins dir when it starts".into());
+            };
+            Ok(serde_json::to_value(s.rescan().await).map_err(|e| e.to_string())?)
+        }
         Request::Events { plugin, limit } => {
             let events = store
                 .events(plugin.as_deref(), limit.clamp(1, 10_000))
@@ -129,8 +165,8 @@ fn check_role(role: &str) -> Result<(), String> {
     }
 }
 
-/// Serve the control socket until `stop` turns true.
-pub async fn serve_control(app: Rc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Bind the control socket (`0600`), replacing a stale socket file.
+pub fn bind_control(app: &App) -> std::io::Result<UnixListener> {
     let path = app.config.runtime_dir.join("control.sock");
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
         use std::os::unix::fs::FileTypeExt;
@@ -138,17 +174,18 @@ pub async fn serve_control(app: Rc<App>, mut stop: tokio::sync::watch::Receiver<
             let _ = std::fs::remove_file(&path);
         }
     }
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("cannot bind control socket {}: {e}", path.display());
-            return;
-        }
-    };
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
+    let listener = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serve the control socket until `stop` turns true.
+pub async fn serve_control(
+    app: Rc<App>,
+    listener: UnixListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -159,7 +196,7 @@ pub async fn serve_control(app: Rc<App>, mut stop: tokio::sync::watch::Receiver<
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(app.config.runtime_dir.join("control.sock"));
 }
 
 async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
@@ -230,15 +267,4 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
     let result = execute(&store, None, req).await.map_err(AdminError::Failed);
     store.close();
     result
-}
-
-/// Temporary bridge until `http::auth` lands (TODO-lead: switch to crate::http::auth).
-mod auth_bridge {
-    use crate::store::Store;
-    pub async fn create_token(_: &Store, _: &str, _: &str) -> Result<String, String> {
-        Err("auth not available yet".into())
-    }
-    pub async fn set_password(_: &Store, _: &str, _: &str, _: &str) -> Result<(), String> {
-        Err("auth not available yet".into())
-    }
 }

@@ -82,6 +82,8 @@ pub struct SupervisorConfig {
     pub shutdown_grace: Duration,
     /// After SIGTERM, wait this long before SIGKILL.
     pub term_grace: Duration,
+    /// Unit of the restart backoff (1 s: waits of 1, 2, 4, 8, 16 s). Tests shrink it.
+    pub backoff_base: Duration,
 }
 
 impl Default for HttpConfig {
@@ -112,6 +114,7 @@ impl Default for SupervisorConfig {
             heartbeat_misses: 3,
             shutdown_grace: Duration::from_secs(5),
             term_grace: Duration::from_secs(2),
+            backoff_base: Duration::from_secs(1),
         }
     }
 }
@@ -195,6 +198,20 @@ struct FileConfig {
     log_ring_lines: Option<usize>,
     log_lines_per_sec: Option<u32>,
     http: Option<FileHttp>,
+    supervisor: Option<FileSupervisor>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSupervisor {
+    metadata_timeout_ms: Option<u64>,
+    socket_timeout_ms: Option<u64>,
+    ready_timeout_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_misses: Option<u32>,
+    shutdown_grace_ms: Option<u64>,
+    term_grace_ms: Option<u64>,
+    backoff_base_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +317,14 @@ impl Config {
         if let Some(v) = &flags.log_level {
             c.log_level = parse_level("--log-level", v)?;
         }
+        // Plugins run with their own directory as working directory: every path must be absolute.
+        if let Ok(cwd) = std::env::current_dir() {
+            for dir in [&mut c.data_dir, &mut c.plugins_dir, &mut c.runtime_dir] {
+                if dir.is_relative() {
+                    *dir = cwd.join(&*dir);
+                }
+            }
+        }
         Ok(c)
     }
 
@@ -340,6 +365,27 @@ impl Config {
         }
         if let Some(v) = f.log_lines_per_sec {
             self.log_lines_per_sec = v.max(1);
+        }
+        if let Some(sv) = f.supervisor {
+            let ms = |v: u64| Duration::from_millis(v.max(1));
+            let d = &mut self.supervisor;
+            let pairs = [
+                (sv.metadata_timeout_ms, &mut d.metadata_timeout),
+                (sv.socket_timeout_ms, &mut d.socket_timeout),
+                (sv.ready_timeout_ms, &mut d.ready_timeout),
+                (sv.heartbeat_interval_ms, &mut d.heartbeat_interval),
+                (sv.shutdown_grace_ms, &mut d.shutdown_grace),
+                (sv.term_grace_ms, &mut d.term_grace),
+                (sv.backoff_base_ms, &mut d.backoff_base),
+            ];
+            for (v, slot) in pairs {
+                if let Some(v) = v {
+                    *slot = ms(v);
+                }
+            }
+            if let Some(v) = sv.heartbeat_misses {
+                d.heartbeat_misses = v.max(1);
+            }
         }
         if let Some(h) = f.http {
             let secs = Duration::from_secs;

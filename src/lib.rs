@@ -182,7 +182,9 @@ pub async fn run(
         .settle(cfg.socket_timeout + cfg.ready_timeout)
         .await;
 
-    // TODO-lead: http::auth::ensure_setup_code(&app) once it lands.
+    if let Err(e) = http::auth::ensure_setup_code(&app).await {
+        log::error!("cannot prepare the setup code: {e}");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = {
         let app = app.clone();
@@ -196,8 +198,19 @@ pub async fn run(
             }
         })
     };
-    let control = admin::serve_control(app.clone(), stop_rx.clone());
-    let control_task = tokio::task::spawn_local(control);
+    let control_task = match admin::bind_control(&app) {
+        Ok(listener) => Some(tokio::task::spawn_local(admin::serve_control(
+            app.clone(),
+            listener,
+            stop_rx.clone(),
+        ))),
+        Err(e) => {
+            log::error!(
+                "cannot bind the control socket (toru CLI commands will not reach the daemon): {e}"
+            );
+            None
+        }
+    };
 
     notifier.send(&format!("READY=1\nSTATUS={}", supervisor.status_line()));
     log::info!("ready: {}", supervisor.status_line());
@@ -229,7 +242,9 @@ pub async fn run(
     supervisor.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = http_task.await;
-    let _ = control_task.await;
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
     store.close();
     let _ = std::fs::remove_file(&addr_file);
     log::info!("stopped");

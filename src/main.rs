@@ -13,7 +13,7 @@ usage: toru [OPTIONS]                  run the host
        toru token list
        toru token revoke NAME
        toru passwd [--user NAME] [--role admin|viewer]   (password from stdin or a prompt)
-       toru plugins
+       toru plugins | toru enable|disable|restart ID | toru rescan
        toru events [PLUGIN] [--limit N]
        toru --version | --help
 
@@ -23,13 +23,14 @@ options (also TORU_* environment variables and the config file; flags win):
   --data-dir DIR       store and state, default /var/lib/toru (TORU_DATA_DIR)
   --plugins-dir DIR    plugin executables (*.binary) (TORU_PLUGINS_DIR)
   --runtime-dir DIR    sockets, default $RUNTIME_DIRECTORY or /run/toru (TORU_RUNTIME_DIR)
-  --log-level LEVEL    error, warn, info, debug, trace (TORU_LOG_LEVEL)";
+  --log-level LEVEL    error, warn, info, debug, trace (TORU_LOG_LEVEL)
+  --json               administrative commands print JSON";
 
 enum Cmd {
     Serve,
     Version,
     Help,
-    Admin(Request),
+    Admin(Request, bool),
     Passwd { user: String, role: String },
 }
 
@@ -39,6 +40,7 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     let mut role = None;
     let mut user = None;
     let mut limit = None;
+    let mut json_out = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -61,6 +63,7 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             "--runtime-dir" => o.runtime_dir = Some(PathBuf::from(value("--runtime-dir")?)),
             "--log-level" => o.log_level = Some(value("--log-level")?),
             "--role" => role = Some(value("--role")?),
+            "--json" => json_out = true,
             "--user" => user = Some(value("--user")?),
             "--limit" => {
                 let v = value("--limit")?;
@@ -77,27 +80,43 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     let role_or = |d: &str| role.clone().unwrap_or_else(|| d.to_string());
     let cmd = match words.as_slice() {
         [] => Cmd::Serve,
-        ["token", "create", name] => Cmd::Admin(Request::TokenCreate {
-            name: name.to_string(),
-            role: role_or("admin"),
-        }),
-        ["token", "list"] => Cmd::Admin(Request::TokenList),
-        ["token", "revoke", name] => Cmd::Admin(Request::TokenRevoke {
-            name: name.to_string(),
-        }),
+        ["token", "create", name] => Cmd::Admin(
+            Request::TokenCreate {
+                name: name.to_string(),
+                role: role_or("admin"),
+            },
+            json_out,
+        ),
+        ["token", "list"] => Cmd::Admin(Request::TokenList, json_out),
+        ["token", "revoke", name] => Cmd::Admin(
+            Request::TokenRevoke {
+                name: name.to_string(),
+            },
+            json_out,
+        ),
         ["passwd"] => Cmd::Passwd {
             user: user.clone().unwrap_or_else(|| "admin".into()),
             role: role_or("admin"),
         },
-        ["plugins"] => Cmd::Admin(Request::Plugins),
-        ["events"] => Cmd::Admin(Request::Events {
-            plugin: None,
-            limit: limit.unwrap_or(50),
-        }),
-        ["events", p] => Cmd::Admin(Request::Events {
-            plugin: Some(p.to_string()),
-            limit: limit.unwrap_or(50),
-        }),
+        ["plugins"] => Cmd::Admin(Request::Plugins, json_out),
+        ["enable", id] => Cmd::Admin(Request::Enable { id: id.to_string() }, json_out),
+        ["disable", id] => Cmd::Admin(Request::Disable { id: id.to_string() }, json_out),
+        ["restart", id] => Cmd::Admin(Request::Restart { id: id.to_string() }, json_out),
+        ["rescan"] => Cmd::Admin(Request::Rescan, json_out),
+        ["events"] => Cmd::Admin(
+            Request::Events {
+                plugin: None,
+                limit: limit.unwrap_or(50),
+            },
+            json_out,
+        ),
+        ["events", p] => Cmd::Admin(
+            Request::Events {
+                plugin: Some(p.to_string()),
+                limit: limit.unwrap_or(50),
+            },
+            json_out,
+        ),
         other => return Err(format!("unknown command: {}", other.join(" "))),
     };
     Ok((cmd, o))
@@ -159,6 +178,14 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
                 );
             }
         }
+        Request::Enable { .. } | Request::Disable { .. } | Request::Restart { .. } => {
+            println!(
+                "{}\t{}",
+                v["id"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            );
+        }
+        Request::Rescan => println!("{v}"),
         Request::Plugins => {
             for p in v.as_array().into_iter().flatten() {
                 println!(
@@ -280,9 +307,9 @@ fn main() -> ExitCode {
                 password,
                 role,
             };
-            run_admin(&local, &runtime, &config, req)
+            run_admin(&local, &runtime, &config, req, false)
         }
-        Cmd::Admin(req) => run_admin(&local, &runtime, &config, req),
+        Cmd::Admin(req, json) => run_admin(&local, &runtime, &config, req, json),
         Cmd::Version | Cmd::Help => ExitCode::SUCCESS,
     }
 }
@@ -292,6 +319,7 @@ fn run_admin(
     runtime: &tokio::runtime::Runtime,
     config: &Config,
     req: Request,
+    json: bool,
 ) -> ExitCode {
     let shown = match &req {
         Request::Passwd { user, role, .. } => Request::Passwd {
@@ -302,6 +330,10 @@ fn run_admin(
         other => other.clone(),
     };
     match local.block_on(runtime, admin::run_cli(config, req)) {
+        Ok(v) if json => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
         Ok(v) => {
             print_result(&shown, &v);
             ExitCode::SUCCESS

@@ -423,8 +423,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let rec = serde_json::to_string(&rec).expect("a PluginRecord always serialises");
-        let event = event.map(|ev| (bound_event(ev), Utc::now()));
-        let payload = id.len() + rec.len() + event.as_ref().map_or(0, |(ev, _)| event_bytes(ev));
+        let (event, event_bytes) = match event.map(bound_event) {
+            Some((ev, bytes)) => (Some((ev, Utc::now())), bytes),
+            None => (None, 0),
+        };
+        let payload = id.len() + rec.len() + event_bytes;
         self.inner
             .writer
             .submit(payload, move |txn, limits| {
@@ -443,9 +446,9 @@ impl Store {
     /// [`StoreOptions::events_per_plugin`]. Returns the stored event.
     pub async fn record_event(&self, plugin: &str, ev: NewEvent) -> Result<Event, StoreError> {
         let plugin = plugin.to_owned();
-        let ev = bound_event(ev);
+        let (ev, event_bytes) = bound_event(ev);
         let at = Utc::now();
-        let payload = plugin.len() + event_bytes(&ev);
+        let payload = plugin.len() + event_bytes;
         self.inner
             .writer
             .submit(payload, move |txn, limits| {
@@ -657,36 +660,23 @@ fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rough stored size of an event, for batch accounting.
-fn event_bytes(ev: &NewEvent) -> usize {
-    ev.kind.len() + ev.message.len() + 64
-}
-
 /// `ev`, with its details replaced by a note and its message cut when its JSON would exceed
-/// [`MAX_EVENT_BYTES`].
-fn bound_event(mut ev: NewEvent) -> NewEvent {
+/// [`MAX_EVENT_BYTES`]; and the size of its JSON, at most [`MAX_EVENT_BYTES`].
+fn bound_event(mut ev: NewEvent) -> (NewEvent, usize) {
     let bytes = serde_json::to_vec(&ev).map_or(usize::MAX, |json| json.len());
     if bytes <= MAX_EVENT_BYTES {
-        return ev;
+        return (ev, bytes);
     }
     ev.details = serde_json::json!({
         "omitted": format!("the event was {bytes} bytes, over the {MAX_EVENT_BYTES}-byte limit"),
     });
     if ev.kind.len() > MAX_EVENT_MESSAGE_BYTES {
         ev.kind
-            .truncate(floor_char_boundary(&ev.kind, MAX_EVENT_MESSAGE_BYTES));
+            .truncate(ev.kind.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
     }
     if ev.message.len() > MAX_EVENT_MESSAGE_BYTES {
         ev.message
-            .truncate(floor_char_boundary(&ev.message, MAX_EVENT_MESSAGE_BYTES));
+            .truncate(ev.message.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
     }
-    ev
-}
-
-/// The largest index `<= max` that is a char boundary of `s`.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    (0..=max.min(s.len()))
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0)
+    (ev, MAX_EVENT_BYTES)
 }

@@ -1044,17 +1044,24 @@ async fn no_damage_pattern_panics_on_open() {
         let dir = TempDir::new();
         let store = open(&dir);
         for i in 0..30 {
-            store.kv_set("p", &format!("k{i}"), &"v".repeat(2000)).await.expect("set");
-            store.record_event("p", event("started")).await.expect("record");
+            store
+                .kv_set("p", &format!("k{i}"), &"v".repeat(2000))
+                .await
+                .expect("set");
+            store
+                .record_event("p", event("started"))
+                .await
+                .expect("record");
         }
-        store.put_user(UserRecord {
-            name: "admin".into(),
-            password_hash: "h".into(),
-            role: "admin".into(),
-            generation: 1,
-        })
-        .await
-        .expect("put_user");
+        store
+            .put_user(UserRecord {
+                name: "admin".into(),
+                password_hash: "h".into(),
+                role: "admin".into(),
+                generation: 1,
+            })
+            .await
+            .expect("put_user");
         drop(store);
         std::fs::read(dir.data().join("toru.redb")).expect("read")
     };
@@ -1062,14 +1069,26 @@ async fn no_damage_pattern_panics_on_open() {
     type Damage = Box<dyn Fn(&mut Vec<u8>)>;
     let mut damages: Vec<(String, Damage)> = vec![
         ("empty".into(), Box::new(|b| b.clear())),
-        ("truncated to 100 bytes".into(), Box::new(|b| b.truncate(100))),
-        ("truncated to half".into(), Box::new(move |b| b.truncate(len / 2))),
-        ("last page cut".into(), Box::new(move |b| b.truncate(len - 4096))),
+        (
+            "truncated to 100 bytes".into(),
+            Box::new(|b| b.truncate(100)),
+        ),
+        (
+            "truncated to half".into(),
+            Box::new(move |b| b.truncate(len / 2)),
+        ),
+        (
+            "last page cut".into(),
+            Box::new(move |b| b.truncate(len - 4096)),
+        ),
         ("header zeroed".into(), Box::new(|b| b[..512].fill(0))),
         ("all zero".into(), Box::new(|b| b.fill(0))),
     ];
     for offset in (0..len).step_by(len / 40) {
-        damages.push((format!("byte flipped at {offset}"), Box::new(move |b| b[offset] ^= 0xff)));
+        damages.push((
+            format!("byte flipped at {offset}"),
+            Box::new(move |b| b[offset] ^= 0xff),
+        ));
         damages.push((
             format!("page zeroed at {offset}"),
             Box::new(move |b| {
@@ -1105,5 +1124,296 @@ async fn no_damage_pattern_panics_on_open() {
         };
         *outcomes.entry(outcome).or_default() += 1;
     }
-    eprintln!("damage outcomes over {} patterns: {outcomes:?}", damages.len());
+    eprintln!(
+        "damage outcomes over {} patterns: {outcomes:?}",
+        damages.len()
+    );
+}
+
+/// Prints commit latency and group-commit throughput on this machine's disk. Run it on the device:
+/// `cargo test --release --lib store::tests::measure_commits -- --ignored --nocapture`
+/// (`TORU_STORE_BENCH_DIR` picks the disk; the default is the system temp dir).
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a measurement, not a check"]
+async fn measure_commits() {
+    use std::time::Instant;
+    let dir = TempDir::new();
+    let data = std::env::var_os("TORU_STORE_BENCH_DIR").map_or_else(
+        || dir.data(),
+        |d| PathBuf::from(d).join(format!("toru-bench-{}", std::process::id())),
+    );
+    let store = Store::open(
+        &data,
+        StoreOptions {
+            kv_quota_bytes: u64::MAX,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    const N: usize = 200;
+    let value = "v".repeat(100);
+
+    let start = Instant::now();
+    for i in 0..N {
+        store
+            .kv_set("seq", &format!("k{i}"), &value)
+            .await
+            .expect("set");
+    }
+    let sequential = start.elapsed();
+    let commits_before = store.commits();
+
+    let local = LocalSet::new();
+    let start = Instant::now();
+    local
+        .run_until(async {
+            let tasks: Vec<_> = (0..N)
+                .map(|i| {
+                    let (store, value) = (store.clone(), value.clone());
+                    tokio::task::spawn_local(async move {
+                        store
+                            .kv_set(&format!("p{}", i % 10), &format!("k{i}"), &value)
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task").expect("set");
+            }
+        })
+        .await;
+    let concurrent = start.elapsed();
+    let concurrent_commits = store.commits() - commits_before;
+    eprintln!(
+        "sequential: {N} writes, {N} commits, {:.2} ms per durable write ({:.0} writes/s)",
+        sequential.as_secs_f64() * 1000.0 / N as f64,
+        N as f64 / sequential.as_secs_f64()
+    );
+    eprintln!(
+        "concurrent: {N} writes in {concurrent_commits} commits, {:.1} ms total ({:.0} writes/s)",
+        concurrent.as_secs_f64() * 1000.0,
+        N as f64 / concurrent.as_secs_f64()
+    );
+    eprintln!("file: {} bytes", store.file_bytes());
+    drop(store);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A small deterministic PRNG (xorshift64*), so the model test needs no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Random KV writes, submitted concurrently in groups so that they share batches, checked one by
+/// one against a BTreeMap model of namespaces and quotas; then the whole state is compared.
+#[tokio::test(flavor = "current_thread")]
+async fn kv_matches_a_reference_model() {
+    const QUOTA: u64 = 120;
+    const PLUGINS: [&str; 3] = ["a", "ab", "b"];
+    const KEYS: [&str; 6] = ["x", "x/1", "x/2", "y", "yy", "z"];
+    let dir = TempDir::new();
+    let store = open_with(
+        &dir,
+        StoreOptions {
+            kv_quota_bytes: QUOTA,
+            ..StoreOptions::default()
+        },
+    );
+    let mut model = BTreeMap::<(String, String), String>::new();
+    let usage = |model: &BTreeMap<(String, String), String>, p: &str| -> u64 {
+        model
+            .iter()
+            .filter(|((mp, _), _)| mp == p)
+            .map(|((_, k), v)| (k.len() + v.len()) as u64)
+            .sum()
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let local = LocalSet::new();
+    let mut refused = 0;
+    for _round in 0..20 {
+        // (plugin, key, Some(value) = set / None = delete)
+        let ops: Vec<(String, String, Option<String>)> = (0..30)
+            .map(|_| {
+                let plugin = PLUGINS[rng.below(3) as usize].to_owned();
+                let key = KEYS[rng.below(6) as usize].to_owned();
+                let value = (rng.below(4) != 0).then(|| "v".repeat(rng.below(60) as usize));
+                (plugin, key, value)
+            })
+            .collect();
+        let results: Vec<Result<bool, StoreError>> = local
+            .run_until(async {
+                let tasks: Vec<_> = ops
+                    .iter()
+                    .cloned()
+                    .map(|(plugin, key, value)| {
+                        let store = store.clone();
+                        tokio::task::spawn_local(async move {
+                            match value {
+                                Some(value) => {
+                                    store.kv_set(&plugin, &key, &value).await.map(|()| true)
+                                }
+                                None => store.kv_delete(&plugin, &key).await,
+                            }
+                        })
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                for task in tasks {
+                    results.push(task.await.expect("task"));
+                }
+                results
+            })
+            .await;
+        for ((plugin, key, value), result) in ops.into_iter().zip(results) {
+            let entry = (plugin.clone(), key.clone());
+            match value {
+                Some(value) => {
+                    let used = usage(&model, &plugin);
+                    let old = model
+                        .get(&entry)
+                        .map_or(0, |v| (key.len() + v.len()) as u64);
+                    let new = (key.len() + value.len()) as u64;
+                    if new > old && used - old + new > QUOTA {
+                        assert!(
+                            matches!(result, Err(StoreError::QuotaExceeded { used: u, needed: n, .. }) if u == used && n == new - old),
+                            "{plugin}/{key}: {result:?}"
+                        );
+                        refused += 1;
+                    } else {
+                        assert!(result.is_ok(), "{plugin}/{key}: {result:?}");
+                        model.insert(entry, value);
+                    }
+                }
+                None => {
+                    let existed = model.remove(&entry).is_some();
+                    assert_eq!(result.expect("delete"), existed, "{plugin}/{key}");
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "the model run should hit the quota");
+    assert!(
+        store.commits() < 600,
+        "{} commits for 600 writes",
+        store.commits()
+    );
+    for plugin in PLUGINS {
+        assert_eq!(
+            store.kv_usage(plugin).expect("usage"),
+            usage(&model, plugin),
+            "{plugin}"
+        );
+        let expected: Vec<String> = model
+            .keys()
+            .filter(|(p, _)| p == plugin)
+            .map(|(_, k)| k.clone())
+            .collect();
+        assert_eq!(
+            store.kv_list(plugin, "", None, 100).expect("list").0,
+            expected
+        );
+        for key in KEYS {
+            assert_eq!(
+                store.kv_get(plugin, key).expect("get"),
+                model.get(&(plugin.to_owned(), key.to_owned())).cloned()
+            );
+        }
+    }
+}
+
+/// The environment variable that turns [`crash_child`] into the writer killed by
+/// [`acknowledged_writes_survive_sigkill`].
+const CRASH_DIR_ENV: &str = "TORU_STORE_CRASH_CHILD_DIR";
+
+/// Not a test on its own: with [`CRASH_DIR_ENV`] set, writes from 8 concurrent tasks forever and
+/// prints `acked <plugin> <key>` after each acknowledged write, until it is killed.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "run by acknowledged_writes_survive_sigkill"]
+async fn crash_child() {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir), StoreOptions::default()).expect("open");
+    let local = LocalSet::new();
+    local
+        .run_until(async {
+            let writers: Vec<_> = (0..8)
+                .map(|w| {
+                    let store = store.clone();
+                    tokio::task::spawn_local(async move {
+                        for i in 0.. {
+                            let key = format!("k{i}");
+                            store
+                                .kv_set(&format!("w{w}"), &key, &format!("value {w} {i}"))
+                                .await
+                                .expect("set");
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "acked w{w} {key}").expect("stdout");
+                            out.flush().expect("stdout");
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.await.expect("writer");
+            }
+        })
+        .await;
+}
+
+/// Kills a process that is writing (SIGKILL, mid-commit in all likelihood), then reopens its
+/// store: every write it had acknowledged must be there, and the file must open healthy.
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "store::tests::crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_ENV, dir.data())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the writer");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut acked = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("read");
+        if let Some(rest) = line.strip_prefix("acked ") {
+            let (plugin, key) = rest.split_once(' ').expect("acked <plugin> <key>");
+            acked.push((plugin.to_owned(), key.to_owned()));
+            if acked.len() == 300 {
+                break;
+            }
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert_eq!(acked.len(), 300, "the writer stopped early");
+
+    let store = open(&dir);
+    assert_eq!(store.health(), StoreHealth::Ok);
+    for (plugin, key) in &acked {
+        let i = key.trim_start_matches('k');
+        let w = plugin.trim_start_matches('w');
+        assert_eq!(
+            store.kv_get(plugin, key).expect("get"),
+            Some(format!("value {w} {i}")),
+            "{plugin}/{key} was acknowledged"
+        );
+    }
 }

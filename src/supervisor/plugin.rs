@@ -404,6 +404,9 @@ impl Task {
                     return;
                 }
                 *self.shared.conn.borrow_mut() = None;
+                if self.kill_reason.is_some() {
+                    return; // we are killing it already, for a reason of our own
+                }
                 // Usually the process is exiting: give its exit status a moment to arrive.
                 self.kill_reason = Some(format!("closed its connection ({reason})"));
                 self.kill_at = Some(Instant::now() + Duration::from_millis(500));

@@ -20,8 +20,8 @@ use super::view::PluginState;
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Failures in a row that disable a plugin.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
-/// Longest wait between restarts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(16);
+/// Longest wait between restarts, in backoff units (16 s by default).
+pub const MAX_BACKOFF_UNITS: u32 = 16;
 
 /// Something that happened to the plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,7 @@ pub struct Policy {
     ready_at: Option<Instant>,
     after_stop: AfterStop,
     auto_disabled: Option<String>,
+    backoff_base: Duration,
 }
 
 impl Default for Policy {
@@ -111,6 +112,15 @@ impl Policy {
             ready_at: None,
             after_stop: AfterStop::Nothing,
             auto_disabled: None,
+            backoff_base: Duration::from_secs(1),
+        }
+    }
+
+    /// A policy whose backoff unit is `base` instead of 1 s (waits of 1, 2, 4, 8, 16 units).
+    pub fn with_backoff_base(base: Duration) -> Policy {
+        Policy {
+            backoff_base: base,
+            ..Policy::new()
         }
     }
 
@@ -146,13 +156,14 @@ impl Policy {
                 .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_AFTER)
     }
 
-    /// The wait before restarting after failure number `n` (1-based) in a row.
-    pub fn backoff(n: u32, after_healthy_run: bool) -> Duration {
+    /// The wait before restarting after failure number `n` (1-based) in a row, in units of the
+    /// backoff base (1 s): 1, 1, 2, 4, 8, 16, 16 … and 0 after a healthy run.
+    pub fn backoff(n: u32, after_healthy_run: bool) -> u32 {
         if after_healthy_run {
-            return Duration::ZERO;
+            return 0;
         }
         let exp = n.saturating_sub(2).min(4);
-        Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+        1u32 << exp
     }
 
     fn running(&self) -> bool {
@@ -246,8 +257,12 @@ impl Policy {
                     });
                     return acts;
                 }
-                let wait = Policy::backoff(n, healthy);
+                let wait = (self.backoff_base * Policy::backoff(n, healthy))
+                    .min(self.backoff_base * MAX_BACKOFF_UNITS);
                 self.state = PluginState::Backoff;
+                if let Some(Record { message, .. }) = acts.first_mut() {
+                    message.push_str(&format!("; restarting in {} ms", wait.as_millis()));
+                }
                 acts.push(ScheduleRestart(wait));
                 acts
             }

@@ -233,6 +233,26 @@ impl Host {
         }
     }
 
+    /// Notify datagrams until one contains `STOPPING=1` (the host may exit meanwhile).
+    pub fn recv_notify_until_exit(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = vec![0u8; 4096];
+        let mut all = String::new();
+        self.notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                all.push_str(&String::from_utf8_lossy(&buf[..n]));
+                all.push('\n');
+                if all.contains("STOPPING=1") {
+                    break;
+                }
+            }
+        }
+        all
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("host.log")).unwrap_or_default()
@@ -395,19 +415,10 @@ pub fn parse_response(raw: &[u8]) -> Resp {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size_field = String::from_utf8_lossy(&b[..eol]);
+        let size =
+            usize::from_str_radix(size_field.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }

@@ -1,0 +1,320 @@
+//! `stress`: a protocol 1.1 plugin that misbehaves on purpose, for the host's integration tests.
+//!
+//! The host starts plugins with an empty environment, so the mode comes from the executable's name:
+//! `stress-<mode>[-<n>].binary`. The metadata id is the file stem, so several modes can run at once.
+//! It speaks the protocol with blocking std I/O and the SDK's codec, not the SDK runner, because it
+//! needs to write frames the runner never would.
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `ok` | well behaved; `GET /` answers, KV via `/kv/<key>` |
+//! | `crash-start` | exits 3 before binding its socket |
+//! | `crash-after-<n>` | exits 4 while handling its n-th HTTP request |
+//! | `hang` | becomes ready, then blocks: stops answering heartbeats |
+//! | `ignore-term` | ignores SIGTERM and shutdown, forks a grandchild that does too |
+//! | `garbage` | answers each HTTP request with a frame that is not JSON, then a valid reply |
+//! | `oversized` | right after `ready`, writes a length prefix of ~4 GiB |
+//! | `log-flood` | writes stderr lines as fast as it can (bounded count) |
+//! | `slow-<ms>` | answers HTTP after `<ms>` ms, heartbeats promptly |
+//! | `bad-metadata` | prints metadata with an invalid id |
+//! | `kvloop` | writes KV keys in a loop; appends each acknowledged key to `kvloop.acked` (fsync'd); if `kvloop.verify` exists, instead lists every key into `kvloop.present` |
+//!
+//! Every mode writes its environment to `<stem>.env` and its pid to `<stem>.pid` in its working
+//! directory (the host runs plugins in the plugins dir) so tests can check what the host passed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use toru_plugin_api::codec::{MAX_FRAME_LEN, read_frame, write_frame};
+use toru_plugin_api::protocol::{
+    Frame, HostMessage, HttpResponse, KvPayload, KvReply, KvRequest, PluginMessage,
+    decode_host_frame,
+};
+
+type Writer = Arc<Mutex<UnixStream>>;
+type Waiters = Arc<Mutex<HashMap<String, std::sync::mpsc::Sender<KvPayload>>>>;
+
+fn stem() -> String {
+    let arg0 = std::env::args().next().unwrap_or_default();
+    let name = std::path::Path::new(&arg0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".binary").unwrap_or(&name).to_string()
+}
+
+fn send(w: &Writer, id: Option<String>, msg: PluginMessage) {
+    let body = Frame::new(id, msg).encode();
+    if let Ok(mut s) = w.lock() {
+        let _ = write_frame(&mut *s, &body, MAX_FRAME_LEN);
+    }
+}
+
+fn main() -> ExitCode {
+    let stem = stem();
+    let mode = stem.strip_prefix("stress-").unwrap_or("ok").to_string();
+    if std::env::args().nth(1).as_deref() == Some("--metadata") {
+        let id = if mode == "bad-metadata" {
+            "Bad Id!".to_string()
+        } else {
+            stem.clone()
+        };
+        let meta = json!({
+            "id": id, "name": format!("Stress ({mode})"), "version": "0.0.0",
+            "author": "tests", "icon": "🧪", "route": format!("/{stem}"), "protocol": "1.1",
+        });
+        println!("{meta}");
+        return ExitCode::SUCCESS;
+    }
+    let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = std::fs::write(format!("{stem}.env"), env.join("\n"));
+    let _ = std::fs::write(format!("{stem}.pid"), std::process::id().to_string());
+    eprintln!("stress plugin starting in mode {mode}");
+    if mode == "crash-start" {
+        eprintln!("crashing at start on purpose");
+        return ExitCode::from(3);
+    }
+    if mode == "ignore-term" {
+        // SAFETY: plain signal disposition and fork; the child only sleeps.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            let pid = libc::fork();
+            if pid == 0 {
+                loop {
+                    libc::sleep(1000);
+                }
+            }
+            let _ = std::fs::write(format!("{stem}.grandchild"), pid.to_string());
+        }
+    }
+    if mode == "log-flood" {
+        std::thread::spawn(|| {
+            let mut err = std::io::stderr();
+            for i in 0..2_000_000u64 {
+                if writeln!(
+                    err,
+                    "flood line {i} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                )
+                .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    let Some(path) = std::env::var_os("TORU_PLUGIN_SOCKET") else {
+        eprintln!("TORU_PLUGIN_SOCKET not set");
+        return ExitCode::FAILURE;
+    };
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bind: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok((stream, _)) = listener.accept() else {
+        return ExitCode::FAILURE;
+    };
+    let Ok(write_half) = stream.try_clone() else {
+        return ExitCode::FAILURE;
+    };
+    let writer: Writer = Arc::new(Mutex::new(write_half));
+    let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    serve(stream, writer, waiters, &mode, &stem)
+}
+
+fn serve(
+    mut stream: UnixStream,
+    writer: Writer,
+    waiters: Waiters,
+    mode: &str,
+    stem: &str,
+) -> ExitCode {
+    let mut requests = 0u64;
+    let mut next_kv = 0u64;
+    loop {
+        let body = match read_frame(&mut stream, MAX_FRAME_LEN) {
+            Ok(Some(b)) => b,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("read: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Ok(frame) = decode_host_frame(&body) else {
+            continue;
+        };
+        let id = frame.request_id;
+        match frame.message {
+            HostMessage::Init(_) => {
+                send(&writer, id, PluginMessage::Ready);
+                match mode {
+                    "hang" => {
+                        eprintln!("hanging on purpose");
+                        loop {
+                            std::thread::sleep(Duration::from_secs(1000));
+                        }
+                    }
+                    "oversized" => {
+                        if let Ok(mut s) = writer.lock() {
+                            let _ = s.write_all(&0xFFFF_FFF0u32.to_be_bytes());
+                            let _ = s.write_all(b"{\"type\":\"http\"");
+                        }
+                    }
+                    "kvloop" => {
+                        let (w, wt) = (writer.clone(), waiters.clone());
+                        let stem = stem.to_string();
+                        std::thread::spawn(move || kvloop(&w, &wt, &stem));
+                    }
+                    _ => {}
+                }
+            }
+            HostMessage::Ping { seq } => send(&writer, id, PluginMessage::Pong { seq }),
+            HostMessage::Shutdown => {
+                if mode == "ignore-term" {
+                    eprintln!("ignoring shutdown on purpose");
+                    continue;
+                }
+                send(&writer, id, PluginMessage::ShutdownAck);
+                return ExitCode::SUCCESS;
+            }
+            HostMessage::Kv(payload) => {
+                if let Some(tx) = id.as_ref().and_then(|i| waiters.lock().ok()?.remove(i)) {
+                    let _ = tx.send(payload);
+                }
+            }
+            HostMessage::Error(e) => {
+                eprintln!("host error: {e}");
+                if let Some(tx) = id.as_ref().and_then(|i| waiters.lock().ok()?.remove(i)) {
+                    drop(tx);
+                }
+            }
+            HostMessage::Http(req) => {
+                requests += 1;
+                if let Some(n) = mode
+                    .strip_prefix("crash-after-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    && requests >= n
+                {
+                    eprintln!("crashing after {requests} requests on purpose");
+                    std::process::exit(4);
+                }
+                if mode == "garbage"
+                    && let Ok(mut s) = writer.lock()
+                {
+                    let _ = write_frame(&mut *s, b"this is not json", MAX_FRAME_LEN);
+                }
+                let w = writer.clone();
+                let delay = mode
+                    .strip_prefix("slow-")
+                    .and_then(|m| m.parse::<u64>().ok());
+                let wt = waiters.clone();
+                next_kv += 1;
+                let kv_base = next_kv * 1000;
+                std::thread::spawn(move || {
+                    if let Some(ms) = delay {
+                        std::thread::sleep(Duration::from_millis(ms));
+                    }
+                    let reply = handle(&req, &w, &wt, kv_base);
+                    send(&w, id, PluginMessage::HttpReply(reply));
+                });
+            }
+        }
+    }
+}
+
+/// KV through the host from a worker thread: request, then wait for the reader to hand the reply.
+fn kv(w: &Writer, waiters: &Waiters, id: String, req: KvRequest) -> Option<KvReply> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    waiters.lock().ok()?.insert(id.clone(), tx);
+    send(w, Some(id), PluginMessage::Kv(req));
+    rx.recv_timeout(Duration::from_secs(30))
+        .ok()?
+        .into_reply()
+        .ok()
+}
+
+fn handle(
+    req: &toru_plugin_api::HttpRequest,
+    w: &Writer,
+    waiters: &Waiters,
+    kv_base: u64,
+) -> HttpResponse {
+    let path = req.path_only();
+    if let Some(key) = path.strip_prefix("/kv/") {
+        let id = format!("p{kv_base}");
+        let r = if req.method == "PUT" {
+            kv(
+                w,
+                waiters,
+                id,
+                KvRequest::Set {
+                    key: key.into(),
+                    value: req.body.clone().unwrap_or_default(),
+                },
+            )
+        } else {
+            kv(w, waiters, id, KvRequest::Get { key: key.into() })
+        };
+        return match r {
+            Some(KvReply::Get { value, .. }) => HttpResponse::json(200, &json!({ "value": value })),
+            Some(_) => HttpResponse::json(200, &json!({ "ok": true })),
+            None => HttpResponse::json(500, &json!({ "error": "kv failed" })),
+        };
+    }
+    HttpResponse::json(200, &json!({ "stress": true, "path": req.path }))
+}
+
+fn kvloop(w: &Writer, waiters: &Waiters, stem: &str) {
+    if std::path::Path::new(&format!("{stem}.verify")).exists() {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for round in 0..1000u64 {
+            let req = KvRequest::List {
+                prefix: String::new(),
+                start_after: after.clone(),
+                limit: Some(1000),
+            };
+            let Some(KvReply::List { keys, truncated }) = kv(w, waiters, format!("l{round}"), req)
+            else {
+                eprintln!("list failed");
+                return;
+            };
+            after = keys.last().cloned();
+            all.extend(keys);
+            if !truncated {
+                break;
+            }
+        }
+        let _ = std::fs::write(format!("{stem}.present"), all.join("\n") + "\n");
+        return;
+    }
+    let Ok(mut acked) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{stem}.acked"))
+    else {
+        return;
+    };
+    for i in 0..100_000u64 {
+        let key = format!("k{i:06}");
+        let req = KvRequest::Set {
+            key: key.clone(),
+            value: format!("v{i}"),
+        };
+        match kv(w, waiters, format!("s{i}"), req) {
+            Some(KvReply::Set { .. }) => {
+                let _ = writeln!(acked, "{key}");
+                let _ = acked.sync_data();
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Python SDK unit tests, then the host-side interop driver (tests/interop/driver.py) against the
+# example plugins and the legacy 1.0 fixture. The driver is written from PROTOCOL.md and imports
+# no SDK, so the same checks run against the Python and the Rust example.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/../lib.sh"
+need_apt python3
+cd "$(toru_root)"
+
+drive() { python3 tests/interop/driver.py "$@"; }
+hello_py=plugins/hello-python/hello-python.binary
+
+say "python SDK unit tests"
+(cd toru-plugin-api/python && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest test_toru_plugin)
+
+say "interop: hello-python (1.1, and under a legacy 1.0 host)"
+drive --mode 1.1 "$hello_py"
+drive --mode legacy-host "$hello_py"
+
+say "interop: legacy 1.0 plugin"
+drive --mode 1.0 tests/plugins/legacy10.binary
+
+if [ -f plugins/hello-rust/Cargo.toml ]; then
+    cargo build -p hello-rust --locked
+fi
+if [ -x target/debug/hello-rust ]; then
+    say "interop: hello-rust (1.1, and under a legacy 1.0 host)"
+    drive --mode 1.1 target/debug/hello-rust
+    drive --mode legacy-host target/debug/hello-rust
+else
+    say "interop: target/debug/hello-rust not built, skipped"
+fi

@@ -1,0 +1,738 @@
+//! Handlers of the authenticated `/api/*` endpoints and `/metrics` (documented in `docs/API.md`):
+//! system, plugins (list, one, enable/disable/restart, rescan), logs (page and long-poll follow),
+//! events, KV, frontend bundles, and forwarding `/api/plugins/route/{route}/{rest}` to plugins.
+//! Called by `router` after authentication and CSRF checks; calls the supervisor and the store.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::time::Instant;
+use toru_plugin_api::protocol::BodyEncoding;
+use toru_plugin_api::{HttpRequest, LogLevel};
+
+use super::auth::{Identity, Role};
+use super::checks;
+use super::conn::{BODY_READ_TIMEOUT, Body};
+use super::router::{
+    ApiError, Ctx, Resp, Server, bytes_response, clear_cookie, json_response, me_json,
+    method_not_allowed, ok_json,
+};
+use crate::store::{StoreError, StoreHealth};
+use crate::supervisor::{ForwardError, SupervisorError};
+
+/// A log follow request waits at most this long for a new line (then answers with none).
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+/// Largest frontend bundle served from `<plugins-dir>/<id>/bundle.js`.
+pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Log lines per page at most.
+const MAX_PAGE_SIZE: usize = 1000;
+/// Lines returned by one follow answer at most (the newest).
+const MAX_FOLLOW_LINES: usize = 500;
+/// Events returned at most.
+const MAX_EVENTS: usize = 200;
+/// Extra time past `plugin_timeout` before the HTTP layer gives up on the supervisor itself.
+const FORWARD_SLACK: Duration = Duration::from_secs(5);
+
+/// Request headers never forwarded to a plugin (credentials, hop-by-hop, and ours).
+const DROP_REQUEST_HEADERS: &[&str] = &[
+    "cookie",
+    "authorization",
+    "proxy-authorization",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-toru-user",
+    "x-toru-role",
+    checks::CSRF_HEADER,
+];
+
+/// Plugin response headers never passed on (hop-by-hop; cookies, which could shadow the session).
+const DROP_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "transfer-encoding",
+    "content-length",
+    "keep-alive",
+    "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "set-cookie",
+];
+
+/// Route an authenticated request.
+pub async fn dispatch(
+    srv: &Server,
+    ctx: &Ctx,
+    who: &Identity,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
+    if ctx.path == "/metrics" {
+        need(ctx, &Method::GET)?;
+        let c = &srv.connections;
+        let text = srv
+            .metrics
+            .borrow()
+            .render(&srv.app, c.active(), c.rejected.get());
+        return Ok(bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            text,
+        ));
+    }
+    let rest = ctx.path.strip_prefix("/api/").unwrap_or("");
+    if let Some(after) = rest.strip_prefix("plugins/route/") {
+        return forward(srv, ctx, who, after, body).await;
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    match segs.as_slice() {
+        ["auth", "me"] => {
+            need(ctx, &Method::GET)?;
+            ok_json(&me_json(who))
+        }
+        ["auth", "logout"] => {
+            need(ctx, &Method::POST)?;
+            srv.auth
+                .logout(&srv.app, who)
+                .await
+                .map_err(|e| ApiError::internal("logout", &e))?;
+            let mut r = json_response(StatusCode::OK, &json!({"ok": true}));
+            if let Ok(v) = HeaderValue::from_str(&clear_cookie()) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            Ok(r)
+        }
+        ["auth", "password"] => {
+            need(ctx, &Method::POST)?;
+            #[derive(serde::Deserialize)]
+            struct Change {
+                current: String,
+                new: String,
+            }
+            let c: Change = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
+            if !matches!(who.via, super::auth::Via::Session(_)) {
+                return Err(ApiError::bad_request(
+                    "change passwords from a browser session or with `toru passwd`",
+                ));
+            }
+            let outcome = srv
+                .auth
+                .change_password(&srv.app, ctx.client, who, &c.current, &c.new)
+                .await
+                .map_err(|e| ApiError::internal("password change", &e))?;
+            srv.login_response(ctx, outcome)
+        }
+        ["system"] => {
+            need(ctx, &Method::GET)?;
+            ok_json(&system(srv))
+        }
+        ["events"] => {
+            need(ctx, &Method::GET)?;
+            events(srv, ctx, None)
+        }
+        ["plugins"] => {
+            need(ctx, &Method::GET)?;
+            ok_json(&srv.app.supervisor.plugins())
+        }
+        ["plugins", "rescan"] => {
+            need(ctx, &Method::POST)?;
+            admin(who)?;
+            let report = srv.app.supervisor.rescan().await;
+            ok_json(&report)
+        }
+        ["plugins", id] => {
+            need(ctx, &Method::GET)?;
+            let p = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+            ok_json(&p)
+        }
+        ["plugins", id, action @ ("enable" | "disable" | "restart")] => {
+            need(ctx, &Method::POST)?;
+            admin(who)?;
+            let sup = &srv.app.supervisor;
+            let r = match *action {
+                "enable" => sup.enable(id).await,
+                "disable" => sup.disable(id).await,
+                _ => sup.restart(id).await,
+            };
+            match r {
+                Ok(view) => ok_json(&view),
+                Err(SupervisorError::NotFound(_)) => Err(no_plugin(id)),
+                Err(SupervisorError::ShuttingDown) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the host is shutting down",
+                )),
+                Err(e) => Err(ApiError::internal(action, &e)),
+            }
+        }
+        ["plugins", id, "logs"] => {
+            need(ctx, &Method::GET)?;
+            logs(srv, ctx, id)
+        }
+        ["plugins", id, "logs", "follow"] => {
+            need(ctx, &Method::GET)?;
+            follow(srv, ctx, id).await
+        }
+        ["plugins", id, "events"] => {
+            need(ctx, &Method::GET)?;
+            srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+            events(srv, ctx, Some(id))
+        }
+        ["plugins", id, "kv"] => {
+            need(ctx, &Method::POST)?;
+            kv(srv, who, id, body).await
+        }
+        ["plugins", id, "bundle.js"] => {
+            need(ctx, &Method::GET)?;
+            bundle(srv, who, id).await
+        }
+        _ => Err(ApiError::not_found(format!("no endpoint {}", ctx.path))),
+    }
+}
+
+/// `Ok` if the method is `m` (GET also admits HEAD), else `405`.
+fn need(ctx: &Ctx, m: &Method) -> Result<(), ApiError> {
+    if ctx.method == *m || (*m == Method::GET && ctx.method == Method::HEAD) {
+        Ok(())
+    } else {
+        Err(method_not_allowed(m.as_str()))
+    }
+}
+
+fn admin(who: &Identity) -> Result<(), ApiError> {
+    if who.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::read_only())
+    }
+}
+
+fn no_plugin(id: &str) -> ApiError {
+    ApiError::not_found(format!("no plugin {id:?}"))
+}
+
+/// Read a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is over {limit} bytes"),
+        )
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(out))
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body did not arrive in time",
+            )
+        })?
+}
+
+/// Read and parse a JSON request body.
+pub async fn read_json<T: DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}
+
+/// `(VmRSS, VmHWM)` of this process in bytes, from `/proc/self/status`.
+pub fn rss_bytes() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            let v = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+            v.parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn system(srv: &Server) -> serde_json::Value {
+    let app = &srv.app;
+    let health = app.store.health();
+    let mut store = serde_json::to_value(&health).unwrap_or_else(|_| json!({}));
+    if let Some(o) = store.as_object_mut() {
+        o.insert("file_bytes".into(), json!(app.store.file_bytes()));
+        o.insert("commits".into(), json!(app.store.commits()));
+    }
+    let plugins = app.supervisor.plugins();
+    let auto_disabled: Vec<_> = plugins
+        .iter()
+        .filter(|p| p.auto_disabled.is_some() && !p.enabled)
+        .map(|p| json!({"id": p.id, "name": p.name, "reason": p.auto_disabled}))
+        .collect();
+    let (rss, peak) = rss_bytes();
+    json!({
+        "version": crate::VERSION,
+        "instance_id": app.store.instance_id(),
+        "uptime_secs": app.started.elapsed().as_secs(),
+        "started_at": app.started_at,
+        "pid": std::process::id(),
+        "memory": {"rss_bytes": rss, "peak_rss_bytes": peak},
+        "store": store,
+        "degraded": health != StoreHealth::Ok,
+        "plugins": {
+            "total": plugins.len(),
+            "enabled": plugins.iter().filter(|p| p.enabled).count(),
+            "ready": plugins.iter().filter(|p| p.state == crate::supervisor::PluginState::Ready).count(),
+            "auto_disabled": auto_disabled,
+        },
+        "invalid_plugins": app.supervisor.invalid(),
+        "http": {
+            "connections": srv.connections.active(),
+            "max_connections": app.config.http.max_connections,
+        },
+    })
+}
+
+fn events(srv: &Server, ctx: &Ctx, plugin: Option<&str>) -> Result<Resp, ApiError> {
+    let limit = ctx
+        .query_param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, MAX_EVENTS);
+    let evs = srv
+        .app
+        .store
+        .events(plugin, limit)
+        .map_err(|e| ApiError::internal("reading events", &e))?;
+    ok_json(&evs)
+}
+
+fn parse_level(s: &str) -> Result<LogLevel, ApiError> {
+    serde_json::from_value(json!(s.to_ascii_lowercase()))
+        .map_err(|_| ApiError::bad_request("level must be one of error, warn, info, debug, trace"))
+}
+
+fn logs(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
+    let num = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match ctx.query_param(name) {
+            None => Ok(default),
+            Some(v) if v.is_empty() => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be a number"))),
+        }
+    };
+    let page = num("page", 1)?.max(1);
+    let page_size = num("page_size", 100)?.clamp(1, MAX_PAGE_SIZE);
+    let level = match ctx.query_param("level") {
+        Some(l) if !l.is_empty() && l != "all" => Some(parse_level(&l)?),
+        _ => None,
+    };
+    let page = srv
+        .app
+        .supervisor
+        .logs(id, page, page_size, level)
+        .ok_or_else(|| no_plugin(id))?;
+    ok_json(&page)
+}
+
+async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
+    let after = ctx
+        .query_param("after")
+        .map(|a| a.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("after must be a number"))?
+        .unwrap_or(0);
+    let level = match ctx.query_param("level") {
+        Some(l) if !l.is_empty() && l != "all" => Some(parse_level(&l)?),
+        _ => None,
+    };
+    srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+    let lines =
+        match tokio::time::timeout(LONG_POLL, srv.app.supervisor.follow_logs(id, after)).await {
+            Ok(Some(lines)) => lines,
+            Ok(None) => return Err(no_plugin(id)),
+            Err(_) => Vec::new(),
+        };
+    let next = lines.iter().map(|l| l.seq).max().unwrap_or(after);
+    let mut lines: Vec<_> = lines
+        .into_iter()
+        .filter(|l| level.is_none_or(|lv| l.level <= lv))
+        .collect();
+    if lines.len() > MAX_FOLLOW_LINES {
+        lines.drain(..lines.len() - MAX_FOLLOW_LINES);
+    }
+    ok_json(&json!({"lines": lines, "next": next}))
+}
+
+async fn kv(srv: &Server, who: &Identity, id: &str, body: Incoming) -> Result<Resp, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(tag = "action", rename_all = "lowercase")]
+    enum Kv {
+        Get {
+            key: String,
+        },
+        Set {
+            key: String,
+            value: String,
+        },
+        Delete {
+            key: String,
+        },
+        List {
+            #[serde(default)]
+            prefix: String,
+            #[serde(default)]
+            start_after: Option<String>,
+            #[serde(default)]
+            limit: Option<usize>,
+        },
+    }
+    srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+    let req: Kv = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
+    let store = &srv.app.store;
+    let r = match req {
+        Kv::Get { key } => store
+            .kv_get(id, &key)
+            .map(|v| json!({"key": key, "value": v})),
+        Kv::List {
+            prefix,
+            start_after,
+            limit,
+        } => store
+            .kv_list(id, &prefix, start_after.as_deref(), limit.unwrap_or(1000))
+            .map(|(keys, truncated)| json!({"keys": keys, "truncated": truncated})),
+        Kv::Set { key, value } => {
+            admin(who)?;
+            store
+                .kv_set(id, &key, &value)
+                .await
+                .map(|()| json!({"key": key, "ok": true}))
+        }
+        Kv::Delete { key } => {
+            admin(who)?;
+            store
+                .kv_delete(id, &key)
+                .await
+                .map(|existed| json!({"key": key, "existed": existed}))
+        }
+    };
+    r.map_err(kv_error).and_then(|v| ok_json(&v))
+}
+
+fn kv_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::KeyTooLong(_) => ApiError::bad_request(e.to_string()),
+        StoreError::ValueTooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        StoreError::QuotaExceeded { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota_exceeded",
+            e.to_string(),
+        ),
+        StoreError::Degraded | StoreError::Closed => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+        e => ApiError::internal("KV", &e),
+    }
+}
+
+async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError> {
+    let view = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+    let path = srv
+        .app
+        .supervisor
+        .plugins_dir()
+        .join(&view.id)
+        .join("bundle.js");
+    let from_file = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() <= MAX_BUNDLE_BYTES => std::fs::read(&path).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the bundle", &e))?
+    .map_err(|e| ApiError::internal("reading the bundle", &e))?;
+    let js = "application/javascript; charset=utf-8";
+    if let Some(bytes) = from_file {
+        return Ok(bytes_response(StatusCode::OK, js, bytes));
+    }
+    let req = HttpRequest {
+        method: "GET".into(),
+        path: "/bundle.js".into(),
+        headers: BTreeMap::from([("X-Toru-User".to_string(), who.name.clone())]),
+        body: None,
+        body_encoding: BodyEncoding::Utf8,
+    };
+    let resp = call_plugin(srv, &view.id, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(ApiError::not_found(format!(
+            "plugin {id:?} has no frontend bundle"
+        )));
+    }
+    let mut resp = resp;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(js));
+    Ok(resp)
+}
+
+/// `/api/plugins/route/{route}/{rest}` → the plugin whose route is `/{route}`.
+async fn forward(
+    srv: &Server,
+    ctx: &Ctx,
+    who: &Identity,
+    after: &str,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
+    let (route, rest) = after.split_once('/').unwrap_or((after, ""));
+    if !checks::route_segment_ok(route) || !checks::rest_ok(rest) {
+        return Err(ApiError::bad_request(
+            "bad plugin route: traversal, encoded separators, NUL and backslashes are refused",
+        ));
+    }
+    let id = srv
+        .app
+        .supervisor
+        .plugin_id_for_route(route)
+        .ok_or_else(|| ApiError::not_found(format!("no plugin has the route /{route}")))?;
+    if ctx.is_unsafe() && who.role != Role::Admin {
+        return Err(ApiError::read_only());
+    }
+    let bytes = read_body(body, srv.app.config.http.max_plugin_body_bytes).await?;
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &ctx.headers {
+        if DROP_REQUEST_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(checks::title_case(name.as_str()))
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    headers.insert("X-Toru-User".into(), who.name.clone());
+    headers.insert("X-Toru-Role".into(), who.role.as_str().into());
+    let (body, body_encoding) = if bytes.is_empty() {
+        (None, BodyEncoding::Utf8)
+    } else {
+        match std::str::from_utf8(&bytes) {
+            Ok(s) => (Some(s.to_string()), BodyEncoding::Utf8),
+            Err(_) => (
+                Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                BodyEncoding::Base64,
+            ),
+        }
+    };
+    let mut path = format!("/{rest}");
+    if let Some(q) = &ctx.query {
+        path.push('?');
+        path.push_str(q);
+    }
+    let req = HttpRequest {
+        method: ctx.method.as_str().to_string(),
+        path,
+        headers,
+        body,
+        body_encoding,
+    };
+    call_plugin(srv, &id, req).await
+}
+
+/// Forward to plugin `id`, count it, and turn its reply (or failure) into a response.
+async fn call_plugin(srv: &Server, id: &str, req: HttpRequest) -> Result<Resp, ApiError> {
+    let started = Instant::now();
+    let deadline = srv.app.config.http.plugin_timeout + FORWARD_SLACK;
+    let result =
+        match tokio::time::timeout(deadline, srv.app.supervisor.forward_http(id, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError::Timeout(id.to_string())),
+        };
+    let out = match result {
+        Ok(reply) => plugin_response(id, reply),
+        Err(e) => Err(forward_error(e)),
+    };
+    let status = match &out {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status.as_u16(),
+    };
+    srv.metrics
+        .borrow_mut()
+        .plugin_request(id, status, started.elapsed());
+    out
+}
+
+fn forward_error(e: ForwardError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        ForwardError::NotFound(_) => ApiError::not_found(msg),
+        ForwardError::Disabled(_) => ApiError::new(StatusCode::NOT_FOUND, "plugin_disabled", msg),
+        ForwardError::Unavailable { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_unavailable", msg)
+        }
+        ForwardError::BadReply { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_bad_reply", msg)
+        }
+        ForwardError::Timeout(_) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", msg)
+        }
+        ForwardError::BadRequest(_) => ApiError::bad_request(msg),
+    }
+}
+
+fn plugin_response(id: &str, reply: toru_plugin_api::HttpResponse) -> Result<Resp, ApiError> {
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "plugin_bad_reply",
+            format!("plugin {id:?} sent a broken reply: {why}"),
+        )
+    };
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| bad(&format!("status {}", reply.status)))?;
+    let body: Vec<u8> = match (reply.body, reply.body_encoding) {
+        (None, _) => Vec::new(),
+        (Some(b), BodyEncoding::Utf8) => b.into_bytes(),
+        (Some(b), BodyEncoding::Base64) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map_err(|_| bad("body_encoding is base64 but the body is not"))?,
+    };
+    let looks_json = matches!(body.first(), Some(b'{' | b'['));
+    let mut resp = Response::new(Body::new(body));
+    *resp.status_mut() = status;
+    for (k, v) in &reply.headers {
+        let lk = k.to_ascii_lowercase();
+        if DROP_RESPONSE_HEADERS.contains(&lk.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(lk.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    if !resp.headers().contains_key(header::CONTENT_TYPE) {
+        let ct = if looks_json {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_errors_map_to_statuses() {
+        let s = |e| forward_error(e).status.as_u16();
+        assert_eq!(s(ForwardError::NotFound("x".into())), 404);
+        assert_eq!(s(ForwardError::Disabled("x".into())), 404);
+        assert_eq!(
+            s(ForwardError::Unavailable {
+                id: "x".into(),
+                reason: "down".into()
+            }),
+            502
+        );
+        assert_eq!(
+            s(ForwardError::BadReply {
+                id: "x".into(),
+                reason: "junk".into()
+            }),
+            502
+        );
+        assert_eq!(s(ForwardError::Timeout("x".into())), 504);
+        assert_eq!(s(ForwardError::BadRequest("binary".into())), 400);
+    }
+
+    #[test]
+    fn plugin_replies_are_cleaned() {
+        let mut reply = toru_plugin_api::HttpResponse::new(201);
+        reply
+            .headers
+            .insert("Content-Type".into(), "application/json".into());
+        reply.headers.insert("Connection".into(), "close".into());
+        reply
+            .headers
+            .insert("Transfer-Encoding".into(), "chunked".into());
+        reply
+            .headers
+            .insert("Set-Cookie".into(), "toru_session=evil".into());
+        reply.headers.insert("X-Custom".into(), "yes".into());
+        reply.body = Some("{}".into());
+        let r = plugin_response("p", reply).unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.headers()["x-custom"], "yes");
+        for gone in ["connection", "transfer-encoding", "set-cookie"] {
+            assert!(!r.headers().contains_key(gone), "{gone}");
+        }
+        let mut bin = toru_plugin_api::HttpResponse::new(200);
+        bin.body = Some("AAEC".into());
+        bin.body_encoding = BodyEncoding::Base64;
+        assert_eq!(plugin_response("p", bin).unwrap().body().len(), 3);
+        let mut broken = toru_plugin_api::HttpResponse::new(200);
+        broken.body = Some("@@@".into());
+        broken.body_encoding = BodyEncoding::Base64;
+        assert_eq!(plugin_response("p", broken).unwrap_err().status, 502);
+        assert_eq!(
+            plugin_response("p", toru_plugin_api::HttpResponse::new(700))
+                .unwrap_err()
+                .status,
+            502
+        );
+        assert_eq!(
+            plugin_response("p", toru_plugin_api::HttpResponse::new(101))
+                .unwrap_err()
+                .status,
+            502
+        );
+    }
+
+    #[test]
+    fn rss_is_read() {
+        let (rss, peak) = rss_bytes();
+        assert!(rss.unwrap() > 0);
+        assert!(peak.unwrap() >= rss.unwrap());
+    }
+}

@@ -1,0 +1,481 @@
+//! Per-connection bookkeeping: which connections are busy or idle, when each must be closed, which
+//! one to evict when the limit is reached, and the response body that marks a request finished.
+//!
+//! A connection is *busy* from the moment hyper hands us a request head until the response body has
+//! been written (or dropped). While it is not busy, one deadline applies:
+//! - no byte of the next request yet: `header_timeout` after accept (first request) or
+//!   `keepalive_timeout` after the previous response;
+//! - the next request has started: `header_timeout` after its first byte.
+//!
+//! Only [`admit`] creates connections; the task it spawns removes its entry when it ends.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Bytes, Frame, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::router::Server;
+
+/// A request body must arrive completely within this time (else `408`).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a refused connection is kept to deliver its 503 cleanly (send, FIN, drain the request).
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// Refused connections lingering at once at most; beyond it they are closed without an answer.
+const MAX_REJECTING: usize = 64;
+
+/// hyper refuses a read buffer smaller than this.
+const HYPER_MIN_BUF: usize = 8192;
+
+/// Answer to a connection beyond the limit when no idle connection can make room.
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+cache-control: no-store\r\n\
+connection: close\r\n\
+content-length: 73\r\n\r\n\
+{\"error\":\"busy\",\"message\":\"too many connections; try again in a moment\"}\n";
+
+/// The state of one connection, shared by its task, its requests and the registry.
+#[derive(Debug)]
+pub struct ConnState {
+    id: u64,
+    /// Requests in flight (0 or 1 for HTTP/1.1).
+    busy: Cell<u32>,
+    /// When the connection last became idle (accept or the end of a response).
+    idle_since: Cell<Instant>,
+    /// When the first byte of the next request arrived while idle.
+    head_started: Cell<Option<Instant>>,
+    /// Responses completed.
+    served: Cell<u64>,
+    /// Wakes the task when its deadline may have changed.
+    changed: Notify,
+    /// Asks the task to close the connection (eviction or shutdown).
+    close: Notify,
+}
+
+impl ConnState {
+    fn new(id: u64) -> ConnState {
+        ConnState {
+            id,
+            busy: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+            head_started: Cell::new(None),
+            served: Cell::new(0),
+            changed: Notify::new(),
+            close: Notify::new(),
+        }
+    }
+
+    /// When this connection must be closed if nothing changes; `None` while a request is in flight.
+    fn deadline(&self, header_timeout: Duration, keepalive_timeout: Duration) -> Option<Instant> {
+        if self.busy.get() > 0 {
+            return None;
+        }
+        Some(match self.head_started.get() {
+            Some(t) => t + header_timeout,
+            None if self.served.get() == 0 => self.idle_since.get() + header_timeout,
+            None => self.idle_since.get() + keepalive_timeout,
+        })
+    }
+
+    fn on_bytes_read(&self) {
+        if self.busy.get() == 0 && self.head_started.get().is_none() {
+            self.head_started.set(Some(Instant::now()));
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Marks a request in flight on its connection; dropping it (when the response body is done or
+/// abandoned) makes the connection idle again.
+#[derive(Debug)]
+pub struct BusyGuard(Rc<ConnState>);
+
+impl BusyGuard {
+    fn new(state: Rc<ConnState>) -> BusyGuard {
+        state.busy.set(state.busy.get() + 1);
+        BusyGuard(state)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.busy.set(s.busy.get().saturating_sub(1));
+        if s.busy.get() == 0 {
+            s.idle_since.set(Instant::now());
+            s.head_started.set(None);
+            s.served.set(s.served.get() + 1);
+            s.changed.notify_one();
+        }
+    }
+}
+
+/// A complete response body held in memory; carries the request's [`BusyGuard`].
+#[derive(Debug, Default)]
+pub struct Body {
+    data: Option<Bytes>,
+    guard: Option<BusyGuard>,
+}
+
+impl Body {
+    /// A body with these bytes (empty → no data frame).
+    pub fn new(data: impl Into<Bytes>) -> Body {
+        let data: Bytes = data.into();
+        Body {
+            data: (!data.is_empty()).then_some(data),
+            guard: None,
+        }
+    }
+
+    /// Attach the guard that marks the request finished when this body is dropped.
+    pub fn with_guard(mut self, guard: BusyGuard) -> Body {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The bytes (tests and metrics).
+    pub fn len(&self) -> usize {
+        self.data.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = self.data.take().map(|d| Ok(Frame::data(d)));
+        if next.is_none() {
+            // Finished: the connection is idle again even if hyper keeps the body a while.
+            self.guard = None;
+        }
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len() as u64)
+    }
+}
+
+/// The TCP stream, noting when the first byte of a request arrives on an idle connection.
+struct Tracked {
+    stream: TcpStream,
+    state: Rc<ConnState>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.state.on_bytes_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The live connections, by id (ids increase, so the first idle one found is the oldest).
+#[derive(Debug, Default)]
+pub struct Connections {
+    live: RefCell<BTreeMap<u64, Rc<ConnState>>>,
+    next_id: Cell<u64>,
+    /// Connections refused with the static 503.
+    pub rejected: Cell<u64>,
+    /// Idle connections closed to make room.
+    pub evicted: Cell<u64>,
+    /// Connections closed at their deadline.
+    pub timed_out: Cell<u64>,
+    /// Connections accepted.
+    pub accepted: Cell<u64>,
+    /// Refused connections still delivering their 503.
+    rejecting: Cell<usize>,
+}
+
+impl Connections {
+    /// Connections being served.
+    pub fn active(&self) -> usize {
+        self.live.borrow().len()
+    }
+
+    /// Ask every connection to finish its request in flight and close (shutdown).
+    pub fn close_all(&self) {
+        for c in self.live.borrow().values() {
+            c.close.notify_one();
+        }
+    }
+
+    /// Register a new connection, making room if needed. `None`: every slot is busy.
+    fn register(&self, max: usize) -> Option<Rc<ConnState>> {
+        let mut live = self.live.borrow_mut();
+        if live.len() >= max.max(1) {
+            let victim = live.values().find(|c| c.busy.get() == 0).map(|c| c.id)?;
+            if let Some(v) = live.remove(&victim) {
+                v.close.notify_one();
+                self.evicted.set(self.evicted.get() + 1);
+            }
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let state = Rc::new(ConnState::new(id));
+        live.insert(id, state.clone());
+        self.accepted.set(self.accepted.get() + 1);
+        Some(state)
+    }
+
+    fn remove(&self, id: u64) {
+        self.live.borrow_mut().remove(&id);
+    }
+}
+
+/// Take a freshly accepted connection: serve it on its own task, or answer `503` and close it.
+pub fn admit(server: &Rc<Server>, stream: TcpStream, peer: SocketAddr, tasks: &mut JoinSet<()>) {
+    let limits = &server.app.config.http;
+    let Some(state) = server.connections.register(limits.max_connections) else {
+        reject(server, stream, tasks);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let server = server.clone();
+    tasks.spawn_local(async move {
+        let id = state.id;
+        serve_connection(&server, stream, peer, local, state).await;
+        server.connections.remove(id);
+    });
+}
+
+/// Answer `503` to a connection beyond the limit. Closing at once with the request unread would
+/// make the kernel send RST and possibly discard the answer, so the answer is sent, the write side
+/// shut, and the request drained for at most [`REJECT_LINGER`].
+fn reject(server: &Rc<Server>, mut stream: TcpStream, tasks: &mut JoinSet<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = &server.connections;
+    c.rejected.set(c.rejected.get() + 1);
+    if c.rejecting.get() >= MAX_REJECTING {
+        return; // dropped: closed without an answer
+    }
+    c.rejecting.set(c.rejecting.get() + 1);
+    let server = server.clone();
+    tasks.spawn_local(async move {
+        let _ = tokio::time::timeout(REJECT_LINGER, async {
+            stream.write_all(FULL_RESPONSE).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        let c = &server.connections;
+        c.rejecting.set(c.rejecting.get().saturating_sub(1));
+    });
+}
+
+async fn serve_connection(
+    server: &Rc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    state: Rc<ConnState>,
+) {
+    let limits = server.app.config.http.clone();
+    let io = TokioIo::new(Tracked {
+        stream,
+        state: state.clone(),
+    });
+    let svc_server = server.clone();
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |req| {
+        // Created when hyper hands over the request head; moves into the response body.
+        let guard = BusyGuard::new(svc_state.clone());
+        let server = svc_server.clone();
+        async move {
+            let resp = server.handle(req, peer, local).await;
+            Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        let deadline = state.deadline(limits.header_timeout, limits.keepalive_timeout);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    log::debug!("http: connection from {peer}: {e}");
+                }
+                return;
+            }
+            () = state.changed.notified() => {}
+            () = state.close.notified(), if !closing => {
+                if state.busy.get() == 0 {
+                    return; // idle: drop it now
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = sleep_until(deadline) => {
+                let still = state.deadline(limits.header_timeout, limits.keepalive_timeout);
+                if still.is_some_and(|d| d <= Instant::now()) {
+                    let c = &server.connections;
+                    c.timed_out.set(c.timed_out.get() + 1);
+                    log::debug!("http: closing connection from {peer} at its deadline");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Duration = Duration::from_secs(10);
+    const K: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_the_request_cycle() {
+        let s = Rc::new(ConnState::new(0));
+        let t0 = Instant::now();
+        assert_eq!(
+            s.deadline(H, K),
+            Some(t0 + H),
+            "first request: header timeout"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.on_bytes_read();
+        assert_eq!(s.deadline(H, K), Some(t0 + Duration::from_secs(3) + H));
+        let g = BusyGuard::new(s.clone());
+        assert_eq!(s.deadline(H, K), None, "busy: no deadline");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        drop(g);
+        let t1 = Instant::now();
+        assert_eq!(s.deadline(H, K), Some(t1 + K), "idle keep-alive");
+        tokio::time::advance(Duration::from_secs(25)).await;
+        s.on_bytes_read();
+        assert_eq!(
+            s.deadline(H, K),
+            Some(t1 + Duration::from_secs(25) + H),
+            "the next head has its own timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_registry_evicts_the_oldest_idle_connection() {
+        let c = Connections::default();
+        let a = c.register(2).expect("room");
+        let b = c.register(2).expect("room");
+        let _busy_a = BusyGuard::new(a.clone());
+        let third = c.register(2).expect("b is idle and makes room");
+        assert_eq!(c.active(), 2);
+        assert!(!c.live.borrow().contains_key(&b.id), "b was evicted");
+        assert_eq!(c.evicted.get(), 1);
+        let _busy_third = BusyGuard::new(third);
+        assert!(c.register(2).is_none(), "everyone busy → refused");
+    }
+
+    #[tokio::test]
+    async fn body_drops_its_guard_when_done() {
+        use hyper::body::Body as _;
+        let s = Rc::new(ConnState::new(0));
+        let mut body = Body::new("hi").with_guard(BusyGuard::new(s.clone()));
+        assert_eq!(s.busy.get(), 1);
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(body.is_end_stream());
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+        assert_eq!(s.busy.get(), 0);
+        assert_eq!(s.served.get(), 1);
+    }
+
+    #[test]
+    fn static_503_is_well_formed() {
+        let text = std::str::from_utf8(FULL_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
+    fn futures_noop_waker() -> std::task::Waker {
+        std::task::Waker::noop().clone()
+    }
+}

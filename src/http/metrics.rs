@@ -1,0 +1,322 @@
+//! Request counters and latency histograms kept by the HTTP layer, and the Prometheus text format
+//! of `GET /metrics` (these plus plugin states, restarts, store size and process memory read at
+//! scrape time). Memory is bounded: one entry per route class and per known plugin.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::App;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+/// Plugins tracked at most (ids beyond it share the `other` entry).
+const MAX_PLUGINS: usize = 256;
+
+/// A latency histogram.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// What the HTTP layer counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (route class, status) → requests.
+    requests: BTreeMap<(&'static str, u16), u64>,
+    /// route class → latency.
+    latency: BTreeMap<&'static str, Histogram>,
+    /// (plugin, status) → forwarded requests.
+    plugin_requests: BTreeMap<(String, u16), u64>,
+    /// plugin → forward latency.
+    plugin_latency: BTreeMap<String, Histogram>,
+}
+
+impl Metrics {
+    /// Count a request of `class` (`ui`, `api`, `plugin`, `auth`, `metrics`, …).
+    pub fn request(&mut self, class: &'static str, status: u16, took: Duration) {
+        *self.requests.entry((class, status)).or_default() += 1;
+        self.latency.entry(class).or_default().observe(took);
+    }
+
+    /// Count a request forwarded to a plugin.
+    pub fn plugin_request(&mut self, plugin: &str, status: u16, took: Duration) {
+        let known = self.plugin_latency.contains_key(plugin);
+        let plugin = if known || self.plugin_latency.len() < MAX_PLUGINS {
+            plugin.to_string()
+        } else {
+            "other".to_string()
+        };
+        *self
+            .plugin_requests
+            .entry((plugin.clone(), status))
+            .or_default() += 1;
+        self.plugin_latency.entry(plugin).or_default().observe(took);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self, app: &App, connections: usize, rejected: u64) -> String {
+        let mut o = String::with_capacity(4096);
+        let up = app.started.elapsed().as_secs_f64();
+        help(
+            &mut o,
+            "toru_uptime_seconds",
+            "gauge",
+            "Seconds since the host started.",
+        );
+        let _ = writeln!(o, "toru_uptime_seconds {up}");
+        let info_labels = format!(
+            "version=\"{}\",instance_id=\"{}\"",
+            esc(crate::VERSION),
+            esc(&app.store.instance_id())
+        );
+        help(
+            &mut o,
+            "toru_info",
+            "gauge",
+            "Host version and instance id.",
+        );
+        let _ = writeln!(o, "toru_info{{{info_labels}}} 1");
+        if let Some(rss) = super::api::rss_bytes().0 {
+            help(
+                &mut o,
+                "toru_memory_rss_bytes",
+                "gauge",
+                "Resident memory of the host process.",
+            );
+            let _ = writeln!(o, "toru_memory_rss_bytes {rss}");
+        }
+        help(
+            &mut o,
+            "toru_store_file_bytes",
+            "gauge",
+            "Size of the store file.",
+        );
+        let _ = writeln!(o, "toru_store_file_bytes {}", app.store.file_bytes());
+        help(
+            &mut o,
+            "toru_store_commits_total",
+            "counter",
+            "Durable store commits since start.",
+        );
+        let _ = writeln!(o, "toru_store_commits_total {}", app.store.commits());
+        let degraded = u8::from(app.store.health() != crate::store::StoreHealth::Ok);
+        help(
+            &mut o,
+            "toru_store_degraded",
+            "gauge",
+            "1 when the store runs without its file.",
+        );
+        let _ = writeln!(o, "toru_store_degraded {degraded}");
+
+        let plugins = app.supervisor.plugins();
+        help(
+            &mut o,
+            "toru_plugin_state",
+            "gauge",
+            "1 for the state each plugin is in.",
+        );
+        for p in &plugins {
+            let state = serde_json::to_value(p.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "toru_plugin_state{{plugin=\"{}\",state=\"{}\"}} 1",
+                esc(&p.id),
+                esc(&state)
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugin_enabled",
+            "gauge",
+            "1 when the plugin is enabled.",
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                o,
+                "toru_plugin_enabled{{plugin=\"{}\"}} {}",
+                esc(&p.id),
+                u8::from(p.enabled)
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugin_restarts_total",
+            "counter",
+            "Plugin restarts since the host started.",
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                o,
+                "toru_plugin_restarts_total{{plugin=\"{}\"}} {}",
+                esc(&p.id),
+                p.restarts
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugin_log_dropped_total",
+            "counter",
+            "Plugin log lines dropped.",
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                o,
+                "toru_plugin_log_dropped_total{{plugin=\"{}\"}} {}",
+                esc(&p.id),
+                p.log_dropped
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugins_invalid",
+            "gauge",
+            "Plugin binaries skipped at the last scan.",
+        );
+        let _ = writeln!(o, "toru_plugins_invalid {}", app.supervisor.invalid().len());
+
+        help(
+            &mut o,
+            "toru_http_connections",
+            "gauge",
+            "Open HTTP connections.",
+        );
+        let _ = writeln!(o, "toru_http_connections {connections}");
+        help(
+            &mut o,
+            "toru_http_connections_rejected_total",
+            "counter",
+            "Connections refused with 503 (limit).",
+        );
+        let _ = writeln!(o, "toru_http_connections_rejected_total {rejected}");
+        help(
+            &mut o,
+            "toru_http_requests_total",
+            "counter",
+            "HTTP requests by route class and status.",
+        );
+        for ((class, status), n) in &self.requests {
+            let _ = writeln!(
+                o,
+                "toru_http_requests_total{{class=\"{class}\",status=\"{status}\"}} {n}"
+            );
+        }
+        help(
+            &mut o,
+            "toru_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route class.",
+        );
+        for (class, h) in &self.latency {
+            h.write(
+                &mut o,
+                "toru_http_request_duration_seconds",
+                &format!("class=\"{class}\""),
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugin_requests_total",
+            "counter",
+            "Requests forwarded to plugins by status.",
+        );
+        for ((plugin, status), n) in &self.plugin_requests {
+            let _ = writeln!(
+                o,
+                "toru_plugin_requests_total{{plugin=\"{}\",status=\"{status}\"}} {n}",
+                esc(plugin)
+            );
+        }
+        help(
+            &mut o,
+            "toru_plugin_request_duration_seconds",
+            "histogram",
+            "Latency of requests forwarded to plugins.",
+        );
+        for (plugin, h) in &self.plugin_latency {
+            h.write(
+                &mut o,
+                "toru_plugin_request_duration_seconds",
+                &format!("plugin=\"{}\"", esc(plugin)),
+            );
+        }
+        o
+    }
+}
+
+fn help(o: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(o, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+/// Escape a label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(2));
+        h.observe(Duration::from_secs(2));
+        let mut o = String::new();
+        h.write(&mut o, "x", "a=\"b\"");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"0.001\"} 0"), "{o}");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"0.005\"} 1"), "{o}");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"5\"} 2"), "{o}");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"+Inf\"} 2"), "{o}");
+        assert!(o.contains("x_count{a=\"b\"} 2"), "{o}");
+    }
+
+    #[test]
+    fn plugin_entries_are_bounded() {
+        let mut m = Metrics::default();
+        for i in 0..(MAX_PLUGINS + 10) {
+            m.plugin_request(&format!("p{i}"), 200, Duration::from_millis(1));
+        }
+        assert!(m.plugin_latency.len() <= MAX_PLUGINS + 1);
+        assert_eq!(esc("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP limits against the real binary: a client that sends nothing (or half a head) is dropped at
+//! the header timeout without blocking anyone; idle keep-alive connections are closed; oversized
+//! heads are 431 and oversized bodies 413; 500 idle connections do not stop `/api/health`; when
+//! every connection slot is busy, newcomers get a fast 503.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod http_util;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use http_util::{create_token, post, setup_admin, wait_state};
+use support::{Host, HostOpts, built, parse_response};
+
+fn host(config: &str) -> Host {
+    Host::start(HostOpts {
+        plugins: vec![built("hello-rust")],
+        config: Some(config.into()),
+        ..Default::default()
+    })
+}
+
+/// Read until the peer closes (or `limit` passes); returns what was read and how long it took.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("still open after {limit:?}: {e}"),
+        }
+    }
+    (out, start.elapsed())
+}
+
+#[test]
+fn silent_and_slow_clients_are_dropped_at_the_header_timeout() {
+    let h = host("[http]\nheader_timeout_secs = 1\nkeepalive_timeout_secs = 2\n");
+    let mut silent = TcpStream::connect(h.addr).unwrap();
+    let mut slow = TcpStream::connect(h.addr).unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    // Others are served meanwhile.
+    let t = Instant::now();
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let (got, took) = read_until_closed(&mut silent, Duration::from_secs(10));
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // Keep-alive: the connection stays for the next request, then closes when idle.
+    let mut ka = TcpStream::connect(h.addr).unwrap();
+    for _ in 0..2 {
+        ka.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = ka.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let (_, took) = read_until_closed(&mut ka, Duration::from_secs(10));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn oversized_heads_are_431() {
+    let h = host("");
+    let line = "a".repeat(10_000);
+    let r = h.http("GET", "/api/health", &[("X-Long", &line)], None);
+    assert_eq!(r.status, 200, "one 10 000-byte line fits in 16 KiB");
+    let r = h.http(
+        "GET",
+        "/api/health",
+        &[("X-A", &line), ("X-B", &line), ("X-C", &line)],
+        None,
+    );
+    assert_eq!(r.status, 431);
+    let r = h.http(
+        "GET",
+        &format!("/api/health?{}", "q".repeat(20_000)),
+        &[],
+        None,
+    );
+    assert!(r.status == 431 || r.status == 414, "{}", r.status);
+    // The host is fine afterwards.
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
+
+#[test]
+fn oversized_bodies_are_413() {
+    let h = host("[http]\nmax_plugin_body_bytes = 1000\n");
+    let c = setup_admin(&h);
+    wait_state(&h, &c, "hello-rust", "ready");
+    // Declared too large: refused before the body is read.
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\n\
+Content-Type: application/json\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n{",
+    )
+    .unwrap();
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert_eq!(parse_response(&raw).status, 413);
+    // Chunked, no length: refused once it passes the cap (1 MiB for the API).
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\n\
+Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..20 {
+        let _ = s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+        let _ = s.write_all(&chunk);
+        if s.write_all(b"\r\n").is_err() {
+            break;
+        }
+    }
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert_eq!(parse_response(&raw).status, 413);
+    // Plugin routes have their own cap.
+    let small = serde_json::json!({"x": "y".repeat(900)});
+    let big = serde_json::json!({"x": "y".repeat(1100)});
+    assert_eq!(
+        post(&h, "/api/plugins/route/hello-rust/echo", Some(&c), &small).status,
+        200
+    );
+    let r = post(&h, "/api/plugins/route/hello-rust/echo", Some(&c), &big);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("too_large"))
+    );
+}
+
+#[test]
+fn five_hundred_idle_connections_do_not_stop_health() {
+    let h = host("");
+    let idle: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(h.addr).unwrap())
+        .collect();
+    // Give the host time to accept them all (the accept queue is served in order).
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = h.http("GET", "/api/health", &[], None);
+        assert_eq!(r.status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+    drop(idle);
+}
+
+#[test]
+fn busy_slots_give_a_fast_503() {
+    let h = host("[http]\nmax_connections = 4\n");
+    let c = setup_admin(&h);
+    wait_state(&h, &c, "hello-rust", "ready");
+    let token = create_token(&h, "load", "admin");
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, auth) = (h.addr, format!("Bearer {token}"));
+            std::thread::spawn(move || {
+                support::http(
+                    addr,
+                    "GET",
+                    "/api/plugins/route/hello-rust/sleep?ms=2500",
+                    &[("Authorization", &auth)],
+                    None,
+                )
+                .status
+            })
+        })
+        .collect();
+    let r = support::eventually("a 503 while every slot is busy", || {
+        let t = Instant::now();
+        let r = h.http("GET", "/api/health", &[], None);
+        (r.status == 503).then_some((r, t.elapsed()))
+    });
+    assert!(r.1 < Duration::from_millis(500), "fast: {:?}", r.1);
+    assert_eq!(r.0.json()["error"], "busy");
+    for b in busy {
+        assert_eq!(b.join().unwrap(), 200);
+    }
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
