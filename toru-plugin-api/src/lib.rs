@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 //!
 //! ## Layout
 //! - [`protocol`]: metadata, envelope and messages of protocol 1.0 and 1.1; no I/O.
