@@ -466,3 +466,69 @@ fn usage_errors_exit_2_and_version_prints() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("toru "));
 }
+
+#[test]
+fn legacy_enabled_state_is_imported_on_first_start_only() {
+    let root = support::temp_dir("legacy");
+    std::fs::create_dir_all(root.join("plugins/.metadata")).unwrap();
+    std::fs::write(
+        root.join("plugins/.metadata/config.json"),
+        r#"{"plugins": {"stress-ok": false, "hello-rust": true}}"#,
+    )
+    .unwrap();
+    let mut h = Host::start(HostOpts {
+        root: Some(root.clone()),
+        plugins: vec![built("hello-rust"), stress("ok")],
+        config: Some(FAST.into()),
+        ..Default::default()
+    });
+    assert_eq!(state(&h, "stress-ok"), "disabled");
+    assert_eq!(state(&h, "hello-rust"), "ready");
+    // Later changes win over the legacy file, which is not imported again.
+    cli_json(&h, &["enable", "stress-ok"]);
+    eventually("enabled", || {
+        (state(&h, "stress-ok") == "ready").then_some(())
+    });
+    assert!(h.stop().success());
+    h.restart(opts(vec![]));
+    assert_eq!(state(&h, "stress-ok"), "ready");
+}
+
+#[test]
+fn admin_commands_work_while_the_daemon_is_stopped() {
+    let mut h = Host::start(opts(vec![stress("ok")]));
+    cli_json(&h, &["disable", "stress-ok"]);
+    assert!(h.stop().success());
+    // No daemon: the CLI opens the store itself.
+    let out = h.cli(&["token", "create", "offline"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(token.trim().len() >= 20, "{token}");
+    let list = cli_json(&h, &["token", "list"]);
+    assert_eq!(list[0]["name"], "offline");
+    assert!(
+        !list.to_string().contains(token.trim()),
+        "token list never shows the token"
+    );
+    let plugins = cli_json(&h, &["plugins"]);
+    assert_eq!(plugins[0]["id"], "stress-ok");
+    assert_eq!(plugins[0]["enabled"], false);
+    let evs = cli_json(&h, &["events", "stress-ok"]);
+    assert!(
+        evs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "disabled")
+    );
+    let out = h.cli(&["passwd"], Some("short\n"));
+    assert!(!out.status.success(), "a short password is refused");
+    let out = h.cli(&["enable", "stress-ok"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    let out = h.cli(&["token", "revoke", "offline"], None);
+    assert!(out.status.success());
+}
