@@ -84,6 +84,9 @@ pub struct SupervisorConfig {
     pub term_grace: Duration,
     /// Unit of the restart backoff (1 s: waits of 1, 2, 4, 8, 16 s). Tests shrink it.
     pub backoff_base: Duration,
+    /// Ready this long and a plugin counts as healthy (60 s): its failure count resets and a
+    /// failure after that restarts it at once.
+    pub healthy_after: Duration,
 }
 
 impl Default for HttpConfig {
@@ -115,6 +118,7 @@ impl Default for SupervisorConfig {
             shutdown_grace: Duration::from_secs(5),
             term_grace: Duration::from_secs(2),
             backoff_base: Duration::from_secs(1),
+            healthy_after: Duration::from_secs(60),
         }
     }
 }
@@ -212,6 +216,7 @@ struct FileSupervisor {
     shutdown_grace_ms: Option<u64>,
     term_grace_ms: Option<u64>,
     backoff_base_ms: Option<u64>,
+    healthy_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +382,7 @@ impl Config {
                 (sv.shutdown_grace_ms, &mut d.shutdown_grace),
                 (sv.term_grace_ms, &mut d.term_grace),
                 (sv.backoff_base_ms, &mut d.backoff_base),
+                (sv.healthy_after_ms, &mut d.healthy_after),
             ];
             for (v, slot) in pairs {
                 if let Some(v) = v {

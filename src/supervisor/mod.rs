@@ -305,8 +305,9 @@ impl Supervisor {
                 socket: sockets.join(format!("{id}.sock")),
                 enabled: Cell::new(enabled),
                 auto_disabled: RefCell::new(rec.and_then(|r| r.auto_disabled.clone())),
-                policy: RefCell::new(policy::Policy::with_backoff_base(
+                policy: RefCell::new(policy::Policy::with_timing(
                     ctx.config.supervisor.backoff_base,
+                    ctx.config.supervisor.healthy_after,
                 )),
                 pid: Cell::new(None),
                 ready_since: Cell::new(None),

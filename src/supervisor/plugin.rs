@@ -564,12 +564,16 @@ async fn start_sequence(
         let _ = events.send((generation, ev));
     };
     // The socket must appear (and accept) within the socket timeout.
+    // Retries start at 250 µs and double up to 10 ms: a fast plugin is found within a fraction of a
+    // millisecond, a slow one costs at most ~200 attempts over the 2 s limit.
     let deadline = Instant::now() + cfg.socket_timeout;
+    let mut pause = Duration::from_micros(250);
     let stream = loop {
         match tokio::net::UnixStream::connect(&shared.socket).await {
             Ok(s) => break Some(s),
             Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(10));
             }
             Err(_) => break None,
         }

@@ -94,6 +94,7 @@ pub struct Policy {
     after_stop: AfterStop,
     auto_disabled: Option<String>,
     backoff_base: Duration,
+    healthy_after: Duration,
 }
 
 impl Default for Policy {
@@ -113,13 +114,16 @@ impl Policy {
             after_stop: AfterStop::Nothing,
             auto_disabled: None,
             backoff_base: Duration::from_secs(1),
+            healthy_after: HEALTHY_AFTER,
         }
     }
 
-    /// A policy whose backoff unit is `base` instead of 1 s (waits of 1, 2, 4, 8, 16 units).
-    pub fn with_backoff_base(base: Duration) -> Policy {
+    /// A policy whose backoff unit is `base` instead of 1 s (waits of 1, 2, 4, 8, 16 units) and
+    /// whose healthy period is `healthy_after` instead of 60 s.
+    pub fn with_timing(base: Duration, healthy_after: Duration) -> Policy {
         Policy {
             backoff_base: base,
+            healthy_after,
             ..Policy::new()
         }
     }
@@ -153,7 +157,7 @@ impl Policy {
         self.state == PluginState::Ready
             && self
                 .ready_at
-                .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_AFTER)
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.healthy_after)
     }
 
     /// The wait before restarting after failure number `n` (1-based) in a row, in units of the
