@@ -213,9 +213,11 @@ fn crash_while_serving_is_restarted() {
 fn hung_plugin_is_killed_and_counted_as_a_failure() {
     let h = Host::start(opts(vec![stress("hang")]));
     let first: u32 = eventually("pid file", || read(&h, "stress-hang.pid")?.parse().ok());
-    let evs = eventually("hung event", || {
+    let evs = eventually("hung then crashed events", || {
         let evs = events(&h, "stress-hang");
-        evs.iter().any(|e| e["kind"] == "hung").then_some(evs)
+        let k = kinds(&evs);
+        let hung = k.iter().position(|x| x == "hung")?;
+        (k.len() > hung + 1).then_some(evs)
     });
     let k = kinds(&evs);
     let hung = k.iter().position(|x| x == "hung").unwrap();
@@ -252,7 +254,10 @@ fn stop_kills_plugins_that_ignore_sigterm_and_their_grandchildren() {
     });
     assert!(!alive(pid), "plugin survived");
     eventually("grandchild gone", || (!alive(grandchild)).then_some(()));
-    let evs = events(&h, "stress-ignore-term");
+    let evs = eventually("stopped event", || {
+        let evs = events(&h, "stress-ignore-term");
+        evs.iter().any(|e| e["kind"] == "stopped").then_some(evs)
+    });
     let stopped = evs.iter().rev().find(|e| e["kind"] == "stopped").unwrap();
     assert!(
         stopped["message"].as_str().unwrap().contains("SIGKILL"),

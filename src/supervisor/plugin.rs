@@ -99,6 +99,39 @@ enum ProcEvent {
     ConnLost(String),
 }
 
+/// A write to the store, done in order by the plugin's journal task.
+enum Job {
+    Event(NewEvent),
+    Persist(PluginRecord, NewEvent, oneshot::Sender<()>),
+}
+
+/// Write a plugin's events and state changes in the order they happened, without making the
+/// restart path wait for each commit (only persisted state changes are awaited, by their caller).
+async fn journal(shared: Rc<Shared>, store: Store, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Event(ev) => match store.record_event(&shared.id, ev).await {
+                Ok(stored) => {
+                    let mut last = shared.last_event.borrow_mut();
+                    if last
+                        .as_ref()
+                        .is_some_and(|l| l.kind == stored.kind && l.message == stored.message)
+                    {
+                        *last = Some(stored);
+                    }
+                }
+                Err(e) => log::error!("[{}] cannot store event: {e}", shared.id),
+            },
+            Job::Persist(rec, ev, done) => {
+                if let Err(e) = store.set_plugin(&shared.id, rec, Some(ev)).await {
+                    log::error!("[{}] cannot save enabled state: {e}", shared.id);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopPhase {
     /// Shutdown message sent; SIGTERM next.
@@ -112,6 +145,7 @@ enum StopPhase {
 struct Task {
     shared: Rc<Shared>,
     ctx: Rc<Ctx>,
+    journal: mpsc::UnboundedSender<Job>,
     child: Option<Child>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
@@ -147,9 +181,13 @@ pub async fn run(
     enabled: bool,
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (jobs, jobs_rx) = mpsc::unbounded_channel();
+    let journal_task =
+        tokio::task::spawn_local(journal(shared.clone(), ctx.store.clone(), jobs_rx));
     let mut t = Task {
         shared,
         ctx,
+        journal: jobs,
         child: None,
         generation: 0,
         events,
@@ -183,11 +221,15 @@ pub async fn run(
             }
         }
         if t.retired && t.child.is_none() {
-            for ack in t.retire_acks.drain(..) {
-                let _ = ack.send(());
-            }
             break;
         }
+    }
+    // Every event is stored before the retirement is acknowledged (the host closes the store next).
+    let acks = std::mem::take(&mut t.retire_acks);
+    drop(t);
+    let _ = journal_task.await;
+    for ack in acks {
+        let _ = ack.send(());
     }
 }
 
@@ -288,13 +330,13 @@ impl Task {
                     enabled,
                     auto_disabled,
                 };
-                if let Err(e) = self
-                    .ctx
-                    .store
-                    .set_plugin(self.id(), rec, Some(event.clone()))
-                    .await
+                let (done, wait) = oneshot::channel();
+                if self
+                    .journal
+                    .send(Job::Persist(rec, event.clone(), done))
+                    .is_ok()
                 {
-                    log::error!("[{}] cannot save enabled state: {e}", self.id());
+                    let _ = wait.await;
                 }
                 self.remember_event(event);
                 None
@@ -305,7 +347,7 @@ impl Task {
                 } else {
                     json!({})
                 };
-                self.record(kind, message, details).await;
+                self.record(kind, message, details);
                 None
             }
         }
@@ -322,7 +364,9 @@ impl Task {
         });
     }
 
-    async fn record(&self, kind: &str, message: String, details: serde_json::Value) {
+    /// Record an event without waiting for its commit: the restart path must not wait on fsync.
+    /// The journal task writes events in order; the view's `last_event` is updated at once.
+    fn record(&self, kind: &str, message: String, details: serde_json::Value) {
         let level = match kind {
             "crashed" | "hung" | "disabled" => log::Level::Warn,
             _ => log::Level::Info,
@@ -333,13 +377,8 @@ impl Task {
             message,
             details,
         };
-        match self.ctx.store.record_event(self.id(), ev.clone()).await {
-            Ok(stored) => *self.shared.last_event.borrow_mut() = Some(stored),
-            Err(e) => {
-                log::error!("[{}] cannot store event: {e}", self.id());
-                self.remember_event(ev);
-            }
-        }
+        self.remember_event(ev.clone());
+        let _ = self.journal.send(Job::Event(ev));
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
@@ -368,8 +407,7 @@ impl Task {
             "started",
             format!("started (pid {pid})"),
             json!({ "pid": pid }),
-        )
-        .await;
+        );
         tokio::task::spawn_local(start_sequence(
             self.shared.clone(),
             self.ctx.clone(),
@@ -386,8 +424,7 @@ impl Task {
                 self.shared.ready_since.set(Some(Utc::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
-                self.record("ready", format!("ready (protocol {proto})"), json!({}))
-                    .await;
+                self.record("ready", format!("ready (protocol {proto})"), json!({}));
             }
             ProcEvent::StartFailed(reason) => {
                 self.host_log(LogLevel::Error, &reason);
@@ -395,8 +432,7 @@ impl Task {
             }
             ProcEvent::Hung(missed) => {
                 let reason = format!("hung: missed {missed} heartbeats in a row");
-                self.record("hung", reason.clone(), json!({ "missed": missed }))
-                    .await;
+                self.record("hung", reason.clone(), json!({ "missed": missed }));
                 self.kill_now(Some(reason));
             }
             ProcEvent::ConnLost(reason) => {
@@ -516,8 +552,7 @@ impl Task {
         });
         if self.shared.policy.borrow().state() == PluginState::Stopping {
             let details = self.last_exit.clone();
-            self.record("stopped", format!("stopped ({desc})"), details)
-                .await;
+            self.record("stopped", format!("stopped ({desc})"), details);
             self.apply(Input::Stopped).await;
         } else {
             self.apply(Input::Failed { reason }).await;
