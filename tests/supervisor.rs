@@ -152,7 +152,10 @@ fn crash_loop_backs_off_and_disables_after_ten_failures_across_restarts() {
     eventually("auto-disable", || {
         (state(&h, "stress-crash-start") == "disabled").then_some(())
     });
-    let evs = events(&h, "stress-crash-start");
+    let evs = eventually("the disabled event", || {
+        let evs = events(&h, "stress-crash-start");
+        (evs.last()?["kind"] == "disabled").then_some(evs)
+    });
     let crashes: Vec<&Value> = evs.iter().filter(|e| e["kind"] == "crashed").collect();
     assert_eq!(crashes.len(), 10, "{evs:?}");
     // The backoff sequence (base 20 ms): 1, 1, 2, 4, 8, 16, 16, 16, 16 units, then disabled.
