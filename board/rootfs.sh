@@ -33,6 +33,7 @@ mmdebstrap --mode=root --arch=arm64 --variant=minbase --components=main,non-free
     --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs' \
     --essential-hook='printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs"; chmod 755 "$1/usr/sbin/update-initramfs"' \
     --customize-hook='rm "$1/usr/sbin/update-initramfs"; chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs' \
+    --customize-hook='chroot "$1" apt-get purge -y -qq --autoremove usrmerge >/dev/null' \
     --customize-hook='printf "%s\n" "ROOTPART=LABEL=RASPIROOT" "CONSOLES=\"tty0 ttyS1,115200\"" > "$1/etc/default/raspi-firmware"' \
     --customize-hook='chroot "$1" update-initramfs -c -k all' \
     --customize-hook='for k in "$1"/lib/modules/*; do DEB_MAINT_PARAMS=configure chroot "$1" /etc/kernel/postinst.d/z50-raspi-firmware "$(basename "$k")"; done' \

@@ -163,6 +163,21 @@ fn plugin_routes_forward_requests() {
     assert_eq!(r.json()["body"], r#"{"a":1}"#);
     assert_eq!(r.json()["method"], "POST");
 
+    // A body that is not UTF-8 reaches a 1.1 plugin as base64.
+    let r = h.http(
+        "POST",
+        "/api/plugins/route/hello-rust/echo",
+        &[
+            ("Cookie", &format!("toru_session={c}")),
+            ("Origin", "http://localhost"),
+            ("X-Toru-Csrf", "1"),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        Some(&[0xff, 0xfe, 0x00, 0x01]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "//4AAQ==", "{}", r.text());
+
     // Tokens are not forwarded either.
     let token = create_token(&h, "fwd", "admin");
     let r = bearer(
@@ -356,6 +371,13 @@ fn logs_events_kv_and_bundle() {
     assert_eq!(
         get(&h, "/api/plugins/hello-rust/bundle.js", &c).text(),
         "/* from file */"
+    );
+    // A big bundle (the issue's example is ~0.7 MB) arrives whole.
+    let big = format!("/*{}*/", "x".repeat(1_000_000));
+    std::fs::write(h.plugins_dir.join("hello-rust/bundle.js"), &big).unwrap();
+    assert_eq!(
+        get(&h, "/api/plugins/hello-rust/bundle.js", &c).body.len(),
+        big.len()
     );
     assert_eq!(get(&h, "/api/plugins/broken/bundle.js", &c).status, 404);
     assert_eq!(get(&h, "/api/plugins/nope/bundle.js", &c).status, 404);

@@ -120,7 +120,7 @@ pub async fn dispatch(
                 current: String,
                 new: String,
             }
-            let c: Change = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
+            let c: Change = read_json(body, srv.auth_body_limit()).await?;
             if !matches!(who.via, super::auth::Via::Session(_)) {
                 return Err(ApiError::bad_request(
                     "change passwords from a browser session or with `toru passwd`",

@@ -522,14 +522,16 @@ pub enum LoginOutcome {
 }
 
 impl Auth {
-    /// Whether the host still waits for its first admin password.
-    pub fn setup_needed(&self, store: &Store) -> bool {
+    /// Whether the host still waits for its first admin password. Once an admin exists (set here
+    /// or with `toru passwd`), a leftover setup-code file is removed.
+    pub fn setup_needed(&self, app: &App) -> bool {
         if self.admin_exists.get() {
             return false;
         }
-        match store.user(ADMIN) {
+        match app.store.user(ADMIN) {
             Ok(Some(_)) => {
                 self.admin_exists.set(true);
+                let _ = std::fs::remove_file(setup_code_path(&app.config.data_dir));
                 false
             }
             Ok(None) => true,
@@ -644,7 +646,7 @@ impl Auth {
         code: &str,
         password: &str,
     ) -> Result<LoginOutcome, AuthError> {
-        if !self.setup_needed(&app.store) {
+        if !self.setup_needed(app) {
             return Ok(LoginOutcome::AlreadySetUp);
         }
         if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {

@@ -2,7 +2,8 @@
 //! one to evict when the limit is reached, and the response body that marks a request finished.
 //!
 //! A connection is *busy* from the moment hyper hands us a request head until the response body has
-//! been written (or dropped). While it is not busy, one deadline applies:
+//! been written (or dropped); a busy connection is closed after [`MAX_REQUEST_TIME`]. While it is
+//! not busy, one deadline applies:
 //! - no byte of the next request yet: `header_timeout` after accept (first request) or
 //!   `keepalive_timeout` after the previous response;
 //! - the next request has started: `header_timeout` after its first byte.
@@ -32,6 +33,15 @@ use super::router::Server;
 /// A request body must arrive completely within this time (else `408`).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request in flight longer than this is dropped with its connection. Every handler is bounded
+/// well below it (body 30 s, plugin reply 30 s, log long-poll 25 s): what it cuts is a client that
+/// stops reading its response.
+pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(120);
+
+/// A connection must have been quiet this long to be closed for a newcomer: a just-accepted one
+/// may already hold its request in the socket buffer, unread only because its task has not run.
+const EVICT_MIN_IDLE: Duration = Duration::from_millis(250);
+
 /// How long a refused connection is kept to deliver its 503 cleanly (send, FIN, drain the request).
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 /// Refused connections lingering at once at most; beyond it they are closed without an answer.
@@ -55,6 +65,8 @@ pub struct ConnState {
     id: u64,
     /// Requests in flight (0 or 1 for HTTP/1.1).
     busy: Cell<u32>,
+    /// When the request in flight started.
+    busy_since: Cell<Instant>,
     /// When the connection last became idle (accept or the end of a response).
     idle_since: Cell<Instant>,
     /// When the first byte of the next request arrived while idle.
@@ -72,6 +84,7 @@ impl ConnState {
         ConnState {
             id,
             busy: Cell::new(0),
+            busy_since: Cell::new(Instant::now()),
             idle_since: Cell::new(Instant::now()),
             head_started: Cell::new(None),
             served: Cell::new(0),
@@ -80,16 +93,16 @@ impl ConnState {
         }
     }
 
-    /// When this connection must be closed if nothing changes; `None` while a request is in flight.
-    fn deadline(&self, header_timeout: Duration, keepalive_timeout: Duration) -> Option<Instant> {
+    /// When this connection must be closed if nothing changes.
+    fn deadline(&self, header_timeout: Duration, keepalive_timeout: Duration) -> Instant {
         if self.busy.get() > 0 {
-            return None;
+            return self.busy_since.get() + MAX_REQUEST_TIME;
         }
-        Some(match self.head_started.get() {
+        match self.head_started.get() {
             Some(t) => t + header_timeout,
             None if self.served.get() == 0 => self.idle_since.get() + header_timeout,
             None => self.idle_since.get() + keepalive_timeout,
-        })
+        }
     }
 
     fn on_bytes_read(&self) {
@@ -107,6 +120,9 @@ pub struct BusyGuard(Rc<ConnState>);
 
 impl BusyGuard {
     fn new(state: Rc<ConnState>) -> BusyGuard {
+        if state.busy.get() == 0 {
+            state.busy_since.set(Instant::now());
+        }
         state.busy.set(state.busy.get() + 1);
         BusyGuard(state)
     }
@@ -231,7 +247,7 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// The live connections, by id (ids increase, so the first idle one found is the oldest).
+/// The live connections, by id.
 #[derive(Debug, Default)]
 pub struct Connections {
     live: RefCell<BTreeMap<u64, Rc<ConnState>>>,
@@ -265,7 +281,14 @@ impl Connections {
     fn register(&self, max: usize) -> Option<Rc<ConnState>> {
         let mut live = self.live.borrow_mut();
         if live.len() >= max.max(1) {
-            let victim = live.values().find(|c| c.busy.get() == 0).map(|c| c.id)?;
+            let now = Instant::now();
+            let victim = live
+                .values()
+                .filter(|c| c.busy.get() == 0)
+                .map(|c| (c.head_started.get().unwrap_or(c.idle_since.get()), c.id))
+                .filter(|(active, _)| now.saturating_duration_since(*active) >= EVICT_MIN_IDLE)
+                .min()
+                .map(|(_, id)| id)?;
             if let Some(v) = live.remove(&victim) {
                 v.close.notify_one();
                 self.evicted.set(self.evicted.get() + 1);
@@ -292,11 +315,10 @@ pub fn admit(server: &Rc<Server>, stream: TcpStream, peer: SocketAddr, tasks: &m
         return;
     };
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
     let server = server.clone();
     tasks.spawn_local(async move {
         let id = state.id;
-        serve_connection(&server, stream, peer, local, state).await;
+        serve_connection(&server, stream, peer, state).await;
         server.connections.remove(id);
     });
 }
@@ -331,7 +353,6 @@ async fn serve_connection(
     server: &Rc<Server>,
     stream: TcpStream,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
     state: Rc<ConnState>,
 ) {
     let limits = server.app.config.http.clone();
@@ -346,7 +367,7 @@ async fn serve_connection(
         let guard = BusyGuard::new(svc_state.clone());
         let server = svc_server.clone();
         async move {
-            let resp = server.handle(req, peer, local).await;
+            let resp = server.handle(req, peer).await;
             Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
         }
     });
@@ -374,9 +395,9 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline) => {
                 let still = state.deadline(limits.header_timeout, limits.keepalive_timeout);
-                if still.is_some_and(|d| d <= Instant::now()) {
+                if still <= Instant::now() {
                     let c = &server.connections;
                     c.timed_out.set(c.timed_out.get() + 1);
                     log::debug!("http: closing connection from {peer} at its deadline");
@@ -384,13 +405,6 @@ async fn serve_connection(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -405,25 +419,26 @@ mod tests {
     async fn deadlines_follow_the_request_cycle() {
         let s = Rc::new(ConnState::new(0));
         let t0 = Instant::now();
-        assert_eq!(
-            s.deadline(H, K),
-            Some(t0 + H),
-            "first request: header timeout"
-        );
+        assert_eq!(s.deadline(H, K), t0 + H, "first request: header timeout");
         tokio::time::advance(Duration::from_secs(3)).await;
         s.on_bytes_read();
-        assert_eq!(s.deadline(H, K), Some(t0 + Duration::from_secs(3) + H));
+        assert_eq!(s.deadline(H, K), t0 + Duration::from_secs(3) + H);
         let g = BusyGuard::new(s.clone());
-        assert_eq!(s.deadline(H, K), None, "busy: no deadline");
+        let busy_at = Instant::now();
+        assert_eq!(
+            s.deadline(H, K),
+            busy_at + MAX_REQUEST_TIME,
+            "busy: the request cap"
+        );
         tokio::time::advance(Duration::from_secs(100)).await;
         drop(g);
         let t1 = Instant::now();
-        assert_eq!(s.deadline(H, K), Some(t1 + K), "idle keep-alive");
+        assert_eq!(s.deadline(H, K), t1 + K, "idle keep-alive");
         tokio::time::advance(Duration::from_secs(25)).await;
         s.on_bytes_read();
         assert_eq!(
             s.deadline(H, K),
-            Some(t1 + Duration::from_secs(25) + H),
+            t1 + Duration::from_secs(25) + H,
             "the next head has its own timeout"
         );
     }
@@ -434,11 +449,17 @@ mod tests {
         let a = c.register(2).expect("room");
         let b = c.register(2).expect("room");
         let _busy_a = BusyGuard::new(a.clone());
+        assert!(
+            c.register(2).is_none(),
+            "b was accepted just now: not evicted yet"
+        );
+        tokio::time::advance(EVICT_MIN_IDLE).await;
         let third = c.register(2).expect("b is idle and makes room");
         assert_eq!(c.active(), 2);
         assert!(!c.live.borrow().contains_key(&b.id), "b was evicted");
         assert_eq!(c.evicted.get(), 1);
         let _busy_third = BusyGuard::new(third);
+        tokio::time::advance(EVICT_MIN_IDLE * 10).await;
         assert!(c.register(2).is_none(), "everyone busy → refused");
     }
 

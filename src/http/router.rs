@@ -181,6 +181,9 @@ pub fn ok_json(value: &impl Serialize) -> Result<Resp, ApiError> {
     Ok(json_response(StatusCode::OK, value))
 }
 
+/// Largest login, setup or password-change body (a name, a password ≤ 1 KiB and a code fit).
+const AUTH_BODY_BYTES: usize = 8 * 1024;
+
 /// Content-Security-Policy of every response. Scripts only from this origin (plugin bundles are
 /// served from here too); inline styles are allowed because plugin bundles use them.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
@@ -241,12 +244,7 @@ impl Server {
     }
 
     /// Answer one request (never fails: errors become JSON responses).
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        _local: Option<SocketAddr>,
-    ) -> Resp {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let started = Instant::now();
         let path = req.uri().path().to_string();
         let class = class_of(&path);
@@ -317,7 +315,7 @@ impl Server {
                 Err(method_not_allowed("GET"))
             };
         }
-        let setup_needed = self.auth.setup_needed(&self.app.store);
+        let setup_needed = self.auth.setup_needed(&self.app);
         match ctx.path.as_str() {
             "/api/auth/setup" => return self.setup(&ctx, body, setup_needed).await,
             _ if setup_needed => {
@@ -392,7 +390,7 @@ impl Server {
             username: String,
             password: String,
         }
-        let l: Login = api::read_json(body, self.app.config.http.max_api_body_bytes).await?;
+        let l: Login = api::read_json(body, self.auth_body_limit()).await?;
         let outcome = self
             .auth
             .login(&self.app, ctx.client, &l.username, &l.password)
@@ -413,13 +411,19 @@ impl Server {
             code: String,
             password: String,
         }
-        let s: Setup = api::read_json(body, self.app.config.http.max_api_body_bytes).await?;
+        let s: Setup = api::read_json(body, self.auth_body_limit()).await?;
         let outcome = self
             .auth
             .setup(&self.app, ctx.client, &s.code, &s.password)
             .await
             .map_err(|e| ApiError::internal("setup", &e))?;
         self.login_response(ctx, outcome)
+    }
+
+    /// Cap of login, setup and password bodies: they are read before anyone is authenticated, so
+    /// they get far less than other API bodies.
+    pub fn auth_body_limit(&self) -> usize {
+        AUTH_BODY_BYTES.min(self.app.config.http.max_api_body_bytes)
     }
 
     /// The answer to login, setup and password change.

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Boots a copy of a built image under QEMU and checks the appliance end to end:
+#
+#   board/boot-test.sh board/out/toru-<version>-rpi-arm64.img [virt|raspi3b]
+#
+# The copy is grown by 2 GiB (first boot must grow the root partition). The kernel command line
+# carries `toru.testtoken`, which enables the test-only toru-boot-test.service inside the image; it
+# completes setup with `toru passwd`, writes TORU-TEST-* lines to the serial console (captured to a
+# file here) and takes commands on a virtio serial port (`kill`: SIGKILL the host). HTTP goes through a QEMU user-network forward bound
+# to 127.0.0.1 only. Every wait polls with a deadline; the only fixed wait is the watchdog soak.
+#
+# virt: the full check list. raspi3b: boot, HTTP, token and plugins only (no virtio serial port there,
+# so no kill test), and it is slower; neither runs the Pi's GPU firmware (bootcode.bin/start.elf).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+img=${1:?usage: $0 <image.img> [virt|raspi3b]}
+machine=${2:-virt}
+base=${img%.img}
+need_apt qemu-system-arm qemu-efi-aarch64 curl python3 util-linux
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/toru-boot.XXXXXX")
+console="$run/console.log"
+qpid=""
+cleanup() {
+    if [ -n "$qpid" ]; then kill "$qpid" 2>/dev/null || true; wait "$qpid" 2>/dev/null || true; fi
+    # Keep the serial console log for whoever investigates (board/out is git-ignored).
+    mkdir -p "$BOARD_OUT" && cp "$console" "$BOARD_OUT/boot-test-$machine.console.log" 2>/dev/null || true
+    rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+fail() {
+    echo "boot test FAILED ($machine): $*" >&2
+    echo "---- last lines of the serial console ----" >&2
+    tail -n 80 "$console" 2>/dev/null | tr -d '\r' >&2 || true
+    exit 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+now() { date +%s; }
+# wait_for <seconds> <what> <command...>: poll the command once a second until it succeeds.
+wait_for() {
+    local limit=$1 what=$2 end=$(( $(now) + $1 ))
+    shift 2
+    until "$@"; do
+        kill -0 "$qpid" 2>/dev/null || fail "QEMU exited while waiting for $what"
+        [ "$(now)" -lt "$end" ] || fail "no $what within $limit s"
+        sleep 1
+    done
+}
+http_ok() { curl -fs -o /dev/null --max-time 5 "http://127.0.0.1:$port$1"; }
+console_value() { tr -d '\r' < "$console" | sed -n "s/.*$1=\([^[:space:]]*\).*/\1/p" | tail -n1; }
+console_has() { [ -n "$(console_value "$1")" ]; }
+api_pid() { curl -fs --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
+
+# Plugins the image must show as ready: what build-image.sh installed.
+expected=(hello-rust)
+[ -f "$REPO_DIR/plugins/hello-python/hello-python.binary" ] && expected+=(hello-python)
+
+copy="$run/disk.img"
+cp --sparse=always "$img" "$copy"
+root_part_bytes=$(( $(partx -g -o SECTORS -n 2 "$copy" | tr -d ' ') * 512 ))
+port=$(free_port)
+common=(-m 1024 -no-reboot -display none -monitor none -serial "file:$console"
+        -kernel "$base.vmlinuz" -initrd "$base.initrd")
+cmdline="root=LABEL=RASPIROOT rw console=ttyAMA0 net.ifnames=0 panic=-1 toru.testtoken"
+case "$machine" in
+    virt)
+        truncate -s +2G "$copy"
+        ctl=$(free_port)
+        qemu-system-aarch64 -M virt -cpu cortex-a53 -smp 2 "${common[@]}" -append "$cmdline" \
+            -drive "file=$copy,if=none,format=raw,id=hd" -device virtio-blk-device,drive=hd \
+            -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$port-:8080" -device virtio-net-device,netdev=n \
+            -device virtio-serial-device \
+            -chardev "socket,id=ctl,host=127.0.0.1,port=$ctl,server=on,wait=off" \
+            -device virtserialport,chardev=ctl,name=toru.test &
+        ;;
+    raspi3b)
+        # The SD card model wants a power-of-two size.
+        truncate -s 4G "$copy"
+        # QEMU's bcm2835 power manager resets the machine as soon as the watchdog is armed (that is
+        # how Linux reboots a Pi), so systemd's RuntimeWatchdogSec would end the run: no driver.
+        qemu-system-aarch64 -M raspi3b "${common[@]}" -dtb "$base.rpi3b.dtb" \
+            -append "$cmdline modprobe.blacklist=bcm2835_wdt" \
+            -drive "file=$copy,if=sd,format=raw" \
+            -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$port-:8080" -device usb-net,netdev=n &
+        ;;
+    *) fail "unknown machine $machine" ;;
+esac
+qpid=$!
+t0=$(now)
+
+wait_for 420 "answer from GET /api/health" http_ok /api/health
+t_http=$(now)
+say "$machine: /api/health answered $((t_http - t0)) s after QEMU started"
+http_ok / || fail "GET / (the UI) did not answer 200"
+
+# The hook waits for the setup code on the boot partition, completes setup with `toru passwd` (the
+# host then removes the code, toru-setup-code.service the copy), then creates an API token.
+wait_for 120 "the setup code on the console" grep -aq "Toru setup code: " "$console"
+wait_for 240 "TORU-TEST-TOKEN on the console" grep -aq "TORU-TEST-TOKEN=" "$console"
+[ "$(console_value TORU-TEST-SETUP-CODE-FAT)" = present ] ||
+    fail "no toru-setup-code.txt on the boot partition while the setup code existed"
+! grep -aq TORU-TEST-PASSWD-FAILED "$console" || fail "\`toru passwd\` failed in the guest (its error is on the console)"
+[ "$(console_value TORU-TEST-SETUP-DONE)" = removed ] ||
+    fail "toru-setup-code.txt stayed on the boot partition after setup was completed"
+token=$(console_value TORU-TEST-TOKEN)
+[ -n "$token" ] || fail "the test hook printed an empty token: \`toru token create\` failed (its error is on the console)"
+
+plugins_ready() {
+    curl -fs --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/plugins" \
+        > "$run/plugins.json" || return 1
+    python3 - "$run/plugins.json" "${expected[@]}" <<'PY'
+import json, sys
+plugins = json.load(open(sys.argv[1]))
+assert isinstance(plugins, list), "GET /api/plugins is not a JSON array"
+state = {p.get("name"): p.get("state") for p in plugins}
+sys.exit(0 if all(state.get(n) == "ready" for n in sys.argv[2:]) else 1)
+PY
+}
+wait_for 120 "plugins ${expected[*]} in state ready (GET /api/plugins)" plugins_ready
+say "$machine: plugins ready $(( $(now) - t0 )) s after start: $(tr -d '\n' < "$run/plugins.json")"
+
+# The hook prints its report lines in order; the failed-units line comes last.
+wait_for 180 "the test hook's report on the console" console_has TORU-TEST-FAILED-UNITS
+failed=$(console_value TORU-TEST-FAILED-UNITS)
+[ "$failed" = none ] || fail "failed units in the guest: $failed"
+root_bytes=$(console_value TORU-TEST-ROOT-BYTES)
+[ "$root_bytes" -gt $((root_part_bytes + 1024 * 1024 * 1024)) ] ||
+    fail "root filesystem did not grow: $root_bytes bytes, partition was $root_part_bytes"
+say "$machine: root filesystem grew from $root_part_bytes to $root_bytes bytes"
+
+if [ "$machine" != virt ]; then
+    say "$machine: boot test passed in $(( $(now) - t0 )) s (soak and restart run on virt only)"
+    exit 0
+fi
+
+# Soak for more than two watchdog periods (WatchdogSec=30s): the host must keep its PID.
+pid=$(api_pid) || fail "GET /api/system gave no pid"
+soak_end=$(( $(now) + 75 ))
+while [ "$(now)" -lt "$soak_end" ]; do
+    kill -0 "$qpid" 2>/dev/null || fail "QEMU exited during the soak"
+    current=$(api_pid) || fail "GET /api/system failed during the soak"
+    [ "$current" = "$pid" ] || fail "host restarted during the soak (pid $pid -> $current)"
+    sleep 5
+done
+say "$machine: host pid $pid unchanged after a 75 s soak"
+
+# Kill the host inside the guest; systemd must restart it. The connection stays open until the
+# hook reports, so QEMU delivers the command whenever the guest reads the port.
+exec 3<>"/dev/tcp/127.0.0.1/$ctl"
+printf 'kill\n' >&3
+wait_for 60 "TORU-TEST-KILLED on the console" console_has TORU-TEST-KILLED
+exec 3>&-
+[ "$(console_value TORU-TEST-KILLED)" = "$pid" ] || fail "the hook killed pid $(console_value TORU-TEST-KILLED), not $pid"
+t_kill=$(now)
+restarted() { local p; p=$(api_pid 2>/dev/null) && [ "$p" != "$pid" ] && http_ok /api/health; }
+wait_for 120 "a restarted host (new pid, /api/health 200)" restarted
+say "$machine: host restarted by systemd $(( $(now) - t_kill )) s after SIGKILL (pid $pid -> $(api_pid))"
+say "$machine: boot test passed in $(( $(now) - t0 )) s"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Browser tests of the web UI in real headless Chromium: Debian's chromium, driven by playwright-core
+# from npm (no browser download). Starts the real `toru` with the example plugins and walks setup,
+# login, plugin toggle, plugin views, logs (tests/browser/run.mjs). Screenshots: $TORU_SHOTS.
+set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
+cd "$(toru_root)"
+need_apt chromium python3 fonts-dejavu-core
+# Node may come from elsewhere (e.g. NodeSource's nodejs bundles npm and conflicts with Debian's).
+command -v node >/dev/null || need_apt nodejs
+command -v npm >/dev/null || need_apt npm
+cargo build --workspace --locked
+cd tests/browser
+# `npm ci` installs exactly the committed lock file; quiet unless it fails.
+npm ci --no-audit --no-fund --loglevel=error >&2
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" node run.mjs
