@@ -392,6 +392,7 @@ impl Task {
             }
         }
         let mut child = process::spawn(&self.shared.binary, &socket)
+            .await
             .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
         let pid = child.id().unwrap_or(0);
         self.shared.pid.set(Some(pid));

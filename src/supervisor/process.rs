@@ -19,8 +19,31 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// `PATH` given to plugins.
 const PLUGIN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// Spawn a plugin binary listening on `socket`.
-pub fn spawn(binary: &Path, socket: &Path) -> std::io::Result<Child> {
+/// Attempts at exec when the binary is "text file busy" (it was being written, or another process
+/// briefly inherited a write descriptor to it): a plugin copied in place just before a rescan.
+const BUSY_ATTEMPTS: u32 = 5;
+/// Pause between those attempts.
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
+fn is_busy(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ETXTBSY)
+}
+
+/// Spawn a plugin binary listening on `socket`, retrying briefly while the file is busy.
+pub async fn spawn(binary: &Path, socket: &Path) -> std::io::Result<Child> {
+    let mut attempt = 1;
+    loop {
+        match spawn_once(binary, socket) {
+            Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", PLUGIN_PATH)
@@ -117,17 +140,27 @@ pub fn list_binaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Run `binary --metadata` with a timeout and an output cap, and validate what it prints.
 pub async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Discovered, String> {
-    let mut child = Command::new(binary)
-        .arg("--metadata")
-        .env_clear()
-        .env("PATH", PLUGIN_PATH)
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run --metadata: {e}"))?;
+    let mut attempt = 1;
+    let mut child = loop {
+        let spawned = Command::new(binary)
+            .arg("--metadata")
+            .env_clear()
+            .env("PATH", PLUGIN_PATH)
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        match spawned {
+            Ok(c) => break c,
+            Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            Err(e) => return Err(format!("cannot run --metadata: {e}")),
+        }
+    };
     let mut stdout = child.stdout.take().ok_or_else(|| "no stdout".to_string())?;
     let work = async {
         let mut out = Vec::new();
