@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 use toru_plugin_api::protocol::BodyEncoding;
-use toru_plugin_api::{HttpRequest, LogLevel};
+use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::auth::{Identity, Role};
 use super::checks;
@@ -390,50 +390,29 @@ async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
 }
 
 async fn kv(srv: &Server, who: &Identity, id: &str, body: Incoming) -> Result<Resp, ApiError> {
-    #[derive(serde::Deserialize)]
-    #[serde(tag = "action", rename_all = "lowercase")]
-    enum Kv {
-        Get {
-            key: String,
-        },
-        Set {
-            key: String,
-            value: String,
-        },
-        Delete {
-            key: String,
-        },
-        List {
-            #[serde(default)]
-            prefix: String,
-            #[serde(default)]
-            start_after: Option<String>,
-            #[serde(default)]
-            limit: Option<usize>,
-        },
-    }
     srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    let req: Kv = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
+    // The same request shape as the plugin protocol's `kv` messages.
+    let req: KvRequest = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
     let store = &srv.app.store;
     let r = match req {
-        Kv::Get { key } => store
+        KvRequest::Get { key } => store
             .kv_get(id, &key)
             .map(|v| json!({"key": key, "value": v})),
-        Kv::List {
+        KvRequest::List {
             prefix,
             start_after,
             limit,
         } => store
             .kv_list(id, &prefix, start_after.as_deref(), limit.unwrap_or(1000))
             .map(|(keys, truncated)| json!({"keys": keys, "truncated": truncated})),
-        Kv::Set { key, value } => {
+        KvRequest::Set { key, value } => {
             admin(who)?;
             store
                 .kv_set(id, &key, &value)
                 .await
                 .map(|()| json!({"key": key, "ok": true}))
         }
-        Kv::Delete { key } => {
+        KvRequest::Delete { key } => {
             admin(who)?;
             store
                 .kv_delete(id, &key)
