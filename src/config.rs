@@ -285,10 +285,12 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
-            let f: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let f: FileConfig = parse_toml(&text)
+                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+                .map_err(|message| ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                })?;
             c.apply_file(f)?;
         }
         // Environment, then flags.
@@ -443,6 +445,164 @@ impl Config {
     }
 }
 
+/// Parse the TOML the config file uses into a JSON value (then deserialized with the same
+/// `deny_unknown_fields` rules): `[table]` headers, `key = value` with basic or literal strings,
+/// integers, booleans and one-line arrays, `#` comments. Other TOML (dates, floats, inline tables,
+/// dotted keys, multi-line strings) is refused with the line number. A full TOML parser costs
+/// ~80 KiB of the device binary for a file of a dozen flat keys.
+pub fn parse_toml(text: &str) -> Result<serde_json::Value, String> {
+    use serde_json::{Map, Value};
+    let mut root = Map::new();
+    let mut table: Option<String> = None;
+    for (n, raw) in text.lines().enumerate() {
+        let line_no = n + 1;
+        let err = |m: &str| format!("line {line_no}: {m}");
+        let line = strip_comment(raw).trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest
+                .strip_suffix(']')
+                .map(str::trim)
+                .filter(|t| is_bare_key(t))
+                .ok_or_else(|| err("expected a table header like [http]"))?;
+            if root.contains_key(name) {
+                return Err(err(&format!("table [{name}] appears twice")));
+            }
+            root.insert(name.to_string(), Value::Object(Map::new()));
+            table = Some(name.to_string());
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err("expected key = value"))?;
+        let key = key.trim();
+        if !is_bare_key(key) {
+            return Err(err(&format!("invalid key {key:?}")));
+        }
+        let value = parse_value(value.trim()).map_err(|m| err(&m))?;
+        let target = match &table {
+            None => &mut root,
+            Some(t) => match root.get_mut(t) {
+                Some(Value::Object(m)) => m,
+                _ => return Err(err("internal: table missing")),
+            },
+        };
+        if target.insert(key.to_string(), value).is_some() {
+            return Err(err(&format!("key {key:?} appears twice")));
+        }
+    }
+    Ok(Value::Object(root))
+}
+
+fn is_bare_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The line without a `#` comment (a `#` inside a string is kept).
+fn strip_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(q), c) if c == q && !escaped => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => return &line[..i],
+            _ => {}
+        }
+        escaped = false;
+    }
+    line
+}
+
+fn parse_value(v: &str) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if let Some(inner) = v.strip_prefix('[') {
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or("arrays must open and close on one line")?;
+        let mut items = Vec::new();
+        let mut rest = inner.trim();
+        while !rest.is_empty() {
+            let (item, after) = take_scalar(rest)?;
+            items.push(item);
+            rest = after.trim_start();
+            match rest.strip_prefix(',') {
+                Some(r) => rest = r.trim_start(),
+                None if rest.is_empty() => {}
+                None => return Err(format!("expected ',' in array before {rest:?}")),
+            }
+        }
+        return Ok(Value::Array(items));
+    }
+    let (value, rest) = take_scalar(v)?;
+    if !rest.trim().is_empty() {
+        return Err(format!("unexpected {:?} after the value", rest.trim()));
+    }
+    Ok(value)
+}
+
+/// One string, integer or boolean at the start of `v`; returns it and the rest.
+fn take_scalar(v: &str) -> Result<(serde_json::Value, &str), String> {
+    use serde_json::Value;
+    if let Some(body) = v.strip_prefix('\'') {
+        let end = body.find('\'').ok_or("unterminated string")?;
+        return Ok((Value::String(body[..end].to_string()), &body[end + 1..]));
+    }
+    if let Some(body) = v.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return Ok((Value::String(out), &body[i + 1..])),
+                '\\' => match chars.next().map(|(_, e)| e) {
+                    Some('n') => out.push('\n'),
+                    Some('t') => out.push('\t'),
+                    Some('r') => out.push('\r'),
+                    Some('"') => out.push('"'),
+                    Some('\\') => out.push('\\'),
+                    Some('u') => {
+                        let hex: String = (0..4)
+                            .filter_map(|_| chars.next().map(|(_, h)| h))
+                            .collect();
+                        let ch = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("invalid escape \\u{hex}"))?;
+                        out.push(ch);
+                    }
+                    other => return Err(format!("unsupported escape \\{}", other.unwrap_or(' '))),
+                },
+                c => out.push(c),
+            }
+        }
+        return Err("unterminated string".into());
+    }
+    let end = v
+        .find(|c: char| c == ',' || c == ']' || c.is_whitespace())
+        .unwrap_or(v.len());
+    let (word, rest) = v.split_at(end);
+    let value = match word {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => {
+            let digits = word.replace('_', "");
+            let n: i64 = digits.parse().map_err(|_| {
+                format!("unsupported value {word:?} (use a \"string\", an integer or true/false)")
+            })?;
+            Value::from(n)
+        }
+    };
+    Ok((value, rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +641,36 @@ mod tests {
         assert_eq!(c.plugins_dir, PathBuf::from("/fp"));
         assert_eq!(c.http.max_connections, 5);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn toml_subset() {
+        let v = parse_toml(
+            "# comment\nlisten = \"0.0.0.0:8080\" # trailing\nlog_level = 'info'\nkv_quota_bytes = 1_048_576\n\n[http]\nallowed_hosts = [\"a.local\", \"b#c\"]\nmax_connections = 64\n[supervisor]\nheartbeat_misses = 3\n",
+        )
+        .unwrap();
+        assert_eq!(v["listen"], "0.0.0.0:8080");
+        assert_eq!(v["log_level"], "info");
+        assert_eq!(v["kv_quota_bytes"], 1_048_576);
+        assert_eq!(
+            v["http"]["allowed_hosts"],
+            serde_json::json!(["a.local", "b#c"])
+        );
+        assert_eq!(v["http"]["max_connections"], 64);
+        assert_eq!(v["supervisor"]["heartbeat_misses"], 3);
+        assert_eq!(parse_toml("a = \"x\\\"y\\u00e9\"").unwrap()["a"], "x\"yé");
+        for (bad, needle) in [
+            ("listen", "line 1: expected key = value"),
+            ("a = 1.5", "line 1: unsupported value"),
+            ("a = \"open", "unterminated"),
+            ("[http\n", "table header"),
+            ("a = 1\na = 2", "line 2: key \"a\" appears twice"),
+            ("a = [1,\n2]", "one line"),
+            ("a.b = 1", "invalid key"),
+        ] {
+            let e = parse_toml(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad:?}: {e}");
+        }
     }
 
     #[test]
