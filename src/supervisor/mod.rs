@@ -15,6 +15,7 @@ pub mod plugin;
 pub mod policy;
 pub mod process;
 pub mod view;
+pub mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};

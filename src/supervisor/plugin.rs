@@ -391,6 +391,11 @@ impl Task {
                 let _ = std::fs::remove_file(&socket);
             }
         }
+        // Watch for the socket before the plugin exists, so its bind cannot be missed.
+        let watch = socket
+            .parent()
+            .zip(socket.file_name())
+            .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
         let mut child = process::spawn(&self.shared.binary, &socket)
             .await
             .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
@@ -414,6 +419,7 @@ impl Task {
             self.ctx.clone(),
             generation,
             self.events.clone(),
+            watch,
         ));
         Ok(())
     }
@@ -594,26 +600,44 @@ async fn start_sequence(
     ctx: Rc<Ctx>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
+    watch: Option<super::watch::SocketWatch>,
 ) {
     let cfg = &ctx.config.supervisor;
     let report = |ev| {
         let _ = events.send((generation, ev));
     };
     // The socket must appear (and accept) within the socket timeout.
-    // Retries start at 250 µs and double up to 10 ms: a fast plugin is found within a fraction of a
-    // millisecond, a slow one costs at most ~200 attempts over the 2 s limit.
+    // Connect as soon as the socket appears: the inotify watch wakes us on its creation; a short
+    // timer (doubling from 1 ms to 10 ms) covers the gap between bind and listen, and systems
+    // without inotify.
     let deadline = Instant::now() + cfg.socket_timeout;
-    let mut pause = Duration::from_micros(250);
+    let mut pause = Duration::from_millis(1);
+    let mut after_event = 0u32;
     let stream = loop {
         match tokio::net::UnixStream::connect(&shared.socket).await {
             Ok(s) => break Some(s),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(10));
+            Err(_) if Instant::now() >= deadline => break None,
+            Err(_) if after_event > 0 && after_event < 4 => {
+                // Created but not yet listening: that gap is microseconds.
+                after_event += 1;
+                tokio::task::yield_now().await;
             }
-            Err(_) => break None,
+            Err(_) => {
+                let timer = tokio::time::sleep(pause.min(deadline - Instant::now()));
+                match &watch {
+                    Some(w) => tokio::select! {
+                        r = w.created() => { if r.is_ok() { after_event = 1; } }
+                        _ = timer => pause = (pause * 2).min(Duration::from_millis(10)),
+                    },
+                    None => {
+                        timer.await;
+                        pause = (pause * 2).min(Duration::from_millis(10));
+                    }
+                }
+            }
         }
     };
+    drop(watch);
     let Some(stream) = stream else {
         report(ProcEvent::StartFailed(format!(
             "socket {} did not appear within {} ms",
