@@ -445,9 +445,19 @@ impl Store {
     /// Record an event for `plugin` (or `"host"`), dropping that plugin's oldest events beyond
     /// [`StoreOptions::events_per_plugin`]. Returns the stored event.
     pub async fn record_event(&self, plugin: &str, ev: NewEvent) -> Result<Event, StoreError> {
+        self.record_event_at(plugin, ev, Utc::now()).await
+    }
+
+    /// [`Store::record_event`] with the time the event happened (a caller that queues events
+    /// stamps them when they happen, not when they reach the store).
+    pub async fn record_event_at(
+        &self,
+        plugin: &str,
+        ev: NewEvent,
+        at: DateTime<Utc>,
+    ) -> Result<Event, StoreError> {
         let plugin = plugin.to_owned();
         let (ev, event_bytes) = bound_event(ev);
-        let at = Utc::now();
         let payload = plugin.len() + event_bytes;
         self.inner
             .writer

@@ -101,33 +101,49 @@ enum ProcEvent {
 
 /// A write to the store, done in order by the plugin's journal task.
 enum Job {
-    Event(NewEvent),
+    Event(NewEvent, chrono::DateTime<Utc>),
     Persist(PluginRecord, NewEvent, oneshot::Sender<()>),
 }
 
 /// Write a plugin's events and state changes in the order they happened, without making the
 /// restart path wait for each commit (only persisted state changes are awaited, by their caller).
+/// Jobs queued together are submitted together, in order, so they share one group commit.
 async fn journal(shared: Rc<Shared>, store: Store, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Event(ev) => match store.record_event(&shared.id, ev).await {
-                Ok(stored) => {
-                    let mut last = shared.last_event.borrow_mut();
-                    if last
-                        .as_ref()
-                        .is_some_and(|l| l.kind == stored.kind && l.message == stored.message)
-                    {
-                        *last = Some(stored);
-                    }
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
+        }
+        // Local tasks first run in spawn order, so the writes reach the store in this order.
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|job| tokio::task::spawn_local(write_job(shared.clone(), store.clone(), job)))
+            .collect();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn write_job(shared: Rc<Shared>, store: Store, job: Job) {
+    match job {
+        Job::Event(ev, at) => match store.record_event_at(&shared.id, ev, at).await {
+            Ok(stored) => {
+                let mut last = shared.last_event.borrow_mut();
+                if last
+                    .as_ref()
+                    .is_some_and(|l| l.kind == stored.kind && l.message == stored.message)
+                {
+                    *last = Some(stored);
                 }
-                Err(e) => log::error!("[{}] cannot store event: {e}", shared.id),
-            },
-            Job::Persist(rec, ev, done) => {
-                if let Err(e) = store.set_plugin(&shared.id, rec, Some(ev)).await {
-                    log::error!("[{}] cannot save enabled state: {e}", shared.id);
-                }
-                let _ = done.send(());
             }
+            Err(e) => log::error!("[{}] cannot store event: {e}", shared.id),
+        },
+        Job::Persist(rec, ev, done) => {
+            if let Err(e) = store.set_plugin(&shared.id, rec, Some(ev)).await {
+                log::error!("[{}] cannot save enabled state: {e}", shared.id);
+            }
+            let _ = done.send(());
         }
     }
 }
@@ -306,6 +322,10 @@ impl Task {
                 }
                 None
             }
+            Action::ScheduleRestart(d) if d.is_zero() => {
+                // Restart at once, in this turn (a timer would add its 1 ms granularity).
+                Some(Input::BackoffElapsed)
+            }
             Action::ScheduleRestart(d) => {
                 self.backoff_at = Some(Instant::now() + d);
                 None
@@ -378,7 +398,7 @@ impl Task {
             details,
         };
         self.remember_event(ev.clone());
-        let _ = self.journal.send(Job::Event(ev));
+        let _ = self.journal.send(Job::Event(ev, Utc::now()));
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
@@ -638,6 +658,13 @@ async fn start_sequence(
         }
     };
     drop(watch);
+    log::debug!(
+        "[{}] socket connect after {:?} (inotify event seen: {})",
+        shared.id,
+        cfg.socket_timeout
+            .saturating_sub(deadline.saturating_duration_since(Instant::now())),
+        after_event > 0
+    );
     let Some(stream) = stream else {
         report(ProcEvent::StartFailed(format!(
             "socket {} did not appear within {} ms",
