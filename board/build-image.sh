@@ -36,7 +36,7 @@ if [ -n "${TORU_BOARD_BIN_DIR:-}" ]; then
 else
     say "cargo build --release --target $target (toru, hello-rust)"
     (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust)
-    bindir="$REPO_DIR/target/$target/release"
+    bindir="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release"
 fi
 t_cargo=$(date +%s)
 
@@ -51,7 +51,7 @@ t_rootfs=$(date +%s)
 say "assembling $name.img"
 mkdir -p "$BOARD_OUT"
 work="$BOARD_OUT/work"
-rm -rf "$work"
+rm -rf --one-file-system "$work"
 mkdir -p "$work"
 tree="$work/rootfs"
 cp -a "$base" "$tree"
@@ -125,7 +125,7 @@ SFDISK
 dd if="$work/boot.vfat" of="$img.tmp" bs=1M seek=4 conv=notrunc,sparse status=none
 dd if="$work/root.ext4" of="$img.tmp" bs=1M seek=$((4 + boot_mib)) conv=notrunc,sparse status=none
 mv "$img.tmp" "$img"
-rm -rf "$work"
+rm -rf --one-file-system "$work"
 t_image=$(date +%s)
 
 if [ "$xz" = 1 ]; then

@@ -20,8 +20,13 @@ fi
 board_need_tools
 board_need_binfmt
 mkdir -p "$BOARD_CACHE"
-# A previous run may have died half-way; mmdebstrap wants an empty target.
-rm -rf "$dir.tmp"
+# A previous run may have died half-way; mmdebstrap wants an empty target. Never delete through a
+# mount mmdebstrap may have left behind (/proc, /sys, /dev of the build machine).
+if grep -qF " $dir.tmp/" /proc/self/mounts; then
+    echo "$dir.tmp has mounts left from an interrupted build: unmount them first" >&2
+    exit 1
+fi
+rm -rf --one-file-system "$dir.tmp"
 packages=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$BOARD_DIR/packages.txt" | tr '\n' ',' | sed 's/,$//')
 mirror=${TORU_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${TORU_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
@@ -33,7 +38,8 @@ mmdebstrap --mode=root --arch=arm64 --variant=minbase --components=main,non-free
     --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs' \
     --essential-hook='printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs"; chmod 755 "$1/usr/sbin/update-initramfs"' \
     --customize-hook='rm "$1/usr/sbin/update-initramfs"; chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs' \
-    --customize-hook='chroot "$1" apt-get purge -y -qq --autoremove usrmerge >/dev/null' \
+    --customize-hook='chroot "$1" dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl perl libperl5.36 perl-modules-5.36 >/dev/null' \
+    --customize-hook='chroot "$1" apt-get autoremove -y -qq --purge >/dev/null' \
     --customize-hook='printf "%s\n" "ROOTPART=LABEL=RASPIROOT" "CONSOLES=\"tty0 ttyS1,115200\"" > "$1/etc/default/raspi-firmware"' \
     --customize-hook='chroot "$1" update-initramfs -c -k all' \
     --customize-hook='for k in "$1"/lib/modules/*; do DEB_MAINT_PARAMS=configure chroot "$1" /etc/kernel/postinst.d/z50-raspi-firmware "$(basename "$k")"; done' \

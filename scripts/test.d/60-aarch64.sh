@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$REPO_DIR"
 
 need_apt gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
-    qemu-user-static binfmt-support arch-test file
+    qemu-user-static binfmt-support arch-test file python3
 board_need_binfmt
 
 target=aarch64-unknown-linux-musl
@@ -19,9 +19,10 @@ cargo build --workspace --locked --target "$target"
 # RUST_TEST_THREADS=2: one per core; emulated processes are ~5-10x slower, so do not oversubscribe.
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-2} cargo test --workspace --locked --target "$target"
 
-# The device binary must be what the image ships: static aarch64 (no libc on the device to match).
-bin="target/$target/debug/toru"
+# Binaries for the device target are static aarch64: no libc on the device to match.
+tdir=${CARGO_TARGET_DIR:-target}
+bin="$tdir/$target/debug/toru"
 file -L "$bin" | grep -q 'ARM aarch64.*statically linked' || { file -L "$bin"; exit 1; }
 
 cargo build --release --locked --target armv7-unknown-linux-gnueabihf -p toru
-file -L target/armv7-unknown-linux-gnueabihf/release/toru | grep -q 'ARM, EABI5'
+file -L "$tdir/armv7-unknown-linux-gnueabihf/release/toru" | grep -q 'ARM, EABI5'
