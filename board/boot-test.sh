@@ -10,8 +10,9 @@
 # the setup code it reads on the console. HTTP goes through a QEMU user-network forward bound
 # to 127.0.0.1 only. Every wait polls with a deadline; the only fixed wait is the watchdog soak.
 #
-# virt: the full check list. raspi3b: boot, HTTP, token and plugins only (no virtio serial port there,
-# so no kill test), and it is slower; neither runs the Pi's GPU firmware (bootcode.bin/start.elf).
+# virt: the full check list. raspi3b: boot, HTTP, setup, token, plugins and root grow only (no
+# virtio serial port there, so no kill test), and much slower. Neither runs the Pi's GPU firmware
+# (bootcode.bin/start.elf).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 

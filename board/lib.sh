@@ -7,6 +7,7 @@ BOARD_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BOARD_DIR/.." && pwd)"
 # shellcheck disable=SC2034  # BOARD_CACHE and BOARD_OUT are for the scripts that source this file
 BOARD_CACHE="${TORU_BOARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/toru-board}"
+# shellcheck disable=SC2034
 BOARD_OUT="${TORU_BOARD_OUT:-$BOARD_DIR/out}"
 
 # Host tools for building and booting the image (Debian main).

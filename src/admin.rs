@@ -79,6 +79,7 @@ pub enum Request {
 pub async fn execute(
     store: &Store,
     supervisor: Option<&Supervisor>,
+    data_dir: &std::path::Path,
     req: Request,
 ) -> Result<Value, String> {
     let req_copy = req.clone();
@@ -111,6 +112,10 @@ pub async fn execute(
             crate::http::auth::set_password(store, &user, &password, &role)
                 .await
                 .map_err(|e| e.to_string())?;
+            if user == "admin" {
+                // Setup is complete: the one-time code is no longer valid anywhere.
+                let _ = std::fs::remove_file(data_dir.join(crate::http::auth::SETUP_CODE_FILE));
+            }
             Ok(json!({ "user": user, "role": role }))
         }
         Request::Plugins => match supervisor {
@@ -207,7 +212,7 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
     .await
     {
         Ok(Ok(Some(body))) => match serde_json::from_slice::<Request>(&body) {
-            Ok(req) => execute(&app.store, Some(&app.supervisor), req).await,
+            Ok(req) => execute(&app.store, Some(&app.supervisor), &app.config.data_dir, req).await,
             Err(e) => Err(format!("bad request: {e}")),
         },
         _ => return,
@@ -264,7 +269,9 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
         Err(crate::RunError::AlreadyRunning(_)) => return Err(AdminError::NoControl(path)),
         Err(e) => return Err(e.into()),
     };
-    let result = execute(&store, None, req).await.map_err(AdminError::Failed);
+    let result = execute(&store, None, &config.data_dir, req)
+        .await
+        .map_err(AdminError::Failed);
     store.close();
     result
 }

@@ -534,6 +534,17 @@ fn admin_commands_work_while_the_daemon_is_stopped() {
     );
     let out = h.cli(&["passwd"], Some("short\n"));
     assert!(!out.status.success(), "a short password is refused");
+    assert!(h.data_dir.join("setup-code").exists());
+    let out = h.cli(&["passwd"], Some("a long enough password\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !h.data_dir.join("setup-code").exists(),
+        "setup is complete: the code is gone"
+    );
     let out = h.cli(&["enable", "stress-ok"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
