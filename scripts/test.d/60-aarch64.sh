@@ -2,7 +2,7 @@
 # The workspace on ARM: builds it for the device target (aarch64-unknown-linux-musl) and runs every
 # test under qemu-user, integration tests included: they spawn the real ARM `toru` and real ARM
 # plugin binaries, which the kernel hands to qemu through binfmt_misc
-# (docs/decisions/arm-tests-under-qemu-user.md). Also keeps the 32-bit glibc artefact
+# (docs/decisions/0002-arm-tests-under-qemu-user.md). Also keeps the 32-bit glibc artefact
 # (armv7-unknown-linux-gnueabihf, release) buildable. Linkers and runners: .cargo/config.toml.
 set -euo pipefail
 . "$(dirname "$0")/../../board/lib.sh"
