@@ -854,7 +854,7 @@ pub fn decode_host_frame(bytes: &[u8]) -> Result<Frame<HostMessage>, DecodeError
 
 /// Decode a frame sent by a plugin (what the host reads). Accepts both HTTP reply forms.
 pub fn decode_plugin_frame(bytes: &[u8]) -> Result<Frame<PluginMessage>, DecodeError> {
-    let p = parse_envelope(bytes)?;
+    let mut p = parse_envelope(bytes)?;
     let msg = match p.kind.as_str() {
         "lifecycle" => match p.action()? {
             "ready" => PluginMessage::Ready,
@@ -865,7 +865,10 @@ pub fn decode_plugin_frame(bytes: &[u8]) -> Result<Frame<PluginMessage>, DecodeE
             "pong" => PluginMessage::Pong { seq: p.seq()? },
             other => return Err(p.unsupported("action", other)),
         },
-        "http" => PluginMessage::HttpReply(decode_http_reply(&p)?),
+        "http" => {
+            let reply = decode_http_reply(&mut p)?;
+            PluginMessage::HttpReply(reply)
+        }
         "kv" => {
             p.require_id()?;
             match p.action()? {
@@ -889,9 +892,11 @@ pub fn decode_plugin_frame(bytes: &[u8]) -> Result<Frame<PluginMessage>, DecodeE
 
 /// The documented form `{status, headers, body}` or the legacy Rust SDK form, where the reply is
 /// shaped like a request whose `payload.body` is a JSON string holding `{status, headers, body}`.
-fn decode_http_reply(p: &Parsed) -> Result<HttpResponse, DecodeError> {
+fn decode_http_reply(p: &mut Parsed) -> Result<HttpResponse, DecodeError> {
     if p.payload.contains_key("status") {
-        return p.whole_payload("http");
+        // Take the payload instead of cloning it: it may hold a large body.
+        let payload = std::mem::take(&mut p.payload);
+        return p.payload_as("http", Value::Object(payload));
     }
     let legacy_body = p
         .payload
@@ -980,10 +985,47 @@ impl Frame<HostMessage> {
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }
 
-    /// The frame's JSON bytes.
+    /// The frame's JSON bytes. HTTP requests, the hot path, are written straight from the typed
+    /// request (no intermediate `Value`); the rest go through [`Frame::to_value`].
     pub fn encode(&self) -> Vec<u8> {
+        if let HostMessage::Http(req) = &self.message {
+            #[derive(Serialize)]
+            struct Payload<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                request_id: &'a Option<String>,
+                payload: &'a HttpRequest,
+            }
+            let env = TypedEnvelope {
+                kind: "http",
+                timestamp: stamp(&self.timestamp),
+                request_id: &self.request_id,
+                payload: Payload {
+                    kind: "http",
+                    request_id: &self.request_id,
+                    payload: req,
+                },
+            };
+            if let Ok(bytes) = serde_json::to_vec(&env) {
+                return bytes;
+            }
+        }
         self.to_value().to_string().into_bytes()
     }
+}
+
+/// The envelope, serialized from borrowed parts (field order as in the vectors).
+#[derive(Serialize)]
+struct TypedEnvelope<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    request_id: &'a Option<String>,
+    payload: P,
+}
+
+fn stamp(t: &DateTime<FixedOffset>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 impl Frame<PluginMessage> {
@@ -1013,8 +1055,19 @@ impl Frame<PluginMessage> {
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }
 
-    /// The frame's JSON bytes.
+    /// The frame's JSON bytes (HTTP replies written straight from the typed reply).
     pub fn encode(&self) -> Vec<u8> {
+        if let PluginMessage::HttpReply(reply) = &self.message {
+            let env = TypedEnvelope {
+                kind: "http",
+                timestamp: stamp(&self.timestamp),
+                request_id: &self.request_id,
+                payload: reply,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&env) {
+                return bytes;
+            }
+        }
         self.to_value().to_string().into_bytes()
     }
 }

@@ -106,6 +106,22 @@ fn host_frames_encode_like_the_vectors() {
     }
 }
 
+#[test]
+fn typed_fast_path_encodes_like_the_value_path() {
+    // HTTP requests and replies skip the intermediate Value; the bytes must mean the same.
+    let bytes = vector("host-http-request.json");
+    let f = decode_host_frame(&bytes).unwrap();
+    let fast: Value = serde_json::from_slice(&f.encode()).unwrap();
+    let theirs: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(fast, theirs);
+    let reply = Frame::new(
+        Some("h1".into()),
+        PluginMessage::HttpReply(HttpResponse::json(200, &serde_json::json!({"a": 1}))),
+    );
+    let fast: Value = serde_json::from_slice(&reply.encode()).unwrap();
+    assert_eq!(fast, reply.to_value());
+}
+
 fn round_trip_host(m: HostMessage, id: Option<&str>) {
     let f = Frame::new(id.map(String::from), m);
     let back = decode_host_frame(&f.encode()).unwrap();
