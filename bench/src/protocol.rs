@@ -28,10 +28,30 @@ const PAR_TOTAL: usize = 8000;
 /// Target encoded size of the request frame.
 const FRAME_BYTES: usize = 200;
 
+/// Pin thread or process `pid` (0 = the calling thread) to `cpu`.
+fn pin_pid(pid: libc::pid_t, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    pin_pid(0, cpu);
+}
+
 /// Raw ping-pong of `len`-byte frames (4-byte length prefix) between two threads; µs per trip.
+/// Both threads are pinned to one core: on this VM a wake-up of another, idle vCPU costs tens of
+/// µs, which made an unpinned floor bimodal (3 µs when the machine was busy, ~60 µs when idle).
 fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
     let (mut a, mut b) = UnixStream::pair()?;
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
     let echo = std::thread::spawn(move || {
+        pin(cpu);
         let mut buf = vec![0u8; len + 4];
         for _ in 0..n {
             if b.read_exact(&mut buf).is_err() || b.write_all(&buf).is_err() {
@@ -43,6 +63,10 @@ fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     let mut back = vec![0u8; len + 4];
     let mut lat = Vec::with_capacity(n);
+    // SAFETY: reads this thread's mask into a zeroed set, restored below.
+    let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) };
+    pin(cpu);
     for _ in 0..n {
         let t = Instant::now();
         a.write_all(&frame)?;
@@ -50,6 +74,8 @@ fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let _ = echo.join();
+    // SAFETY: restores the mask read above.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) };
     Ok(lat)
 }
 
@@ -177,6 +203,14 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
             .stderr(Stdio::null()),
         "probe plugin",
     )?;
+    // Floor and Toru both run on one core (this thread, the echo thread or the plugin process):
+    // on this VM a wake-up of another, idle vCPU costs tens of µs and made unpinned runs bimodal.
+    // SAFETY: sched_getcpu has no preconditions; the mask is read into a zeroed set.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) };
+    pin(cpu);
+    pin_pid(_plugin.pid() as libc::pid_t, cpu);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -210,7 +244,7 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
              {rounds} rounds, floor and Toru alternating. Toru = the host's `Conn` (writer task, reader \
              task, request-id matching, oneshot per request) talking to the probe plugin (SDK runner) \
              in another process; floor = two blocking threads echoing the same number of bytes over a \
-             `socketpair`.\n\n",
+             `socketpair`. Both run pinned to one core (see `run`).\n\n",
             side.frame_len, side.reply_len
         );
         s.push_str("| path | p50 | p99 | p50 per round |\n|---|---|---|---|\n");
@@ -248,20 +282,21 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
                 fmt_us(median(&fl_p50))
             ),
             ratio <= 2.0,
-            "the floor is two blocking threads doing write/read on a socketpair: two context \
-             switches per trip. The host side adds, per request: the envelope encoded through \
-             `serde_json::Value` (`Frame::encode`, the largest single cost in the callgrind \
-             profile below), an mpsc hop to the connection's writer task, the reply decoded into \
-             a `Value` and then into types, a `HashMap` of pending ids and a oneshot wake-up — \
-             and the SDK does the mirror image in the plugin, all through epoll wake-ups on two \
-             current_thread runtimes. What it would take: encode and decode the envelope with \
-             typed serde structs straight to/from the frame buffer (no `Value`), write from the \
-             requesting task when the socket is writable instead of hopping to a writer task, and \
-             the same in the SDK. The 64-in-flight pipelining already amortises most of it \
-             (see the req/s with 8 and 32 in flight).",
+            "the floor is two blocking threads doing write/read on a socketpair, both on one core: \
+             two context switches per trip. The host side adds, per request: the envelope encoded \
+             (typed since the profile below put `Frame::encode` through `serde_json::Value` first), \
+             an mpsc hop to the connection's writer task, the reply decoded through a JSON map and \
+             then into types, a `HashMap` of pending ids and a oneshot wake-up; the SDK does the \
+             mirror image in the plugin, each side an epoll wake-up on its own current_thread \
+             runtime. What it would take: decoding the envelope straight into typed structs, \
+             writing from the requesting task instead of a writer task, and the same in the SDK. \
+             The 64-in-flight pipelining already amortises most of it (see the req/s with 8 and \
+             32 in flight)",
         ));
         Ok(s)
     });
+    // SAFETY: restores the mask read above.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) };
     rep.section("4. Plugin protocol", result?);
     Ok(())
 }

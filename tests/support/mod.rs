@@ -146,16 +146,22 @@ impl Host {
         h
     }
 
-    fn spawn(&self, opts: &HostOpts) -> Child {
+    /// `toru` pointed at this host's data, plugins and runtime dirs.
+    fn toru(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_toru"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--plugins-dir")
             .arg(&self.plugins_dir)
             .arg("--runtime-dir")
-            .arg(&self.runtime_dir)
+            .arg(&self.runtime_dir);
+        cmd
+    }
+
+    fn spawn(&self, opts: &HostOpts) -> Child {
+        let mut cmd = self.toru();
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
             .arg("--log-level")
             .arg("debug");
         if let Some(cfg) = &opts.config {
@@ -182,7 +188,7 @@ impl Host {
     pub fn restart(&mut self, opts: HostOpts) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        while self.notify.recv(&mut [0u8; 4096]).is_ok_and(|_| false) {}
+        // Drop notifications left over from the previous run.
         self.notify.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 4096];
         while self.notify.recv(&mut buf).is_ok() {}
@@ -260,14 +266,8 @@ impl Host {
 
     /// Run `toru <args>` against this host's dirs (admin subcommands).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_toru"));
+        let mut cmd = self.toru();
         cmd.args(args)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--plugins-dir")
-            .arg(&self.plugins_dir)
-            .arg("--runtime-dir")
-            .arg(&self.runtime_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
