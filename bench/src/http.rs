@@ -181,10 +181,11 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
         "a forwarded request runs the whole API path (Host check, bearer token SHA-256, \
          routing, security headers) plus the plugin round trip (section 4) on the host's one \
          thread, and the plugin's own runtime on top; wrk and both processes share 2 cores. The \
-         callgrind profile below lists the costs: JSON encoding of the request envelope through \
-         `serde_json::Value`, the token hash per request, hyper's write path. What it would take: \
-         typed envelope encoding, verifying a bearer token once per keep-alive connection \
-         (cache token hash → identity per connection), precomputed header values.",
+         callgrind profile below lists the costs: allocation (malloc/free), building the security \
+         headers of every response, the token hash and its store lookup per request, JSON for the \
+         envelope, hyper's write path. What it would take: fewer allocations per request, \
+         verifying a bearer token once per keep-alive connection (cache token hash → identity per \
+         connection), precomputed header values.",
     ));
     rep.budget(Budget::new(
         "`/api/health` req/s",
