@@ -162,48 +162,30 @@ impl Metrics {
                 esc(&state)
             );
         }
-        help(
+        per_plugin(
             &mut o,
+            &plugins,
             "toru_plugin_enabled",
             "gauge",
             "1 when the plugin is enabled.",
+            |p| u64::from(p.enabled),
         );
-        for p in &plugins {
-            let _ = writeln!(
-                o,
-                "toru_plugin_enabled{{plugin=\"{}\"}} {}",
-                esc(&p.id),
-                u8::from(p.enabled)
-            );
-        }
-        help(
+        per_plugin(
             &mut o,
+            &plugins,
             "toru_plugin_restarts_total",
             "counter",
             "Plugin restarts since the host started.",
+            |p| p.restarts,
         );
-        for p in &plugins {
-            let _ = writeln!(
-                o,
-                "toru_plugin_restarts_total{{plugin=\"{}\"}} {}",
-                esc(&p.id),
-                p.restarts
-            );
-        }
-        help(
+        per_plugin(
             &mut o,
+            &plugins,
             "toru_plugin_log_dropped_total",
             "counter",
             "Plugin log lines dropped.",
+            |p| p.log_dropped,
         );
-        for p in &plugins {
-            let _ = writeln!(
-                o,
-                "toru_plugin_log_dropped_total{{plugin=\"{}\"}} {}",
-                esc(&p.id),
-                p.log_dropped
-            );
-        }
         help(
             &mut o,
             "toru_plugins_invalid",
@@ -278,6 +260,21 @@ impl Metrics {
             );
         }
         o
+    }
+}
+
+/// One metric family with a `plugin` label: its HELP/TYPE lines, then one sample per plugin.
+fn per_plugin(
+    o: &mut String,
+    plugins: &[crate::supervisor::PluginView],
+    name: &str,
+    kind: &str,
+    text: &str,
+    value: impl Fn(&crate::supervisor::PluginView) -> u64,
+) {
+    help(o, name, kind, text);
+    for p in plugins {
+        let _ = writeln!(o, "{name}{{plugin=\"{}\"}} {}", esc(&p.id), value(p));
     }
 }
 
