@@ -3,22 +3,37 @@
 //! They work whether the daemon runs or not: while it runs it holds the store, so the CLI sends the
 //! request over the daemon's control socket (`<runtime-dir>/control.sock`, `0600` inside a `0700`
 //! directory; one length-prefixed JSON frame each way); otherwise the CLI opens the store itself.
-//! Both paths call [`execute`], so they behave the same.
+//! Both paths call `execute`, so they behave the same.
+//!
+//! Called by `main` ([`run_cli`]) and by startup (`bind_control`, `serve_control`). Uses `auth`
+//! for passwords and tokens and the supervisor for plugin commands; never names the HTTP library.
+//!
+//! ## The control socket
+//! Request: a [`Request`] (`{"cmd": "token-create", "name": …, "role": "viewer"}`). Reply: `{"ok":
+//! true, "result": …}` with a [`Reply`], or `{"ok": false, "error": "<message with its causes>"}`.
 
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
-use toru_plugin_api::codec::tokio_codec;
+use toru_plugin_api::codec::{FrameError, tokio_codec};
 
 use crate::App;
+use crate::auth::{self, ADMIN};
 use crate::config::Config;
-use crate::store::Store;
-use crate::supervisor::Supervisor;
+use crate::role::Role;
+use crate::store::{Event, Store, StoreError, TokenRecord};
+use crate::supervisor::{PluginView, RescanReport, Supervisor, SupervisorError};
+
+pub use crate::auth::AuthError;
 
 /// Largest control frame.
 const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// A control client must send its request within this time.
+const CONTROL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One administrative request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,8 +43,8 @@ pub enum Request {
     TokenCreate {
         /// Unique name.
         name: String,
-        /// `admin` or `viewer`.
-        role: String,
+        /// What the token may do.
+        role: Role,
     },
     /// List tokens (names, roles, dates; never the tokens).
     TokenList,
@@ -44,8 +59,8 @@ pub enum Request {
         user: String,
         /// The new password.
         password: String,
-        /// `admin` or `viewer`.
-        role: String,
+        /// What the user may do.
+        role: Role,
     },
     /// List plugins with their state.
     Plugins,
@@ -75,103 +90,256 @@ pub enum Request {
     },
 }
 
+/// What a request produced: the `result` of a control reply. Serialised without a tag, as the
+/// bare object or list each command has always answered (the CLI prints it; `--json` passes it
+/// through). Fields are in the order the replies always had (alphabetical).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum Reply {
+    /// `token-create`: the token, shown this once.
+    TokenCreated {
+        /// The token's name.
+        name: String,
+        /// What it may do.
+        role: Role,
+        /// The secret.
+        token: String,
+    },
+    /// `token-list`.
+    Tokens(Vec<TokenRecord>),
+    /// `token-revoke`.
+    TokenRevoked {
+        /// The name of the token revoked.
+        revoked: String,
+    },
+    /// `passwd`.
+    PasswordSet {
+        /// The user's role.
+        role: Role,
+        /// The user.
+        user: String,
+    },
+    /// `plugins` while the daemon runs.
+    Plugins(Vec<PluginView>),
+    /// `plugins` while it does not: what the store remembers.
+    StoredPlugins(Vec<StoredPlugin>),
+    /// `enable`, `disable`, `restart`: the plugin afterwards.
+    Plugin(Box<PluginView>),
+    /// `rescan`.
+    Rescanned(RescanReport),
+    /// `events`.
+    Events(Vec<Event>),
+}
+
+/// A plugin as the store remembers it (the daemon does not run, so nothing is running).
+#[derive(Debug, Serialize)]
+pub struct StoredPlugin {
+    /// Why the supervisor disabled it, if it did.
+    pub auto_disabled: Option<String>,
+    /// Whether it should run.
+    pub enabled: bool,
+    /// Its id.
+    pub id: String,
+    /// `stopped` or `disabled`.
+    pub state: &'static str,
+}
+
+/// Why an administrative command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// A password or token could not be set (bad name, weak password, name taken, …).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    /// The supervisor refused (unknown plugin, shutting down, …).
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// `token revoke` of a name no token has.
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
+    /// The command needs the running daemon (the sentence says what to do instead).
+    #[error("toru is not running: {0}")]
+    NotRunning(&'static str),
+    /// The daemon ran the command and it failed; its message, causes included.
+    #[error("{0}")]
+    Refused(String),
+    /// A control message is not the JSON expected.
+    #[error("bad control message")]
+    BadMessage(#[from] serde_json::Error),
+    /// The control connection failed mid-request.
+    #[error("the control socket {path} failed")]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: FrameError,
+    },
+    /// The daemon closed the control connection without answering.
+    #[error("the daemon closed the control connection")]
+    Closed,
+    /// The daemon holds the store but does not answer on its control socket.
+    #[error(
+        "toru is running (the data dir is locked) but its control socket {0} does not answer; is --runtime-dir the same as the daemon's?"
+    )]
+    NoControl(PathBuf),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Run(#[from] crate::RunError),
+}
+
+/// One answer on the control socket: `{"ok": true, "result": …}` or `{"ok": false, "error": …}`.
+#[derive(Debug, PartialEq)]
+enum ControlReply<T> {
+    /// The command succeeded with this result.
+    Done(T),
+    /// It failed; the message, causes included.
+    Failed(String),
+}
+
+impl<T: Serialize> Serialize for ControlReply<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a, T> {
+            ok: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            result: Option<&'a T>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a str>,
+        }
+        let wire = match self {
+            ControlReply::Done(r) => Wire {
+                ok: true,
+                result: Some(r),
+                error: None,
+            },
+            ControlReply::Failed(e) => Wire {
+                ok: false,
+                result: None,
+                error: Some(e),
+            },
+        };
+        wire.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ControlReply<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire<T> {
+            ok: bool,
+            result: Option<T>,
+            error: Option<String>,
+        }
+        let wire = Wire::<T>::deserialize(d)?;
+        match (wire.ok, wire.result) {
+            (true, Some(r)) => Ok(ControlReply::Done(r)),
+            (true, None) => Err(D::Error::missing_field("result")),
+            (false, _) => Ok(ControlReply::Failed(
+                wire.error.unwrap_or_else(|| "failed".into()),
+            )),
+        }
+    }
+}
+
 /// Run a request against a store (and the supervisor, when the daemon runs).
-pub async fn execute(
+pub(crate) async fn execute(
     store: &Store,
     supervisor: Option<&Supervisor>,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     req: Request,
-) -> Result<Value, String> {
-    let req_copy = req.clone();
-    match req {
+) -> Result<Reply, AdminError> {
+    Ok(match req {
         Request::TokenCreate { name, role } => {
-            check_role(&role)?;
-            let token = crate::http::auth::create_token(store, &name, &role)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "name": name, "role": role, "token": token }))
+            let token = auth::create_token(store, &name, role).await?;
+            Reply::TokenCreated { name, role, token }
         }
-        Request::TokenList => {
-            let tokens = store.tokens().map_err(|e| e.to_string())?;
-            Ok(serde_json::to_value(tokens).map_err(|e| e.to_string())?)
-        }
+        Request::TokenList => Reply::Tokens(auth::list_tokens(store)?),
         Request::TokenRevoke { name } => {
-            let existed = store.revoke_token(&name).await.map_err(|e| e.to_string())?;
-            if existed {
-                Ok(json!({ "revoked": name }))
-            } else {
-                Err(format!("no token named {name:?}"))
+            if !auth::revoke_token(store, &name).await? {
+                return Err(AdminError::NoSuchToken(name));
             }
+            Reply::TokenRevoked { revoked: name }
         }
         Request::Passwd {
             user,
             password,
             role,
         } => {
-            check_role(&role)?;
-            crate::http::auth::set_password(store, &user, &password, &role)
-                .await
-                .map_err(|e| e.to_string())?;
-            if user == "admin" {
-                // Setup is complete: the one-time code is no longer valid anywhere.
-                let _ = std::fs::remove_file(data_dir.join(crate::http::auth::SETUP_CODE_FILE));
+            auth::set_password(store, &user, &password, role).await?;
+            if user == ADMIN {
+                auth::remove_setup_code(data_dir);
             }
-            Ok(json!({ "user": user, "role": role }))
+            Reply::PasswordSet { role, user }
         }
         Request::Plugins => match supervisor {
-            Some(s) => Ok(serde_json::to_value(s.plugins()).map_err(|e| e.to_string())?),
-            None => {
-                let records = store.plugin_records().map_err(|e| e.to_string())?;
-                let list: Vec<Value> = records
+            Some(s) => Reply::Plugins(s.plugins()),
+            None => Reply::StoredPlugins(
+                store
+                    .plugin_records()?
                     .into_iter()
-                    .map(|(id, r)| {
-                        json!({
-                            "id": id,
-                            "enabled": r.enabled,
-                            "state": if r.enabled { "stopped" } else { "disabled" },
-                            "auto_disabled": r.auto_disabled,
-                        })
+                    .map(|(id, r)| StoredPlugin {
+                        state: if r.enabled { "stopped" } else { "disabled" },
+                        id,
+                        enabled: r.enabled,
+                        auto_disabled: r.auto_disabled,
                     })
-                    .collect();
-                Ok(Value::Array(list))
-            }
+                    .collect(),
+            ),
         },
-        Request::Enable { id } | Request::Disable { id } | Request::Restart { id } => {
-            let Some(s) = supervisor else {
-                return Err("toru is not running: start it, or the change will apply at its next start only through the web UI".into());
-            };
-            let result = match &req_copy {
-                Request::Enable { .. } => s.enable(&id).await,
-                Request::Disable { .. } => s.disable(&id).await,
-                _ => s.restart(&id).await,
-            };
-            let view = result.map_err(|e| e.to_string())?;
-            Ok(serde_json::to_value(view).map_err(|e| e.to_string())?)
+        Request::Enable { id } => {
+            let s = daemon(supervisor, NOT_RUNNING_CHANGE)?;
+            Reply::Plugin(Box::new(s.enable(&id).await?))
         }
-        Request::Rescan => {
-            let Some(s) = supervisor else {
-                return Err("toru is not running; it scans the plugins dir when it starts".into());
-            };
-            Ok(serde_json::to_value(s.rescan().await).map_err(|e| e.to_string())?)
+        Request::Disable { id } => {
+            let s = daemon(supervisor, NOT_RUNNING_CHANGE)?;
+            Reply::Plugin(Box::new(s.disable(&id).await?))
         }
+        Request::Restart { id } => {
+            let s = daemon(supervisor, NOT_RUNNING_CHANGE)?;
+            Reply::Plugin(Box::new(s.restart(&id).await?))
+        }
+        Request::Rescan => Reply::Rescanned(
+            daemon(supervisor, "it scans the plugins dir when it starts")?
+                .rescan()
+                .await,
+        ),
         Request::Events { plugin, limit } => {
-            let events = store
-                .events(plugin.as_deref(), limit.clamp(1, 10_000))
-                .map_err(|e| e.to_string())?;
-            Ok(serde_json::to_value(events).map_err(|e| e.to_string())?)
+            Reply::Events(store.events(plugin.as_deref(), limit.clamp(1, 10_000))?)
         }
-    }
+    })
 }
 
-fn check_role(role: &str) -> Result<(), String> {
-    match role {
-        "admin" | "viewer" => Ok(()),
-        other => Err(format!("unknown role {other:?} (use admin or viewer)")),
+/// What to do instead of enable/disable/restart while the daemon is stopped.
+const NOT_RUNNING_CHANGE: &str =
+    "start it, or the change will apply at its next start only through the web UI";
+
+/// The supervisor, or [`AdminError::NotRunning`] with `instead`.
+fn daemon<'a>(
+    supervisor: Option<&'a Supervisor>,
+    instead: &'static str,
+) -> Result<&'a Supervisor, AdminError> {
+    supervisor.ok_or(AdminError::NotRunning(instead))
+}
+
+/// `e` and its causes, `: `-separated (what the daemon sends back).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
     }
+    s
 }
 
 /// Bind the control socket (`0600`), replacing a stale socket file.
-pub fn bind_control(app: &App) -> std::io::Result<UnixListener> {
+pub(crate) fn bind_control(app: &App) -> std::io::Result<UnixListener> {
     let path = app.config.runtime_dir.join("control.sock");
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
         use std::os::unix::fs::FileTypeExt;
@@ -186,7 +354,7 @@ pub fn bind_control(app: &App) -> std::io::Result<UnixListener> {
 }
 
 /// Serve the control socket until `stop` turns true.
-pub async fn serve_control(
+pub(crate) async fn serve_control(
     app: Rc<App>,
     listener: UnixListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -205,63 +373,54 @@ pub async fn serve_control(
 }
 
 async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
-    let reply = match tokio::time::timeout(
-        std::time::Duration::from_secs(10),
+    let body = match tokio::time::timeout(
+        CONTROL_READ_TIMEOUT,
         tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME),
     )
     .await
     {
-        Ok(Ok(Some(body))) => match serde_json::from_slice::<Request>(&body) {
-            Ok(req) => execute(&app.store, Some(&app.supervisor), &app.config.data_dir, req).await,
-            Err(e) => Err(format!("bad request: {e}")),
-        },
+        Ok(Ok(Some(body))) => body,
         _ => return,
     };
-    let body = match reply {
-        Ok(v) => json!({ "ok": true, "result": v }),
-        Err(e) => json!({ "ok": false, "error": e }),
+    let result = match serde_json::from_slice::<Request>(&body) {
+        Ok(req) => {
+            let (store, sup) = (&app.store, Some(&app.supervisor));
+            execute(store, sup, &app.config.data_dir, req).await
+        }
+        Err(e) => Err(AdminError::BadMessage(e)),
     };
-    let _ =
-        tokio_codec::write_frame(&mut stream, body.to_string().as_bytes(), MAX_CONTROL_FRAME).await;
-}
-
-/// Why an administrative command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// The command itself failed (message for the user).
-    #[error("{0}")]
-    Failed(String),
-    /// The daemon holds the store but does not answer on its control socket.
-    #[error(
-        "toru is running (the data dir is locked) but its control socket {0} does not answer; is --runtime-dir the same as the daemon's?"
-    )]
-    NoControl(std::path::PathBuf),
-    /// The store could not be opened.
-    #[error(transparent)]
-    Run(#[from] crate::RunError),
+    let reply = match result {
+        Ok(r) => ControlReply::Done(r),
+        Err(e) => ControlReply::Failed(error_chain(&e)),
+    };
+    let Ok(body) = serde_json::to_vec(&reply) else {
+        log::error!("control: a reply could not be encoded");
+        return;
+    };
+    let _ = tokio_codec::write_frame(&mut stream, &body, MAX_CONTROL_FRAME).await;
 }
 
 /// Run one administrative request from the command line: through the daemon if it runs, else on
-/// the store directly. Must run inside a `LocalSet`.
+/// the store directly. Returns the reply's JSON (what the daemon sent, or the same from the local
+/// run). Must run inside a `LocalSet`.
 pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError> {
     let path = config.runtime_dir.join("control.sock");
     if let Ok(mut stream) = UnixStream::connect(&path).await {
-        let body = serde_json::to_vec(&req).map_err(|e| AdminError::Failed(e.to_string()))?;
+        let control = |source| AdminError::Control {
+            path: path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec(&req)?;
         tokio_codec::write_frame(&mut stream, &body, MAX_CONTROL_FRAME)
             .await
-            .map_err(|e| AdminError::Failed(e.to_string()))?;
+            .map_err(control)?;
         let reply = tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME)
             .await
-            .map_err(|e| AdminError::Failed(e.to_string()))?
-            .ok_or_else(|| AdminError::Failed("the daemon closed the control connection".into()))?;
-        let v: Value =
-            serde_json::from_slice(&reply).map_err(|e| AdminError::Failed(e.to_string()))?;
-        return if v["ok"] == json!(true) {
-            Ok(v["result"].clone())
-        } else {
-            Err(AdminError::Failed(
-                v["error"].as_str().unwrap_or("failed").to_string(),
-            ))
+            .map_err(control)?
+            .ok_or(AdminError::Closed)?;
+        return match serde_json::from_slice::<ControlReply<Value>>(&reply)? {
+            ControlReply::Done(v) => Ok(v),
+            ControlReply::Failed(e) => Err(AdminError::Refused(e)),
         };
     }
     let store = match crate::open_store(config) {
@@ -269,9 +428,98 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
         Err(crate::RunError::AlreadyRunning(_)) => return Err(AdminError::NoControl(path)),
         Err(e) => return Err(e.into()),
     };
-    let result = execute(&store, None, &config.data_dir, req)
-        .await
-        .map_err(AdminError::Failed);
+    let result = execute(&store, None, &config.data_dir, req).await;
     store.close();
-    result
+    Ok(serde_json::to_value(result?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::testing::TempDir;
+    use serde_json::json;
+
+    /// The control socket's JSON is what it was when replies were built with `json!`.
+    #[test]
+    fn control_replies_keep_their_json() {
+        let done = ControlReply::Done(Reply::PasswordSet {
+            role: Role::Viewer,
+            user: "bob".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&done).unwrap(),
+            r#"{"ok":true,"result":{"role":"viewer","user":"bob"}}"#
+        );
+        let failed: ControlReply<Reply> = ControlReply::Failed("no token named \"x\"".into());
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            json!({"ok": false, "error": "no token named \"x\""})
+        );
+        let back: ControlReply<Value> =
+            serde_json::from_value(json!({"ok": true, "result": [1]})).unwrap();
+        assert_eq!(back, ControlReply::Done(json!([1])));
+        let back: ControlReply<Value> =
+            serde_json::from_value(json!({"ok": false, "error": "nope"})).unwrap();
+        assert_eq!(back, ControlReply::Failed("nope".into()));
+        assert!(serde_json::from_value::<ControlReply<Value>>(json!({"ok": true})).is_err());
+        let req: Request =
+            serde_json::from_value(json!({"cmd": "token-create", "name": "ci", "role": "viewer"}))
+                .unwrap();
+        assert_eq!(
+            req,
+            Request::TokenCreate {
+                name: "ci".into(),
+                role: Role::Viewer
+            }
+        );
+        assert!(
+            serde_json::from_value::<Request>(
+                json!({"cmd": "token-create", "name": "ci", "role": "root"})
+            )
+            .is_err()
+        );
+    }
+
+    /// `toru passwd` completes setup for `admin`; failures are typed.
+    #[tokio::test]
+    async fn passwd_and_typed_failures() {
+        let dir = TempDir::new("admin");
+        let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        std::fs::write(dir.path().join("setup-code"), "ABCD-EFGH-JKMN\n").unwrap();
+        let passwd = |user: &str, password: &str| Request::Passwd {
+            user: user.into(),
+            password: password.into(),
+            role: Role::Admin,
+        };
+        let r = execute(&store, None, dir.path(), passwd(ADMIN, "a long password"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            r,
+            Reply::PasswordSet {
+                role: Role::Admin,
+                ..
+            }
+        ));
+        assert!(!dir.path().join("setup-code").exists());
+        let weak = execute(&store, None, dir.path(), passwd("bob", "short")).await;
+        assert!(matches!(
+            weak,
+            Err(AdminError::Auth(AuthError::WeakPassword))
+        ));
+        let gone = execute(
+            &store,
+            None,
+            dir.path(),
+            Request::TokenRevoke { name: "x".into() },
+        )
+        .await;
+        assert!(matches!(gone, Err(AdminError::NoSuchToken(n)) if n == "x"));
+        let offline = execute(&store, None, dir.path(), Request::Rescan).await;
+        let Err(e @ AdminError::NotRunning(_)) = offline else {
+            panic!("{offline:?}");
+        };
+        assert!(e.to_string().contains("not running"));
+        store.close();
+    }
 }

@@ -5,13 +5,17 @@
 //! - [`store`]: the crash-safe redb file (KV, plugin state, events, users, tokens). Only it names redb.
 //! - [`supervisor`]: discovery, spawn, per-plugin policy state machine, plugin connections.
 //! - [`http`]: the web UI and REST API. Only it names the HTTP library.
+//! - `auth`: passwords, setup code, tokens, sessions, throttling (no HTTP types); used by [`http`]
+//!   and [`admin`]. [`role`]: what an account may do (a leaf the store also names).
 //!
 //! ## How a request flows
 //! HTTP connection → [`http`] (limits, auth) → handler → [`supervisor::Supervisor::forward_http`] →
 //! the plugin's connection (1.1 multiplexed, or one connection per message for 1.0) → reply.
 
+pub(crate) mod auth;
 pub mod config;
 pub mod http;
+pub mod role;
 pub mod store;
 pub mod supervisor;
 
@@ -182,7 +186,7 @@ pub async fn run(
         .settle(cfg.socket_timeout + cfg.ready_timeout)
         .await;
 
-    if let Err(e) = http::auth::ensure_setup_code(&app).await {
+    if let Err(e) = auth::ensure_setup_code(&app).await {
         log::error!("cannot prepare the setup code: {e}");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

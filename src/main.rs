@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use toru::admin::{self, Request};
 use toru::config::{Config, Overrides};
+use toru::role::Role;
 
 const USAGE: &str = "\
 usage: toru [OPTIONS]                  run the host
@@ -31,7 +32,7 @@ enum Cmd {
     Version,
     Help,
     Admin(Request, bool),
-    Passwd { user: String, role: String },
+    Passwd { user: String, role: Role },
 }
 
 fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
@@ -77,13 +78,17 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
         }
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let role_or = |d: &str| role.clone().unwrap_or_else(|| d.to_string());
+    let role = role
+        .map(|r| r.parse::<Role>())
+        .transpose()
+        .map_err(|e| format!("--role: {e}"))?;
+    let role_or = |d: Role| role.unwrap_or(d);
     let cmd = match words.as_slice() {
         [] => Cmd::Serve,
         ["token", "create", name] => Cmd::Admin(
             Request::TokenCreate {
                 name: name.to_string(),
-                role: role_or("admin"),
+                role: role_or(Role::Admin),
             },
             json_out,
         ),
@@ -96,7 +101,7 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
         ),
         ["passwd"] => Cmd::Passwd {
             user: user.clone().unwrap_or_else(|| "admin".into()),
-            role: role_or("admin"),
+            role: role_or(Role::Admin),
         },
         ["plugins"] => Cmd::Admin(Request::Plugins, json_out),
         ["enable", id] => Cmd::Admin(Request::Enable { id: id.to_string() }, json_out),
@@ -325,7 +330,7 @@ fn run_admin(
         Request::Passwd { user, role, .. } => Request::Passwd {
             user: user.clone(),
             password: String::new(),
-            role: role.clone(),
+            role: *role,
         },
         other => other.clone(),
     };

@@ -18,13 +18,13 @@ use tokio::time::Instant;
 use toru_plugin_api::protocol::BodyEncoding;
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
-use super::auth::{Identity, Role};
 use super::checks;
 use super::conn::{BODY_READ_TIMEOUT, Body};
 use super::router::{
     ApiError, Ctx, Resp, Server, bytes_response, clear_cookie, json_response, me_json,
     method_not_allowed, ok_json,
 };
+use crate::auth::{Identity, Role, Via};
 use crate::store::{StoreError, StoreHealth};
 use crate::supervisor::{ForwardError, SupervisorError};
 
@@ -121,7 +121,7 @@ pub async fn dispatch(
                 new: String,
             }
             let c: Change = read_json(body, srv.auth_body_limit()).await?;
-            if !matches!(who.via, super::auth::Via::Session(_)) {
+            if !matches!(who.via, Via::Session(_)) {
                 return Err(ApiError::bad_request(
                     "change passwords from a browser session or with `toru passwd`",
                 ));

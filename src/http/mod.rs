@@ -3,7 +3,7 @@
 //! Owns: the listening loop, connection limits and timeouts, routing, authentication, the JSON API
 //! (`docs/API.md`), the embedded UI pages and `/metrics`. It never touches plugin processes or the
 //! store file directly: it calls [`crate::supervisor::Supervisor`] and [`crate::store::Store`].
-//! Called by `main` through [`serve`] (and the CLI through [`auth`]).
+//! Called by `main` through [`serve`]. Authentication itself lives in `crate::auth` (no HTTP types).
 //!
 //! ## Layout
 //! - this file: [`serve`], the accept loop and per-connection tasks (limits below);
@@ -11,7 +11,6 @@
 //! - `router`: request → checks (Host, setup, CSRF, auth, role) → handler;
 //! - `checks`: pure request checks (Host names, same-origin, path traversal, client address);
 //! - `api`: handlers of `/api/*` (system, plugins, logs, events, KV, bundle, plugin routes);
-//! - [`auth`]: setup code, passwords, sessions, tokens, login throttling;
 //! - `metrics`: counters and the Prometheus text of `/metrics`;
 //! - `ui`: the embedded pages (`src/http/ui/`).
 //!
@@ -28,7 +27,6 @@
 //!   arrive within [`BODY_READ_TIMEOUT`] → `408`.
 
 mod api;
-pub mod auth;
 mod checks;
 mod conn;
 mod metrics;

@@ -14,12 +14,12 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::auth::{self, Auth, Identity, LoginOutcome, Role, Unauthenticated, Via};
 use super::checks::{self, HostNames};
 use super::conn::{Body, Connections};
 use super::metrics::Metrics;
 use super::{api, ui};
 use crate::App;
+use crate::auth::{self, Auth, Identity, LoginOutcome, Role, Unauthenticated, Via};
 
 /// A response on its way out.
 pub type Resp = Response<Body>;

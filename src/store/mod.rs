@@ -96,6 +96,8 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
+use crate::role::Role;
+
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
 
@@ -295,8 +297,8 @@ pub struct UserRecord {
     pub name: String,
     /// PHC string of a memory-hard KDF (argon2id).
     pub password_hash: String,
-    /// `admin` or `viewer`.
-    pub role: String,
+    /// What the user may do (stored as `"admin"` / `"viewer"`).
+    pub role: Role,
     /// Bumped on every password change (sessions of older generations are invalid).
     pub generation: u64,
 }
@@ -306,8 +308,8 @@ pub struct UserRecord {
 pub struct TokenRecord {
     /// Unique name given at creation.
     pub name: String,
-    /// `admin` or `viewer`.
-    pub role: String,
+    /// What the token may do (stored as `"admin"` / `"viewer"`).
+    pub role: Role,
     /// When created.
     pub created: DateTime<Utc>,
 }

@@ -425,7 +425,7 @@ async fn users_tokens_and_sessions() {
     let admin = UserRecord {
         name: "admin".into(),
         password_hash: "$argon2id$v=19$...".into(),
-        role: "admin".into(),
+        role: Role::Admin,
         generation: 1,
     };
     assert_eq!(store.user("admin").expect("user"), None);
@@ -441,7 +441,7 @@ async fn users_tokens_and_sessions() {
     let now = Utc::now();
     let token = |name: &str| TokenRecord {
         name: name.into(),
-        role: "viewer".into(),
+        role: Role::Viewer,
         created: now,
     };
     store.put_token("h1", token("ci")).await.expect("put_token");
@@ -611,7 +611,7 @@ async fn every_acknowledged_write_survives_reopen() {
             "h",
             TokenRecord {
                 name: "t".into(),
-                role: "admin".into(),
+                role: Role::Admin,
                 created: now,
             },
         )
@@ -1057,7 +1057,7 @@ async fn no_damage_pattern_panics_on_open() {
             .put_user(UserRecord {
                 name: "admin".into(),
                 password_hash: "h".into(),
-                role: "admin".into(),
+                role: Role::Admin,
                 generation: 1,
             })
             .await

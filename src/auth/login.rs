@@ -1,0 +1,340 @@
+//! [`Auth`]: the authentication state the web layer keeps for the host's life (the KDF limit, the
+//! throttle, the sessions' last use, whether setup is done or in progress), and the flows that
+//! combine the other parts of `auth`: log in, first-start setup, change one's password, log out,
+//! and authenticate a request from its `Authorization` / `Cookie` header text.
+//!
+//! Called by the HTTP router and handlers on the runtime thread (the state is `Cell`/`RefCell`:
+//! single thread). Answers with [`LoginOutcome`]s and `Unauthenticated`, which the web layer maps
+//! to statuses; it never builds a response itself.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::password::{self, Kdf, MAX_PASSWORD_BYTES};
+use super::sessions::{Identity, Sessions, Unauthenticated, Via};
+use super::setup_code::{remove_setup_code, setup_code_matches};
+use super::throttle::Throttle;
+use super::{ADMIN, AuthError, check_name, secret_hash, tokens};
+use crate::App;
+use crate::role::Role;
+
+/// Auth state kept by the HTTP server.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    /// Every argon2id run goes through it (shared with the control socket).
+    kdf: Kdf,
+    /// Login/setup/password-change throttle.
+    throttle: RefCell<Throttle>,
+    /// Last use of each session (idle timeout).
+    sessions: Sessions,
+    /// Set once an admin exists (it can never disappear).
+    admin_exists: Cell<bool>,
+    /// A setup is being processed (two at once must not both win).
+    setup_busy: Cell<bool>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth::with_kdf(Kdf::shared())
+    }
+}
+
+/// Result of a login, setup or password change attempt.
+#[derive(Debug)]
+pub(crate) enum LoginOutcome {
+    /// Logged in: the cookie value to set and who.
+    Ok {
+        /// The session id (cookie value).
+        session: String,
+        /// The user.
+        identity: Identity,
+    },
+    /// Wrong name, password or code.
+    Refused,
+    /// Too many failures; wait this long.
+    Throttled(Duration),
+    /// Setup was already completed, or another setup is in progress (setup only).
+    AlreadySetUp,
+    /// The new password is not acceptable (setup and password change).
+    Weak,
+}
+
+impl Auth {
+    /// Auth state whose argon2id runs go through `kdf`.
+    fn with_kdf(kdf: Kdf) -> Auth {
+        Auth {
+            kdf,
+            throttle: RefCell::new(Throttle::default()),
+            sessions: Sessions::default(),
+            admin_exists: Cell::new(false),
+            setup_busy: Cell::new(false),
+        }
+    }
+
+    /// Whether the host still waits for its first admin password. Once an admin exists (set here
+    /// or with `toru passwd`), a leftover setup-code file is removed.
+    pub(crate) fn setup_needed(&self, app: &App) -> bool {
+        if self.admin_exists.get() {
+            return false;
+        }
+        match app.store.user(ADMIN) {
+            Ok(Some(_)) => {
+                self.admin_exists.set(true);
+                remove_setup_code(&app.config.data_dir);
+                false
+            }
+            Ok(None) => true,
+            // Unknown: stay locked down rather than open.
+            Err(_) => true,
+        }
+    }
+
+    /// Check a user name and password; on success create a session.
+    pub(crate) async fn login(
+        &self,
+        app: &App,
+        client: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<LoginOutcome, AuthError> {
+        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
+            return Ok(LoginOutcome::Throttled(wait));
+        }
+        let user = if check_name(username).is_ok() {
+            app.store.user(username)?
+        } else {
+            None
+        };
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let pw = if password.len() <= MAX_PASSWORD_BYTES {
+            password
+        } else {
+            ""
+        };
+        let ok = self.kdf.verify(pw, phc).await && user.is_some();
+        match (ok, user) {
+            (true, Some(user)) => {
+                self.throttle.borrow_mut().succeeded(client);
+                let session = self.sessions.create(app, &user).await?;
+                Ok(LoginOutcome::Ok {
+                    identity: Identity {
+                        name: user.name.clone(),
+                        role: user.role,
+                        via: Via::Session(secret_hash(&session)),
+                    },
+                    session,
+                })
+            }
+            _ => {
+                self.throttle.borrow_mut().failed(client, Instant::now());
+                log::info!("http: failed login for {username:?} from {client}");
+                Ok(LoginOutcome::Refused)
+            }
+        }
+    }
+
+    /// First-start setup: check the setup code, set the admin password, log in.
+    pub(crate) async fn setup(
+        &self,
+        app: &App,
+        client: IpAddr,
+        code: &str,
+        password: &str,
+    ) -> Result<LoginOutcome, AuthError> {
+        if !self.setup_needed(app) {
+            return Ok(LoginOutcome::AlreadySetUp);
+        }
+        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
+            return Ok(LoginOutcome::Throttled(wait));
+        }
+        if !setup_code_matches(&app.config.data_dir, code) {
+            self.throttle.borrow_mut().failed(client, Instant::now());
+            log::info!("http: wrong setup code from {client}");
+            return Ok(LoginOutcome::Refused);
+        }
+        if password::check_password(password).is_err() {
+            return Ok(LoginOutcome::Weak);
+        }
+        if self.setup_busy.replace(true) {
+            return Ok(LoginOutcome::AlreadySetUp);
+        }
+        let result = async {
+            password::set_password(&app.store, ADMIN, password, Role::Admin).await?;
+            remove_setup_code(&app.config.data_dir);
+            self.admin_exists.set(true);
+            self.throttle.borrow_mut().succeeded(client);
+            let user = app
+                .store
+                .user(ADMIN)?
+                .ok_or_else(|| AuthError::UserVanished(ADMIN.into()))?;
+            let session = self.sessions.create(app, &user).await?;
+            log::info!("http: setup completed from {client}; the admin password is set");
+            Ok(LoginOutcome::Ok {
+                identity: Identity {
+                    name: ADMIN.into(),
+                    role: Role::Admin,
+                    via: Via::Session(secret_hash(&session)),
+                },
+                session,
+            })
+        }
+        .await;
+        self.setup_busy.set(false);
+        result
+    }
+
+    /// Authenticate a request from its `Authorization` header (a bearer token wins) or its
+    /// session cookie (`Cookie` header text).
+    pub(crate) fn authenticate(
+        &self,
+        app: &App,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<Identity, Unauthenticated> {
+        match authorization {
+            Some(auth) => tokens::authenticate_bearer(&app.store, auth),
+            None => self.sessions.authenticate(app, cookie),
+        }
+    }
+
+    /// Log out: delete the session server-side (nothing for a token).
+    pub(crate) async fn logout(&self, app: &App, who: &Identity) -> Result<(), AuthError> {
+        Ok(self.sessions.end(app, who).await?)
+    }
+
+    /// Change the caller's own password after checking the current one; drops every session of
+    /// the user and returns a fresh one for the caller.
+    pub(crate) async fn change_password(
+        &self,
+        app: &App,
+        client: IpAddr,
+        who: &Identity,
+        current: &str,
+        new: &str,
+    ) -> Result<LoginOutcome, AuthError> {
+        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
+            return Ok(LoginOutcome::Throttled(wait));
+        }
+        let Some(user) = app.store.user(&who.name)? else {
+            return Ok(LoginOutcome::Refused);
+        };
+        if !self
+            .kdf
+            .verify(current, Some(user.password_hash.clone()))
+            .await
+        {
+            self.throttle.borrow_mut().failed(client, Instant::now());
+            return Ok(LoginOutcome::Refused);
+        }
+        if password::check_password(new).is_err() {
+            return Ok(LoginOutcome::Weak);
+        }
+        password::set_password(&app.store, &user.name, new, user.role).await?;
+        self.sessions.forget_all();
+        let user = app
+            .store
+            .user(&who.name)?
+            .ok_or_else(|| AuthError::UserVanished(who.name.clone()))?;
+        let session = self.sessions.create(app, &user).await?;
+        Ok(LoginOutcome::Ok {
+            identity: Identity {
+                name: user.name.clone(),
+                role: who.role,
+                via: Via::Session(secret_hash(&session)),
+            },
+            session,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{TempDir, app};
+    use super::super::{SESSION_COOKIE, create_token, revoke_token};
+    use super::*;
+    use crate::store::SessionRecord;
+
+    async fn login_cookie(auth: &Auth, app: &App, ip: IpAddr) -> String {
+        match auth.login(app, ip, ADMIN, "password123").await.unwrap() {
+            LoginOutcome::Ok { session, .. } => format!("{SESSION_COOKIE}={session}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Sessions end after `session_idle` without use and `session_absolute` after login, used or
+    /// not; tokens do not expire. Real (short) durations: the store has a writer thread.
+    #[tokio::test]
+    async fn sessions_expire_when_idle_or_too_old() {
+        let dir = TempDir::new("sess");
+        let app = app(&dir, |c| {
+            c.http.session_idle = Duration::from_millis(400);
+            c.http.session_absolute = Duration::from_secs(3600);
+        });
+        let kdf = Kdf::for_test();
+        password::set_password(&app.store, ADMIN, "password123", Role::Admin)
+            .await
+            .unwrap();
+        let auth = Auth::with_kdf(kdf.clone());
+        let ip: IpAddr = "10.1.1.1".parse().unwrap();
+        let cookie = login_cookie(&auth, &app, ip).await;
+        let check = |c: &str| auth.authenticate(&app, None, Some(c)).map(|i| i.name);
+        assert_eq!(check(&cookie), Ok(ADMIN.to_string()));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            assert!(check(&cookie).is_ok(), "use keeps it alive");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            check(&cookie),
+            Err(Unauthenticated::Expired),
+            "idle too long"
+        );
+
+        // Absolute timeout: a session created long ago is refused even if just used.
+        let old = "old-session-id";
+        app.store
+            .put_session(
+                &secret_hash(old),
+                SessionRecord {
+                    user: ADMIN.into(),
+                    generation: app.store.user(ADMIN).unwrap().unwrap().generation,
+                    created: chrono::Utc::now() - chrono::Duration::hours(2),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            check(&format!("{SESSION_COOKIE}={old}")),
+            Err(Unauthenticated::Expired)
+        );
+
+        // A password change ends every session of the user.
+        let cookie = login_cookie(&auth, &app, ip).await;
+        assert!(check(&cookie).is_ok());
+        password::set_password(&app.store, ADMIN, "password456", Role::Admin)
+            .await
+            .unwrap();
+        assert!(check(&cookie).is_err());
+
+        // Tokens: valid until revoked.
+        let token = create_token(&app.store, "ci", Role::Viewer).await.unwrap();
+        let who = auth
+            .authenticate(&app, Some(&format!("Bearer {token}")), None)
+            .unwrap();
+        assert_eq!((who.name.as_str(), who.role), ("ci", Role::Viewer));
+        assert!(matches!(
+            create_token(&app.store, "ci", Role::Admin).await,
+            Err(AuthError::NameTaken(_))
+        ));
+        assert!(revoke_token(&app.store, "ci").await.unwrap());
+        assert_eq!(
+            auth.authenticate(&app, Some(&format!("Bearer {token}")), None)
+                .map(|i| i.name),
+            Err(Unauthenticated::Invalid)
+        );
+        app.store.close();
+    }
+}
