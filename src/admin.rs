@@ -22,7 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use toru_plugin_api::codec::{FrameError, tokio_codec};
 
 use crate::App;
-use crate::auth::{self, ADMIN};
+use crate::auth::{self, ADMIN, Kdf};
 use crate::config::Config;
 use crate::role::Role;
 use crate::store::{Event, Store, StoreError, TokenRecord};
@@ -246,10 +246,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ControlReply<T> {
     }
 }
 
-/// Run a request against a store (and the supervisor, when the daemon runs).
+/// Run a request against a store (and the supervisor, when the daemon runs). Passwords are hashed
+/// through `kdf`, the limit the web layer shares.
 pub(crate) async fn execute(
     store: &Store,
     supervisor: Option<&Supervisor>,
+    kdf: &Kdf,
     data_dir: &Path,
     req: Request,
 ) -> Result<Reply, AdminError> {
@@ -270,7 +272,7 @@ pub(crate) async fn execute(
             password,
             role,
         } => {
-            auth::set_password(store, &user, &password, role).await?;
+            auth::set_password(kdf, store, &user, &password, role).await?;
             if user == ADMIN {
                 auth::remove_setup_code(data_dir);
             }
@@ -385,7 +387,7 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
     let result = match serde_json::from_slice::<Request>(&body) {
         Ok(req) => {
             let (store, sup) = (&app.store, Some(&app.supervisor));
-            execute(store, sup, &app.config.data_dir, req).await
+            execute(store, sup, &Kdf::shared(), &app.config.data_dir, req).await
         }
         Err(e) => Err(AdminError::BadMessage(e)),
     };
@@ -428,7 +430,7 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
         Err(crate::RunError::AlreadyRunning(_)) => return Err(AdminError::NoControl(path)),
         Err(e) => return Err(e.into()),
     };
-    let result = execute(&store, None, &config.data_dir, req).await;
+    let result = execute(&store, None, &Kdf::shared(), &config.data_dir, req).await;
     store.close();
     Ok(serde_json::to_value(result?)?)
 }
@@ -480,20 +482,28 @@ mod tests {
         );
     }
 
-    /// `toru passwd` completes setup for `admin`; failures are typed.
+    /// `toru passwd` hashes through the KDF limit it is given (the daemon passes the one the web
+    /// layer uses), completes setup for `admin`, and its failures are typed.
     #[tokio::test]
-    async fn passwd_and_typed_failures() {
+    async fn passwd_goes_through_the_kdf_limit() {
         let dir = TempDir::new("admin");
         let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
         std::fs::write(dir.path().join("setup-code"), "ABCD-EFGH-JKMN\n").unwrap();
+        let kdf = Kdf::for_test();
         let passwd = |user: &str, password: &str| Request::Passwd {
             user: user.into(),
             password: password.into(),
             role: Role::Admin,
         };
-        let r = execute(&store, None, dir.path(), passwd(ADMIN, "a long password"))
-            .await
-            .unwrap();
+        let r = execute(
+            &store,
+            None,
+            &kdf,
+            dir.path(),
+            passwd(ADMIN, "a long password"),
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             r,
             Reply::PasswordSet {
@@ -501,8 +511,9 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(kdf.runs(), 1);
         assert!(!dir.path().join("setup-code").exists());
-        let weak = execute(&store, None, dir.path(), passwd("bob", "short")).await;
+        let weak = execute(&store, None, &kdf, dir.path(), passwd("bob", "short")).await;
         assert!(matches!(
             weak,
             Err(AdminError::Auth(AuthError::WeakPassword))
@@ -510,12 +521,13 @@ mod tests {
         let gone = execute(
             &store,
             None,
+            &kdf,
             dir.path(),
             Request::TokenRevoke { name: "x".into() },
         )
         .await;
         assert!(matches!(gone, Err(AdminError::NoSuchToken(n)) if n == "x"));
-        let offline = execute(&store, None, dir.path(), Request::Rescan).await;
+        let offline = execute(&store, None, &kdf, dir.path(), Request::Rescan).await;
         let Err(e @ AdminError::NotRunning(_)) = offline else {
             panic!("{offline:?}");
         };

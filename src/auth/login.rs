@@ -162,7 +162,7 @@ impl Auth {
             return Ok(LoginOutcome::AlreadySetUp);
         }
         let result = async {
-            password::set_password(&app.store, ADMIN, password, Role::Admin).await?;
+            password::set_password(&self.kdf, &app.store, ADMIN, password, Role::Admin).await?;
             remove_setup_code(&app.config.data_dir);
             self.admin_exists.set(true);
             self.throttle.borrow_mut().succeeded(client);
@@ -232,7 +232,7 @@ impl Auth {
         if password::check_password(new).is_err() {
             return Ok(LoginOutcome::Weak);
         }
-        password::set_password(&app.store, &user.name, new, user.role).await?;
+        password::set_password(&self.kdf, &app.store, &user.name, new, user.role).await?;
         self.sessions.forget_all();
         let user = app
             .store
@@ -253,7 +253,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{TempDir, app};
-    use super::super::{SESSION_COOKIE, create_token, revoke_token};
+    use super::super::{SESSION_COOKIE, create_token, ensure_setup_code, revoke_token};
     use super::*;
     use crate::store::SessionRecord;
 
@@ -274,7 +274,7 @@ mod tests {
             c.http.session_absolute = Duration::from_secs(3600);
         });
         let kdf = Kdf::for_test();
-        password::set_password(&app.store, ADMIN, "password123", Role::Admin)
+        password::set_password(&kdf, &app.store, ADMIN, "password123", Role::Admin)
             .await
             .unwrap();
         let auth = Auth::with_kdf(kdf.clone());
@@ -314,7 +314,7 @@ mod tests {
         // A password change ends every session of the user.
         let cookie = login_cookie(&auth, &app, ip).await;
         assert!(check(&cookie).is_ok());
-        password::set_password(&app.store, ADMIN, "password456", Role::Admin)
+        password::set_password(&kdf, &app.store, ADMIN, "password456", Role::Admin)
             .await
             .unwrap();
         assert!(check(&cookie).is_err());
@@ -335,6 +335,43 @@ mod tests {
                 .map(|i| i.name),
             Err(Unauthenticated::Invalid)
         );
+        app.store.close();
+    }
+
+    /// Every argon2id run of the login flows goes through the KDF limit.
+    #[tokio::test]
+    async fn login_flows_hash_through_the_kdf_limit() {
+        let dir = TempDir::new("kdfflows");
+        let app = app(&dir, |_| {});
+        let code = ensure_setup_code(&app)
+            .await
+            .unwrap()
+            .expect("no admin yet");
+        let kdf = Kdf::for_test();
+        let auth = Auth::with_kdf(kdf.clone());
+        let ip: IpAddr = "10.1.1.4".parse().unwrap();
+        let LoginOutcome::Ok { identity, .. } =
+            auth.setup(&app, ip, &code, "password123").await.unwrap()
+        else {
+            panic!("setup failed");
+        };
+        assert_eq!(kdf.runs(), 1, "setup: one hash");
+        assert!(matches!(
+            auth.login(&app, ip, ADMIN, "password123").await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
+        assert!(matches!(
+            auth.login(&app, ip, "nobody", "password123").await.unwrap(),
+            LoginOutcome::Refused
+        ));
+        assert_eq!(kdf.runs(), 3, "login: one verify each, unknown users too");
+        assert!(matches!(
+            auth.change_password(&app, ip, &identity, "password123", "password456")
+                .await
+                .unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
+        assert_eq!(kdf.runs(), 5, "password change: a verify and a hash");
         app.store.close();
     }
 }

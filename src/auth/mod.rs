@@ -11,7 +11,7 @@
 //! code, which is meant to be read from the log.
 //!
 //! ## Layout
-//! - `password`: argon2id hashing and verifying (verifying one at a time, through a `Kdf`);
+//! - `password`: argon2id hashing and verifying, only ever through the one-at-a-time [`Kdf`];
 //!   password rules; [`set_password`].
 //! - `setup_code`: the first-start code and its file in the data dir.
 //! - `tokens`: API tokens (create, list, revoke, authenticate a bearer token).
@@ -39,7 +39,7 @@ use crate::store::StoreError;
 
 pub(crate) use crate::role::Role;
 pub(crate) use login::{Auth, LoginOutcome};
-pub(crate) use password::{MIN_PASSWORD_CHARS, set_password};
+pub(crate) use password::{Kdf, MIN_PASSWORD_CHARS, set_password};
 pub(crate) use sessions::{Identity, SESSION_COOKIE, Unauthenticated, Via};
 pub(crate) use setup_code::{ensure_setup_code, remove_setup_code};
 pub(crate) use tokens::{create_token, list_tokens, revoke_token};

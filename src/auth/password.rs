@@ -1,9 +1,12 @@
 //! Passwords: the rules a new password must meet, argon2id hashing and verifying, and setting a
 //! user's password in the store.
 //!
-//! Verifying goes through a [`Kdf`], which runs argon2id one at a time on the blocking pool: a
-//! burst of logins costs 19 MiB (OWASP's parameters: 19 MiB, 2 passes), not 19 MiB per request,
-//! and never stalls the runtime thread. Setting a password hashes on the blocking pool too.
+//! Every argon2id run — hash or verify, from a login, the first-start setup, a password change or
+//! `toru passwd` — goes through a [`Kdf`], which runs one at a time on the blocking pool: a burst
+//! of logins costs 19 MiB (OWASP's parameters: 19 MiB, 2 passes), not 19 MiB per request, and
+//! never stalls the runtime thread. The blocking functions are private to this file, so there is
+//! no way around the limit. The permit travels into the blocking task: a caller that gives up
+//! (client gone, deadline) does not free it while its hash still runs.
 //!
 //! Called by `login` (verify, set) and the admin commands ([`set_password`]). Must not log a
 //! password or a hash.
@@ -67,6 +70,12 @@ impl Kdf {
         .map_err(|e| AuthError::Kdf(e.to_string()))
     }
 
+    /// The argon2id PHC string of `password`.
+    pub(crate) async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let password = password.to_string();
+        self.run(move || hash_blocking(&password)).await?
+    }
+
     /// Whether `password` matches `phc`. `None` verifies against a dummy hash (an unknown user:
     /// same cost, always false).
     pub(crate) async fn verify(&self, password: &str, phc: Option<String>) -> bool {
@@ -80,6 +89,21 @@ impl Kdf {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// argon2id runs started through this limit.
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Hold the only permit (tests: make every run wait).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .expect("the test holds the only permit")
     }
 
     /// A limit of its own (tests).
@@ -125,18 +149,11 @@ pub(crate) fn check_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Hash on the blocking pool (argon2id takes ~0.1–1 s on a Pi; the runtime thread keeps serving).
-async fn hash_password(password: &str) -> Result<String, AuthError> {
-    let pw = password.to_string();
-    tokio::task::spawn_blocking(move || hash_blocking(&pw))
-        .await
-        .map_err(|e| AuthError::Kdf(e.to_string()))?
-}
-
-/// Set (or create) `user`'s password and role. Bumps the user's generation and drops every
-/// session of the user. Does not touch the setup code (callers that set the admin password remove
-/// it: [`super::remove_setup_code`]).
+/// Set (or create) `user`'s password and role, hashing through `kdf`. Bumps the user's generation
+/// and drops every session of the user. Does not touch the setup code (callers that set the
+/// admin password remove it: [`super::remove_setup_code`]).
 pub(crate) async fn set_password(
+    kdf: &Kdf,
     store: &Store,
     user: &str,
     password: &str,
@@ -144,7 +161,7 @@ pub(crate) async fn set_password(
 ) -> Result<(), AuthError> {
     check_name(user)?;
     check_password(password)?;
-    let hash = hash_password(password).await?;
+    let hash = kdf.hash(password).await?;
     let generation = store.user(user)?.map_or(0, |u| u.generation) + 1;
     store
         .put_user(UserRecord {
@@ -160,6 +177,10 @@ pub(crate) async fn set_password(
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Context;
+
     use super::*;
 
     #[test]
@@ -173,5 +194,41 @@ mod tests {
         assert!(check_password("1234567").is_err());
         assert!(check_password("12345678").is_ok());
         assert!(check_password("ééééééé").is_err(), "counted in characters");
+    }
+
+    /// Polls `fut` once: `true` if it is still pending.
+    fn pending_after_one_poll<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        fut.poll(&mut cx).is_pending()
+    }
+
+    /// Regression: `set_password` (first-start setup, password change, `toru passwd`) hashed on
+    /// the blocking pool without taking the KDF permit, so any number of 19 MiB argon2id runs
+    /// could overlap. Now it waits for the permit like a login does, and its run is counted by
+    /// the limit it went through.
+    #[tokio::test]
+    async fn set_password_waits_for_the_kdf_permit() {
+        let dir = super::super::testing::TempDir::new("kdf");
+        let store = Store::open(dir.path(), crate::store::StoreOptions::default()).unwrap();
+        let kdf = Kdf::for_test();
+        let held = kdf.hold();
+        let mut setting = pin!(set_password(
+            &kdf,
+            &store,
+            "bob",
+            "password123",
+            Role::Viewer
+        ));
+        assert!(pending_after_one_poll(setting.as_mut()));
+        assert_eq!(kdf.runs(), 0, "no argon2id run while the permit is held");
+        drop(held);
+        setting.await.unwrap();
+        assert_eq!(kdf.runs(), 1, "the hash ran through the limit");
+        let user = store.user("bob").unwrap().unwrap();
+        assert_eq!(user.role, Role::Viewer);
+        assert!(kdf.verify("password123", Some(user.password_hash)).await);
+        assert!(!kdf.verify("password123", None).await, "unknown user");
+        assert_eq!(kdf.runs(), 3, "verifying is limited too");
+        store.close();
     }
 }
