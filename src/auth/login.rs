@@ -6,6 +6,9 @@
 //! Called by the HTTP router and handlers on the runtime thread (the state is `Cell`/`RefCell`:
 //! single thread). Answers with [`LoginOutcome`]s and `Unauthenticated`, which the web layer maps
 //! to statuses; it never builds a response itself.
+//!
+//! Cancel safety: every flow may be dropped at any `.await` (client gone, request deadline). State
+//! set before an await is reset by a guard's `Drop` ([`SetupClaim`]), never by code after it.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -32,7 +35,7 @@ pub(crate) struct Auth {
     sessions: Sessions,
     /// Set once an admin exists (it can never disappear).
     admin_exists: Cell<bool>,
-    /// A setup is being processed (two at once must not both win).
+    /// A setup is being processed (two at once must not both win). Only [`SetupClaim`] sets it.
     setup_busy: Cell<bool>,
 }
 
@@ -60,6 +63,23 @@ pub(crate) enum LoginOutcome {
     AlreadySetUp,
     /// The new password is not acceptable (setup and password change).
     Weak,
+}
+
+/// The right to run the one setup allowed at a time. Dropping it — the setup finished, failed,
+/// or its future was dropped mid-hash — lets the next setup in.
+struct SetupClaim<'a>(&'a Cell<bool>);
+
+impl<'a> SetupClaim<'a> {
+    /// `None` if another setup holds the claim.
+    fn take(busy: &'a Cell<bool>) -> Option<SetupClaim<'a>> {
+        (!busy.replace(true)).then_some(SetupClaim(busy))
+    }
+}
+
+impl Drop for SetupClaim<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 impl Auth {
@@ -158,32 +178,27 @@ impl Auth {
         if password::check_password(password).is_err() {
             return Ok(LoginOutcome::Weak);
         }
-        if self.setup_busy.replace(true) {
+        let Some(_claim) = SetupClaim::take(&self.setup_busy) else {
             return Ok(LoginOutcome::AlreadySetUp);
-        }
-        let result = async {
-            password::set_password(&self.kdf, &app.store, ADMIN, password, Role::Admin).await?;
-            remove_setup_code(&app.config.data_dir);
-            self.admin_exists.set(true);
-            self.throttle.borrow_mut().succeeded(client);
-            let user = app
-                .store
-                .user(ADMIN)?
-                .ok_or_else(|| AuthError::UserVanished(ADMIN.into()))?;
-            let session = self.sessions.create(app, &user).await?;
-            log::info!("http: setup completed from {client}; the admin password is set");
-            Ok(LoginOutcome::Ok {
-                identity: Identity {
-                    name: ADMIN.into(),
-                    role: Role::Admin,
-                    via: Via::Session(secret_hash(&session)),
-                },
-                session,
-            })
-        }
-        .await;
-        self.setup_busy.set(false);
-        result
+        };
+        password::set_password(&self.kdf, &app.store, ADMIN, password, Role::Admin).await?;
+        remove_setup_code(&app.config.data_dir);
+        self.admin_exists.set(true);
+        self.throttle.borrow_mut().succeeded(client);
+        let user = app
+            .store
+            .user(ADMIN)?
+            .ok_or_else(|| AuthError::UserVanished(ADMIN.into()))?;
+        let session = self.sessions.create(app, &user).await?;
+        log::info!("http: setup completed from {client}; the admin password is set");
+        Ok(LoginOutcome::Ok {
+            identity: Identity {
+                name: ADMIN.into(),
+                role: Role::Admin,
+                via: Via::Session(secret_hash(&session)),
+            },
+            session,
+        })
     }
 
     /// Authenticate a request from its `Authorization` header (a bearer token wins) or its
@@ -252,6 +267,10 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::Context;
+
     use super::super::testing::{TempDir, app};
     use super::super::{SESSION_COOKIE, create_token, ensure_setup_code, revoke_token};
     use super::*;
@@ -335,6 +354,79 @@ mod tests {
                 .map(|i| i.name),
             Err(Unauthenticated::Invalid)
         );
+        app.store.close();
+    }
+
+    /// Regression: setup set its "busy" flag before hashing the password and cleared it with code
+    /// after the await. A setup whose future was dropped there (client gone, request deadline)
+    /// left the flag set, and every later setup answered `already_set_up` until a restart — with
+    /// no admin password set. The flag is now a guard cleared on drop.
+    #[tokio::test]
+    async fn a_setup_dropped_mid_hash_does_not_block_the_next_one() {
+        let dir = TempDir::new("setup");
+        let app = app(&dir, |_| {});
+        let code = ensure_setup_code(&app)
+            .await
+            .unwrap()
+            .expect("no admin yet");
+        let kdf = Kdf::for_test();
+        let auth = Auth::with_kdf(kdf.clone());
+        let ip: IpAddr = "10.1.1.2".parse().unwrap();
+
+        // The first setup gets as far as the password hash (the KDF permit is held) …
+        let held = kdf.hold();
+        {
+            let mut first = pin!(auth.setup(&app, ip, &code, "password123"));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(first.as_mut().poll(&mut cx).is_pending());
+            assert!(auth.setup_busy.get(), "the first setup is in progress");
+        } // … and is dropped there.
+        drop(held);
+        assert!(!auth.setup_busy.get(), "dropping it released the claim");
+        assert!(auth.setup_needed(&app), "no admin password was set");
+
+        match auth.setup(&app, ip, &code, "password456").await.unwrap() {
+            LoginOutcome::Ok { identity, .. } => assert_eq!(identity.role, Role::Admin),
+            other => panic!("the next setup must succeed, got {other:?}"),
+        }
+        assert!(!auth.setup_busy.get());
+        assert!(matches!(
+            auth.login(&app, ip, ADMIN, "password456").await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
+        assert!(matches!(
+            auth.setup(&app, ip, &code, "password789").await.unwrap(),
+            LoginOutcome::AlreadySetUp
+        ));
+        app.store.close();
+    }
+
+    /// Two setups at once: the second is turned away while the first holds the claim.
+    #[tokio::test]
+    async fn concurrent_setups_do_not_both_win() {
+        let dir = TempDir::new("setup2");
+        let app = app(&dir, |_| {});
+        let code = ensure_setup_code(&app)
+            .await
+            .unwrap()
+            .expect("no admin yet");
+        let kdf = Kdf::for_test();
+        let auth = Auth::with_kdf(kdf.clone());
+        let ip: IpAddr = "10.1.1.3".parse().unwrap();
+        let held = kdf.hold();
+        let mut first = pin!(auth.setup(&app, ip, &code, "password123"));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(matches!(
+            auth.setup(&app, ip, &code, "password456").await.unwrap(),
+            LoginOutcome::AlreadySetUp
+        ));
+        drop(held);
+        assert!(matches!(first.await.unwrap(), LoginOutcome::Ok { .. }));
+        assert!(matches!(
+            auth.login(&app, ip, ADMIN, "password123").await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
         app.store.close();
     }
 
