@@ -20,8 +20,9 @@
 //! - `login`: [`Auth`], the state the web layer keeps, and the flows that combine the above:
 //!   login, first-start setup, password change, authenticating a request.
 //!
-//! Dependencies inside: `login` → `sessions`, `tokens`, `setup_code`, `password`, `throttle` → this
-//! file's helpers; none of them imports `login`.
+//! Dependencies inside, one way: `login` → `tokens` → `sessions` (identity types), and `login` →
+//! `setup_code`, `password`, `throttle`; all of them → this file's helpers. Nothing imports
+//! `login` but the re-exports here.
 
 mod login;
 mod password;

@@ -1,37 +1,37 @@
-//! Handlers of the authenticated `/api/*` endpoints and `/metrics` (documented in `docs/API.md`):
-//! system, plugins (list, one, enable/disable/restart, rescan), logs (page and long-poll follow),
-//! events, KV, frontend bundles, and forwarding `/api/plugins/route/{route}/{rest}` to plugins.
-//! Called by `router` after authentication and CSRF checks; calls the supervisor and the store.
+//! Handlers of `/api/health`, `/metrics` and the authenticated `/api/*` endpoints other than the
+//! session ones (documented in `docs/API.md`): system, plugins (list, one, enable/disable/restart,
+//! rescan), logs (page and long-poll follow), events, KV, frontend bundles, and forwarding
+//! `/api/plugins/route/{route}/{rest}` to plugins.
+//!
+//! A handler: called by `dispatch` after the router's gate (authentication, CSRF, the route's
+//! method and role); calls the supervisor and the store. Uses `router`, `request`, `resp`,
+//! `checks` and `metrics`, never another handler.
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::time::Duration;
 
 use base64::Engine as _;
-use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 use toru_plugin_api::protocol::BodyEncoding;
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::checks;
-use super::conn::{BODY_READ_TIMEOUT, Body};
-use super::router::{
-    ApiError, Ctx, Resp, Server, bytes_response, clear_cookie, json_response, me_json,
-    method_not_allowed, ok_json,
-};
-use crate::auth::{Identity, Role, Via};
+use super::metrics::rss_bytes;
+use super::request::{Ctx, read_body, read_json};
+use super::resp::{ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json};
+use super::router::{PluginAction, Server, need_admin};
+use crate::auth::{Identity, Role};
 use crate::store::{StoreError, StoreHealth};
 use crate::supervisor::{ForwardError, SupervisorError};
 
 /// A log follow request waits at most this long for a new line (then answers with none).
-pub const LONG_POLL: Duration = Duration::from_secs(25);
+pub(crate) const LONG_POLL: Duration = Duration::from_secs(25);
 /// Largest frontend bundle served from `<plugins-dir>/<id>/bundle.js`.
-pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Log lines per page at most.
 const MAX_PAGE_SIZE: usize = 1000;
 /// Lines returned by one follow answer at most (the newest).
@@ -71,215 +71,90 @@ const DROP_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
-/// Route an authenticated request.
-pub async fn dispatch(
+/// `GET /api/health` (open: no authentication, answers before setup too).
+pub(crate) fn health(ctx: &Ctx) -> Result<Resp, ApiError> {
+    if !matches!(ctx.method, Method::GET | Method::HEAD) {
+        return Err(method_not_allowed("GET"));
+    }
+    ok_json(&json!({"status": "ok"}))
+}
+
+/// `GET /metrics`: the Prometheus text.
+pub(crate) fn metrics(srv: &Server) -> Result<Resp, ApiError> {
+    let c = &srv.connections;
+    let text = srv
+        .metrics
+        .borrow()
+        .render(&srv.app, c.active(), c.rejected());
+    Ok(bytes_response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text,
+    ))
+}
+
+/// `GET /api/plugins`.
+pub(crate) fn plugins(srv: &Server) -> Result<Resp, ApiError> {
+    ok_json(&srv.app.supervisor.plugins())
+}
+
+/// `POST /api/plugins/rescan` (admin).
+pub(crate) async fn rescan(srv: &Server) -> Result<Resp, ApiError> {
+    let report = srv.app.supervisor.rescan().await;
+    ok_json(&report)
+}
+
+/// `GET /api/plugins/{id}`.
+pub(crate) fn plugin(srv: &Server, id: &str) -> Result<Resp, ApiError> {
+    let p = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+    ok_json(&p)
+}
+
+/// `POST /api/plugins/{id}/{enable|disable|restart}` (admin).
+pub(crate) async fn plugin_action(
     srv: &Server,
-    ctx: &Ctx,
-    who: &Identity,
-    body: Incoming,
+    id: &str,
+    action: PluginAction,
 ) -> Result<Resp, ApiError> {
-    if ctx.path == "/metrics" {
-        need(ctx, &Method::GET)?;
-        let c = &srv.connections;
-        let text = srv
-            .metrics
-            .borrow()
-            .render(&srv.app, c.active(), c.rejected.get());
-        return Ok(bytes_response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            text,
-        ));
-    }
-    let rest = ctx.path.strip_prefix("/api/").unwrap_or("");
-    if let Some(after) = rest.strip_prefix("plugins/route/") {
-        return forward(srv, ctx, who, after, body).await;
-    }
-    let segs: Vec<&str> = rest.split('/').collect();
-    match segs.as_slice() {
-        ["auth", "me"] => {
-            need(ctx, &Method::GET)?;
-            ok_json(&me_json(who))
-        }
-        ["auth", "logout"] => {
-            need(ctx, &Method::POST)?;
-            srv.auth
-                .logout(&srv.app, who)
-                .await
-                .map_err(|e| ApiError::internal("logout", &e))?;
-            let mut r = json_response(StatusCode::OK, &json!({"ok": true}));
-            if let Ok(v) = HeaderValue::from_str(&clear_cookie()) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            Ok(r)
-        }
-        ["auth", "password"] => {
-            need(ctx, &Method::POST)?;
-            #[derive(serde::Deserialize)]
-            struct Change {
-                current: String,
-                new: String,
-            }
-            let c: Change = read_json(body, srv.auth_body_limit()).await?;
-            if !matches!(who.via, Via::Session(_)) {
-                return Err(ApiError::bad_request(
-                    "change passwords from a browser session or with `toru passwd`",
-                ));
-            }
-            let outcome = srv
-                .auth
-                .change_password(&srv.app, ctx.client, who, &c.current, &c.new)
-                .await
-                .map_err(|e| ApiError::internal("password change", &e))?;
-            srv.login_response(ctx, outcome)
-        }
-        ["system"] => {
-            need(ctx, &Method::GET)?;
-            ok_json(&system(srv))
-        }
-        ["events"] => {
-            need(ctx, &Method::GET)?;
-            events(srv, ctx, None)
-        }
-        ["plugins"] => {
-            need(ctx, &Method::GET)?;
-            ok_json(&srv.app.supervisor.plugins())
-        }
-        ["plugins", "rescan"] => {
-            need(ctx, &Method::POST)?;
-            admin(who)?;
-            let report = srv.app.supervisor.rescan().await;
-            ok_json(&report)
-        }
-        ["plugins", id] => {
-            need(ctx, &Method::GET)?;
-            let p = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-            ok_json(&p)
-        }
-        ["plugins", id, action @ ("enable" | "disable" | "restart")] => {
-            need(ctx, &Method::POST)?;
-            admin(who)?;
-            let sup = &srv.app.supervisor;
-            let r = match *action {
-                "enable" => sup.enable(id).await,
-                "disable" => sup.disable(id).await,
-                _ => sup.restart(id).await,
-            };
-            match r {
-                Ok(view) => ok_json(&view),
-                Err(SupervisorError::NotFound(_)) => Err(no_plugin(id)),
-                Err(SupervisorError::ShuttingDown) => Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the host is shutting down",
-                )),
-                Err(e) => Err(ApiError::internal(action, &e)),
-            }
-        }
-        ["plugins", id, "logs"] => {
-            need(ctx, &Method::GET)?;
-            logs(srv, ctx, id)
-        }
-        ["plugins", id, "logs", "follow"] => {
-            need(ctx, &Method::GET)?;
-            follow(srv, ctx, id).await
-        }
-        ["plugins", id, "events"] => {
-            need(ctx, &Method::GET)?;
-            srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-            events(srv, ctx, Some(id))
-        }
-        ["plugins", id, "kv"] => {
-            need(ctx, &Method::POST)?;
-            kv(srv, who, id, body).await
-        }
-        ["plugins", id, "bundle.js"] => {
-            need(ctx, &Method::GET)?;
-            bundle(srv, who, id).await
-        }
-        _ => Err(ApiError::not_found(format!("no endpoint {}", ctx.path))),
+    let sup = &srv.app.supervisor;
+    let r = match action {
+        PluginAction::Enable => sup.enable(id).await,
+        PluginAction::Disable => sup.disable(id).await,
+        PluginAction::Restart => sup.restart(id).await,
+    };
+    match r {
+        Ok(view) => ok_json(&view),
+        Err(SupervisorError::NotFound(_)) => Err(no_plugin(id)),
+        Err(SupervisorError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the host is shutting down",
+        )),
+        Err(e) => Err(ApiError::internal(action.as_str(), &e)),
     }
 }
 
-/// `Ok` if the method is `m` (GET also admits HEAD), else `405`.
-fn need(ctx: &Ctx, m: &Method) -> Result<(), ApiError> {
-    if ctx.method == *m || (*m == Method::GET && ctx.method == Method::HEAD) {
-        Ok(())
-    } else {
-        Err(method_not_allowed(m.as_str()))
-    }
+/// `GET /api/plugins/{id}/events`.
+pub(crate) fn plugin_events(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
+    srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
+    events(srv, ctx, Some(id))
 }
 
-fn admin(who: &Identity) -> Result<(), ApiError> {
-    if who.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::read_only())
-    }
+/// Any other `/api/` path.
+pub(crate) fn unknown(ctx: &Ctx) -> Result<Resp, ApiError> {
+    Err(ApiError::not_found(format!("no endpoint {}", ctx.path)))
 }
 
 fn no_plugin(id: &str) -> ApiError {
     ApiError::not_found(format!("no plugin {id:?}"))
 }
 
-/// Read a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
-pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the request body is over {limit} bytes"),
-        )
-    };
-    if body.size_hint().lower() > limit as u64 {
-        return Err(too_large());
-    }
-    let read = async {
-        let mut out: Vec<u8> = Vec::new();
-        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            let frame =
-                frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-        Ok(Bytes::from(out))
-    };
-    tokio::time::timeout(BODY_READ_TIMEOUT, read)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "the request body did not arrive in time",
-            )
-        })?
+/// `GET /api/system`.
+pub(crate) fn system(srv: &Server) -> Result<Resp, ApiError> {
+    ok_json(&system_json(srv))
 }
 
-/// Read and parse a JSON request body.
-pub async fn read_json<T: DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
-    let bytes = read_body(body, limit).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
-}
-
-/// `(VmRSS, VmHWM)` of this process in bytes, from `/proc/self/status`.
-pub fn rss_bytes() -> (Option<u64>, Option<u64>) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return (None, None);
-    };
-    let field = |name: &str| {
-        status.lines().find_map(|l| {
-            let v = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
-            v.parse::<u64>().ok().map(|kb| kb * 1024)
-        })
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn system(srv: &Server) -> serde_json::Value {
+fn system_json(srv: &Server) -> serde_json::Value {
     let app = &srv.app;
     let health = app.store.health();
     let mut store = serde_json::to_value(&health).unwrap_or_else(|_| json!({}));
@@ -317,7 +192,8 @@ fn system(srv: &Server) -> serde_json::Value {
     })
 }
 
-fn events(srv: &Server, ctx: &Ctx, plugin: Option<&str>) -> Result<Resp, ApiError> {
+/// `GET /api/events` (`plugin` `None`) and the per-plugin list.
+pub(crate) fn events(srv: &Server, ctx: &Ctx, plugin: Option<&str>) -> Result<Resp, ApiError> {
     let limit = ctx
         .query_param("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -336,7 +212,8 @@ fn parse_level(s: &str) -> Result<LogLevel, ApiError> {
         .map_err(|_| ApiError::bad_request("level must be one of error, warn, info, debug, trace"))
 }
 
-fn logs(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
+/// `GET /api/plugins/{id}/logs`: one page.
+pub(crate) fn logs(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     let num = |name: &str, default: usize| -> Result<usize, ApiError> {
         match ctx.query_param(name) {
             None => Ok(default),
@@ -360,7 +237,8 @@ fn logs(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     ok_json(&page)
 }
 
-async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
+/// `GET /api/plugins/{id}/logs/follow`: lines after `after`, waiting up to [`LONG_POLL`].
+pub(crate) async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     let after = ctx
         .query_param("after")
         .map(|a| a.parse::<u64>())
@@ -389,7 +267,13 @@ async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     ok_json(&json!({"lines": lines, "next": next}))
 }
 
-async fn kv(srv: &Server, who: &Identity, id: &str, body: Incoming) -> Result<Resp, ApiError> {
+/// `POST /api/plugins/{id}/kv`: the plugin's KV namespace (writes: admin).
+pub(crate) async fn kv(
+    srv: &Server,
+    who: &Identity,
+    id: &str,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
     srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
     // The same request shape as the plugin protocol's `kv` messages.
     let req: KvRequest = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
@@ -406,14 +290,14 @@ async fn kv(srv: &Server, who: &Identity, id: &str, body: Incoming) -> Result<Re
             .kv_list(id, &prefix, start_after.as_deref(), limit.unwrap_or(1000))
             .map(|(keys, truncated)| json!({"keys": keys, "truncated": truncated})),
         KvRequest::Set { key, value } => {
-            admin(who)?;
+            need_admin(who)?;
             store
                 .kv_set(id, &key, &value)
                 .await
                 .map(|()| json!({"key": key, "ok": true}))
         }
         KvRequest::Delete { key } => {
-            admin(who)?;
+            need_admin(who)?;
             store
                 .kv_delete(id, &key)
                 .await
@@ -443,7 +327,8 @@ fn kv_error(e: StoreError) -> ApiError {
     }
 }
 
-async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError> {
+/// `GET /api/plugins/{id}/bundle.js`: from the plugins dir, else from the plugin.
+pub(crate) async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError> {
     let view = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
     let path = srv
         .app
@@ -486,7 +371,7 @@ async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError
 }
 
 /// `/api/plugins/route/{route}/{rest}` → the plugin whose route is `/{route}`.
-async fn forward(
+pub(crate) async fn forward(
     srv: &Server,
     ctx: &Ctx,
     who: &Identity,
@@ -706,12 +591,5 @@ mod tests {
                 .status,
             502
         );
-    }
-
-    #[test]
-    fn rss_is_read() {
-        let (rss, peak) = rss_bytes();
-        assert!(rss.unwrap() > 0);
-        assert!(peak.unwrap() >= rss.unwrap());
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The names this device answers to, besides IP literals.
 #[derive(Debug, Clone)]
-pub struct HostNames {
+pub(crate) struct HostNames {
     names: Vec<String>,
 }
 
@@ -53,7 +53,7 @@ impl HostNames {
 }
 
 /// The name part of a `Host` value (`[::1]:8080` → `::1`, `dev.local:80` → `dev.local`).
-pub fn host_name(host: &str) -> Option<&str> {
+pub(crate) fn host_name(host: &str) -> Option<&str> {
     let host = host.trim();
     if host.is_empty() {
         return None;
@@ -96,7 +96,7 @@ fn normal_authority(authority: &str, scheme: &str) -> String {
 
 /// Whether an `Origin` header value is the same origin as the `Host` the request was sent to
 /// (scheme is not compared: behind a TLS proxy the browser's origin is `https`).
-pub fn same_origin(origin: &str, host: &str) -> bool {
+pub(crate) fn same_origin(origin: &str, host: &str) -> bool {
     let Some((scheme, authority)) = origin.trim().split_once("://") else {
         return false;
     };
@@ -113,7 +113,7 @@ pub fn same_origin(origin: &str, host: &str) -> bool {
 
 /// Why a state-changing request looks cross-site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CsrfError {
+pub(crate) enum CsrfError {
     /// `Sec-Fetch-Site` says another site (or `Origin` is another origin).
     CrossSite,
     /// Neither `Origin` nor `Sec-Fetch-Site` was sent.
@@ -138,11 +138,11 @@ impl CsrfError {
 }
 
 /// The custom header the UI sends on every request; a cross-site form cannot set it.
-pub const CSRF_HEADER: &str = "x-toru-csrf";
+pub(crate) const CSRF_HEADER: &str = "x-toru-csrf";
 
 /// CSRF rule for a cookie-authenticated (or anonymous) state-changing request: a same-origin
 /// `Origin` or `Sec-Fetch-Site: same-origin`, and a JSON body or the custom header.
-pub fn csrf_check(
+pub(crate) fn csrf_check(
     host: &str,
     origin: Option<&str>,
     fetch_site: Option<&str>,
@@ -175,7 +175,7 @@ pub fn csrf_check(
 
 /// A route segment (`/api/plugins/route/{route}/…`) as metadata allows it: `[A-Za-z0-9._-]+`, not
 /// `.` or `..`. Anything percent-encoded is refused, so encoded traversal cannot slip through.
-pub fn route_segment_ok(seg: &str) -> bool {
+pub(crate) fn route_segment_ok(seg: &str) -> bool {
     !seg.is_empty()
         && seg != "."
         && seg != ".."
@@ -187,7 +187,7 @@ pub fn route_segment_ok(seg: &str) -> bool {
 /// The rest of a plugin-route path (raw, still percent-encoded): refused if any segment is `.` or
 /// `..` (also when encoded), or contains an encoded `/`, a backslash, NUL, or a second layer of
 /// encoding (`%25`).
-pub fn rest_ok(rest: &str) -> bool {
+pub(crate) fn rest_ok(rest: &str) -> bool {
     if rest.contains('\\') || rest.contains('\0') {
         return false;
     }
@@ -220,7 +220,11 @@ fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
 
 /// The client's address: the peer, unless the peer is a trusted proxy, then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+pub(crate) fn client_ip(
+    peer: SocketAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[IpAddr],
+) -> IpAddr {
     let peer_ip = canonical(peer.ip());
     if !trusted.iter().any(|t| canonical(*t) == peer_ip) {
         return peer_ip;
@@ -239,7 +243,7 @@ pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[IpAdd
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
@@ -250,7 +254,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// `content-type` → `Content-Type` (the form the original host sent to plugins).
-pub fn title_case(name: &str) -> String {
+pub(crate) fn title_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut up = true;
     for c in name.chars() {

@@ -1,5 +1,6 @@
-//! Per-connection bookkeeping: which connections are busy or idle, when each must be closed, which
-//! one to evict when the limit is reached, and the response body that marks a request finished.
+//! Connection handling: the accept loop, which connections are busy or idle, when each must be
+//! closed, which one to evict when the limit is reached. Generic over a [`Handler`] that turns
+//! one request into one response: this layer knows nothing of routes, authentication or the host.
 //!
 //! A connection is *busy* from the moment hyper hands us a request head until the response body has
 //! been written (or dropped); a busy connection is closed after [`MAX_REQUEST_TIME`]. While it is
@@ -8,35 +9,42 @@
 //!   `keepalive_timeout` after the previous response;
 //! - the next request has started: `header_timeout` after its first byte.
 //!
-//! Only [`admit`] creates connections; the task it spawns removes its entry when it ends.
+//! Only `admit` creates connections; the task it spawns removes its entry when it ends. Called by
+//! `http::serve` ([`serve`]); uses only `resp` below it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::{Bytes, Frame, SizeHint};
+use hyper::Request;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::router::Server;
-
-/// A request body must arrive completely within this time (else `408`).
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use super::resp::{Body, Resp};
+use crate::config::HttpConfig;
 
 /// A request in flight longer than this is dropped with its connection. Every handler is bounded
 /// well below it (body 30 s, plugin reply 30 s, log long-poll 25 s): what it cuts is a client that
 /// stops reading its response.
-pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(120);
+pub(crate) const MAX_REQUEST_TIME: Duration = Duration::from_secs(120);
+
+/// How long in-flight requests may take to finish once shutdown begins.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Pause after an `accept` error such as `EMFILE`, so a full descriptor table does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A connection must have been quiet this long to be closed for a newcomer: a just-accepted one
 /// may already hold its request in the socket buffer, unread only because its task has not run.
@@ -59,9 +67,39 @@ connection: close\r\n\
 content-length: 73\r\n\r\n\
 {\"error\":\"busy\",\"message\":\"too many connections; try again in a moment\"}\n";
 
+/// Answers requests: what a connection hands each request head (and its body) to.
+pub(crate) trait Handler: 'static {
+    /// Answer one request from `peer`. Never fails: errors are responses too.
+    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = Resp>;
+}
+
+/// The limits connections live by (from `config.http`).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Connections served at once.
+    pub(crate) max_connections: usize,
+    /// A request head must arrive within this.
+    pub(crate) header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub(crate) keepalive_timeout: Duration,
+    /// Largest request head (hyper's read buffer; larger → 431).
+    pub(crate) max_header_bytes: usize,
+}
+
+impl From<&HttpConfig> for Limits {
+    fn from(c: &HttpConfig) -> Limits {
+        Limits {
+            max_connections: c.max_connections,
+            header_timeout: c.header_timeout,
+            keepalive_timeout: c.keepalive_timeout,
+            max_header_bytes: c.max_header_bytes,
+        }
+    }
+}
+
 /// The state of one connection, shared by its task, its requests and the registry.
 #[derive(Debug)]
-pub struct ConnState {
+struct ConnState {
     id: u64,
     /// Requests in flight (0 or 1 for HTTP/1.1).
     busy: Cell<u32>,
@@ -116,7 +154,7 @@ impl ConnState {
 /// Marks a request in flight on its connection; dropping it (when the response body is done or
 /// abandoned) makes the connection idle again.
 #[derive(Debug)]
-pub struct BusyGuard(Rc<ConnState>);
+struct BusyGuard(Rc<ConnState>);
 
 impl BusyGuard {
     fn new(state: Rc<ConnState>) -> BusyGuard {
@@ -141,57 +179,35 @@ impl Drop for BusyGuard {
     }
 }
 
-/// A complete response body held in memory; carries the request's [`BusyGuard`].
-#[derive(Debug, Default)]
-pub struct Body {
-    data: Option<Bytes>,
+/// A response body and the [`BusyGuard`] of its request, dropped when the body is done.
+#[derive(Debug)]
+struct GuardedBody {
+    body: Body,
     guard: Option<BusyGuard>,
 }
 
-impl Body {
-    /// A body with these bytes (empty → no data frame).
-    pub fn new(data: impl Into<Bytes>) -> Body {
-        let data: Bytes = data.into();
-        Body {
-            data: (!data.is_empty()).then_some(data),
-            guard: None,
-        }
-    }
-
-    /// Attach the guard that marks the request finished when this body is dropped.
-    pub fn with_guard(mut self, guard: BusyGuard) -> Body {
-        self.guard = Some(guard);
-        self
-    }
-
-    /// The bytes (tests and metrics).
-    pub fn len(&self) -> usize {
-        self.data.as_ref().map_or(0, Bytes::len)
-    }
-}
-
-impl hyper::body::Body for Body {
+impl hyper::body::Body for GuardedBody {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let next = self.data.take().map(|d| Ok(Frame::data(d)));
-        if next.is_none() {
+        let next = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(next, Poll::Ready(None)) {
             // Finished: the connection is idle again even if hyper keeps the body a while.
             self.guard = None;
         }
-        Poll::Ready(next)
+        next
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len() as u64)
+        self.body.size_hint()
     }
 }
 
@@ -247,31 +263,45 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// The live connections, by id.
-#[derive(Debug, Default)]
-pub struct Connections {
+/// The live connections, by id, the limits they live by, and their counters.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    limits: Limits,
     live: RefCell<BTreeMap<u64, Rc<ConnState>>>,
     next_id: Cell<u64>,
     /// Connections refused with the static 503.
-    pub rejected: Cell<u64>,
+    rejected: Cell<u64>,
     /// Idle connections closed to make room.
-    pub evicted: Cell<u64>,
-    /// Connections closed at their deadline.
-    pub timed_out: Cell<u64>,
-    /// Connections accepted.
-    pub accepted: Cell<u64>,
+    evicted: Cell<u64>,
     /// Refused connections still delivering their 503.
     rejecting: Cell<usize>,
 }
 
 impl Connections {
+    /// No connections yet.
+    pub(crate) fn new(limits: Limits) -> Connections {
+        Connections {
+            limits,
+            live: RefCell::default(),
+            next_id: Cell::new(0),
+            rejected: Cell::new(0),
+            evicted: Cell::new(0),
+            rejecting: Cell::new(0),
+        }
+    }
+
     /// Connections being served.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.live.borrow().len()
     }
 
+    /// Connections refused with `503` since start.
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.get()
+    }
+
     /// Ask every connection to finish its request in flight and close (shutdown).
-    pub fn close_all(&self) {
+    fn close_all(&self) {
         for c in self.live.borrow().values() {
             c.close.notify_one();
         }
@@ -298,7 +328,6 @@ impl Connections {
         self.next_id.set(id + 1);
         let state = Rc::new(ConnState::new(id));
         live.insert(id, state.clone());
-        self.accepted.set(self.accepted.get() + 1);
         Some(state)
     }
 
@@ -307,34 +336,80 @@ impl Connections {
     }
 }
 
+/// Serve connections from `listener` with `handler` until `shutdown` resolves, then let in-flight
+/// requests finish for up to [`SHUTDOWN_GRACE`] and return. Must run inside a `LocalSet`
+/// (connections are `spawn_local`ed).
+pub(crate) async fn serve<H: Handler>(
+    listener: TcpListener,
+    connections: Rc<Connections>,
+    handler: Rc<H>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // Owns every connection task: dropping it (when serve returns) aborts any that are left.
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(&connections, &handler, stream, peer, &mut tasks),
+                Err(e) => {
+                    log::warn!("http: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    connections.close_all();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::info!(
+            "http: {} connection(s) still busy after {SHUTDOWN_GRACE:?}; closing them",
+            tasks.len()
+        );
+    }
+    Ok(())
+}
+
 /// Take a freshly accepted connection: serve it on its own task, or answer `503` and close it.
-pub fn admit(server: &Rc<Server>, stream: TcpStream, peer: SocketAddr, tasks: &mut JoinSet<()>) {
-    let limits = &server.app.config.http;
-    let Some(state) = server.connections.register(limits.max_connections) else {
-        reject(server, stream, tasks);
+fn admit<H: Handler>(
+    connections: &Rc<Connections>,
+    handler: &Rc<H>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tasks: &mut JoinSet<()>,
+) {
+    let Some(state) = connections.register(connections.limits.max_connections) else {
+        reject(connections, stream, tasks);
         return;
     };
     let _ = stream.set_nodelay(true);
-    let server = server.clone();
+    let connections = connections.clone();
+    let handler = handler.clone();
     tasks.spawn_local(async move {
         let id = state.id;
-        serve_connection(&server, stream, peer, state).await;
-        server.connections.remove(id);
+        serve_connection(&connections, handler, stream, peer, state).await;
+        connections.remove(id);
     });
 }
 
 /// Answer `503` to a connection beyond the limit. Closing at once with the request unread would
 /// make the kernel send RST and possibly discard the answer, so the answer is sent, the write side
 /// shut, and the request drained for at most [`REJECT_LINGER`].
-fn reject(server: &Rc<Server>, mut stream: TcpStream, tasks: &mut JoinSet<()>) {
+fn reject(connections: &Rc<Connections>, mut stream: TcpStream, tasks: &mut JoinSet<()>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let c = &server.connections;
+    let c = connections;
     c.rejected.set(c.rejected.get() + 1);
     if c.rejecting.get() >= MAX_REJECTING {
         return; // dropped: closed without an answer
     }
     c.rejecting.set(c.rejecting.get() + 1);
-    let server = server.clone();
+    let connections = connections.clone();
     tasks.spawn_local(async move {
         let _ = tokio::time::timeout(REJECT_LINGER, async {
             stream.write_all(FULL_RESPONSE).await?;
@@ -344,31 +419,34 @@ fn reject(server: &Rc<Server>, mut stream: TcpStream, tasks: &mut JoinSet<()>) {
             Ok::<_, std::io::Error>(())
         })
         .await;
-        let c = &server.connections;
+        let c = &connections;
         c.rejecting.set(c.rejecting.get().saturating_sub(1));
     });
 }
 
-async fn serve_connection(
-    server: &Rc<Server>,
+async fn serve_connection<H: Handler>(
+    connections: &Connections,
+    handler: Rc<H>,
     stream: TcpStream,
     peer: SocketAddr,
     state: Rc<ConnState>,
 ) {
-    let limits = server.app.config.http.clone();
+    let limits = connections.limits.clone();
     let io = TokioIo::new(Tracked {
         stream,
         state: state.clone(),
     });
-    let svc_server = server.clone();
     let svc_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
         // Created when hyper hands over the request head; moves into the response body.
         let guard = BusyGuard::new(svc_state.clone());
-        let server = svc_server.clone();
+        let handler = handler.clone();
         async move {
-            let resp = server.handle(req, peer).await;
-            Ok::<_, Infallible>(resp.map(|b| b.with_guard(guard)))
+            let resp = handler.handle(req, peer).await;
+            Ok::<_, Infallible>(resp.map(|body| GuardedBody {
+                body,
+                guard: Some(guard),
+            }))
         }
     });
     let mut builder = http1::Builder::new();
@@ -398,8 +476,6 @@ async fn serve_connection(
             () = tokio::time::sleep_until(deadline) => {
                 let still = state.deadline(limits.header_timeout, limits.keepalive_timeout);
                 if still <= Instant::now() {
-                    let c = &server.connections;
-                    c.timed_out.set(c.timed_out.get() + 1);
                     log::debug!("http: closing connection from {peer} at its deadline");
                     return;
                 }
@@ -445,7 +521,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_registry_evicts_the_oldest_idle_connection() {
-        let c = Connections::default();
+        let c = Connections::new(Limits {
+            max_connections: 2,
+            header_timeout: H,
+            keepalive_timeout: K,
+            max_header_bytes: HYPER_MIN_BUF,
+        });
         let a = c.register(2).expect("room");
         let b = c.register(2).expect("room");
         let _busy_a = BusyGuard::new(a.clone());
@@ -467,7 +548,10 @@ mod tests {
     async fn body_drops_its_guard_when_done() {
         use hyper::body::Body as _;
         let s = Rc::new(ConnState::new(0));
-        let mut body = Body::new("hi").with_guard(BusyGuard::new(s.clone()));
+        let mut body = GuardedBody {
+            body: Body::new("hi"),
+            guard: Some(BusyGuard::new(s.clone())),
+        };
         assert_eq!(s.busy.get(), 1);
         let waker = futures_noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -494,6 +578,56 @@ mod tests {
             "{head}"
         );
         serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
+    /// `conn` needs no router: any `Handler` is served, and `serve` returns once `shutdown`
+    /// resolves (the connection closed, nothing left in flight).
+    #[tokio::test]
+    async fn serves_any_handler_until_shutdown() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        struct Echo;
+        impl Handler for Echo {
+            async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+                let text = format!("{} {} from {}", req.method(), req.uri(), peer.ip());
+                hyper::Response::new(Body::new(text))
+            }
+        }
+
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let connections = Rc::new(Connections::new(Limits {
+                    max_connections: 4,
+                    header_timeout: H,
+                    keepalive_timeout: K,
+                    max_header_bytes: HYPER_MIN_BUF,
+                }));
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::task::spawn_local(serve(
+                    listener,
+                    connections.clone(),
+                    Rc::new(Echo),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ));
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                client
+                    .write_all(b"GET /x?y=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = String::new();
+                client.read_to_string(&mut answer).await.unwrap();
+                assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+                assert!(answer.ends_with("GET /x?y=1 from 127.0.0.1"), "{answer}");
+                stop.send(()).unwrap();
+                server.await.unwrap().unwrap();
+                assert_eq!(connections.active(), 0);
+            })
+            .await;
     }
 
     fn futures_noop_waker() -> std::task::Waker {

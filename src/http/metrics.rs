@@ -1,6 +1,9 @@
 //! Request counters and latency histograms kept by the HTTP layer, and the Prometheus text format
 //! of `GET /metrics` (these plus plugin states, restarts, store size and process memory read at
 //! scrape time). Memory is bounded: one entry per route class and per known plugin.
+//!
+//! A leaf of `http`: imports nothing from it and names no HTTP type. The router holds the counters
+//! and counts every response; the `/metrics` and `/api/system` handlers read them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,9 +56,23 @@ impl Histogram {
     }
 }
 
+/// `(VmRSS, VmHWM)` of this process in bytes, from `/proc/self/status`.
+pub(crate) fn rss_bytes() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            let v = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+            v.parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// What the HTTP layer counts.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// (route class, status) → requests.
     requests: BTreeMap<(&'static str, u16), u64>,
     /// route class → latency.
@@ -68,13 +85,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Count a request of `class` (`ui`, `api`, `plugin`, `auth`, `metrics`, …).
-    pub fn request(&mut self, class: &'static str, status: u16, took: Duration) {
+    pub(crate) fn request(&mut self, class: &'static str, status: u16, took: Duration) {
         *self.requests.entry((class, status)).or_default() += 1;
         self.latency.entry(class).or_default().observe(took);
     }
 
     /// Count a request forwarded to a plugin.
-    pub fn plugin_request(&mut self, plugin: &str, status: u16, took: Duration) {
+    pub(crate) fn plugin_request(&mut self, plugin: &str, status: u16, took: Duration) {
         let known = self.plugin_latency.contains_key(plugin);
         let plugin = if known || self.plugin_latency.len() < MAX_PLUGINS {
             plugin.to_string()
@@ -89,7 +106,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (version 0.0.4).
-    pub fn render(&self, app: &App, connections: usize, rejected: u64) -> String {
+    pub(crate) fn render(&self, app: &App, connections: usize, rejected: u64) -> String {
         let mut o = String::with_capacity(4096);
         let up = app.started.elapsed().as_secs_f64();
         help(
@@ -111,7 +128,7 @@ impl Metrics {
             "Host version and instance id.",
         );
         let _ = writeln!(o, "toru_info{{{info_labels}}} 1");
-        if let Some(rss) = super::api::rss_bytes().0 {
+        if let Some(rss) = rss_bytes().0 {
             help(
                 &mut o,
                 "toru_memory_rss_bytes",
@@ -315,5 +332,12 @@ mod tests {
         }
         assert!(m.plugin_latency.len() <= MAX_PLUGINS + 1);
         assert_eq!(esc("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+
+    #[test]
+    fn rss_is_read() {
+        let (rss, peak) = rss_bytes();
+        assert!(rss.unwrap() > 0);
+        assert!(peak.unwrap() >= rss.unwrap());
     }
 }

@@ -1,18 +1,31 @@
 //! The web UI and REST API. The only module that names the HTTP library (hyper 1.x, `http1` server).
 //!
-//! Owns: the listening loop, connection limits and timeouts, routing, authentication, the JSON API
-//! (`docs/API.md`), the embedded UI pages and `/metrics`. It never touches plugin processes or the
-//! store file directly: it calls [`crate::supervisor::Supervisor`] and [`crate::store::Store`].
-//! Called by `main` through [`serve`]. Authentication itself lives in `crate::auth` (no HTTP types).
+//! Owns: the listening loop, connection limits and timeouts, routing, the JSON API (`docs/API.md`),
+//! the embedded UI pages and `/metrics`. It never touches plugin processes or the store file
+//! directly: it calls [`crate::supervisor::Supervisor`] and [`crate::store::Store`]; who may do
+//! what is decided by `crate::auth`, which knows nothing of HTTP. Called by `lib::run` through
+//! [`serve`].
 //!
-//! ## Layout
-//! - this file: [`serve`], the accept loop and per-connection tasks (limits below);
-//! - `conn`: per-connection bookkeeping (busy/idle, deadlines, eviction) and the response body;
-//! - `router`: request → checks (Host, setup, CSRF, auth, role) → handler;
-//! - `checks`: pure request checks (Host names, same-origin, path traversal, client address);
-//! - `api`: handlers of `/api/*` (system, plugins, logs, events, KV, bundle, plugin routes);
-//! - `metrics`: counters and the Prometheus text of `/metrics`;
-//! - `ui`: the embedded pages (`src/http/ui/`).
+//! ## Layers
+//! Each module imports only modules on lower rows (and nothing above `http`'s callers):
+//!
+//! ```text
+//! mod.rs    serve(): builds the connection registry and the Server, runs conn::serve
+//! dispatch  Server as conn's Handler: gate → the handler of the route; security headers, metrics
+//! api · session · ui
+//!           handlers: one request → Result<Resp, ApiError>; they never import each other
+//! router    Server (state), the route table (path → Route), the gate (Host, setup, auth, CSRF,
+//!           method, role)
+//! request · conn
+//!           Ctx and body reading · connections: accept loop, limits, deadlines, eviction, generic
+//!           over a Handler (knows nothing of routes)
+//! resp      Resp, Body, ApiError, builders, cookies, security headers
+//! checks · metrics
+//!           leaves: pure request checks · counters and the Prometheus text
+//! ```
+//!
+//! A request flows upward: `conn` reads it, `dispatch` runs the `router`'s gate and calls the
+//! handler, the response flows back down through `conn`.
 //!
 //! ## Limits (all from `config.http`)
 //! Everything runs on the runtime thread (one `current_thread` runtime, tasks `spawn_local`ed).
@@ -24,66 +37,33 @@
 //!   to send it; an idle keep-alive connection is closed after `keepalive_timeout`.
 //! - A request head over `max_header_bytes` is answered `431` (hyper's read-buffer cap).
 //! - Request bodies are capped (`max_api_body_bytes`, `max_plugin_body_bytes`) → `413`, and must
-//!   arrive within [`BODY_READ_TIMEOUT`] → `408`.
+//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`.
+//! - Once shutdown begins, requests in flight get 3 s (`conn::SHUTDOWN_GRACE`) to finish.
 
 mod api;
 mod checks;
 mod conn;
+mod dispatch;
 mod metrics;
+mod request;
+mod resp;
 mod router;
+mod session;
 mod ui;
 
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
-
-use tokio::task::JoinSet;
 
 use crate::App;
 
-pub use conn::BODY_READ_TIMEOUT;
-
-/// How long in-flight requests may take to finish once shutdown begins.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Pause after an `accept` error such as `EMFILE`, so a full descriptor table does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
 /// Serve HTTP on `listener` until `shutdown` resolves, then let in-flight requests finish for up to
-/// [`SHUTDOWN_GRACE`] and return. Must run inside a `LocalSet` (connections are `spawn_local`ed).
+/// 3 s and return. Must run inside a `LocalSet` (connections are `spawn_local`ed).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Rc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let server = Rc::new(router::Server::new(app));
-    // Owns every connection task: dropping it (when serve returns) aborts any that are left.
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => conn::admit(&server, stream, peer, &mut tasks),
-                Err(e) => {
-                    log::warn!("http: accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    server.connections.close_all();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        log::info!(
-            "http: {} connection(s) still busy after {SHUTDOWN_GRACE:?}; closing them",
-            tasks.len()
-        );
-    }
-    Ok(())
+    let connections = Rc::new(conn::Connections::new(conn::Limits::from(&app.config.http)));
+    let server = Rc::new(router::Server::new(app, connections.clone()));
+    conn::serve(listener, connections, server, shutdown).await
 }

@@ -1,222 +1,191 @@
-//! One request from head to response: Host check (421) → static UI or `/api/health` → setup gate →
-//! login/setup → authentication (401) → CSRF for state-changing requests (403) → role (403) →
-//! the handler in `api`. Adds the security headers to every response and counts it in `metrics`.
-//! Errors are JSON `{error, message}`.
+//! The router: the server's state ([`Server`]), the route table (path → [`Route`]) and the gate
+//! every request passes before a handler sees it, in this order:
+//!
+//! Host check (`421`) → open routes (UI files, `/api/health`, `/api/auth/setup`) → setup gate
+//! (`403 setup_required`) → `/api/auth/login` → authentication (`401`) → CSRF for state-changing
+//! cookie requests (`403`) → the route's method (`405`) → its role (`403`).
+//!
+//! It decides *which* handler and *whether*; it never answers a route itself and imports no
+//! handler (`dispatch`, above the handlers, maps an [`Admitted`] request to its handler).
+//! Uses `conn` (the connection registry it holds for the handlers), `request`, `resp`, `checks`,
+//! `metrics`, and `crate::auth`.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
-use serde_json::json;
-use tokio::time::Instant;
+use hyper::header;
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode};
 
 use super::checks::{self, HostNames};
-use super::conn::{Body, Connections};
+use super::conn::Connections;
 use super::metrics::Metrics;
-use super::{api, ui};
+use super::request::Ctx;
+use super::resp::{ApiError, clear_cookie, method_not_allowed};
 use crate::App;
-use crate::auth::{self, Auth, Identity, LoginOutcome, Role, Unauthenticated, Via};
-
-/// A response on its way out.
-pub type Resp = Response<Body>;
+use crate::auth::{Auth, Identity, Role, Unauthenticated, Via};
 
 /// The server state shared by every connection (runtime thread only).
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     /// The host.
-    pub app: Rc<App>,
-    /// Live connections and their counters.
-    pub connections: Connections,
+    pub(crate) app: Rc<App>,
+    /// Live connections and their counters (shared with the accept loop).
+    pub(crate) connections: Rc<Connections>,
     /// Auth state.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Request counters.
-    pub metrics: RefCell<Metrics>,
+    pub(crate) metrics: RefCell<Metrics>,
     /// Names accepted in `Host`.
     hosts: HostNames,
 }
 
-/// What a handler needs to know about the request besides its body.
-#[derive(Debug)]
-pub struct Ctx {
-    /// The method.
-    pub method: Method,
-    /// The raw path (still percent-encoded).
-    pub path: String,
-    /// The raw query string, if any.
-    pub query: Option<String>,
-    /// The request headers.
-    pub headers: HeaderMap,
-    /// The client's address (see `checks::client_ip`).
-    pub client: IpAddr,
-    /// The peer is a trusted proxy (its `X-Forwarded-*` headers are believed).
-    pub via_proxy: bool,
+/// Routes answered without authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenRoute {
+    /// Anything outside `/api/` and `/metrics`: the embedded UI (its own 404).
+    Ui,
+    /// `/api/health`.
+    Health,
+    /// `/api/auth/setup`.
+    Setup,
+    /// `/api/auth/login` (only once setup is done).
+    Login,
 }
 
-impl Ctx {
-    /// A header as text.
-    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
+/// Routes that need an authenticated user. Ids are the raw path segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiRoute {
+    /// `/metrics`.
+    Metrics,
+    /// `/api/auth/me`.
+    Me,
+    /// `/api/auth/logout`.
+    Logout,
+    /// `/api/auth/password`.
+    Password,
+    /// `/api/system`.
+    System,
+    /// `/api/events`.
+    Events,
+    /// `/api/plugins`.
+    Plugins,
+    /// `/api/plugins/rescan`.
+    Rescan,
+    /// `/api/plugins/{id}`.
+    Plugin(String),
+    /// `/api/plugins/{id}/{enable|disable|restart}`.
+    PluginAction(String, PluginAction),
+    /// `/api/plugins/{id}/logs`.
+    Logs(String),
+    /// `/api/plugins/{id}/logs/follow`.
+    FollowLogs(String),
+    /// `/api/plugins/{id}/events`.
+    PluginEvents(String),
+    /// `/api/plugins/{id}/kv`.
+    Kv(String),
+    /// `/api/plugins/{id}/bundle.js`.
+    Bundle(String),
+    /// `/api/plugins/route/{route}/{rest}`: what follows `route/`, forwarded to a plugin.
+    Forward(String),
+    /// Any other `/api/` path (`404` once authenticated).
+    Unknown,
+}
 
-    /// The decoded query parameter `name`.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        let q = self.query.as_deref()?;
-        toru_plugin_api::protocol::parse_query(q)
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
+/// What `POST /api/plugins/{id}/{action}` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PluginAction {
+    /// Enable.
+    Enable,
+    /// Disable.
+    Disable,
+    /// Restart.
+    Restart,
+}
 
-    /// Whether the request may change state.
-    pub fn is_unsafe(&self) -> bool {
-        !matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+impl PluginAction {
+    /// The path segment, also the operation's name in errors.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PluginAction::Enable => "enable",
+            PluginAction::Disable => "disable",
+            PluginAction::Restart => "restart",
+        }
     }
 }
 
-/// An error answer: status, machine-readable code, human sentence.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Machine-readable code (`not_found`, `unauthorized`, …).
-    pub error: &'static str,
-    /// One human sentence.
-    pub message: String,
-    /// Extra headers (`Retry-After`, `Allow`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+/// A route of either kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// No authentication.
+    Open(OpenRoute),
+    /// Authentication, then the route's method and role.
+    Api(ApiRoute),
 }
 
-impl ApiError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            error,
-            message: message.into(),
-            headers: Vec::new(),
+impl Route {
+    /// The route table: which route a (raw) path names. The method is not looked at here.
+    pub(crate) fn of(path: &str) -> Route {
+        if path == "/metrics" {
+            return Route::Api(ApiRoute::Metrics);
+        }
+        let Some(rest) = path.strip_prefix("/api/") else {
+            return Route::Open(OpenRoute::Ui);
+        };
+        match rest {
+            "health" => return Route::Open(OpenRoute::Health),
+            "auth/setup" => return Route::Open(OpenRoute::Setup),
+            "auth/login" => return Route::Open(OpenRoute::Login),
+            _ => {}
+        }
+        if let Some(after) = rest.strip_prefix("plugins/route/") {
+            return Route::Api(ApiRoute::Forward(after.to_string()));
+        }
+        let segs: Vec<&str> = rest.split('/').collect();
+        let id = |s: &str| s.to_string();
+        Route::Api(match segs.as_slice() {
+            ["auth", "me"] => ApiRoute::Me,
+            ["auth", "logout"] => ApiRoute::Logout,
+            ["auth", "password"] => ApiRoute::Password,
+            ["system"] => ApiRoute::System,
+            ["events"] => ApiRoute::Events,
+            ["plugins"] => ApiRoute::Plugins,
+            ["plugins", "rescan"] => ApiRoute::Rescan,
+            ["plugins", p] => ApiRoute::Plugin(id(p)),
+            ["plugins", p, "enable"] => ApiRoute::PluginAction(id(p), PluginAction::Enable),
+            ["plugins", p, "disable"] => ApiRoute::PluginAction(id(p), PluginAction::Disable),
+            ["plugins", p, "restart"] => ApiRoute::PluginAction(id(p), PluginAction::Restart),
+            ["plugins", p, "logs"] => ApiRoute::Logs(id(p)),
+            ["plugins", p, "logs", "follow"] => ApiRoute::FollowLogs(id(p)),
+            ["plugins", p, "events"] => ApiRoute::PluginEvents(id(p)),
+            ["plugins", p, "kv"] => ApiRoute::Kv(id(p)),
+            ["plugins", p, "bundle.js"] => ApiRoute::Bundle(id(p)),
+            _ => ApiRoute::Unknown,
+        })
+    }
+}
+
+impl ApiRoute {
+    /// The one method the route answers (`GET` admits `HEAD`); `None`: the handler decides.
+    fn method(&self) -> Option<Method> {
+        use ApiRoute::*;
+        match self {
+            Metrics | Me | System | Events | Plugins | Plugin(_) | Logs(_) | FollowLogs(_)
+            | PluginEvents(_) | Bundle(_) => Some(Method::GET),
+            Logout | Password | Rescan | PluginAction(..) | Kv(_) => Some(Method::POST),
+            Forward(_) | Unknown => None,
         }
     }
 
-    /// `404 not_found`.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    /// `400 bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    /// `403 forbidden` for viewers.
-    pub fn read_only() -> ApiError {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this account is read-only (viewer)",
-        )
-    }
-
-    /// `500 internal` (details are logged, not sent).
-    pub fn internal(what: &str, e: &dyn std::error::Error) -> ApiError {
-        log::error!("http: {what}: {}", error_chain(e));
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("{what} failed; see the host log"),
-        )
-    }
-
-    /// Add a header.
-    pub fn with_header(mut self, name: HeaderName, value: &str) -> ApiError {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.push((name, v));
-        }
-        self
-    }
-
-    /// The JSON response.
-    pub fn into_response(self) -> Resp {
-        let mut r = json_response(
-            self.status,
-            &json!({"error": self.error, "message": self.message}),
-        );
-        for (k, v) in self.headers {
-            r.headers_mut().insert(k, v);
-        }
-        r
+    /// Only an admin may use the route at all (other routes check roles per operation).
+    fn admin_only(&self) -> bool {
+        matches!(self, ApiRoute::Rescan | ApiRoute::PluginAction(..))
     }
 }
 
-/// An error and its sources, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, value: &impl Serialize) -> Resp {
-    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    body.push(b'\n');
-    let mut r = Response::new(Body::new(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// `200` with JSON.
-pub fn ok_json(value: &impl Serialize) -> Result<Resp, ApiError> {
-    Ok(json_response(StatusCode::OK, value))
-}
-
-/// Largest login, setup or password-change body (a name, a password ≤ 1 KiB and a code fit).
-const AUTH_BODY_BYTES: usize = 8 * 1024;
-
-/// Content-Security-Policy of every response. Scripts only from this origin (plugin bundles are
-/// served from here too); inline styles are allowed because plugin bundles use them.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
-form-action 'self'; frame-ancestors 'none'";
-
-fn add_security_headers(h: &mut HeaderMap, api: bool) {
-    let set = |h: &mut HeaderMap, k: HeaderName, v: &'static str| {
-        h.insert(k, HeaderValue::from_static(v));
-    };
-    set(h, header::CONTENT_SECURITY_POLICY, CSP);
-    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::X_FRAME_OPTIONS, "DENY");
-    set(h, header::REFERRER_POLICY, "no-referrer");
-    set(
-        h,
-        HeaderName::from_static("cross-origin-opener-policy"),
-        "same-origin",
-    );
-    set(
-        h,
-        HeaderName::from_static("cross-origin-resource-policy"),
-        "same-origin",
-    );
-    if api {
-        set(h, header::CACHE_CONTROL, "no-store");
-    } else if !h.contains_key(header::CACHE_CONTROL) {
-        set(h, header::CACHE_CONTROL, "no-cache");
-    }
-}
-
-/// Route classes for metrics.
-fn class_of(path: &str) -> &'static str {
+/// The route class a path is counted under in `/metrics`.
+pub(crate) fn class_of(path: &str) -> &'static str {
     if path.starts_with("/api/plugins/route/") {
         "plugin"
     } else if path.starts_with("/api/auth/") {
@@ -230,38 +199,52 @@ fn class_of(path: &str) -> &'static str {
     }
 }
 
+/// A request through the gate: what it may reach.
+#[derive(Debug)]
+pub(crate) enum Admitted {
+    /// An open route (its handler still checks the method, and CSRF for setup and login).
+    Open(OpenRoute),
+    /// An API route, with who asks; method and role already checked.
+    Api(Identity, ApiRoute),
+}
+
+/// `Ok` if `ctx`'s method is `m` (`GET` also admits `HEAD`), else `405`.
+pub(crate) fn need(ctx: &Ctx, m: &Method) -> Result<(), ApiError> {
+    if ctx.method == *m || (*m == Method::GET && ctx.method == Method::HEAD) {
+        Ok(())
+    } else {
+        Err(method_not_allowed(m.as_str()))
+    }
+}
+
+/// `Ok` for an admin, else `403 forbidden`.
+pub(crate) fn need_admin(who: &Identity) -> Result<(), ApiError> {
+    if who.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::read_only())
+    }
+}
+
 impl Server {
-    /// The server state for `app`.
-    pub fn new(app: Rc<App>) -> Server {
+    /// The server state for `app`, serving on `connections`.
+    pub(crate) fn new(app: Rc<App>, connections: Rc<Connections>) -> Server {
         let hosts = HostNames::from_system(&app.config.http.allowed_hosts);
         Server {
             app,
-            connections: Connections::default(),
+            connections,
             auth: Auth::default(),
             metrics: RefCell::new(Metrics::default()),
             hosts,
         }
     }
 
-    /// Answer one request (never fails: errors become JSON responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let started = Instant::now();
-        let path = req.uri().path().to_string();
-        let class = class_of(&path);
-        let api = path.starts_with("/api/") || path == "/metrics";
-        let mut resp = match self.route(req, peer).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
-        add_security_headers(resp.headers_mut(), api);
-        self.metrics
-            .borrow_mut()
-            .request(class, resp.status().as_u16(), started.elapsed());
-        resp
-    }
-
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, ApiError> {
-        let (parts, body) = req.into_parts();
+    /// The gate: check a request head and decide what it may reach.
+    pub(crate) fn admit(
+        &self,
+        parts: Parts,
+        peer: SocketAddr,
+    ) -> Result<(Ctx, Admitted), ApiError> {
         // DNS rebinding: the name the browser used must be one of ours.
         let host = parts
             .headers
@@ -284,15 +267,15 @@ impl Server {
                 "this device does not answer to that name (add it to http.allowed_hosts)",
             ));
         }
+        let trusted = &self.app.config.http.trusted_proxies;
         let client = checks::client_ip(
             peer,
             parts
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok()),
-            &self.app.config.http.trusted_proxies,
+            trusted,
         );
-        let trusted = &self.app.config.http.trusted_proxies;
         let via_proxy = trusted
             .iter()
             .any(|t| checks::canonical(*t) == checks::canonical(peer.ip()));
@@ -304,39 +287,39 @@ impl Server {
             headers: parts.headers,
             client,
         };
-        if !ctx.path.starts_with("/api/") && ctx.path != "/metrics" {
-            return ui::serve(&ctx);
-        }
-        let get = matches!(ctx.method, Method::GET | Method::HEAD);
-        if ctx.path == "/api/health" {
-            return if get {
-                ok_json(&json!({"status": "ok"}))
-            } else {
-                Err(method_not_allowed("GET"))
-            };
-        }
-        let setup_needed = self.auth.setup_needed(&self.app);
-        match ctx.path.as_str() {
-            "/api/auth/setup" => return self.setup(&ctx, body, setup_needed).await,
-            _ if setup_needed => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "setup_required",
-                    "finish setup first: open the web UI and enter the setup code from the host log",
-                ));
+        let route = match Route::of(&ctx.path) {
+            Route::Open(r @ (OpenRoute::Ui | OpenRoute::Health | OpenRoute::Setup)) => {
+                return Ok((ctx, Admitted::Open(r)));
             }
-            "/api/auth/login" => return self.login(&ctx, body).await,
-            _ => {}
+            Route::Open(OpenRoute::Login) => None,
+            Route::Api(r) => Some(r),
+        };
+        if self.auth.setup_needed(&self.app) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "setup_required",
+                "finish setup first: open the web UI and enter the setup code from the host log",
+            ));
         }
+        let Some(route) = route else {
+            return Ok((ctx, Admitted::Open(OpenRoute::Login)));
+        };
         let who = self.authenticate(&ctx)?;
         if ctx.is_unsafe() && matches!(who.via, Via::Session(_)) {
             // Bearer tokens are not sent by browsers on their own; cookies are: check the origin.
             self.csrf(&ctx)?;
         }
-        api::dispatch(self, &ctx, &who, body).await
+        if let Some(m) = route.method() {
+            need(&ctx, &m)?;
+        }
+        if route.admin_only() {
+            need_admin(&who)?;
+        }
+        Ok((ctx, Admitted::Api(who, route)))
     }
 
-    fn csrf(&self, ctx: &Ctx) -> Result<(), ApiError> {
+    /// The CSRF rules (`docs/API.md`): `403 csrf` if the request looks cross-site.
+    pub(crate) fn csrf(&self, ctx: &Ctx) -> Result<(), ApiError> {
         checks::csrf_check(
             ctx.header(header::HOST).unwrap_or(""),
             ctx.header(header::ORIGIN),
@@ -379,146 +362,75 @@ impl Server {
                 err
             })
     }
-
-    async fn login(&self, ctx: &Ctx, body: Incoming) -> Result<Resp, ApiError> {
-        if ctx.method != Method::POST {
-            return Err(method_not_allowed("POST"));
-        }
-        self.csrf(ctx)?;
-        #[derive(serde::Deserialize)]
-        struct Login {
-            username: String,
-            password: String,
-        }
-        let l: Login = api::read_json(body, self.auth_body_limit()).await?;
-        let outcome = self
-            .auth
-            .login(&self.app, ctx.client, &l.username, &l.password)
-            .await
-            .map_err(|e| ApiError::internal("login", &e))?;
-        self.login_response(ctx, outcome)
-    }
-
-    async fn setup(&self, ctx: &Ctx, body: Incoming, needed: bool) -> Result<Resp, ApiError> {
-        match ctx.method {
-            Method::GET | Method::HEAD => return ok_json(&json!({"required": needed})),
-            Method::POST => {}
-            _ => return Err(method_not_allowed("GET, POST")),
-        }
-        self.csrf(ctx)?;
-        #[derive(serde::Deserialize)]
-        struct Setup {
-            code: String,
-            password: String,
-        }
-        let s: Setup = api::read_json(body, self.auth_body_limit()).await?;
-        let outcome = self
-            .auth
-            .setup(&self.app, ctx.client, &s.code, &s.password)
-            .await
-            .map_err(|e| ApiError::internal("setup", &e))?;
-        self.login_response(ctx, outcome)
-    }
-
-    /// Cap of login, setup and password bodies: they are read before anyone is authenticated, so
-    /// they get far less than other API bodies.
-    pub fn auth_body_limit(&self) -> usize {
-        AUTH_BODY_BYTES.min(self.app.config.http.max_api_body_bytes)
-    }
-
-    /// The answer to login, setup and password change.
-    pub fn login_response(&self, ctx: &Ctx, outcome: LoginOutcome) -> Result<Resp, ApiError> {
-        match outcome {
-            LoginOutcome::Ok { session, identity } => {
-                let mut r = json_response(StatusCode::OK, &me_json(&identity));
-                let cookie = session_cookie(
-                    &session,
-                    self.app.config.http.session_absolute.as_secs(),
-                    self.secure(ctx),
-                );
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    r.headers_mut().insert(header::SET_COOKIE, v);
-                }
-                Ok(r)
-            }
-            LoginOutcome::Refused => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "bad_credentials",
-                "wrong user name, password or setup code",
-            )),
-            LoginOutcome::Throttled(wait) => {
-                let secs = wait.as_secs().max(1);
-                Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "throttled",
-                    format!("too many failed attempts; try again in {secs} s"),
-                )
-                .with_header(header::RETRY_AFTER, &secs.to_string()))
-            }
-            LoginOutcome::AlreadySetUp => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_set_up",
-                "setup is already complete; log in instead",
-            )),
-            LoginOutcome::Weak => Err(ApiError::bad_request(format!(
-                "the password must be at least {} characters long",
-                auth::MIN_PASSWORD_CHARS
-            ))),
-        }
-    }
-
-    /// Whether the browser reached us over TLS (only a trusted proxy can say so).
-    fn secure(&self, ctx: &Ctx) -> bool {
-        ctx.via_proxy
-            && ctx
-                .header("x-forwarded-proto")
-                .is_some_and(|p| p.eq_ignore_ascii_case("https"))
-    }
 }
 
-/// `/api/auth/me` body.
-pub fn me_json(who: &Identity) -> serde_json::Value {
-    json!({
-        "user": who.name,
-        "role": who.role,
-        "via": match who.via { Via::Session(_) => "session", Via::Token(_) => "token" },
-        "admin": who.role == Role::Admin,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The `Set-Cookie` value for a new session.
-pub fn session_cookie(id: &str, max_age_secs: u64, secure: bool) -> String {
-    format!(
-        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_secs}{}",
-        auth::SESSION_COOKIE,
-        if secure { "; Secure" } else { "" }
-    )
-}
-
-/// The `Set-Cookie` value that removes the session cookie.
-pub fn clear_cookie() -> String {
-    format!(
-        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        auth::SESSION_COOKIE
-    )
-}
-
-/// `405` with `Allow`.
-pub fn method_not_allowed(allow: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("use {allow}"),
-    )
-    .with_header(header::ALLOW, allow)
-}
-
-/// A response with a body and content type.
-pub fn bytes_response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Body::new(body));
-    *r.status_mut() = status;
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    /// The table names what the old `match` on path segments did, including its edge cases.
+    #[test]
+    fn route_table() {
+        let api = |p| match Route::of(p) {
+            Route::Api(r) => r,
+            open => panic!("{p}: {open:?}"),
+        };
+        let open = |p| match Route::of(p) {
+            Route::Open(r) => r,
+            api => panic!("{p}: {api:?}"),
+        };
+        assert_eq!(open("/"), OpenRoute::Ui);
+        assert_eq!(open("/ui/app.js"), OpenRoute::Ui);
+        assert_eq!(
+            open("/api"),
+            OpenRoute::Ui,
+            "no trailing slash: not the API"
+        );
+        assert_eq!(open("/api/health"), OpenRoute::Health);
+        assert_eq!(open("/api/auth/setup"), OpenRoute::Setup);
+        assert_eq!(open("/api/auth/login"), OpenRoute::Login);
+        assert_eq!(api("/metrics"), ApiRoute::Metrics);
+        assert_eq!(api("/api/auth/me"), ApiRoute::Me);
+        assert_eq!(api("/api/plugins/rescan"), ApiRoute::Rescan);
+        assert_eq!(api("/api/plugins/x"), ApiRoute::Plugin("x".into()));
+        assert_eq!(api("/api/plugins/"), ApiRoute::Plugin("".into()));
+        assert_eq!(
+            api("/api/plugins/route"),
+            ApiRoute::Plugin("route".into()),
+            "a plugin called route"
+        );
+        assert_eq!(
+            api("/api/plugins/route/hello/a/b"),
+            ApiRoute::Forward("hello/a/b".into())
+        );
+        assert_eq!(
+            api("/api/plugins/x/restart"),
+            ApiRoute::PluginAction("x".into(), PluginAction::Restart)
+        );
+        assert_eq!(
+            api("/api/plugins/x/logs/follow"),
+            ApiRoute::FollowLogs("x".into())
+        );
+        assert_eq!(api("/api/plugins/x/kv"), ApiRoute::Kv("x".into()));
+        assert_eq!(
+            api("/api/plugins/x/bundle.js"),
+            ApiRoute::Bundle("x".into())
+        );
+        assert_eq!(api("/api/auth/other"), ApiRoute::Unknown);
+        assert_eq!(api("/api/health/x"), ApiRoute::Unknown);
+        assert_eq!(api("/api/"), ApiRoute::Unknown);
+        assert_eq!(ApiRoute::Kv("x".into()).method(), Some(Method::POST));
+        assert_eq!(ApiRoute::Forward("x".into()).method(), None);
+        assert!(ApiRoute::Rescan.admin_only());
+        assert!(!ApiRoute::Kv("x".into()).admin_only(), "per operation");
     }
-    r
+
+    #[test]
+    fn route_classes() {
+        assert_eq!(class_of("/api/plugins/route/x/y"), "plugin");
+        assert_eq!(class_of("/api/auth/login"), "auth");
+        assert_eq!(class_of("/api/plugins"), "api");
+        assert_eq!(class_of("/metrics"), "metrics");
+        assert_eq!(class_of("/"), "ui");
+    }
 }

@@ -2,10 +2,14 @@
 //! works offline). `GET /` is the single page; it routes on the URL fragment (`#/plugins/x`), so
 //! the server only knows these paths. Served without authentication: they hold no data; the data
 //! comes from the API, which checks the session.
+//!
+//! A handler: called by `dispatch` for every path outside `/api/` and `/metrics`; uses only
+//! `request` and `resp`.
 
 use hyper::{Method, StatusCode};
 
-use super::router::{ApiError, Ctx, Resp, bytes_response, method_not_allowed};
+use super::request::Ctx;
+use super::resp::{ApiError, Resp, bytes_response, method_not_allowed};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -13,7 +17,7 @@ const APP_CSS: &str = include_str!("ui/app.css");
 const ICON_SVG: &str = include_str!("ui/icon.svg");
 
 /// Answer `GET` for a UI path.
-pub fn serve(ctx: &Ctx) -> Result<Resp, ApiError> {
+pub(crate) fn serve(ctx: &Ctx) -> Result<Resp, ApiError> {
     let (content_type, body) = match ctx.path.as_str() {
         "/" | "/index.html" => ("text/html; charset=utf-8", INDEX_HTML),
         "/ui/app.js" => ("application/javascript; charset=utf-8", APP_JS),

@@ -1,0 +1,113 @@
+//! The request side, below the router: [`Ctx`], what a handler knows about a request besides its
+//! body (method, raw path and query, headers, the client's address), and reading a body with a
+//! size cap and a deadline.
+//!
+//! Built by `router` (which decides the client address and the proxy trust); read by every
+//! handler. Uses only `resp` (for [`ApiError`]); no state, no routing.
+
+use std::future::poll_fn;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{self, HeaderMap};
+use hyper::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::resp::ApiError;
+
+/// A request body must arrive completely within this time (else `408`).
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a handler needs to know about the request besides its body.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The method.
+    pub(crate) method: Method,
+    /// The raw path (still percent-encoded).
+    pub(crate) path: String,
+    /// The raw query string, if any.
+    pub(crate) query: Option<String>,
+    /// The request headers.
+    pub(crate) headers: HeaderMap,
+    /// The client's address (see `checks::client_ip`).
+    pub(crate) client: IpAddr,
+    /// The peer is a trusted proxy (its `X-Forwarded-*` headers are believed).
+    pub(crate) via_proxy: bool,
+}
+
+impl Ctx {
+    /// A header as text.
+    pub(crate) fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The decoded query parameter `name`.
+    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.query.as_deref()?;
+        toru_plugin_api::protocol::parse_query(q)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the request may change state.
+    pub(crate) fn is_unsafe(&self) -> bool {
+        !matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+
+    /// Whether the request came over TLS (only a trusted proxy can say so).
+    pub(crate) fn secure(&self) -> bool {
+        self.via_proxy
+            && self
+                .header("x-forwarded-proto")
+                .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+}
+
+/// Read a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is over {limit} bytes"),
+        )
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(out))
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request body did not arrive in time",
+            )
+        })?
+}
+
+/// Read and parse a JSON request body.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    body: Incoming,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}
