@@ -434,12 +434,25 @@ fn kv_error(e: StoreError) -> ApiError {
             "quota_exceeded",
             e.to_string(),
         ),
-        StoreError::Degraded | StoreError::Closed => ApiError::new(
+        e => store_error("KV", e),
+    }
+}
+
+/// The answer to a store failure that is not the request's fault: `507 storage_full` while the
+/// disk is full, `503 unavailable` while the store cannot write, `500` otherwise.
+pub(crate) fn store_error(what: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::DiskFull(_) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            format!("{e}; free space on the device (see System)"),
+        ),
+        StoreError::Degraded | StoreError::Closed | StoreError::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             e.to_string(),
         ),
-        e => ApiError::internal("KV", &e),
+        e => ApiError::internal(what, &e),
     }
 }
 

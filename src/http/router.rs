@@ -395,7 +395,7 @@ impl Server {
             .auth
             .login(&self.app, ctx.client, &l.username, &l.password)
             .await
-            .map_err(|e| ApiError::internal("login", &e))?;
+            .map_err(|e| api::store_error("login", e))?;
         self.login_response(ctx, outcome)
     }
 
@@ -406,6 +406,13 @@ impl Server {
             _ => return Err(method_not_allowed("GET, POST")),
         }
         self.csrf(ctx)?;
+        if self.app.store.refuses_writes() {
+            // An admin created now would be gone at the next start.
+            return Err(api::store_error(
+                "setup",
+                crate::store::StoreError::Degraded,
+            ));
+        }
         #[derive(serde::Deserialize)]
         struct Setup {
             code: String,
@@ -416,7 +423,10 @@ impl Server {
             .auth
             .setup(&self.app, ctx.client, &s.code, &s.password)
             .await
-            .map_err(|e| ApiError::internal("setup", &e))?;
+            .map_err(|e| match e {
+                auth::AuthError::Store(e) => api::store_error("setup", e),
+                e => ApiError::internal("setup", &e),
+            })?;
         self.login_response(ctx, outcome)
     }
 
