@@ -88,6 +88,8 @@
 
 mod maintenance;
 mod open;
+#[cfg(test)]
+mod power_cut_tests;
 mod slot;
 mod tables;
 #[cfg(test)]
@@ -492,6 +494,39 @@ impl Store {
                 _lock: lock,
             }),
         })
+    }
+
+    /// A store on `backend` instead of a file (the power-cut tests record every write and sync).
+    #[cfg(test)]
+    pub(crate) fn open_on_backend(
+        data_dir: &Path,
+        backend: impl redb::StorageBackend,
+        opts: StoreOptions,
+    ) -> Store {
+        let lock = open::lock_data_dir(data_dir).expect("lock");
+        let db = open::builder(&opts)
+            .create_with_backend(backend)
+            .expect("create on the backend");
+        let Ok(instance_id) = open::init(&db, &opts) else {
+            panic!("initialising the store failed")
+        };
+        let shared = Arc::new(Shared::new(db, StoreHealth::Ok, None, opts.cache_bytes));
+        let commits = Arc::new(AtomicU64::new(0));
+        let limits = Limits {
+            kv_quota_bytes: opts.kv_quota_bytes,
+            events_per_plugin: opts.events_per_plugin.max(1),
+        };
+        let writer =
+            Writer::spawn(Arc::clone(&shared), limits, Arc::clone(&commits)).expect("writer");
+        Store {
+            inner: Arc::new(Inner {
+                writer,
+                shared,
+                instance_id,
+                commits,
+                _lock: lock,
+            }),
+        }
     }
 
     /// Whether the store can do its job, and if not why (see [`StoreHealth`]).

@@ -138,7 +138,7 @@ pub(super) struct Unusable {
     pub cause: DegradedCause,
 }
 
-fn builder(opts: &StoreOptions) -> Builder {
+pub(super) fn builder(opts: &StoreOptions) -> Builder {
     let mut builder = Builder::new();
     builder.set_cache_size(opts.cache_bytes);
     builder
@@ -241,7 +241,7 @@ pub(super) fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(to)
 }
 
-enum InitError {
+pub(super) enum InitError {
     /// The file's schema version is newer than this build's.
     NewerSchema(u64),
     /// The file's schema version is not a version at all.
@@ -257,7 +257,7 @@ impl From<StorageFailure> for InitError {
 
 /// Check the schema version (before writing anything), and on a new store write it, the instance
 /// id and the imported legacy plugin states, in one durable transaction. Returns the instance id.
-fn init(db: &Database, opts: &StoreOptions) -> Result<String, InitError> {
+pub(super) fn init(db: &Database, opts: &StoreOptions) -> Result<String, InitError> {
     const WHAT: &str = "reading the store's metadata";
     let existing = {
         let txn = db.begin_read().doing(WHAT)?;
