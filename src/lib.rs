@@ -47,6 +47,7 @@ pub struct App {
 
 pub mod admin;
 pub mod notify;
+pub mod store_cmd;
 
 use std::future::Future;
 use std::path::Path;
@@ -141,11 +142,8 @@ pub async fn run(
     private_dir(&config.runtime_dir.join("logs"))?;
     private_dir(&config.data_dir)?;
     let store = open_store(&config)?;
-    if let store::StoreHealth::Degraded { reason, moved_to } = store.health() {
-        log::error!(
-            "store degraded: {reason}; unreadable file kept at {}; running without durable storage",
-            moved_to.map_or_else(|| "-".into(), |p| p.display().to_string())
-        );
+    if let store::StoreHealth::Degraded { reason, .. } = store.health() {
+        log::error!("store degraded: {reason}");
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -16,6 +16,7 @@ usage: toru [OPTIONS]                  run the host
        toru passwd [--user NAME] [--role admin|viewer]   (password from stdin or a prompt)
        toru plugins | toru enable|disable|restart ID | toru rescan
        toru events [PLUGIN] [--limit N]
+       toru store status|repair|reset     (with toru stopped: a store the host cannot use)
        toru --version | --help
 
 options (also TORU_* environment variables and the config file; flags win):
@@ -33,6 +34,7 @@ enum Cmd {
     Help,
     Admin(Request, bool),
     Passwd { user: String, role: Role },
+    Store(toru::store_cmd::StoreCommand, bool),
 }
 
 fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
@@ -122,6 +124,9 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             },
             json_out,
         ),
+        ["store", "status"] => Cmd::Store(toru::store_cmd::StoreCommand::Status, json_out),
+        ["store", "repair"] => Cmd::Store(toru::store_cmd::StoreCommand::Repair, json_out),
+        ["store", "reset"] => Cmd::Store(toru::store_cmd::StoreCommand::Reset, json_out),
         other => return Err(format!("unknown command: {}", other.join(" "))),
     };
     Ok((cmd, o))
@@ -315,6 +320,7 @@ fn main() -> ExitCode {
             run_admin(&local, &runtime, &config, req, false)
         }
         Cmd::Admin(req, json) => run_admin(&local, &runtime, &config, req, json),
+        Cmd::Store(cmd, json) => toru::store_cmd::run(&config, cmd, json),
         Cmd::Version | Cmd::Help => ExitCode::SUCCESS,
     }
 }

@@ -66,8 +66,8 @@ pub enum AuthError {
     #[error("an API token named {0:?} already exists")]
     NameTaken(String),
     /// The store refused.
-    #[error("the store failed")]
-    Store(#[source] StoreError),
+    #[error(transparent)]
+    Store(StoreError),
     /// The setup-code file could not be written.
     #[error("cannot write the setup code to {path}")]
     SetupFile {

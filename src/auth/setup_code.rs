@@ -76,6 +76,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// valid), log how to use it, and return it. With an admin, remove a stale code file, return `None`.
 pub(crate) async fn ensure_setup_code(app: &App) -> Result<Option<String>, AuthError> {
     let path = setup_code_path(&app.config.data_dir);
+    if app.store.refuses_writes() {
+        // The store's file is not in use: it may well hold an admin. No new setup code (and no
+        // setup) until an admin has decided what to do with the file.
+        log::warn!("no setup code: the store cannot be used (see the store's health)");
+        return Ok(None);
+    }
     if app.store.user(ADMIN)?.is_some() {
         let _ = std::fs::remove_file(&path);
         return Ok(None);

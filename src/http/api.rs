@@ -318,12 +318,7 @@ fn kv_error(e: StoreError) -> ApiError {
             "quota_exceeded",
             e.to_string(),
         ),
-        StoreError::Degraded | StoreError::Closed => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
-        e => ApiError::internal("KV", &e),
+        e => ApiError::store("KV", e),
     }
 }
 

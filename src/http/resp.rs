@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::SESSION_COOKIE;
+use crate::store::StoreError;
 
 /// A response on its way out.
 pub(crate) type Resp = Response<Body>;
@@ -109,6 +110,24 @@ impl ApiError {
     }
 
     /// `500 internal` (details are logged, not sent).
+    /// The answer to a store failure that is not the request's fault: `507 storage_full` while
+    /// the disk is full, `503 unavailable` while the store cannot write, `500` otherwise.
+    pub(crate) fn store(what: &str, e: StoreError) -> ApiError {
+        match e {
+            StoreError::DiskFull(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                format!("{e}; free space on the device (see System)"),
+            ),
+            StoreError::Degraded | StoreError::Closed | StoreError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            e => ApiError::internal(what, &e),
+        }
+    }
+
     pub(crate) fn internal(what: &str, e: &dyn std::error::Error) -> ApiError {
         log::error!("http: {what}: {}", error_chain(e));
         ApiError::new(

@@ -37,6 +37,10 @@ pub(crate) async fn setup(srv: &Server, ctx: &Ctx, body: Incoming) -> Result<Res
         _ => return Err(method_not_allowed("GET, POST")),
     }
     srv.csrf(ctx)?;
+    if srv.app.store.refuses_writes() {
+        // An admin created now would be gone at the next start.
+        return Err(ApiError::store("setup", crate::store::StoreError::Degraded));
+    }
     #[derive(serde::Deserialize)]
     struct Setup {
         code: String,
@@ -47,7 +51,10 @@ pub(crate) async fn setup(srv: &Server, ctx: &Ctx, body: Incoming) -> Result<Res
         .auth
         .setup(&srv.app, ctx.client, &s.code, &s.password)
         .await
-        .map_err(|e| ApiError::internal("setup", &e))?;
+        .map_err(|e| match e {
+            crate::auth::AuthError::Store(e) => ApiError::store("setup", e),
+            e => ApiError::internal("setup", &e),
+        })?;
     login_response(srv, ctx, outcome)
 }
 
@@ -67,7 +74,10 @@ pub(crate) async fn login(srv: &Server, ctx: &Ctx, body: Incoming) -> Result<Res
         .auth
         .login(&srv.app, ctx.client, &l.username, &l.password)
         .await
-        .map_err(|e| ApiError::internal("login", &e))?;
+        .map_err(|e| match e {
+            crate::auth::AuthError::Store(e) => ApiError::store("login", e),
+            e => ApiError::internal("login", &e),
+        })?;
     login_response(srv, ctx, outcome)
 }
 

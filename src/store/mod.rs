@@ -34,7 +34,8 @@
 //!   toru.lock                          flock(LOCK_EX|LOCK_NB) held for the Store's life: one toru
 //!                                      per data dir, and a second Store in the same process fails
 //!   toru.redb                          the store (schema version 1, below)
-//!   toru.redb.corrupt-20261124T194503Z an unreadable store, moved aside: never deleted
+//!   toru.redb.new                      a new store being initialised (renamed to toru.redb)
+//!   toru.redb.corrupt-20261124T194503Z a damaged store kept by `toru store repair|reset`
 //! ```
 //!
 //! # Tables (schema version 1)
@@ -72,14 +73,24 @@
 //!
 //! # Failure
 //!
-//! A file that cannot be opened (corrupt, unreadable) is renamed to `toru.redb.corrupt-<UTC time>`
-//! and the host runs **degraded** on an in-memory redb: reads work, plugin state, events, users,
-//! tokens and sessions live in memory until the process exits, and KV writes are refused with
-//! [`StoreError::Degraded`], because a plugin told "stored" must be able to rely on it. The next
-//! start creates a fresh file. Every open checks the whole file's integrity (redb's checksums), so
-//! corruption is reported as an error rather than trusted.
+//! - **A write fails with an I/O error** (full disk): redb then refuses every operation on that
+//!   `Database` until it is reopened, so the writer reopens the file at once (`slot`), the store is
+//!   degraded with the reason ([`DegradedCause::StorageFull`]) and the write answers
+//!   [`StoreError::DiskFull`]. Reads keep working. Every later write is tried; while degraded the
+//!   writer also probes with a small write of its own every `writer::PROBE_INTERVAL` (5 s); the first
+//!   success makes the store healthy again.
+//! - **The file cannot be used** (damaged, emptied, unreadable, written by a newer toru): it is
+//!   left exactly as it is and the store runs on an empty in-memory stand-in that refuses every
+//!   write ([`StoreError::Degraded`]) — on every start, until an admin runs `toru store repair` or
+//!   `toru store reset` ([`repair`], [`reset`]). Every open checks the whole file's integrity (redb's
+//!   checksums), so corruption is reported as an error rather than trusted. A new file is created
+//!   as `toru.redb.new` and renamed into place once initialised, so an empty `toru.redb` is damage.
 
+mod maintenance;
 mod open;
+#[cfg(test)]
+mod power_cut_tests;
+mod slot;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -93,13 +104,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::role::Role;
-
+pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
+use self::slot::Shared;
+pub use self::tables::Salvaged;
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
+use crate::role::Role;
 
 /// Longest KV key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -140,21 +153,50 @@ impl Default for StoreOptions {
     }
 }
 
-/// Whether the store is the durable file or a degraded stand-in.
+/// Whether the store can do its job. Reported by every health surface (`/api/system`,
+/// `/metrics`, the log) until it can again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StoreHealth {
-    /// The file opened normally.
+    /// The file is open and the last write to it succeeded.
     Ok,
-    /// The file could not be used: it was moved aside to `moved_to`; the host runs on an in-memory
-    /// store, and KV writes are refused (`StoreError::Degraded`).
+    /// The store cannot do all of its job; `cause` says what, `reason` says it in words.
     Degraded {
-        /// What went wrong.
+        /// Why.
+        cause: DegradedCause,
+        /// One human sentence with the details (path, error).
         reason: String,
-        /// Where the unreadable file now is (`None` when it was left in place, e.g. a file written
-        /// by a newer toru, or when moving it failed).
-        moved_to: Option<PathBuf>,
     },
+}
+
+/// Why the store is degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradedCause {
+    /// The disk is full: writes fail ([`StoreError::DiskFull`]), reads work, and the store
+    /// recovers by itself once a write succeeds (it retries every write and probes now and then).
+    StorageFull,
+    /// Writing the file failed with another I/O error; as for `StorageFull`.
+    WritesFailing,
+    /// The file cannot be opened (damaged, unreadable). It is left in place, untouched; the host
+    /// runs on an empty in-memory store that refuses every write ([`StoreError::Degraded`]), on
+    /// every start, until an admin decides: `toru store repair` or `toru store reset`.
+    FileUnusable,
+    /// The file was written by a newer toru. Left in place; as for `FileUnusable`.
+    NewerSchema,
+}
+
+impl StoreHealth {
+    /// Whether writes are refused outright (the file is not in use at all).
+    fn refuses_writes(&self) -> bool {
+        matches!(
+            self,
+            StoreHealth::Degraded {
+                cause: DegradedCause::FileUnusable | DegradedCause::NewerSchema,
+                ..
+            }
+        )
+    }
 }
 
 /// Why the store could not be opened at all.
@@ -204,9 +246,16 @@ pub enum StoreError {
     /// An API token with this name already exists.
     #[error("an API token named {0:?} already exists")]
     NameTaken(String),
-    /// The store is degraded; writes are refused.
-    #[error("the store is degraded (running without its data file); writes are refused")]
+    /// The store's file is not in use (damaged, or written by a newer toru): every write is
+    /// refused, because nothing written now could survive a restart.
+    #[error("the store's file cannot be used (see the store's health); writes are refused")]
     Degraded,
+    /// The disk is full; the write was not made. Reads still work.
+    #[error("the disk is full; the write was not made")]
+    DiskFull(#[source] StorageFailure),
+    /// The store is reopening its file after an I/O failure; try again shortly.
+    #[error("the store is reopening its file after an I/O failure")]
+    Unavailable,
     /// The store thread is gone (host shutting down).
     #[error("the store is shut down")]
     Closed,
@@ -221,15 +270,75 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct StorageFailure {
     doing: &'static str,
+    fault: Fault,
     source: Arc<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// What kind of failure a [`StorageFailure`] is: it decides whether the store must reopen its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The disk (or the user's quota on it) is full: `ENOSPC`, `EDQUOT`.
+    Full,
+    /// Another I/O error: the engine refuses every later operation until the file is reopened.
+    Io,
+    /// The engine refuses because an earlier I/O error latched it (`PreviousIo`).
+    Latched,
+    /// Anything else (corruption found while reading, a value the engine refuses, a bad record).
+    Other,
 }
 
 impl StorageFailure {
     fn new(doing: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let fault = classify(&source);
         StorageFailure {
             doing,
+            fault,
             source: Arc::new(source),
         }
+    }
+
+    /// Whether this failure is a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        self.fault == Fault::Full
+    }
+
+    pub(crate) fn fault(&self) -> Fault {
+        self.fault
+    }
+}
+
+/// Classify an engine error by the storage error inside it (redb's error types do not expose it
+/// as a `source`, so each wrapper is looked at in turn).
+fn classify(e: &(dyn std::error::Error + 'static)) -> Fault {
+    use redb::{CommitError, DatabaseError, TableError, TransactionError};
+    let storage = if let Some(s) = e.downcast_ref::<redb::StorageError>() {
+        Some(s)
+    } else if let Some(CommitError::Storage(s)) = e.downcast_ref::<CommitError>() {
+        Some(s)
+    } else if let Some(TransactionError::Storage(s)) = e.downcast_ref::<TransactionError>() {
+        Some(s)
+    } else if let Some(TableError::Storage(s)) = e.downcast_ref::<TableError>() {
+        Some(s)
+    } else if let Some(DatabaseError::Storage(s)) = e.downcast_ref::<DatabaseError>() {
+        Some(s)
+    } else {
+        None
+    };
+    let io = match storage {
+        Some(redb::StorageError::Io(io)) => Some(io),
+        Some(redb::StorageError::PreviousIo) => return Fault::Latched,
+        Some(_) => return Fault::Other,
+        None => e.downcast_ref::<std::io::Error>(),
+    };
+    match io {
+        Some(io)
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(libc::EDQUOT) =>
+        {
+            Fault::Full
+        }
+        Some(_) => Fault::Io,
+        None => Fault::Other,
     }
 }
 
@@ -247,7 +356,10 @@ impl std::error::Error for StorageFailure {
 
 impl From<StorageFailure> for StoreError {
     fn from(failure: StorageFailure) -> Self {
-        StoreError::Storage(failure)
+        match failure.fault {
+            Fault::Full => StoreError::DiskFull(failure),
+            Fault::Io | Fault::Latched | Fault::Other => StoreError::Storage(failure),
+        }
     }
 }
 
@@ -332,15 +444,12 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-// Fields drop in declaration order: the writer thread is joined first (it holds a clone of `db`),
-// then the database closes, and only then is the lock released.
+// Fields drop in declaration order: the writer thread is joined first (it holds a clone of
+// `shared`), then the database closes, and only then is the lock released.
 struct Inner {
     writer: Writer,
-    db: Arc<Database>,
-    health: StoreHealth,
+    shared: Arc<Shared>,
     instance_id: String,
-    /// `Some(path of toru.redb)` unless degraded.
-    file: Option<PathBuf>,
     commits: Arc<AtomicU64>,
     _lock: File,
 }
@@ -348,8 +457,8 @@ struct Inner {
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("file", &self.inner.file)
-            .field("health", &self.inner.health)
+            .field("file", &self.inner.shared.file())
+            .field("health", &self.inner.shared.health())
             .field("instance_id", &self.inner.instance_id)
             .finish_non_exhaustive()
     }
@@ -364,30 +473,72 @@ impl Store {
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Store, OpenError> {
         let lock = open::lock_data_dir(data_dir)?;
         let opened = open::open_database(data_dir, &opts)?;
-        let db = Arc::new(opened.db);
+        let shared = Arc::new(Shared::new(
+            opened.db,
+            opened.health,
+            opened.file,
+            opts.cache_bytes,
+        ));
         let commits = Arc::new(AtomicU64::new(0));
         let limits = Limits {
             kv_quota_bytes: opts.kv_quota_bytes,
             events_per_plugin: opts.events_per_plugin.max(1),
         };
-        let writer = Writer::spawn(Arc::clone(&db), limits, Arc::clone(&commits))
+        let writer = Writer::spawn(Arc::clone(&shared), limits, Arc::clone(&commits))
             .map_err(OpenError::WriterThread)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 writer,
-                db,
-                health: opened.health,
+                shared,
                 instance_id: opened.instance_id,
-                file: opened.file,
                 commits,
                 _lock: lock,
             }),
         })
     }
 
-    /// Whether the store runs on its file or degraded in memory.
+    /// A store on `backend` instead of a file (the power-cut tests record every write and sync).
+    #[cfg(test)]
+    pub(crate) fn open_on_backend(
+        data_dir: &Path,
+        backend: impl redb::StorageBackend,
+        opts: StoreOptions,
+    ) -> Store {
+        let lock = open::lock_data_dir(data_dir).expect("lock");
+        let db = open::builder(&opts)
+            .create_with_backend(backend)
+            .expect("create on the backend");
+        let Ok(instance_id) = open::init(&db, &opts) else {
+            panic!("initialising the store failed")
+        };
+        let shared = Arc::new(Shared::new(db, StoreHealth::Ok, None, opts.cache_bytes));
+        let commits = Arc::new(AtomicU64::new(0));
+        let limits = Limits {
+            kv_quota_bytes: opts.kv_quota_bytes,
+            events_per_plugin: opts.events_per_plugin.max(1),
+        };
+        let writer =
+            Writer::spawn(Arc::clone(&shared), limits, Arc::clone(&commits)).expect("writer");
+        Store {
+            inner: Arc::new(Inner {
+                writer,
+                shared,
+                instance_id,
+                commits,
+                _lock: lock,
+            }),
+        }
+    }
+
+    /// Whether the store can do its job, and if not why (see [`StoreHealth`]).
     pub fn health(&self) -> StoreHealth {
-        self.inner.health.clone()
+        self.inner.shared.health()
+    }
+
+    /// Whether every write is refused because the store's file is not in use (see
+    /// [`DegradedCause::FileUnusable`]); such a store cannot keep anything (users, tokens, KV).
+    pub fn refuses_writes(&self) -> bool {
+        self.inner.shared.refuses_writes()
     }
 
     /// This installation's id: a UUID v4 created when the store file was created, never changed.
@@ -399,8 +550,8 @@ impl Store {
     /// Size of `toru.redb` in bytes (0 when degraded or when it cannot be read).
     pub fn file_bytes(&self) -> u64 {
         self.inner
-            .file
-            .as_ref()
+            .shared
+            .file()
             .and_then(|path| std::fs::metadata(path).ok())
             .map_or(0, |meta| meta.len())
     }
@@ -430,18 +581,16 @@ impl Store {
             None => (None, 0),
         };
         let payload = id.len() + rec.len() + event_bytes;
-        self.inner
-            .writer
-            .submit(payload, move |txn, limits| {
-                tables::set_plugin(
-                    txn,
-                    limits,
-                    &id,
-                    &rec,
-                    event.as_ref().map(|(ev, at)| (ev, *at)),
-                )
-            })
-            .await
+        self.write(payload, move |txn, limits| {
+            tables::set_plugin(
+                txn,
+                limits,
+                &id,
+                &rec,
+                event.as_ref().map(|(ev, at)| (ev, *at)),
+            )
+        })
+        .await
     }
 
     /// Record an event for `plugin` (or `"host"`), dropping that plugin's oldest events beyond
@@ -461,12 +610,10 @@ impl Store {
         let plugin = plugin.to_owned();
         let (ev, event_bytes) = bound_event(ev);
         let payload = plugin.len() + event_bytes;
-        self.inner
-            .writer
-            .submit(payload, move |txn, limits| {
-                tables::append_event(txn, limits, &plugin, &ev, at)
-            })
-            .await
+        self.write(payload, move |txn, limits| {
+            tables::append_event(txn, limits, &plugin, &ev, at)
+        })
+        .await
     }
 
     /// Up to `limit` (at most [`MAX_LIST_EVENTS`]) events, newest first: `plugin`'s, or every
@@ -490,26 +637,20 @@ impl Store {
         if value.len() > MAX_VALUE_BYTES {
             return Err(StoreError::ValueTooLarge(value.len()));
         }
-        self.check_not_degraded()?;
         let (plugin, key, value) = (plugin.to_owned(), key.to_owned(), value.to_owned());
         let payload = plugin.len() + key.len() + value.len();
-        self.inner
-            .writer
-            .submit(payload, move |txn, limits| {
-                tables::kv_set(txn, limits, &plugin, &key, &value)
-            })
-            .await
+        self.write(payload, move |txn, limits| {
+            tables::kv_set(txn, limits, &plugin, &key, &value)
+        })
+        .await
     }
 
     /// Delete `key` from `plugin`'s namespace; `true` if it existed.
     pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
-        self.check_not_degraded()?;
         let (plugin, key) = (plugin.to_owned(), key.to_owned());
         let payload = plugin.len() + key.len();
-        self.inner
-            .writer
-            .submit(payload, move |txn, _| tables::kv_delete(txn, &plugin, &key))
+        self.write(payload, move |txn, _| tables::kv_delete(txn, &plugin, &key))
             .await
     }
 
@@ -541,12 +682,10 @@ impl Store {
     pub async fn put_user(&self, user: UserRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(&user).expect("a UserRecord always serialises");
         let payload = user.name.len() + json.len();
-        self.inner
-            .writer
-            .submit(payload, move |txn, _| {
-                tables::put_user(txn, &user.name, &json)
-            })
-            .await
+        self.write(payload, move |txn, _| {
+            tables::put_user(txn, &user.name, &json)
+        })
+        .await
     }
 
     /// Store an API token under its hash. Fails with [`StoreError::NameTaken`] when another token
@@ -555,12 +694,10 @@ impl Store {
         let hash = token_hash.to_owned();
         let json = serde_json::to_string(&rec).expect("a TokenRecord always serialises");
         let payload = hash.len() + json.len() + rec.name.len();
-        self.inner
-            .writer
-            .submit(payload, move |txn, _| {
-                tables::put_token(txn, &hash, &rec.name, &json)
-            })
-            .await
+        self.write(payload, move |txn, _| {
+            tables::put_token(txn, &hash, &rec.name, &json)
+        })
+        .await
     }
 
     /// The token whose hash is `token_hash`.
@@ -576,9 +713,7 @@ impl Store {
     /// Delete the token called `name`; `true` if it existed.
     pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
-        self.inner
-            .writer
-            .submit(name.len(), move |txn, _| tables::revoke_token(txn, &name))
+        self.write(name.len(), move |txn, _| tables::revoke_token(txn, &name))
             .await
     }
 
@@ -591,12 +726,10 @@ impl Store {
         let hash = session_hash.to_owned();
         let json = serde_json::to_string(&rec).expect("a SessionRecord always serialises");
         let payload = hash.len() + json.len() + rec.user.len();
-        self.inner
-            .writer
-            .submit(payload, move |txn, _| {
-                tables::put_session(txn, &hash, &rec.user, &json)
-            })
-            .await
+        self.write(payload, move |txn, _| {
+            tables::put_session(txn, &hash, &rec.user, &json)
+        })
+        .await
     }
 
     /// The session whose id hashes to `session_hash`.
@@ -607,21 +740,17 @@ impl Store {
     /// Delete one session; `true` if it existed.
     pub async fn delete_session(&self, session_hash: &str) -> Result<bool, StoreError> {
         let hash = session_hash.to_owned();
-        self.inner
-            .writer
-            .submit(hash.len(), move |txn, _| tables::delete_session(txn, &hash))
+        self.write(hash.len(), move |txn, _| tables::delete_session(txn, &hash))
             .await
     }
 
     /// Delete every session of `user` (log out everywhere); how many there were.
     pub async fn delete_sessions_of(&self, user: &str) -> Result<u64, StoreError> {
         let user = user.to_owned();
-        self.inner
-            .writer
-            .submit(user.len(), move |txn, _| {
-                tables::delete_sessions_of(txn, &user)
-            })
-            .await
+        self.write(user.len(), move |txn, _| {
+            tables::delete_sessions_of(txn, &user)
+        })
+        .await
     }
 
     /// Delete every session created before `cutoff` (expired ones); how many there were. Sessions
@@ -630,12 +759,10 @@ impl Store {
         &self,
         cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        self.inner
-            .writer
-            .submit(0, move |txn, _| {
-                tables::delete_sessions_created_before(txn, cutoff)
-            })
-            .await
+        self.write(0, move |txn, _| {
+            tables::delete_sessions_created_before(txn, cutoff)
+        })
+        .await
     }
 
     /// Stop the writer thread once it has committed every write already queued; later writes fail
@@ -649,19 +776,22 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .doing("starting a read transaction")?;
+        // The clone lives for this one read transaction (see `slot`).
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().doing("starting a read transaction")?;
         f(&txn)
     }
 
-    fn check_not_degraded(&self) -> Result<(), StoreError> {
-        match self.inner.health {
-            StoreHealth::Ok => Ok(()),
-            StoreHealth::Degraded { .. } => Err(StoreError::Degraded),
+    /// Queue `write` for the writer thread (see `writer`), unless the store refuses every write.
+    async fn write<T, F>(&self, payload_bytes: usize, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&WriteTransaction, &Limits) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.shared.refuses_writes() {
+            return Err(StoreError::Degraded);
         }
+        self.inner.writer.submit(payload_bytes, write).await
     }
 }
 

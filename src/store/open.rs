@@ -2,9 +2,10 @@
 //! the schema version, the instance id, and the one-time import of the legacy plugin config.
 //!
 //! Decides what is fatal ([`OpenError`]: the data dir is unusable or held by another process) and
-//! what only degrades the store (the file is unusable: it is moved aside, never deleted, unless it
-//! is unusable because of who wrote it — a newer toru — in which case it is left in place with its
-//! rows unchanged).
+//! what only degrades the store: a file that cannot be used (damaged, emptied, written by a newer
+//! toru) is left exactly as it is, and the store runs on an in-memory stand-in that refuses every
+//! write, on this start and every later one, until an admin decides what to do with the file
+//! ([`super::maintenance`]). Nothing here ever replaces a file that holds data.
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, File};
@@ -15,15 +16,18 @@ use redb::backends::InMemoryBackend;
 use redb::{Builder, Database, DatabaseError, ReadableDatabase, TableError};
 use serde::Deserialize;
 
+use super::slot::chain;
 use super::tables::{
     self, Doing, META, META_INSTANCE_ID, META_SCHEMA_VERSION, PLUGINS, SCHEMA_VERSION,
 };
-use super::{OpenError, PluginRecord, StorageFailure, StoreHealth, StoreOptions};
+use super::{DegradedCause, OpenError, PluginRecord, StorageFailure, StoreHealth, StoreOptions};
 
 /// The store file's name in the data dir.
 pub(super) const STORE_FILE: &str = "toru.redb";
 /// The lock file's name in the data dir.
 pub(super) const LOCK_FILE: &str = "toru.lock";
+/// Where a new store is initialised before it is renamed to [`STORE_FILE`].
+const NEW_STORE_FILE: &str = "toru.redb.new";
 
 /// A database ready for use.
 pub(super) struct Opened {
@@ -65,36 +69,48 @@ pub(super) fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// Open `<data_dir>/toru.redb`, or fall back to a degraded in-memory store.
+/// Open `<data_dir>/toru.redb`, creating it when there is none, or fall back to a degraded
+/// in-memory store that refuses every write when the file cannot be used. An unusable file is
+/// never moved, replaced or written: the store is degraded on every start until an admin runs
+/// `toru store repair` or `toru store reset` ([`super::maintenance`]).
 pub(super) fn open_database(data_dir: &Path, opts: &StoreOptions) -> Result<Opened, OpenError> {
     let path = data_dir.join(STORE_FILE);
-    let unusable = match open_file(&path, opts) {
-        Ok(opened) => return Ok(opened),
-        Err(unusable) => unusable,
+    let unusable = match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_file(data_dir, opts) {
+            Ok(opened) => return Ok(opened),
+            Err(unusable) => unusable,
+        },
+        Err(e) => Unusable {
+            reason: format!("cannot read {}: {e}", path.display()),
+            cause: DegradedCause::FileUnusable,
+        },
+        // A new store is created under another name and renamed into place once initialised
+        // (`create_file`), so an empty `toru.redb` was truncated after the fact.
+        Ok(meta) if meta.len() == 0 => Unusable {
+            reason: format!(
+                "{} is empty (0 bytes): its contents were lost",
+                path.display()
+            ),
+            cause: DegradedCause::FileUnusable,
+        },
+        Ok(_) => match open_file(&path, opts) {
+            Ok(opened) => return Ok(opened),
+            Err(unusable) => unusable,
+        },
     };
-    let moved_to = if unusable.move_aside && path.exists() {
-        match move_aside(&path) {
-            Ok(to) => Some(to),
-            Err(e) => {
-                log::error!("store: cannot move {} aside: {e}", path.display());
-                None
-            }
-        }
-    } else {
-        None
+    let reason = match unusable.cause {
+        DegradedCause::NewerSchema => format!(
+            "{}; it is left as it is and every write is refused until a toru that knows it runs",
+            unusable.reason
+        ),
+        _ => format!(
+            "{}; the file is left as it is and every write is refused until an admin runs \
+             `toru store repair` (try to repair it) or `toru store reset` (keep it aside and \
+             start a new store)",
+            unusable.reason
+        ),
     };
-    let reason = unusable.reason;
-    match &moved_to {
-        Some(to) => log::error!(
-            "store: {reason}; the file was moved to {}; running DEGRADED on an in-memory store \
-             (KV writes refused, nothing else survives a restart)",
-            to.display()
-        ),
-        None => log::error!(
-            "store: {reason}; running DEGRADED on an in-memory store (KV writes refused, nothing \
-             else survives a restart)"
-        ),
-    }
+    log::error!("store DEGRADED: {reason}");
     let db = builder(opts)
         .create_with_backend(InMemoryBackend::new())
         .doing("creating the in-memory store")
@@ -107,30 +123,73 @@ pub(super) fn open_database(data_dir: &Path, opts: &StoreOptions) -> Result<Open
     })?;
     Ok(Opened {
         db,
-        health: StoreHealth::Degraded { reason, moved_to },
+        health: StoreHealth::Degraded {
+            cause: unusable.cause,
+            reason,
+        },
         instance_id,
         file: None,
     })
 }
 
 /// Why the file cannot be used.
-struct Unusable {
-    reason: String,
-    /// Whether the file itself is bad (move it aside) rather than merely not ours to use.
-    move_aside: bool,
+pub(super) struct Unusable {
+    pub reason: String,
+    pub cause: DegradedCause,
 }
 
-fn builder(opts: &StoreOptions) -> Builder {
+pub(super) fn builder(opts: &StoreOptions) -> Builder {
     let mut builder = Builder::new();
     builder.set_cache_size(opts.cache_bytes);
     builder
 }
 
-fn open_file(path: &Path, opts: &StoreOptions) -> Result<Opened, Unusable> {
+/// Create a new store: initialised under a temporary name, then renamed to `toru.redb` (and the
+/// directory synced), so that `toru.redb` exists only once it holds a whole store.
+fn create_file(data_dir: &Path, opts: &StoreOptions) -> Result<Opened, Unusable> {
+    let path = data_dir.join(STORE_FILE);
+    let new = data_dir.join(NEW_STORE_FILE);
+    let fail = |what: &str, e: &dyn std::error::Error| Unusable {
+        reason: format!("cannot {what} {}: {}", new.display(), chain(e)),
+        cause: DegradedCause::FileUnusable,
+    };
+    // Left over from a start that died before the rename: it never held anything.
+    match std::fs::remove_file(&new) {
+        Ok(()) => log::warn!(
+            "store: removed {} left by an interrupted first start",
+            new.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove", &e)),
+    }
+    let db = builder(opts).create(&new).map_err(|e| fail("create", &e))?;
+    let instance_id = match init(&db, opts) {
+        Ok(id) => id,
+        Err(InitError::Storage(failure)) => return Err(fail("initialise", &failure)),
+        Err(InitError::NewerSchema(_) | InitError::BadSchema(_)) => {
+            unreachable!("a new store has no schema version yet")
+        }
+    };
+    std::fs::rename(&new, &path).map_err(|e| fail("rename", &e))?;
+    File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| fail("sync the directory of", &e))?;
+    log::info!("store: created {}", path.display());
+    Ok(Opened {
+        db,
+        health: StoreHealth::Ok,
+        instance_id,
+        file: Some(path),
+    })
+}
+
+/// Open an existing store file, checking every page (a damaged file is reported, not trusted).
+pub(super) fn open_file(path: &Path, opts: &StoreOptions) -> Result<Opened, Unusable> {
     let db = builder(opts)
-        // Verify every page's checksum on open: a damaged file is reported, not trusted.
+        // Verify every page's checksum on open, and let redb repair what an interrupted commit
+        // left: a damaged file is reported, not trusted.
         .set_check_integrity_on_open(true)
-        .create(path)
+        .open(path)
         .map_err(|e| classify(path, e))?;
     match init(&db, opts) {
         Ok(instance_id) => Ok(Opened {
@@ -142,51 +201,34 @@ fn open_file(path: &Path, opts: &StoreOptions) -> Result<Opened, Unusable> {
         Err(InitError::NewerSchema(found)) => Err(Unusable {
             reason: format!(
                 "{} was written by a newer toru (store schema version {found}; this build knows \
-                 version {SCHEMA_VERSION}); it was left in place",
+                 version {SCHEMA_VERSION})",
                 path.display()
             ),
-            move_aside: false,
+            cause: DegradedCause::NewerSchema,
         }),
         Err(InitError::BadSchema(found)) => Err(Unusable {
             reason: format!(
                 "{} has an unreadable schema version {found:?}",
                 path.display()
             ),
-            move_aside: true,
+            cause: DegradedCause::FileUnusable,
         }),
         Err(InitError::Storage(failure)) => Err(Unusable {
             reason: format!("cannot read {}: {}", path.display(), chain(&failure)),
-            move_aside: true,
+            cause: DegradedCause::FileUnusable,
         }),
     }
 }
 
 fn classify(path: &Path, e: DatabaseError) -> Unusable {
-    let reason = format!("cannot open {}: {}", path.display(), chain(&e));
-    let move_aside = !matches!(
-        e,
-        // Not the file's fault: another process has it open, or an older engine wrote it.
-        DatabaseError::DatabaseAlreadyOpen
-            | DatabaseError::LockProtocolMismatch
-            | DatabaseError::UpgradeRequired(_)
-    );
-    Unusable { reason, move_aside }
-}
-
-/// `e` and its sources, joined with ": ".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
+    Unusable {
+        reason: format!("cannot open {}: {}", path.display(), chain(&e)),
+        cause: DegradedCause::FileUnusable,
     }
-    out
 }
 
 /// Rename `path` to `<path>.corrupt-<UTC time>` (never over an existing file).
-fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+pub(super) fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let base = format!("{}.corrupt-{stamp}", path.display());
     let mut to = PathBuf::from(&base);
@@ -199,7 +241,7 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(to)
 }
 
-enum InitError {
+pub(super) enum InitError {
     /// The file's schema version is newer than this build's.
     NewerSchema(u64),
     /// The file's schema version is not a version at all.
@@ -215,7 +257,7 @@ impl From<StorageFailure> for InitError {
 
 /// Check the schema version (before writing anything), and on a new store write it, the instance
 /// id and the imported legacy plugin states, in one durable transaction. Returns the instance id.
-fn init(db: &Database, opts: &StoreOptions) -> Result<String, InitError> {
+pub(super) fn init(db: &Database, opts: &StoreOptions) -> Result<String, InitError> {
     const WHAT: &str = "reading the store's metadata";
     let existing = {
         let txn = db.begin_read().doing(WHAT)?;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -23,6 +23,9 @@ pub(super) const SCHEMA_VERSION: u64 = 1;
 pub(super) const META_SCHEMA_VERSION: &str = "schema_version";
 /// `meta` key of the instance id.
 pub(super) const META_INSTANCE_ID: &str = "instance_id";
+/// `meta` key the writer rewrites (with the time) to find out whether writes succeed again after
+/// they failed for lack of space.
+pub(super) const META_PROBE: &str = "probe";
 
 pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(super) const PLUGINS: TableDefinition<&str, &str> = TableDefinition::new("plugins");
@@ -59,6 +62,40 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Doing<T> for Result<T, E> 
 
 fn decode<T: DeserializeOwned>(json: &str, what: &'static str) -> Result<T, StorageFailure> {
     serde_json::from_str(json).doing(what)
+}
+
+/// Write this build's schema version into `meta`.
+pub(super) fn write_schema_version(txn: &WriteTransaction) -> Result<(), StorageFailure> {
+    const WHAT: &str = "writing the schema version";
+    let mut meta = txn.open_table(META).doing(WHAT)?;
+    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_string().as_str())
+        .doing(WHAT)?;
+    Ok(())
+}
+
+/// Give the store an instance id if it has none.
+pub(super) fn ensure_instance_id(txn: &WriteTransaction) -> Result<(), StorageFailure> {
+    const WHAT: &str = "writing the instance id";
+    let mut meta = txn.open_table(META).doing(WHAT)?;
+    if meta.get(META_INSTANCE_ID).doing(WHAT)?.is_none() {
+        let id = uuid::Uuid::new_v4().to_string();
+        meta.insert(META_INSTANCE_ID, id.as_str()).doing(WHAT)?;
+    }
+    Ok(())
+}
+
+/// One small durable write (see [`META_PROBE`]).
+pub(super) fn probe(db: &redb::Database) -> Result<(), StorageFailure> {
+    const WHAT: &str = "probing whether writes succeed again";
+    let mut txn = db.begin_write().doing(WHAT)?;
+    txn.set_durability(redb::Durability::Immediate)
+        .doing(WHAT)?;
+    {
+        let mut meta = txn.open_table(META).doing(WHAT)?;
+        let now = chrono::Utc::now().to_rfc3339();
+        meta.insert(META_PROBE, now.as_str()).doing(WHAT)?;
+    }
+    txn.commit().doing(WHAT)
 }
 
 /// Create every table, so that reads never meet a missing one.
@@ -457,4 +494,165 @@ pub(super) fn delete_sessions_created_before(
         by_user.remove((user.as_str(), hash.as_str())).doing(WHAT)?;
     }
     Ok(expired.len() as u64)
+}
+
+// ── salvage ─────────────────────────────────────────────────────────────────────────────────────
+
+/// What salvaging (`toru store repair`) copied from a damaged store, per table.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Salvaged {
+    /// Rows copied, by table name.
+    pub copied: BTreeMap<String, u64>,
+    /// Tables that could not be read to the end, with the error (rows before it were copied).
+    pub incomplete: BTreeMap<String, String>,
+}
+
+/// Copy every row of `src`'s primary tables that can still be read (each decoded first, so a
+/// damaged row is skipped rather than copied) into `dst`, a new store, then rebuild the index
+/// tables and KV usage from what was copied, so `dst` keeps every invariant of the store doc.
+/// `meta` keeps `dst`'s schema version; the instance id is taken from `src` when readable.
+pub(super) fn salvage(
+    src: &ReadTransaction,
+    dst: &WriteTransaction,
+) -> Result<Salvaged, StorageFailure> {
+    const WHAT: &str = "writing the salvaged store";
+    let mut out = Salvaged::default();
+
+    // Read one table row by row into `rows` until the end or the first error.
+    fn read_rows<K, V, T>(
+        src: &ReadTransaction,
+        def: TableDefinition<K, V>,
+        out: &mut Salvaged,
+        mut each: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Option<T>,
+    ) -> Vec<T>
+    where
+        K: redb::Key + 'static,
+        V: redb::Value + 'static,
+    {
+        let name = def.name().to_owned();
+        let mut rows = Vec::new();
+        let mut fail = |e: String| {
+            out.incomplete.insert(name.clone(), e);
+        };
+        let table = match src.open_table(def) {
+            Ok(t) => t,
+            Err(e) => {
+                fail(e.to_string());
+                return rows;
+            }
+        };
+        let iter = match table.iter() {
+            Ok(i) => i,
+            Err(e) => {
+                fail(e.to_string());
+                return rows;
+            }
+        };
+        for row in iter {
+            match row {
+                Ok((k, v)) => rows.extend(each(k.value(), v.value())),
+                Err(e) => {
+                    fail(e.to_string());
+                    break;
+                }
+            }
+        }
+        out.copied.insert(name, rows.len() as u64);
+        rows
+    }
+
+    let instance = read_rows(src, META, &mut out, |k, v| {
+        (k == META_INSTANCE_ID && uuid::Uuid::parse_str(v).is_ok()).then(|| v.to_owned())
+    });
+    let plugins = read_rows(src, PLUGINS, &mut out, |k, v| {
+        serde_json::from_str::<PluginRecord>(v)
+            .ok()
+            .map(|_| (k.to_owned(), v.to_owned()))
+    });
+    let events = read_rows(src, EVENTS, &mut out, |k, v| {
+        serde_json::from_str::<Event>(v)
+            .ok()
+            .filter(|e| e.seq == k)
+            .map(|e| (k, e.plugin, v.to_owned()))
+    });
+    let kv = read_rows(src, KV, &mut out, |(p, key), v| {
+        Some((p.to_owned(), key.to_owned(), v.to_owned()))
+    });
+    let users = read_rows(src, USERS, &mut out, |k, v| {
+        serde_json::from_str::<UserRecord>(v)
+            .ok()
+            .filter(|u| u.name == k)
+            .map(|_| (k.to_owned(), v.to_owned()))
+    });
+    let tokens = read_rows(src, TOKENS, &mut out, |k, v| {
+        serde_json::from_str::<TokenRecord>(v)
+            .ok()
+            .map(|t| (k.to_owned(), t.name, v.to_owned()))
+    });
+    let sessions = read_rows(src, SESSIONS, &mut out, |k, v| {
+        serde_json::from_str::<SessionRecord>(v)
+            .ok()
+            .map(|s| (k.to_owned(), s.user, v.to_owned()))
+    });
+
+    if let Some(id) = instance.first() {
+        let mut meta = dst.open_table(META).doing(WHAT)?;
+        meta.insert(META_INSTANCE_ID, id.as_str()).doing(WHAT)?;
+    }
+    {
+        let mut t = dst.open_table(PLUGINS).doing(WHAT)?;
+        for (id, json) in &plugins {
+            t.insert(id.as_str(), json.as_str()).doing(WHAT)?;
+        }
+    }
+    {
+        let mut t = dst.open_table(EVENTS).doing(WHAT)?;
+        let mut index = dst.open_table(PLUGIN_EVENTS).doing(WHAT)?;
+        for (seq, plugin, json) in &events {
+            t.insert(*seq, json.as_str()).doing(WHAT)?;
+            index.insert((plugin.as_str(), *seq), ()).doing(WHAT)?;
+        }
+    }
+    {
+        let mut t = dst.open_table(KV).doing(WHAT)?;
+        let mut usage = BTreeMap::<&str, u64>::new();
+        for (p, key, value) in &kv {
+            t.insert((p.as_str(), key.as_str()), value.as_str())
+                .doing(WHAT)?;
+            *usage.entry(p).or_default() += (key.len() + value.len()) as u64;
+        }
+        let mut u = dst.open_table(KV_USAGE).doing(WHAT)?;
+        for (p, bytes) in usage {
+            u.insert(p, bytes).doing(WHAT)?;
+        }
+    }
+    {
+        let mut t = dst.open_table(USERS).doing(WHAT)?;
+        for (name, json) in &users {
+            t.insert(name.as_str(), json.as_str()).doing(WHAT)?;
+        }
+    }
+    {
+        let mut t = dst.open_table(TOKENS).doing(WHAT)?;
+        let mut names = dst.open_table(TOKEN_NAMES).doing(WHAT)?;
+        for (hash, name, json) in &tokens {
+            // Names are unique: a second token claiming one (damage) is dropped.
+            if names.get(name.as_str()).doing(WHAT)?.is_some() {
+                continue;
+            }
+            t.insert(hash.as_str(), json.as_str()).doing(WHAT)?;
+            names.insert(name.as_str(), hash.as_str()).doing(WHAT)?;
+        }
+    }
+    {
+        let mut t = dst.open_table(SESSIONS).doing(WHAT)?;
+        let mut by_user = dst.open_table(USER_SESSIONS).doing(WHAT)?;
+        for (hash, user, json) in &sessions {
+            t.insert(hash.as_str(), json.as_str()).doing(WHAT)?;
+            by_user
+                .insert((user.as_str(), hash.as_str()), ())
+                .doing(WHAT)?;
+        }
+    }
+    Ok(out)
 }

@@ -727,67 +727,107 @@ fn moved_aside(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Found under fault injection: a corrupt file was moved aside, the host ran in memory and
+/// acknowledged writes (setup, tokens) that could not survive, and the next start created an empty
+/// store as if the device were new. Now the file stays where it is, untouched, and the store is
+/// degraded — refusing every write — on every start until an admin decides.
 #[tokio::test]
-async fn garbage_file_is_moved_aside_and_the_store_runs_degraded() {
+async fn garbage_file_is_left_in_place_and_every_write_is_refused_on_every_start() {
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.data()).expect("mkdir");
     let garbage: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 3) as u8).collect();
-    std::fs::write(dir.data().join("toru.redb"), &garbage).expect("write");
-    let legacy = dir.path().join("config.json");
-    std::fs::write(&legacy, r#"{"plugins": {"hello": true}}"#).expect("write");
+    let path = dir.data().join("toru.redb");
+    std::fs::write(&path, &garbage).expect("write");
 
-    let store = open_with(
-        &dir,
-        StoreOptions {
-            legacy_config: Some(legacy),
-            ..StoreOptions::default()
-        },
-    );
-    let moved = moved_aside(&dir.data());
-    assert_eq!(moved.len(), 1);
-    assert!(
-        std::fs::read(&moved[0]).expect("read moved file") == garbage,
-        "kept byte for byte"
-    );
+    for start in 0..2 {
+        let store = open(&dir);
+        match store.health() {
+            StoreHealth::Degraded { cause, reason } => {
+                assert_eq!(cause, DegradedCause::FileUnusable, "start {start}");
+                assert!(reason.contains("toru.redb"), "{reason}");
+                assert!(reason.contains("toru store reset"), "{reason}");
+            }
+            StoreHealth::Ok => panic!("start {start}: expected degraded"),
+        }
+        assert_eq!(store.file_bytes(), 0);
+        // Every write is refused: nothing told "done" now could survive a restart.
+        assert!(matches!(
+            store.kv_set("p", "k", "v").await,
+            Err(StoreError::Degraded)
+        ));
+        assert!(matches!(
+            store
+                .set_plugin("hello", enabled(false), Some(event("disabled")))
+                .await,
+            Err(StoreError::Degraded)
+        ));
+        assert!(matches!(
+            store
+                .put_user(UserRecord {
+                    name: "admin".into(),
+                    password_hash: "h".into(),
+                    role: Role::Admin,
+                    generation: 1,
+                })
+                .await,
+            Err(StoreError::Degraded)
+        ));
+        assert!(matches!(
+            store.record_event("p", event("started")).await,
+            Err(StoreError::Degraded)
+        ));
+        // Reads answer (from the empty stand-in).
+        assert_eq!(store.kv_get("p", "k").expect("get"), None);
+        assert_eq!(store.user("admin").expect("user"), None);
+        drop(store);
+        assert!(moved_aside(&dir.data()).is_empty(), "nothing is moved");
+        assert!(
+            std::fs::read(&path).expect("read") == garbage,
+            "the file is kept byte for byte"
+        );
+    }
+}
+
+/// An empty `toru.redb` used to be taken for a new store without a word. A new store is created
+/// under another name and renamed into place, so an empty one was truncated: it degrades.
+#[tokio::test]
+async fn an_empty_store_file_is_damage_not_a_new_store() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    store.kv_set("p", "k", "v").await.expect("set");
+    drop(store);
+    assert!(!dir.data().join("toru.redb.new").exists());
+    std::fs::write(dir.data().join("toru.redb"), b"").expect("truncate");
+    let store = open(&dir);
     match store.health() {
-        StoreHealth::Degraded { reason, moved_to } => {
-            assert_eq!(moved_to.as_ref(), Some(&moved[0]));
-            assert!(reason.contains("toru.redb"), "{reason}");
+        StoreHealth::Degraded { cause, reason } => {
+            assert_eq!(cause, DegradedCause::FileUnusable);
+            assert!(reason.contains("empty"), "{reason}");
         }
         StoreHealth::Ok => panic!("expected degraded"),
     }
-    assert_eq!(store.file_bytes(), 0);
-    assert!(!dir.data().join("toru.redb").exists());
-
-    // KV writes are refused, reads work, plugin state and events live in memory.
     assert!(matches!(
         store.kv_set("p", "k", "v").await,
         Err(StoreError::Degraded)
     ));
-    assert!(matches!(
-        store.kv_delete("p", "k").await,
-        Err(StoreError::Degraded)
-    ));
-    assert_eq!(store.kv_get("p", "k").expect("get"), None);
-    assert_eq!(
-        store.plugin_records().expect("records").get("hello"),
-        Some(&enabled(true))
-    );
-    store
-        .set_plugin("hello", enabled(false), Some(event("disabled")))
-        .await
-        .expect("set_plugin");
-    assert_eq!(store.events(None, 10).expect("events").len(), 1);
-    drop(store);
+}
 
-    // The next start creates a fresh file and keeps the moved one.
+/// A first start that died before its new store was renamed into place leaves `toru.redb.new`
+/// and no `toru.redb`: the next start creates the store afresh.
+#[tokio::test]
+async fn an_interrupted_first_start_is_finished_by_the_next() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.data()).expect("mkdir");
+    std::fs::write(dir.data().join("toru.redb.new"), b"half").expect("write");
     let store = open(&dir);
     assert_eq!(store.health(), StoreHealth::Ok);
-    assert_eq!(moved_aside(&dir.data()).len(), 1);
+    store.kv_set("p", "k", "v").await.expect("set");
+    assert!(!dir.data().join("toru.redb.new").exists());
+    assert!(dir.data().join("toru.redb").exists());
 }
 
 #[tokio::test]
-async fn damaged_store_file_is_moved_aside() {
+async fn damaged_store_file_is_left_in_place() {
     let dir = TempDir::new();
     let store = open(&dir);
     for i in 0..50 {
@@ -811,15 +851,16 @@ async fn damaged_store_file_is_moved_aside() {
         matches!(
             store.health(),
             StoreHealth::Degraded {
-                moved_to: Some(_),
+                cause: DegradedCause::FileUnusable,
                 ..
             }
         ),
         "{:?}",
         store.health()
     );
+    drop(store);
     assert!(
-        std::fs::read(&moved_aside(&dir.data())[0]).expect("read") == bytes,
+        std::fs::read(&path).expect("read") == bytes,
         "kept byte for byte"
     );
 }
@@ -843,8 +884,8 @@ async fn newer_schema_is_left_in_place_and_degrades() {
 
     let store = open(&dir);
     match store.health() {
-        StoreHealth::Degraded { reason, moved_to } => {
-            assert_eq!(moved_to, None);
+        StoreHealth::Degraded { reason, cause } => {
+            assert_eq!(cause, DegradedCause::NewerSchema);
             assert!(
                 reason.contains("newer toru") && reason.contains("version 2"),
                 "{reason}"
@@ -1037,7 +1078,7 @@ fn store_error_names_its_cause() {
 
 /// Opening a damaged file must never panic (a panic aborts the release build): each damage below
 /// yields either a healthy store (the damage hit free space) or a degraded one with the file
-/// moved aside.
+/// left in place.
 #[tokio::test]
 async fn no_damage_pattern_panics_on_open() {
     let pristine = {
@@ -1117,8 +1158,13 @@ async fn no_damage_pattern_panics_on_open() {
                 let _ = store.events(None, 100);
                 "ok".to_owned()
             }
-            StoreHealth::Degraded { moved_to, reason } => {
-                assert!(moved_to.is_some() || name == "empty", "{name}: {reason}");
+            StoreHealth::Degraded { cause, reason } => {
+                assert_eq!(cause, DegradedCause::FileUnusable, "{name}: {reason}");
+                drop(store);
+                assert!(
+                    std::fs::read(dir.data().join("toru.redb")).expect("read") == bytes,
+                    "{name}: the file is left as it was"
+                );
                 "degraded".to_owned()
             }
         };
@@ -1416,4 +1462,124 @@ fn acknowledged_writes_survive_sigkill() {
             "{plugin}/{key} was acknowledged"
         );
     }
+}
+
+/// `toru store repair`: a store whose pages fail their checksums (one value's bytes changed on
+/// disk) is refused on open; repair salvages every readable row into a new store, keeps the
+/// instance id, the users and the KV, keeps the damaged file, and the result opens healthy.
+#[tokio::test]
+async fn repair_salvages_readable_rows_and_keeps_the_damaged_file() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let id = store.instance_id();
+    for i in 0..50 {
+        store
+            .kv_set(
+                "p",
+                &format!("k{i:02}"),
+                &format!("SALVAGE{i:02}").repeat(40),
+            )
+            .await
+            .expect("set");
+    }
+    store
+        .put_user(UserRecord {
+            name: "admin".into(),
+            password_hash: "h".into(),
+            role: Role::Admin,
+            generation: 1,
+        })
+        .await
+        .expect("put_user");
+    store
+        .put_token(
+            "hash1",
+            TokenRecord {
+                name: "t1".into(),
+                role: Role::Viewer,
+                created: Utc::now(),
+            },
+        )
+        .await
+        .expect("put_token");
+    drop(store);
+
+    let path = dir.data().join("toru.redb");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let needle = b"SALVAGE17";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the value is on disk");
+    bytes[at] = b'X';
+    std::fs::write(&path, &bytes).expect("write");
+    assert!(
+        matches!(open(&dir).health(), StoreHealth::Degraded { .. }),
+        "a changed page must fail its checksum"
+    );
+    assert!(matches!(
+        status(&dir.data(), &StoreOptions::default()),
+        Ok(StoreHealth::Degraded { .. })
+    ));
+
+    let outcome = repair(&dir.data(), &StoreOptions::default()).expect("repair");
+    let RepairOutcome::Salvaged { kept_as, report } = outcome else {
+        panic!("expected a salvage, got {outcome:?}");
+    };
+    assert_eq!(
+        std::fs::read(&kept_as).expect("kept"),
+        bytes,
+        "kept byte for byte"
+    );
+    assert_eq!(report.copied.get("kv"), Some(&50), "{report:?}");
+    assert!(report.incomplete.is_empty(), "{report:?}");
+
+    let store = open(&dir);
+    assert_eq!(store.health(), StoreHealth::Ok);
+    assert_eq!(store.instance_id(), id);
+    assert_eq!(
+        store.user("admin").expect("user").map(|u| u.role),
+        Some(Role::Admin)
+    );
+    assert_eq!(store.tokens().expect("tokens").len(), 1);
+    let (keys, _) = store.kv_list("p", "", None, 100).expect("list");
+    assert_eq!(keys.len(), 50);
+    assert_eq!(
+        store.kv_usage("p").expect("usage"),
+        (0..50)
+            .map(|i| format!("k{i:02}").len() as u64 + 9 * 40)
+            .sum::<u64>()
+    );
+    // And the store keeps working.
+    store
+        .kv_set("p", "new", "v")
+        .await
+        .expect("set after repair");
+    drop(store);
+    assert!(matches!(
+        repair(&dir.data(), &StoreOptions::default()),
+        Ok(RepairOutcome::Healthy)
+    ));
+}
+
+#[tokio::test]
+async fn reset_keeps_the_file_aside_and_the_next_start_is_new() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.data()).expect("mkdir");
+    std::fs::write(dir.data().join("toru.redb"), b"garbage").expect("write");
+    let held = open(&dir);
+    assert!(
+        matches!(
+            reset(&dir.data()),
+            Err(MaintenanceError::Open(OpenError::Locked(_)))
+        ),
+        "refused while a store is open on the dir"
+    );
+    drop(held);
+    let kept = reset(&dir.data()).expect("reset");
+    assert_eq!(std::fs::read(&kept).expect("kept"), b"garbage");
+    assert_eq!(moved_aside(&dir.data()), vec![kept]);
+    let store = open(&dir);
+    assert_eq!(store.health(), StoreHealth::Ok);
+    assert_eq!(store.user("admin").expect("user"), None);
 }

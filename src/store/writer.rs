@@ -16,11 +16,13 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::tables::{Doing, Limits};
+use super::slot::Shared;
+use super::tables::{self, Doing, Limits};
 use super::{StorageFailure, StoreError};
 
 /// Writes waiting for the writer thread; a caller past this waits (asynchronously) for room.
@@ -30,6 +32,9 @@ pub const WRITE_QUEUE_OPS: usize = 64;
 pub const MAX_BATCH_OPS: usize = 256;
 /// Once a batch holds this much payload, it is committed without draining more.
 pub const MAX_BATCH_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+/// While writes fail (full disk), how often the idle writer tries a small write of its own, so that
+/// the store's health turns back to ok once space is free even if nobody writes.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One queued write, type-erased: applied in a transaction (possibly more than once, if its first
 /// batch failed), then answered once.
@@ -57,7 +62,7 @@ where
 {
     fn apply(&mut self, txn: &WriteTransaction, limits: &Limits) -> Result<(), StorageFailure> {
         let result = (self.write)(txn, limits);
-        if let Err(StoreError::Storage(failure)) = &result {
+        if let Err(StoreError::Storage(failure) | StoreError::DiskFull(failure)) = &result {
             return Err(failure.clone());
         }
         self.result = Some(result);
@@ -68,7 +73,7 @@ where
         let answer = match (self.result, batch) {
             // Refused on its own merits: it changed nothing, whatever became of the batch.
             (Some(Err(refused)), _) => Err(refused),
-            (_, Err(failure)) => Err(StoreError::Storage(failure)),
+            (_, Err(failure)) => Err(StoreError::from(failure)),
             (Some(Ok(value)), Ok(())) => Ok(value),
             (None, Ok(())) => unreachable!("a committed batch applied every one of its writes"),
         };
@@ -105,9 +110,9 @@ impl std::fmt::Debug for Msg {
 }
 
 impl Writer {
-    /// Start the writer thread on `db`; it counts its durable commits in `commits`.
+    /// Start the writer thread on `shared`'s database; it counts its durable commits in `commits`.
     pub(super) fn spawn(
-        db: Arc<Database>,
+        shared: Arc<Shared>,
         limits: Limits,
         commits: Arc<AtomicU64>,
     ) -> std::io::Result<Writer> {
@@ -117,7 +122,7 @@ impl Writer {
             .name("toru-store".into())
             .spawn({
                 let closing = Arc::clone(&closing);
-                move || run(rx, &db, &limits, &commits, &closing)
+                move || run(rx, &shared, &limits, &commits, &closing)
             })?;
         Ok(Writer {
             queue,
@@ -174,18 +179,37 @@ impl Drop for Writer {
 
 fn run(
     mut rx: mpsc::Receiver<Msg>,
-    db: &Database,
+    shared: &Shared,
     limits: &Limits,
     commits: &AtomicU64,
     closing: &AtomicBool,
 ) {
+    // Only for waiting with a timeout while writes fail (see `PROBE_INTERVAL`).
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
     let mut batch: Vec<Box<dyn Pending>> = Vec::new();
     loop {
         if closing.load(Ordering::Acquire) {
             // Refuse new writes; `recv` still yields the queued ones, then `None`.
             rx.close();
         }
-        let Some(first) = rx.blocking_recv() else {
+        let first = match &timer {
+            Ok(timer) if shared.writes_failing() && !closing.load(Ordering::Acquire) => {
+                // The timer future must be made inside `block_on` (it needs the runtime's clock).
+                match timer
+                    .block_on(async { tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await })
+                {
+                    Ok(first) => first,
+                    Err(_elapsed) => {
+                        probe(shared, commits);
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = first else {
             break;
         };
         let mut payload = 0;
@@ -204,36 +228,74 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            commit_batch(db, limits, commits, &mut batch);
+            commit_batch(shared, limits, commits, &mut batch);
+        }
+    }
+}
+
+/// While writes fail: reopen the file if the last reopen failed, then try one small durable write;
+/// its success turns the health back to ok.
+fn probe(shared: &Shared, commits: &AtomicU64) {
+    if shared.is_closed() && shared.reopen().is_err() {
+        return;
+    }
+    let Ok(db) = shared.db() else { return };
+    match tables::probe(&db) {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            shared.write_succeeded();
+        }
+        Err(failure) => {
+            drop(db);
+            shared.write_failed(&failure);
         }
     }
 }
 
 /// Apply and commit `batch` in one transaction, answer every write, and leave `batch` empty. If
 /// the batch fails, each write is retried in a transaction of its own, so a failure caused by one
-/// write (say, the one that fills the disk) is reported to that write alone.
+/// write (say, the one that fills the disk) is reported to that write alone. An I/O failure makes
+/// the store reopen its file before anyone is answered (see `slot`); a second one within the same
+/// batch fails the rest of it without trying, so a full disk costs at most two reopens per batch.
 fn commit_batch(
-    db: &Database,
+    shared: &Shared,
     limits: &Limits,
     commits: &AtomicU64,
     batch: &mut Vec<Box<dyn Pending>>,
 ) {
-    let outcome = apply_and_commit(db, limits, batch.iter_mut());
-    if outcome.is_ok() {
-        commits.fetch_add(1, Ordering::Relaxed);
-    }
+    let outcome = apply_and_commit(shared, limits, batch.iter_mut());
+    let failed_io = match &outcome {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            shared.write_succeeded();
+            false
+        }
+        Err(failure) => shared.write_failed(failure),
+    };
     match outcome {
         Err(failure) if batch.len() > 1 => {
             log::warn!(
-                "store: a batch of {} writes failed ({}: {}); retrying them one by one",
+                "store: a batch of {} writes failed ({}); retrying them one by one",
                 batch.len(),
-                failure,
-                std::error::Error::source(&failure).map_or(String::new(), |e| e.to_string()),
+                super::slot::chain(&failure),
             );
+            let mut give_up: Option<StorageFailure> = None;
             for mut op in batch.drain(..) {
-                let outcome = apply_and_commit(db, limits, std::iter::once(&mut op));
-                if outcome.is_ok() {
-                    commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(failure) = &give_up {
+                    op.finish(Err(failure.clone()));
+                    continue;
+                }
+                let outcome = apply_and_commit(shared, limits, std::iter::once(&mut op));
+                match &outcome {
+                    Ok(()) => {
+                        commits.fetch_add(1, Ordering::Relaxed);
+                        shared.write_succeeded();
+                    }
+                    Err(failure) => {
+                        if shared.write_failed(failure) && failed_io {
+                            give_up = Some(failure.clone());
+                        }
+                    }
                 }
                 op.finish(outcome);
             }
@@ -247,10 +309,16 @@ fn commit_batch(
 }
 
 fn apply_and_commit<'a>(
-    db: &Database,
+    shared: &Shared,
     limits: &Limits,
     ops: impl Iterator<Item = &'a mut Box<dyn Pending>>,
 ) -> Result<(), StorageFailure> {
+    let db = shared.db().map_err(|e| {
+        StorageFailure::new(
+            "starting a write transaction",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     let mut txn = db.begin_write().doing("starting a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .doing("starting a write transaction")?;

@@ -242,7 +242,10 @@ fn store_error(e: StoreError) -> ErrorReply {
     let code = match &e {
         StoreError::KeyTooLong(_) | StoreError::ValueTooLarge(_) => ErrorCode::TooLarge,
         StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
-        StoreError::Degraded | StoreError::Closed => ErrorCode::Unavailable,
+        StoreError::Degraded
+        | StoreError::Closed
+        | StoreError::Unavailable
+        | StoreError::DiskFull(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     };
     ErrorReply::new(code, e.to_string())
