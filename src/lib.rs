@@ -5,10 +5,21 @@
 //! - [`store`]: the crash-safe redb file (KV, plugin state, events, users, tokens). Only it names redb.
 //! - [`supervisor`]: discovery, spawn, per-plugin policy state machine, plugin connections.
 //! - [`http`]: the web UI and REST API. Only it names the HTTP library.
+//! - [`admin`]: the CLI's administrative commands and the daemon's control socket.
+//! - [`notify`]: systemd readiness and watchdog datagrams.
+//! - [`sys`]: the only `unsafe` code (Linux calls std lacks); the crate denies `unsafe` elsewhere.
+//!
+//! ## Starting and stopping
+//! `main` parses arguments and loads the [`config`], installs the signal handlers, calls [`prepare`]
+//! (directories, store, data-dir lock), binds the HTTP listener and hands it to [`run`] with a
+//! shutdown future (SIGTERM/SIGINT) and a channel of rescan requests (SIGHUP). `run` owns
+//! everything from there until the shutdown future resolves.
 //!
 //! ## How a request flows
 //! HTTP connection → [`http`] (limits, auth) → handler → [`supervisor::Supervisor::forward_http`] →
 //! the plugin's connection (1.1 multiplexed, or one connection per message for 1.0) → reply.
+
+#![deny(unsafe_code)] // Only `sys` may (it says `allow`): unsafe lives in one module.
 
 pub mod config;
 pub mod http;
@@ -43,6 +54,7 @@ pub struct App {
 
 pub mod admin;
 pub mod notify;
+pub mod sys;
 
 use std::future::Future;
 use std::path::Path;
@@ -123,15 +135,17 @@ pub fn open_store(config: &Config) -> Result<Store, RunError> {
     })
 }
 
-/// Run the host until `shutdown` resolves or SIGTERM/SIGINT arrives. Must run inside a `LocalSet`
-/// on a `current_thread` runtime.
-pub async fn run(
+/// The host before it serves: its directories exist and its store is open, so the data-dir lock
+/// is held. [`prepare`] runs before `main` binds the HTTP port, so a second instance on the same data
+/// dir fails with [`RunError::AlreadyRunning`] (exit code 3) even when the port is taken too.
+#[derive(Debug)]
+pub struct Prepared {
     config: Config,
-    notifier: Notifier,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
+    store: Store,
+}
 
+/// Create the runtime and data dirs (`0700`) and open the store.
+pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     private_dir(&config.runtime_dir)?;
     private_dir(&config.runtime_dir.join("plugins"))?;
     private_dir(&config.runtime_dir.join("logs"))?;
@@ -143,12 +157,25 @@ pub async fn run(
             moved_to.map_or_else(|| "-".into(), |p| p.display().to_string())
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    Ok(Prepared { config, store })
+}
+
+/// Serve on `listener` until `shutdown` resolves, rescanning the plugins dir once per message on
+/// `rescans` (`main` turns SIGTERM/SIGINT into `shutdown` and SIGHUP into a rescan; a test can drive
+/// both directly). Must run inside a `LocalSet` on a `current_thread` runtime.
+///
+/// `READY=1` goes to `notifier` once the plugins found at start have settled; it carries the bound
+/// address as `X_TORU_LISTEN=ip:port`, so whoever started the host with `--listen …:0` learns the
+/// port from the readiness message itself. The address is also written to
+/// `<runtime-dir>/http.addr` for scripts; both files are removed on a clean stop.
+pub async fn run(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    notifier: Notifier,
+    shutdown: impl Future<Output = ()>,
+    mut rescans: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), RunError> {
+    let Prepared { config, store } = prepared;
     let bound = listener.local_addr().map_err(|source| RunError::Listen {
         addr: config.listen,
         source,
@@ -158,10 +185,6 @@ pub async fn run(
         log::warn!("cannot write {}: {e}", addr_file.display());
     }
     log::info!("toru {VERSION} listening on http://{bound}/");
-
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
     let supervisor = Supervisor::new(config.clone(), store.clone());
     let app = Rc::new(App {
@@ -212,7 +235,10 @@ pub async fn run(
         }
     };
 
-    notifier.send(&format!("READY=1\nSTATUS={}", supervisor.status_line()));
+    notifier.send(&format!(
+        "READY=1\nSTATUS={}\nX_TORU_LISTEN={bound}",
+        supervisor.status_line()
+    ));
     log::info!("ready: {}", supervisor.status_line());
     let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
 
@@ -220,10 +246,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { log::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => {
-                log::info!("SIGHUP: rescanning plugins");
+            // Once every sender is dropped `recv` yields `None`: the branch is skipped from then on.
+            Some(()) = rescans.recv() => {
                 let r = supervisor.rescan().await;
                 log::info!("rescan: {} added, {} removed, {} skipped", r.added.len(), r.removed.len(), r.invalid.len());
             }
