@@ -263,6 +263,9 @@ fn main() -> ExitCode {
         .set_thread_level(log::LevelFilter::Off)
         .build();
     let _ = simplelog::WriteLogger::init(level, log_config, std::io::stderr());
+    for d in &config.deprecations {
+        log::warn!("{d}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
