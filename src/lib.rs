@@ -274,3 +274,60 @@ pub async fn run(
     log::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `run` in-process, as a caller other than `main` drives it: a listener it did not bind
+    /// (port 0), and a shutdown future that resolves once a request was answered.
+    #[tokio::test]
+    async fn run_serves_the_given_listener_and_stops_when_shutdown_resolves() {
+        let root = std::env::temp_dir().join(format!("toru-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = Config {
+            data_dir: root.join("data"),
+            plugins_dir: root.join("plugins"),
+            runtime_dir: root.join("run"),
+            ..Config::default()
+        };
+        std::fs::create_dir_all(&config.plugins_dir).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let prepared = prepare(config).unwrap();
+        let notifier = Notifier::from_env(&|_| None);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (rescan_tx, rescans) = tokio::sync::mpsc::channel(1);
+        let shutdown = async move {
+            let _ = stop_rx.await;
+        };
+        let client = async move {
+            // Held to the end: a closed channel would only disable rescans, not stop the host.
+            let _rescan_tx = rescan_tx;
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).await.unwrap();
+            stop_tx.send(()).unwrap();
+            reply
+        };
+        let local = tokio::task::LocalSet::new();
+        let (served, reply) = local
+            .run_until(async {
+                tokio::join!(run(prepared, listener, notifier, shutdown, rescans), client)
+            })
+            .await;
+        served.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            !root.join("run").join("http.addr").exists(),
+            "removed on a clean stop"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
