@@ -9,6 +9,8 @@
 //! them and stops what it started); the test conveniences ([`Host::start`], [`Host::cli`],
 //! [`http()`]) panic with the host's log instead, which is what a failing test should do.
 
+#![deny(unsafe_code)] // Only `raw_kill` may: it says `allow`.
+
 mod host;
 mod http;
 
