@@ -3,6 +3,8 @@
 //! They work whether the daemon runs or not: while it runs it holds the store, so the CLI sends the
 //! request over the daemon's control socket (`<runtime-dir>/control.sock`, `0600` inside a `0700`
 //! directory; one length-prefixed JSON frame each way); otherwise the CLI opens the store itself.
+//! The daemon records the socket's path in `<data-dir>/control.addr` while it runs, so a command
+//! given only `--data-dir` finds a daemon started with another `--runtime-dir`.
 //! Both paths call `execute`, so they behave the same.
 //!
 //! Called by `main` ([`run_cli`]) and by startup (`bind_control`, `serve_control`). Uses `auth`
@@ -340,9 +342,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Bind the control socket (`0600`), replacing a stale socket file.
+/// The file in the data dir that names the running daemon's control socket.
+const CONTROL_RECORD: &str = "control.addr";
+
+/// Where the control socket of a daemon started with `runtime_dir` lives.
+fn control_path(runtime_dir: &std::path::Path) -> std::path::PathBuf {
+    runtime_dir.join("control.sock")
+}
+
+/// Bind the control socket (`0600`), replacing a stale socket file, and record its path in the
+/// data dir.
 pub(crate) fn bind_control(app: &App) -> std::io::Result<UnixListener> {
-    let path = app.config.runtime_dir.join("control.sock");
+    let path = control_path(&app.config.runtime_dir);
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
         use std::os::unix::fs::FileTypeExt;
         if meta.file_type().is_socket() {
@@ -352,7 +363,30 @@ pub(crate) fn bind_control(app: &App) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(&path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let record = app.config.data_dir.join(CONTROL_RECORD);
+    let line = [path.as_os_str().as_encoded_bytes(), b"\n"].concat();
+    if let Err(e) = std::fs::write(&record, line) {
+        log::warn!("cannot write {}: {e}", record.display());
+    }
     Ok(listener)
+}
+
+/// The control socket paths to try, best first: the one the daemon recorded in the data dir, then
+/// the one `--runtime-dir` implies.
+fn control_candidates(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut paths = Vec::new();
+    if let Ok(bytes) = std::fs::read(config.data_dir.join(CONTROL_RECORD)) {
+        use std::os::unix::ffi::OsStrExt;
+        let recorded = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        if !recorded.is_empty() {
+            paths.push(std::ffi::OsStr::from_bytes(recorded).into());
+        }
+    }
+    let implied = control_path(&config.runtime_dir);
+    if !paths.contains(&implied) {
+        paths.push(implied);
+    }
+    paths
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -371,7 +405,8 @@ pub(crate) async fn serve_control(
             }
         }
     }
-    let _ = std::fs::remove_file(app.config.runtime_dir.join("control.sock"));
+    let _ = std::fs::remove_file(app.config.data_dir.join(CONTROL_RECORD));
+    let _ = std::fs::remove_file(control_path(&app.config.runtime_dir));
 }
 
 async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
@@ -406,8 +441,15 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
 /// the store directly. Returns the reply's JSON (what the daemon sent, or the same from the local
 /// run). Must run inside a `LocalSet`.
 pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError> {
-    let path = config.runtime_dir.join("control.sock");
-    if let Ok(mut stream) = UnixStream::connect(&path).await {
+    let candidates = control_candidates(config);
+    let mut connected = None;
+    for path in &candidates {
+        if let Ok(stream) = UnixStream::connect(path).await {
+            connected = Some((stream, path.clone()));
+            break;
+        }
+    }
+    if let Some((mut stream, path)) = connected {
         let control = |source| AdminError::Control {
             path: path.clone(),
             source,
@@ -427,7 +469,11 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
     }
     let store = match crate::open_store(config) {
         Ok(s) => s,
-        Err(crate::RunError::AlreadyRunning(_)) => return Err(AdminError::NoControl(path)),
+        Err(crate::RunError::AlreadyRunning(_)) => {
+            // The first candidate: the recorded socket if the daemon left one, else the implied.
+            let tried = candidates.into_iter().next().unwrap_or_default();
+            return Err(AdminError::NoControl(tried));
+        }
         Err(e) => return Err(e.into()),
     };
     let result = execute(&store, None, &Kdf::shared(), &config.data_dir, req).await;

@@ -1,7 +1,20 @@
 //! Configuration: defaults that fit a device, overridden by the config file (TOML), then by `TORU_*`
-//! environment variables, then by command-line flags. Parsing only; nothing here touches the disk
-//! except reading the config file.
+//! environment variables, then by command-line flags. Called by `main` once at start; the result is
+//! read-only from then on.
+//!
+//! What it touches: it reads the config file (if one is named), asks whether
+//! `/usr/lib/toru/plugins` exists (the default plugins dir on an image, else
+//! `/var/lib/toru/plugins`) and resolves relative dirs against the working directory. The
+//! environment comes in as a function, so tests need not change the process environment.
+//!
+//! ## Units and ranges
+//! Every duration is an integer number of milliseconds in a key ending in `_ms`; sizes end in
+//! `_bytes`. The HTTP timeouts were once whole seconds (`header_timeout_secs`, …): those keys are
+//! still read, converted, and named in [`Config::deprecations`]; giving both spellings of one
+//! setting is an error. A value outside its key's range is refused with the key and its line, never
+//! clamped: a typo must not become a different setting.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +48,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// Supervisor timings.
     pub supervisor: SupervisorConfig,
+    /// Deprecated config-file keys that were used, one sentence each (file, line, the key to use
+    /// instead). `main` logs them once the logger runs.
+    pub deprecations: Vec<String>,
 }
 
 /// HTTP limits (all configurable) and auth settings.
@@ -124,24 +140,14 @@ impl Default for SupervisorConfig {
 }
 
 impl Default for Config {
+    /// The built-in defaults, without looking at the disk or the environment ([`Config::load`]
+    /// applies `RUNTIME_DIRECTORY` and picks the plugins dir).
     fn default() -> Self {
-        let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
-            .map(|v| {
-                // systemd may pass several, colon-separated; ours is the first.
-                let s = v.to_string_lossy().into_owned();
-                PathBuf::from(s.split(':').next().unwrap_or("/run/toru"))
-            })
-            .unwrap_or_else(|| PathBuf::from("/run/toru"));
-        let plugins_dir = if Path::new("/usr/lib/toru/plugins").is_dir() {
-            PathBuf::from("/usr/lib/toru/plugins")
-        } else {
-            PathBuf::from("/var/lib/toru/plugins")
-        };
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             data_dir: PathBuf::from("/var/lib/toru"),
-            plugins_dir,
-            runtime_dir,
+            plugins_dir: PathBuf::from("/var/lib/toru/plugins"),
+            runtime_dir: PathBuf::from("/run/toru"),
             log_level: log::LevelFilter::Info,
             kv_quota_bytes: 1024 * 1024,
             events_per_plugin: 200,
@@ -150,9 +156,13 @@ impl Default for Config {
             log_lines_per_sec: 200,
             http: HttpConfig::default(),
             supervisor: SupervisorConfig::default(),
+            deprecations: Vec::new(),
         }
     }
 }
+
+/// The plugins dir of an image (read-only, installed with the host), used when it exists.
+const IMAGE_PLUGINS_DIR: &str = "/usr/lib/toru/plugins";
 
 /// Why the configuration is unusable (a usage error: exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -175,19 +185,35 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A value is not valid.
+    /// A value from the environment or a flag is not valid.
     #[error("invalid value for {name}: {value:?} ({expected})")]
     Value {
-        /// The option.
+        /// The environment variable or flag.
         name: String,
         /// The value.
         value: String,
         /// What was expected.
         expected: &'static str,
     },
+    /// A value in the config file is not valid or out of its key's range.
+    #[error("{path}, line {line}: {key} = {value} is refused: {expected}")]
+    FileValue {
+        /// The file.
+        path: PathBuf,
+        /// The line of the key (1-based).
+        line: usize,
+        /// The key, with its table: `http.max_connections`.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
 }
 
 /// The config file's shape (every key optional; unknown keys are an error, to catch typos).
+/// Numbers are read as TOML's `i64` and range-checked by [`FileRules`], so a negative number is
+/// refused with its key and line like any other value out of range.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -196,11 +222,11 @@ struct FileConfig {
     plugins_dir: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     log_level: Option<String>,
-    kv_quota_bytes: Option<u64>,
-    events_per_plugin: Option<u64>,
-    max_frame_len: Option<usize>,
-    log_ring_lines: Option<usize>,
-    log_lines_per_sec: Option<u32>,
+    kv_quota_bytes: Option<i64>,
+    events_per_plugin: Option<i64>,
+    max_frame_len: Option<i64>,
+    log_ring_lines: Option<i64>,
+    log_lines_per_sec: Option<i64>,
     http: Option<FileHttp>,
     supervisor: Option<FileSupervisor>,
 }
@@ -208,31 +234,139 @@ struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSupervisor {
-    metadata_timeout_ms: Option<u64>,
-    socket_timeout_ms: Option<u64>,
-    ready_timeout_ms: Option<u64>,
-    heartbeat_interval_ms: Option<u64>,
-    heartbeat_misses: Option<u32>,
-    shutdown_grace_ms: Option<u64>,
-    term_grace_ms: Option<u64>,
-    backoff_base_ms: Option<u64>,
-    healthy_after_ms: Option<u64>,
+    metadata_timeout_ms: Option<i64>,
+    socket_timeout_ms: Option<i64>,
+    ready_timeout_ms: Option<i64>,
+    heartbeat_interval_ms: Option<i64>,
+    heartbeat_misses: Option<i64>,
+    shutdown_grace_ms: Option<i64>,
+    term_grace_ms: Option<i64>,
+    backoff_base_ms: Option<i64>,
+    healthy_after_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileHttp {
-    max_connections: Option<usize>,
-    header_timeout_secs: Option<u64>,
-    keepalive_timeout_secs: Option<u64>,
-    max_header_bytes: Option<usize>,
-    max_api_body_bytes: Option<usize>,
-    max_plugin_body_bytes: Option<usize>,
-    plugin_timeout_secs: Option<u64>,
+    max_connections: Option<i64>,
+    header_timeout_ms: Option<i64>,
+    keepalive_timeout_ms: Option<i64>,
+    max_header_bytes: Option<i64>,
+    max_api_body_bytes: Option<i64>,
+    max_plugin_body_bytes: Option<i64>,
+    plugin_timeout_ms: Option<i64>,
     allowed_hosts: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
-    session_idle_secs: Option<u64>,
-    session_absolute_secs: Option<u64>,
+    session_idle_ms: Option<i64>,
+    session_absolute_ms: Option<i64>,
+    // Deprecated spellings in whole seconds (read, converted, reported).
+    header_timeout_secs: Option<i64>,
+    keepalive_timeout_secs: Option<i64>,
+    plugin_timeout_secs: Option<i64>,
+    session_idle_secs: Option<i64>,
+    session_absolute_secs: Option<i64>,
+}
+
+/// One millisecond to one day: the range of every supervisor and HTTP timing. The upper bound keeps
+/// `Instant + duration` far from overflow.
+const TIMING_MS: (i64, i64) = (1, 24 * 3600 * 1000);
+/// HTTP timeouts: at least a second (as when they were whole seconds), at most a day.
+const HTTP_TIMEOUT_MS: (i64, i64) = (1000, 24 * 3600 * 1000);
+/// Session lifetimes: at least a minute, at most a year.
+const SESSION_MS: (i64, i64) = (60 * 1000, 366 * 24 * 3600 * 1000);
+/// Counts and sizes that must be positive.
+const POSITIVE: (i64, i64) = (1, i64::MAX);
+/// Sizes where zero is allowed.
+const NON_NEGATIVE: (i64, i64) = (0, i64::MAX);
+/// The largest `usize` as an `i64` (smaller on 32-bit targets).
+const USIZE_MAX: i64 = if usize::BITS < 64 {
+    usize::MAX as i64
+} else {
+    i64::MAX
+};
+/// Positive, and fits a `usize`.
+const POSITIVE_USIZE: (i64, i64) = (1, USIZE_MAX);
+/// Non-negative, and fits a `usize`.
+const NON_NEGATIVE_USIZE: (i64, i64) = (0, USIZE_MAX);
+/// Positive, and fits a `u32`.
+const POSITIVE_U32: (i64, i64) = (1, u32::MAX as i64);
+
+/// Range checks with the file and the line of each key, for [`ConfigError::FileValue`].
+struct FileRules<'a> {
+    path: &'a Path,
+    lines: &'a HashMap<String, usize>,
+    deprecations: Vec<String>,
+}
+
+impl FileRules<'_> {
+    fn line(&self, key: &str) -> usize {
+        self.lines.get(key).copied().unwrap_or(0)
+    }
+
+    fn refuse(&self, key: &str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
+        ConfigError::FileValue {
+            path: self.path.to_path_buf(),
+            line: self.line(key),
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// `v` if it lies in `range` and fits `T`, else a refusal naming `key`.
+    fn int<T: TryFrom<i64>>(
+        &self,
+        key: &str,
+        v: i64,
+        (min, max): (i64, i64),
+    ) -> Result<T, ConfigError> {
+        let fits = T::try_from(v).ok().filter(|_| (min..=max).contains(&v));
+        fits.ok_or_else(|| {
+            let expected = if max == i64::MAX {
+                format!("at least {min}")
+            } else {
+                format!("between {min} and {max}")
+            };
+            self.refuse(key, v, expected)
+        })
+    }
+
+    /// A duration from `key_ms`, or from its deprecated whole-second spelling `key_secs`.
+    fn millis(
+        &mut self,
+        (key_ms, ms): (&str, Option<i64>),
+        (key_secs, secs): (&str, Option<i64>),
+        range: (i64, i64),
+    ) -> Result<Option<Duration>, ConfigError> {
+        let ms = match (ms, secs) {
+            (Some(_), Some(_)) => {
+                return Err(self.refuse(
+                    key_secs,
+                    secs.unwrap_or_default(),
+                    format!(
+                        "{key_ms} (line {}) sets the same; keep only it",
+                        self.line(key_ms)
+                    ),
+                ));
+            }
+            (Some(v), None) => self.int::<u64>(key_ms, v, range)?,
+            (None, Some(v)) => {
+                let (min, max) = range;
+                let in_secs = ((min + 999) / 1000, max / 1000);
+                let v = self.int::<u64>(key_secs, v, in_secs)? * 1000;
+                let new_key = key_ms.rsplit('.').next().unwrap_or(key_ms);
+                self.deprecations.push(format!(
+                    "{}, line {}: {key_secs} is deprecated (durations are in milliseconds): \
+                     write {new_key} = {v}",
+                    self.path.display(),
+                    self.line(key_secs)
+                ));
+                v
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(Duration::from_millis(ms)))
+    }
 }
 
 /// Settings given on the command line (flags win over everything).
@@ -276,6 +410,15 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        if let Some(v) = env("RUNTIME_DIRECTORY") {
+            // systemd may pass several, colon-separated; ours is the first.
+            if let Some(first) = v.split(':').next().filter(|d| !d.is_empty()) {
+                c.runtime_dir = PathBuf::from(first);
+            }
+        }
+        if Path::new(IMAGE_PLUGINS_DIR).is_dir() {
+            c.plugins_dir = PathBuf::from(IMAGE_PLUGINS_DIR);
+        }
         let file = flags
             .config
             .clone()
@@ -285,13 +428,20 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
-            let f: FileConfig = parse_toml(&text)
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-                .map_err(|message| ConfigError::Parse {
-                    path: path.clone(),
-                    message,
-                })?;
-            c.apply_file(f)?;
+            let parse_error = |message| ConfigError::Parse {
+                path: path.clone(),
+                message,
+            };
+            let toml = parse_toml(&text).map_err(parse_error)?;
+            let f: FileConfig =
+                serde_json::from_value(toml.value).map_err(|e| parse_error(e.to_string()))?;
+            let mut rules = FileRules {
+                path: &path,
+                lines: &toml.lines,
+                deprecations: Vec::new(),
+            };
+            c.apply_file(f, &mut rules)?;
+            c.deprecations = rules.deprecations;
         }
         // Environment, then flags.
         if let Some(v) = env("TORU_LISTEN") {
@@ -335,9 +485,15 @@ impl Config {
         Ok(c)
     }
 
-    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+    fn apply_file(&mut self, f: FileConfig, rules: &mut FileRules<'_>) -> Result<(), ConfigError> {
+        let file_value = |key: &str, e: ConfigError| match e {
+            ConfigError::Value {
+                value, expected, ..
+            } => rules.refuse(key, format!("{value:?}"), expected),
+            other => other,
+        };
         if let Some(v) = f.listen {
-            self.listen = parse_listen("listen", &v)?;
+            self.listen = parse_listen("listen", &v).map_err(|e| file_value("listen", e))?;
         }
         if let Some(v) = f.data_dir {
             self.data_dir = v;
@@ -349,75 +505,122 @@ impl Config {
             self.runtime_dir = v;
         }
         if let Some(v) = f.log_level {
-            self.log_level = parse_level("log_level", &v)?;
+            self.log_level =
+                parse_level("log_level", &v).map_err(|e| file_value("log_level", e))?;
         }
         if let Some(v) = f.kv_quota_bytes {
-            self.kv_quota_bytes = v;
+            self.kv_quota_bytes = rules.int("kv_quota_bytes", v, NON_NEGATIVE)?;
         }
         if let Some(v) = f.events_per_plugin {
-            self.events_per_plugin = v.max(1);
+            self.events_per_plugin = rules.int("events_per_plugin", v, POSITIVE)?;
         }
         if let Some(v) = f.max_frame_len {
-            if !(1024..=64 * 1024 * 1024).contains(&v) {
-                return Err(ConfigError::Value {
-                    name: "max_frame_len".into(),
-                    value: v.to_string(),
-                    expected: "between 1024 and 67108864 bytes",
-                });
-            }
-            self.max_frame_len = v;
+            self.max_frame_len = rules.int("max_frame_len", v, (1024, 64 * 1024 * 1024))?;
         }
         if let Some(v) = f.log_ring_lines {
-            self.log_ring_lines = v.clamp(10, 100_000);
+            self.log_ring_lines = rules.int("log_ring_lines", v, (10, 100_000))?;
         }
         if let Some(v) = f.log_lines_per_sec {
-            self.log_lines_per_sec = v.max(1);
+            self.log_lines_per_sec = rules.int("log_lines_per_sec", v, POSITIVE_U32)?;
         }
         if let Some(sv) = f.supervisor {
-            let ms = |v: u64| Duration::from_millis(v.max(1));
             let d = &mut self.supervisor;
-            let pairs = [
-                (sv.metadata_timeout_ms, &mut d.metadata_timeout),
-                (sv.socket_timeout_ms, &mut d.socket_timeout),
-                (sv.ready_timeout_ms, &mut d.ready_timeout),
-                (sv.heartbeat_interval_ms, &mut d.heartbeat_interval),
-                (sv.shutdown_grace_ms, &mut d.shutdown_grace),
-                (sv.term_grace_ms, &mut d.term_grace),
-                (sv.backoff_base_ms, &mut d.backoff_base),
-                (sv.healthy_after_ms, &mut d.healthy_after),
+            let timings = [
+                (
+                    "metadata_timeout_ms",
+                    sv.metadata_timeout_ms,
+                    &mut d.metadata_timeout,
+                ),
+                (
+                    "socket_timeout_ms",
+                    sv.socket_timeout_ms,
+                    &mut d.socket_timeout,
+                ),
+                (
+                    "ready_timeout_ms",
+                    sv.ready_timeout_ms,
+                    &mut d.ready_timeout,
+                ),
+                (
+                    "heartbeat_interval_ms",
+                    sv.heartbeat_interval_ms,
+                    &mut d.heartbeat_interval,
+                ),
+                (
+                    "shutdown_grace_ms",
+                    sv.shutdown_grace_ms,
+                    &mut d.shutdown_grace,
+                ),
+                ("term_grace_ms", sv.term_grace_ms, &mut d.term_grace),
+                ("backoff_base_ms", sv.backoff_base_ms, &mut d.backoff_base),
+                (
+                    "healthy_after_ms",
+                    sv.healthy_after_ms,
+                    &mut d.healthy_after,
+                ),
             ];
-            for (v, slot) in pairs {
+            for (key, v, slot) in timings {
                 if let Some(v) = v {
-                    *slot = ms(v);
+                    let key = format!("supervisor.{key}");
+                    *slot = Duration::from_millis(rules.int(&key, v, TIMING_MS)?);
                 }
             }
             if let Some(v) = sv.heartbeat_misses {
-                d.heartbeat_misses = v.max(1);
+                d.heartbeat_misses = rules.int("supervisor.heartbeat_misses", v, POSITIVE_U32)?;
             }
         }
         if let Some(h) = f.http {
-            let secs = Duration::from_secs;
             let d = &mut self.http;
             if let Some(v) = h.max_connections {
-                d.max_connections = v.max(1);
+                d.max_connections = rules.int("http.max_connections", v, POSITIVE_USIZE)?;
             }
-            if let Some(v) = h.header_timeout_secs {
-                d.header_timeout = secs(v.max(1));
-            }
-            if let Some(v) = h.keepalive_timeout_secs {
-                d.keepalive_timeout = secs(v.max(1));
+            let timeouts = [
+                (
+                    ("http.header_timeout_ms", h.header_timeout_ms),
+                    ("http.header_timeout_secs", h.header_timeout_secs),
+                    HTTP_TIMEOUT_MS,
+                    &mut d.header_timeout,
+                ),
+                (
+                    ("http.keepalive_timeout_ms", h.keepalive_timeout_ms),
+                    ("http.keepalive_timeout_secs", h.keepalive_timeout_secs),
+                    HTTP_TIMEOUT_MS,
+                    &mut d.keepalive_timeout,
+                ),
+                (
+                    ("http.plugin_timeout_ms", h.plugin_timeout_ms),
+                    ("http.plugin_timeout_secs", h.plugin_timeout_secs),
+                    HTTP_TIMEOUT_MS,
+                    &mut d.plugin_timeout,
+                ),
+                (
+                    ("http.session_idle_ms", h.session_idle_ms),
+                    ("http.session_idle_secs", h.session_idle_secs),
+                    SESSION_MS,
+                    &mut d.session_idle,
+                ),
+                (
+                    ("http.session_absolute_ms", h.session_absolute_ms),
+                    ("http.session_absolute_secs", h.session_absolute_secs),
+                    SESSION_MS,
+                    &mut d.session_absolute,
+                ),
+            ];
+            for (ms, secs, range, slot) in timeouts {
+                if let Some(v) = rules.millis(ms, secs, range)? {
+                    *slot = v;
+                }
             }
             if let Some(v) = h.max_header_bytes {
-                d.max_header_bytes = v.max(1024);
+                d.max_header_bytes = rules.int("http.max_header_bytes", v, (1024, USIZE_MAX))?;
             }
             if let Some(v) = h.max_api_body_bytes {
-                d.max_api_body_bytes = v;
+                d.max_api_body_bytes =
+                    rules.int("http.max_api_body_bytes", v, NON_NEGATIVE_USIZE)?;
             }
             if let Some(v) = h.max_plugin_body_bytes {
-                d.max_plugin_body_bytes = v;
-            }
-            if let Some(v) = h.plugin_timeout_secs {
-                d.plugin_timeout = secs(v.max(1));
+                d.max_plugin_body_bytes =
+                    rules.int("http.max_plugin_body_bytes", v, NON_NEGATIVE_USIZE)?;
             }
             if let Some(v) = h.allowed_hosts {
                 d.allowed_hosts = v;
@@ -426,23 +629,22 @@ impl Config {
                 d.trusted_proxies = v
                     .iter()
                     .map(|s| {
-                        s.parse().map_err(|_| ConfigError::Value {
-                            name: "http.trusted_proxies".into(),
-                            value: s.clone(),
-                            expected: "IP addresses",
+                        s.parse().map_err(|_| {
+                            rules.refuse("http.trusted_proxies", format!("{s:?}"), "IP addresses")
                         })
                     })
                     .collect::<Result<_, _>>()?;
             }
-            if let Some(v) = h.session_idle_secs {
-                d.session_idle = secs(v.max(60));
-            }
-            if let Some(v) = h.session_absolute_secs {
-                d.session_absolute = secs(v.max(60));
-            }
         }
         Ok(())
     }
+}
+
+/// A parsed config file: the value, and the line of every key (`listen`, `http.max_connections`).
+#[derive(Debug)]
+struct ParsedToml {
+    value: serde_json::Value,
+    lines: HashMap<String, usize>,
 }
 
 /// Parse the TOML the config file uses into a JSON value (then deserialized with the same
@@ -450,9 +652,10 @@ impl Config {
 /// integers, booleans and one-line arrays, `#` comments. Other TOML (dates, floats, inline tables,
 /// dotted keys, multi-line strings) is refused with the line number. A full TOML parser costs
 /// ~80 KiB of the device binary for a file of a dozen flat keys.
-pub fn parse_toml(text: &str) -> Result<serde_json::Value, String> {
+fn parse_toml(text: &str) -> Result<ParsedToml, String> {
     use serde_json::{Map, Value};
     let mut root = Map::new();
+    let mut lines = HashMap::new();
     let mut table: Option<String> = None;
     for (n, raw) in text.lines().enumerate() {
         let line_no = n + 1;
@@ -492,8 +695,16 @@ pub fn parse_toml(text: &str) -> Result<serde_json::Value, String> {
         if target.insert(key.to_string(), value).is_some() {
             return Err(err(&format!("key {key:?} appears twice")));
         }
+        let full = match &table {
+            None => key.to_string(),
+            Some(t) => format!("{t}.{key}"),
+        };
+        lines.insert(full, line_no);
     }
-    Ok(Value::Object(root))
+    Ok(ParsedToml {
+        value: Value::Object(root),
+        lines,
+    })
 }
 
 fn is_bare_key(k: &str) -> bool {
@@ -645,10 +856,13 @@ mod tests {
 
     #[test]
     fn toml_subset() {
-        let v = parse_toml(
+        let t = parse_toml(
             "# comment\nlisten = \"0.0.0.0:8080\" # trailing\nlog_level = 'info'\nkv_quota_bytes = 1_048_576\n\n[http]\nallowed_hosts = [\"a.local\", \"b#c\"]\nmax_connections = 64\n[supervisor]\nheartbeat_misses = 3\n",
         )
         .unwrap();
+        let v = t.value;
+        assert_eq!(t.lines["http.max_connections"], 8);
+        assert_eq!(t.lines["listen"], 2);
         assert_eq!(v["listen"], "0.0.0.0:8080");
         assert_eq!(v["log_level"], "info");
         assert_eq!(v["kv_quota_bytes"], 1_048_576);
@@ -658,7 +872,10 @@ mod tests {
         );
         assert_eq!(v["http"]["max_connections"], 64);
         assert_eq!(v["supervisor"]["heartbeat_misses"], 3);
-        assert_eq!(parse_toml("a = \"x\\\"y\\u00e9\"").unwrap()["a"], "x\"yé");
+        assert_eq!(
+            parse_toml("a = \"x\\\"y\\u00e9\"").unwrap().value["a"],
+            "x\"yé"
+        );
         for (bad, needle) in [
             ("listen", "line 1: expected key = value"),
             ("a = 1.5", "line 1: unsupported value"),
@@ -701,5 +918,165 @@ mod tests {
         let e = Config::load(&flags, &env_of(&[])).unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Load `text` as the config file (a fresh temp file per call).
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = std::env::temp_dir().join(format!("toru-cfg-{}-{n}.toml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let flags = Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let result = Config::load(&flags, &env_of(&[]));
+        std::fs::remove_file(&file).unwrap();
+        result
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_key_and_line() {
+        let cases = [
+            ("events_per_plugin = 0", "events_per_plugin", 1),
+            ("kv_quota_bytes = -1", "kv_quota_bytes", 1),
+            ("max_frame_len = 10", "max_frame_len", 1),
+            ("log_ring_lines = 5", "log_ring_lines", 1),
+            ("log_ring_lines = 100001", "log_ring_lines", 1),
+            ("log_lines_per_sec = 0", "log_lines_per_sec", 1),
+            ("log_lines_per_sec = 4294967296", "log_lines_per_sec", 1),
+            ("listen = \"nope\"", "listen", 1),
+            ("log_level = \"loud\"", "log_level", 1),
+            (
+                "[supervisor]\nheartbeat_interval_ms = 0",
+                "supervisor.heartbeat_interval_ms",
+                2,
+            ),
+            (
+                "[supervisor]\n\nbackoff_base_ms = 86400001",
+                "supervisor.backoff_base_ms",
+                3,
+            ),
+            (
+                "[supervisor]\nheartbeat_misses = 0",
+                "supervisor.heartbeat_misses",
+                2,
+            ),
+            (
+                "[supervisor]\nhealthy_after_ms = -60000",
+                "supervisor.healthy_after_ms",
+                2,
+            ),
+            ("[http]\nmax_connections = 0", "http.max_connections", 2),
+            (
+                "[http]\nheader_timeout_ms = 999",
+                "http.header_timeout_ms",
+                2,
+            ),
+            (
+                "[http]\nkeepalive_timeout_secs = 0",
+                "http.keepalive_timeout_secs",
+                2,
+            ),
+            (
+                "[http]\nplugin_timeout_ms = 86400001",
+                "http.plugin_timeout_ms",
+                2,
+            ),
+            ("[http]\nsession_idle_ms = 1000", "http.session_idle_ms", 2),
+            (
+                "[http]\nsession_absolute_secs = 59",
+                "http.session_absolute_secs",
+                2,
+            ),
+            ("[http]\nmax_header_bytes = 100", "http.max_header_bytes", 2),
+            (
+                "[http]\nmax_api_body_bytes = -5",
+                "http.max_api_body_bytes",
+                2,
+            ),
+            (
+                "[http]\nmax_plugin_body_bytes = -5",
+                "http.max_plugin_body_bytes",
+                2,
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"nope\"]",
+                "http.trusted_proxies",
+                2,
+            ),
+        ];
+        for (text, want_key, want_line) in cases {
+            let e = load_text(text).expect_err(text);
+            let shown = e.to_string();
+            match e {
+                ConfigError::FileValue { key, line, .. } => {
+                    assert_eq!(
+                        (key.as_str(), line),
+                        (want_key, want_line),
+                        "{text}: {shown}"
+                    );
+                }
+                other => panic!("{text}: not a FileValue refusal: {other}"),
+            }
+            assert!(
+                shown.contains(&format!("line {want_line}: {want_key} = ")),
+                "{text}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_at_the_bounds_are_kept_exactly() {
+        let c = load_text(
+            "log_ring_lines = 10\nevents_per_plugin = 1\n[supervisor]\nbackoff_base_ms = 1\n\
+             [http]\nheader_timeout_ms = 1000\nmax_header_bytes = 1024\nsession_idle_ms = 60000\n",
+        )
+        .unwrap();
+        assert_eq!(c.log_ring_lines, 10);
+        assert_eq!(c.events_per_plugin, 1);
+        assert_eq!(c.supervisor.backoff_base, Duration::from_millis(1));
+        assert_eq!(c.http.header_timeout, Duration::from_millis(1000));
+        assert_eq!(c.http.max_header_bytes, 1024);
+        assert_eq!(c.http.session_idle, Duration::from_secs(60));
+        assert!(c.deprecations.is_empty());
+    }
+
+    #[test]
+    fn deprecated_second_keys_still_work_and_are_reported() {
+        let c = load_text("[http]\n\nplugin_timeout_secs = 3\nsession_idle_secs = 120\n").unwrap();
+        assert_eq!(c.http.plugin_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.session_idle, Duration::from_secs(120));
+        assert_eq!(c.deprecations.len(), 2, "{:?}", c.deprecations);
+        assert!(
+            c.deprecations[0].contains("line 3: http.plugin_timeout_secs is deprecated")
+                && c.deprecations[0].contains("plugin_timeout_ms = 3000"),
+            "{:?}",
+            c.deprecations
+        );
+        let c = load_text("[http]\nplugin_timeout_ms = 1500\n").unwrap();
+        assert_eq!(c.http.plugin_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn both_spellings_of_one_duration_are_refused() {
+        let e =
+            load_text("[http]\nplugin_timeout_ms = 2000\nplugin_timeout_secs = 2\n").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::FileValue { key, line: 3, .. } if key == "http.plugin_timeout_secs"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("plugin_timeout_ms (line 2)"), "{e}");
+    }
+
+    #[test]
+    fn defaults_read_neither_disk_nor_environment_and_load_applies_runtime_directory() {
+        assert_eq!(Config::default().runtime_dir, PathBuf::from("/run/toru"));
+        let c = Config::load(
+            &Overrides::default(),
+            &env_of(&[("RUNTIME_DIRECTORY", "/run/a:/run/b")]),
+        )
+        .unwrap();
+        assert_eq!(c.runtime_dir, PathBuf::from("/run/a"));
     }
 }

@@ -7,10 +7,22 @@
 //! - [`http`]: the web UI and REST API. Only it names the HTTP library.
 //! - `auth`: passwords, setup code, tokens, sessions, throttling (no HTTP types); used by [`http`]
 //!   and [`admin`]. [`role`]: what an account may do (a leaf the store also names).
+//! - [`admin`]: the CLI's administrative commands and the daemon's control socket.
+//! - [`store_cmd`]: `toru store status|repair|reset`, for a store the host cannot use.
+//! - [`notify`]: systemd readiness and watchdog datagrams.
+//! - [`sys`]: the only `unsafe` code (Linux calls std lacks); the crate denies `unsafe` elsewhere.
+//!
+//! ## Starting and stopping
+//! `main` parses arguments and loads the [`config`], installs the signal handlers, calls [`prepare`]
+//! (directories, store, data-dir lock), binds the HTTP listener and hands it to [`run`] with a
+//! shutdown future (SIGTERM/SIGINT) and a channel of rescan requests (SIGHUP). `run` owns
+//! everything from there until the shutdown future resolves.
 //!
 //! ## How a request flows
 //! HTTP connection → [`http`] (limits, auth) → handler → [`supervisor::Supervisor::forward_http`] →
 //! the plugin's connection (1.1 multiplexed, or one connection per message for 1.0) → reply.
+
+#![deny(unsafe_code)] // Only `sys` may (it says `allow`): unsafe lives in one module.
 
 pub(crate) mod auth;
 pub mod config;
@@ -48,6 +60,7 @@ pub struct App {
 pub mod admin;
 pub mod notify;
 pub mod store_cmd;
+pub mod sys;
 
 use std::future::Future;
 use std::path::Path;
@@ -128,15 +141,17 @@ pub fn open_store(config: &Config) -> Result<Store, RunError> {
     })
 }
 
-/// Run the host until `shutdown` resolves or SIGTERM/SIGINT arrives. Must run inside a `LocalSet`
-/// on a `current_thread` runtime.
-pub async fn run(
+/// The host before it serves: its directories exist and its store is open, so the data-dir lock
+/// is held. [`prepare`] runs before `main` binds the HTTP port, so a second instance on the same data
+/// dir fails with [`RunError::AlreadyRunning`] (exit code 3) even when the port is taken too.
+#[derive(Debug)]
+pub struct Prepared {
     config: Config,
-    notifier: Notifier,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
+    store: Store,
+}
 
+/// Create the runtime and data dirs (`0700`) and open the store.
+pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     private_dir(&config.runtime_dir)?;
     private_dir(&config.runtime_dir.join("plugins"))?;
     private_dir(&config.runtime_dir.join("logs"))?;
@@ -145,12 +160,25 @@ pub async fn run(
     if let store::StoreHealth::Degraded { reason, .. } = store.health() {
         log::error!("store degraded: {reason}");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    Ok(Prepared { config, store })
+}
+
+/// Serve on `listener` until `shutdown` resolves, rescanning the plugins dir once per message on
+/// `rescans` (`main` turns SIGTERM/SIGINT into `shutdown` and SIGHUP into a rescan; a test can drive
+/// both directly). Must run inside a `LocalSet` on a `current_thread` runtime.
+///
+/// `READY=1` goes to `notifier` once the plugins found at start have settled; it carries the bound
+/// address as `X_TORU_LISTEN=ip:port`, so whoever started the host with `--listen …:0` learns the
+/// port from the readiness message itself. The address is also written to
+/// `<runtime-dir>/http.addr` for scripts; both files are removed on a clean stop.
+pub async fn run(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    notifier: Notifier,
+    shutdown: impl Future<Output = ()>,
+    mut rescans: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), RunError> {
+    let Prepared { config, store } = prepared;
     let bound = listener.local_addr().map_err(|source| RunError::Listen {
         addr: config.listen,
         source,
@@ -160,10 +188,6 @@ pub async fn run(
         log::warn!("cannot write {}: {e}", addr_file.display());
     }
     log::info!("toru {VERSION} listening on http://{bound}/");
-
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
 
     let supervisor = Supervisor::new(config.clone(), store.clone());
     let app = Rc::new(App {
@@ -214,7 +238,10 @@ pub async fn run(
         }
     };
 
-    notifier.send(&format!("READY=1\nSTATUS={}", supervisor.status_line()));
+    notifier.send(&format!(
+        "READY=1\nSTATUS={}\nX_TORU_LISTEN={bound}",
+        supervisor.status_line()
+    ));
     log::info!("ready: {}", supervisor.status_line());
     let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
 
@@ -222,10 +249,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { log::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => {
-                log::info!("SIGHUP: rescanning plugins");
+            // Once every sender is dropped `recv` yields `None`: the branch is skipped from then on.
+            Some(()) = rescans.recv() => {
                 let r = supervisor.rescan().await;
                 log::info!("rescan: {} added, {} removed, {} skipped", r.added.len(), r.removed.len(), r.invalid.len());
             }
@@ -251,4 +276,61 @@ pub async fn run(
     let _ = std::fs::remove_file(&addr_file);
     log::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `run` in-process, as a caller other than `main` drives it: a listener it did not bind
+    /// (port 0), and a shutdown future that resolves once a request was answered.
+    #[tokio::test]
+    async fn run_serves_the_given_listener_and_stops_when_shutdown_resolves() {
+        let root = std::env::temp_dir().join(format!("toru-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = Config {
+            data_dir: root.join("data"),
+            plugins_dir: root.join("plugins"),
+            runtime_dir: root.join("run"),
+            ..Config::default()
+        };
+        std::fs::create_dir_all(&config.plugins_dir).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let prepared = prepare(config).unwrap();
+        let notifier = Notifier::from_env(&|_| None);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (rescan_tx, rescans) = tokio::sync::mpsc::channel(1);
+        let shutdown = async move {
+            let _ = stop_rx.await;
+        };
+        let client = async move {
+            // Held to the end: a closed channel would only disable rescans, not stop the host.
+            let _rescan_tx = rescan_tx;
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).await.unwrap();
+            stop_tx.send(()).unwrap();
+            reply
+        };
+        let local = tokio::task::LocalSet::new();
+        let (served, reply) = local
+            .run_until(async {
+                tokio::join!(run(prepared, listener, notifier, shutdown, rescans), client)
+            })
+            .await;
+        served.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            !root.join("run").join("http.addr").exists(),
+            "removed on a clean stop"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

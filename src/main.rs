@@ -1,9 +1,14 @@
-//! `toru`: arguments → config → runtime → `toru::run`. Nothing else.
+//! `toru`: arguments → config → runtime → `toru::run`. It owns what belongs to the process: the
+//! signals (SIGTERM/SIGINT stop the host, SIGHUP asks for a rescan), the HTTP listener it binds, the
+//! logger, and the exit code. Administrative subcommands go to `toru::admin`.
+
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use toru::RunError;
 use toru::admin::{self, Request};
 use toru::config::{Config, Overrides};
 use toru::role::Role;
@@ -154,19 +159,10 @@ fn read_password() -> Result<String, String> {
 fn prompt_hidden(prompt: &str) -> Result<String, String> {
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
-    // SAFETY: termios calls on fd 0 with a zeroed struct filled by tcgetattr.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    let have_term = unsafe { libc::tcgetattr(0, &mut term) } == 0;
-    if have_term {
-        let mut quiet = term;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
-    }
+    let echo_off = toru::sys::stdin_echo_off();
     let mut line = String::new();
     let r = std::io::stdin().lock().read_line(&mut line);
-    if have_term {
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
-    }
+    drop(echo_off);
     eprintln!();
     r.map_err(|e| format!("cannot read the password: {e}"))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
@@ -265,7 +261,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let notifier = toru::notify::Notifier::from_env();
+    let notifier = toru::notify::Notifier::from_env(&|k| std::env::var(k).ok());
     let level = if matches!(cmd, Cmd::Serve) {
         config.log_level
     } else {
@@ -277,6 +273,9 @@ fn main() -> ExitCode {
         .set_thread_level(log::LevelFilter::Off)
         .build();
     let _ = simplelog::WriteLogger::init(level, log_config, std::io::stderr());
+    for d in &config.deprecations {
+        log::warn!("{d}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -291,10 +290,7 @@ fn main() -> ExitCode {
     let local = tokio::task::LocalSet::new();
     match cmd {
         Cmd::Serve => {
-            let result = local.block_on(
-                &runtime,
-                toru::run(config, notifier, std::future::pending()),
-            );
+            let result = local.block_on(&runtime, serve(config, notifier));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -323,6 +319,51 @@ fn main() -> ExitCode {
         Cmd::Store(cmd, json) => toru::store_cmd::run(&config, cmd, json),
         Cmd::Version | Cmd::Help => ExitCode::SUCCESS,
     }
+}
+
+/// Run the host: signal handlers first (from then on SIGHUP no longer kills the process), then the
+/// store (a second instance stops here with exit code 3), then the HTTP listener, then
+/// [`toru::run`] until SIGTERM or SIGINT.
+async fn serve(config: Config, notifier: toru::notify::Notifier) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+
+    let addr = config.listen;
+    let prepared = toru::prepare(config)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Listen { addr, source })?;
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+    };
+    // One pending rescan is enough: SIGHUPs that arrive while one waits fold into it.
+    let (rescan_tx, rescans) = tokio::sync::mpsc::channel(1);
+    let forward_hup = async move {
+        loop {
+            tokio::select! {
+                // `run` returned and dropped the receiver: nothing is left to forward to.
+                () = rescan_tx.closed() => break,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    log::info!("SIGHUP: rescanning plugins");
+                    let _ = rescan_tx.try_send(());
+                }
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(
+        toru::run(prepared, listener, notifier, shutdown, rescans),
+        forward_hup
+    );
+    result
 }
 
 fn run_admin(

@@ -1,6 +1,7 @@
 //! systemd notification (`sd_notify`) without libsystemd: `READY=1`, `WATCHDOG=1`, `STATUS=`,
 //! `STOPPING=1` as datagrams to `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
-//! Silently does nothing when the host is not run by systemd.
+//! Silently does nothing when the host is not run by systemd. Called by `main` (which reads the
+//! environment) and `run` (which sends); it never changes the environment.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -13,26 +14,16 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Read `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` from the environment, then remove
-    /// them so nothing started later (plugins) inherits them.
-    pub fn from_env() -> Notifier {
-        let path = std::env::var("NOTIFY_SOCKET")
-            .ok()
-            .filter(|p| !p.is_empty());
-        let usec = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        let pid_ok = std::env::var("WATCHDOG_PID")
-            .ok()
+    /// Read `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` through `env` (the process
+    /// environment in `main`). The environment is not changed: every child the host starts (plugins
+    /// and their `--metadata` runs, `supervisor::process`) starts with a cleared environment, so none
+    /// inherits these.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Notifier {
+        let path = env("NOTIFY_SOCKET").filter(|p| !p.is_empty());
+        let usec = env("WATCHDOG_USEC").and_then(|v| v.parse::<u64>().ok());
+        let pid_ok = env("WATCHDOG_PID")
             .and_then(|v| v.parse::<u32>().ok())
             .is_none_or(|p| p == std::process::id());
-        // SAFETY (edition 2024 requires `unsafe` here): called from `main` before the runtime
-        // or any other thread exists.
-        unsafe {
-            std::env::remove_var("NOTIFY_SOCKET");
-            std::env::remove_var("WATCHDOG_USEC");
-            std::env::remove_var("WATCHDOG_PID");
-        }
         let socket = path.and_then(|p| UnixDatagram::unbound().ok().map(|s| (s, p)));
         let watchdog = usec.filter(|u| *u > 0 && pid_ok).map(Duration::from_micros);
         Notifier { socket, watchdog }

@@ -1,35 +1,18 @@
-//! Starting the real `toru` binary for a benchmark: temp dirs, plugins copied in as `*.binary`,
-//! a `NOTIFY_SOCKET` we bind (READY=1 is the event we wait for, no polling), an admin password and
-//! an API token through the CLI, and JSON helpers for the API.
+//! A Toru host for a benchmark, started through the shared test kit (`toru_test_kit`: temp dirs,
+//! plugins installed as `*.binary`, `READY=1` and the bound address from the notify socket, the
+//! admin CLI, the HTTP client). What is bench-only lives here: the probe socket the plugins report
+//! their `main()` to, the "every plugin ready" check on the `READY=1` status, an admin token, and
+//! JSON helpers for the API.
 
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub use toru_test_kit::Bins;
+use toru_test_kit::{Host, HostOpts, PluginSrc, plugins_dir, try_install};
 
-use crate::util::{ProbeSock, Proc, Result, TempDir, err, http_once};
-
-/// How long a host gets to become ready.
-const READY_WAIT: Duration = Duration::from_secs(60);
-
-/// Where the built binaries are.
-#[derive(Debug, Clone)]
-pub struct Bins {
-    /// `target/release`.
-    pub dir: PathBuf,
-    /// The repository root.
-    pub repo: PathBuf,
-}
-
-impl Bins {
-    /// A binary in the release dir.
-    pub fn get(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
+use crate::util::{ProbeSock, Result, TempDir, err, http_once};
 
 /// A plugin to install: the binary and the name it gets (`<name>.binary`).
 #[derive(Debug, Clone)]
@@ -40,11 +23,11 @@ pub struct PluginFile {
     pub name: String,
 }
 
-/// A running host. Stopped (SIGTERM, then SIGKILL) when dropped; its temp dir goes with it.
+/// A running host. Killed when dropped (its plugins follow); its temp dir goes with it.
 #[derive(Debug)]
 pub struct Toru {
-    /// The host process (fields drop in order: process, probe socket, then the dirs).
-    pub proc: Proc,
+    /// The host (fields drop in order: host, probe socket, then the dirs).
+    pub host: Host,
     /// Probe reports of the plugins it runs (`<plugins-dir>/probe.sock`).
     pub probe: ProbeSock,
     /// The bound HTTP address.
@@ -53,32 +36,20 @@ pub struct Toru {
     pub token: Option<String>,
     /// How long from spawn to READY=1.
     pub start_to_ready: Duration,
-    bin: PathBuf,
-    _notify: UnixDatagram,
-    /// Data dir.
-    pub data: PathBuf,
-    /// Plugins dir.
-    pub plugins: PathBuf,
-    /// Runtime dir.
-    pub run: PathBuf,
     /// Root temp dir (removed last).
     pub root: TempDir,
 }
 
 /// Install `plugins` into `dir`.
 pub fn install(dir: &Path, plugins: &[PluginFile]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
+    let bins = Bins::locate()?;
     for p in plugins {
-        let dest = dir.join(format!("{}.binary", p.name));
-        std::fs::copy(&p.src, &dest).map_err(|e| {
-            err(format!(
-                "copy {} → {}: {e}",
-                p.src.display(),
-                dest.display()
-            ))
-        })?;
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        let src = PluginSrc::File {
+            src: p.src.clone(),
+            name: p.name.clone(),
+        };
+        try_install(&bins, dir, &src)?;
     }
     Ok(())
 }
@@ -87,7 +58,7 @@ impl Toru {
     /// Start a host with `plugins` and an optional config file; returns once READY=1 arrived.
     pub fn start(bins: &Bins, plugins: &[PluginFile], config: Option<&str>) -> Result<Toru> {
         let root = TempDir::new("toru")?;
-        install(&root.join("p"), plugins)?;
+        install(&plugins_dir(&root.0), plugins)?;
         Toru::start_in(bins, root, config, &[], true)
     }
 
@@ -98,12 +69,12 @@ impl Toru {
         config: Option<&str>,
     ) -> Result<Toru> {
         let root = TempDir::new("toru")?;
-        install(&root.join("p"), plugins)?;
+        install(&plugins_dir(&root.0), plugins)?;
         Toru::start_in(bins, root, config, &[], false)
     }
 
-    /// Start a host on the dirs in `root` (reused: second starts), with `wrapper` prepended to the
-    /// command (e.g. valgrind).
+    /// Start a host on the dirs in `root` (reused: second starts; plugins already in
+    /// [`plugins_dir`]), with `wrapper` prepended to the command (e.g. valgrind).
     pub fn start_in(
         bins: &Bins,
         root: TempDir,
@@ -111,124 +82,55 @@ impl Toru {
         wrapper: &[String],
         require_ready: bool,
     ) -> Result<Toru> {
-        let (data, plugins, run) = (root.join("d"), root.join("p"), root.join("r"));
+        let plugins = plugins_dir(&root.0);
         std::fs::create_dir_all(&plugins)?;
         let probe = ProbeSock::bind(plugins.join("probe.sock"))?;
-        let notify_path = root.join("n.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)?;
-        let _ = std::fs::remove_file(run.join("http.addr"));
-        let bin = bins.get("toru");
-        let mut cmd = match wrapper.split_first() {
-            Some((w, rest)) => {
-                let mut c = Command::new(w);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
+        let opts = HostOpts {
+            root: Some(root.0.clone()),
+            config: config.map(str::to_string),
+            log_level: Some("warn".into()),
+            wrapper: wrapper.to_vec(),
+            ..HostOpts::default()
         };
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--plugins-dir")
-            .arg(&plugins)
-            .arg("--runtime-dir")
-            .arg(&run)
-            .arg("--log-level")
-            .arg("warn");
-        if let Some(cfg) = config {
-            let path = root.join("toru.toml");
-            std::fs::write(&path, cfg)?;
-            cmd.arg("--config").arg(path);
-        }
-        cmd.env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(root.join("host.log"))?,
-            ));
-        let t0 = Instant::now();
-        let mut proc = Proc::spawn(&mut cmd, "toru")?;
-        let deadline = t0 + READY_WAIT;
-        let mut buf = [0u8; 4096];
-        let (start_to_ready, ready_msg) = loop {
-            if !proc.running() {
-                let log = std::fs::read_to_string(root.join("host.log")).unwrap_or_default();
-                return Err(err(format!("toru exited before READY=1; log:\n{log}")));
-            }
-            if Instant::now() > deadline {
-                return Err(err("toru: no READY=1 within 60 s"));
-            }
-            notify.set_read_timeout(Some(Duration::from_millis(200)))?;
-            if let Ok(n) = notify.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if msg.lines().any(|l| l == "READY=1") {
-                    break (t0.elapsed(), msg);
-                }
-            }
-        };
-        let addr = std::fs::read_to_string(run.join("http.addr"))
-            .map_err(|e| err(format!("http.addr: {e}")))?
-            .trim()
-            .parse()
-            .map_err(|e| err(format!("http.addr: {e}")))?;
+        let host = Host::try_start(bins, &opts)?;
         // STATUS=… says how many plugins are ready: "N plugins: N ready, …".
-        let status = ready_msg
-            .lines()
-            .find_map(|l| l.strip_prefix("STATUS="))
-            .unwrap_or("")
-            .to_string();
         let n_plugins = install_count(&plugins);
-        if require_ready && n_plugins > 0 && !status.contains(&format!("{n_plugins} ready")) {
+        if require_ready
+            && n_plugins > 0
+            && !host.ready_status.contains(&format!("{n_plugins} ready"))
+        {
             return Err(err(format!(
-                "toru READY but not every plugin is ready: {status}"
+                "toru READY but not every plugin is ready: {}",
+                host.ready_status
             )));
         }
         Ok(Toru {
-            proc,
+            addr: host.addr,
+            start_to_ready: host.start_to_ready,
+            host,
             probe,
-            addr,
             token: None,
-            start_to_ready,
-            bin,
-            _notify: notify,
-            data,
-            plugins,
-            run,
             root,
         })
     }
 
-    /// Stop the host and hand back its dirs (for a second start on the same store).
-    pub fn into_root(self) -> TempDir {
-        let Toru { mut proc, root, .. } = self;
-        proc.stop();
-        root
+    /// The host's pid (the wrapper's, when there is one).
+    pub fn pid(&self) -> u32 {
+        self.host.pid()
     }
 
-    /// Run `toru <args>` against this host's dirs.
+    /// Stop the host (SIGTERM, as systemd does) and hand back its dirs (for a second start on the
+    /// same store).
+    pub fn into_root(self) -> Result<TempDir> {
+        let Toru { mut host, root, .. } = self;
+        host.try_stop()?;
+        drop(host);
+        Ok(root)
+    }
+
+    /// Run `toru <args>` against this host's dirs; its stdout, or an error with its stderr.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Result<String> {
-        use std::io::Write;
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--plugins-dir")
-            .arg(&self.plugins)
-            .arg("--runtime-dir")
-            .arg(&self.run)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut i) = child.stdin.take() {
-            i.write_all(stdin.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
+        let out = self.host.try_cli(args, Some(stdin))?;
         if !out.status.success() {
             return Err(err(format!(
                 "toru {args:?}: {}",

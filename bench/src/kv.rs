@@ -110,9 +110,10 @@ fn via_http(t: &Toru, n: usize, w: usize, tag: &str) -> Result<Run> {
                 let body = json!({"action": "set", "key": format!("h{tag}-{writer}-{i}"), "value": "v".repeat(64)})
                     .to_string();
                 let t = Instant::now();
-                let (status, b) = c
+                let r = c
                     .request("POST", "/api/plugins/p/kv", &headers, body.as_bytes())
                     .map_err(|e| e.to_string())?;
+                let (status, b) = (r.status, r.body);
                 if status != 200 {
                     return Err(format!("kv set: {status} {}", String::from_utf8_lossy(&b)));
                 }

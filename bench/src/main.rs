@@ -12,6 +12,8 @@
 //! installs the peers first. Every load loop is bounded in count and time; everything started is
 //! stopped by PID or process group (guards in `util`), also on errors.
 
+#![deny(unsafe_code)] // Only `sys` may: it says `allow`.
+
 mod host;
 mod http;
 mod kv;
@@ -23,6 +25,7 @@ mod restart;
 mod size;
 mod start;
 mod stress;
+mod sys;
 mod util;
 
 use std::collections::BTreeMap;

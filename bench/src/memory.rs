@@ -33,9 +33,9 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
         for &n in &sizes {
             let t = Toru::start(bins, &probes(bins, "probe", n), None)?;
             std::thread::sleep(SETTLE);
-            toru.entry(n).or_default().push(rss_pss_kib(t.proc.pid())?);
+            toru.entry(n).or_default().push(rss_pss_kib(t.pid())?);
             if n == 3 && round == 0 {
-                breakdown = smaps_breakdown(t.proc.pid());
+                breakdown = smaps_breakdown(t.pid());
             }
             if n == 3 {
                 for kind in peers::ALL {

@@ -195,15 +195,8 @@ impl Peer {
         let path: PathBuf = self
             .dir
             .join("scan/probe0/event/ftrig1:@400000006b05f36d2e4e3af6:bench0");
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        // SAFETY: plain syscall with a valid C string.
-        if unsafe { libc::mkfifo(c.as_ptr(), 0o622) } != 0 {
-            return Err(err(format!(
-                "mkfifo {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
+        crate::sys::mkfifo(&path, 0o622)
+            .map_err(|e| err(format!("mkfifo {}: {e}", path.display())))?;
         let r = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -229,7 +222,7 @@ impl Peer {
         timeout: Duration,
     ) -> Option<std::thread::JoinHandle<(Option<i128>, Option<i128>)>> {
         use std::io::Read;
-        use std::os::fd::AsRawFd;
+        use std::os::fd::AsFd;
         let (r, _) = self.fifo.as_mut()?;
         let mut r = r.try_clone().ok()?;
         Some(std::thread::spawn(move || {
@@ -240,13 +233,7 @@ impl Peer {
                 if left.is_zero() {
                     break;
                 }
-                let mut pfd = libc::pollfd {
-                    fd: r.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+                crate::sys::poll_readable(r.as_fd(), left);
                 let mut b = [0u8; 64];
                 if let Ok(n) = r.read(&mut b) {
                     let now = now_ns();

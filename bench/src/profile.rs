@@ -39,7 +39,7 @@ pub fn run(bins: &Bins, _opts: &Opts, rep: &mut Report) -> Result<()> {
     let root = TempDir::new("cg")?;
     let mut plugins = probes(bins, "p", 1);
     plugins[0].name = "p".into();
-    install(&root.join("p"), &plugins)?;
+    install(&toru_test_kit::plugins_dir(&root.0), &plugins)?;
     let out = root.join("cg.out");
     let wrapper = vec![
         "valgrind".to_string(),
@@ -54,7 +54,7 @@ pub fn run(bins: &Bins, _opts: &Opts, rep: &mut Report) -> Result<()> {
     for _ in 0..WARMUP {
         c.request("GET", "/api/plugins/route/p/", &headers, b"")?;
     }
-    let pid = t.proc.pid().to_string();
+    let pid = t.pid().to_string();
     run_cmd(Command::new("callgrind_control").args(["-i", "on", &pid]))?;
     // Instrumentation on costs one pass through the code; warm again, then zero and count.
     for _ in 0..WARMUP {
@@ -62,7 +62,9 @@ pub fn run(bins: &Bins, _opts: &Opts, rep: &mut Report) -> Result<()> {
     }
     run_cmd(Command::new("callgrind_control").args(["-z", &pid]))?;
     for _ in 0..N {
-        let (st, _) = c.request("GET", "/api/plugins/route/p/", &headers, b"")?;
+        let st = c
+            .request("GET", "/api/plugins/route/p/", &headers, b"")?
+            .status;
         if st != 200 {
             return Err(err(format!("forwarded request under callgrind: {st}")));
         }

@@ -28,19 +28,9 @@ const PAR_TOTAL: usize = 8000;
 /// Target encoded size of the request frame.
 const FRAME_BYTES: usize = 200;
 
-/// Pin thread or process `pid` (0 = the calling thread) to `cpu`.
-fn pin_pid(pid: libc::pid_t, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Pin the calling thread to `cpu`.
 fn pin(cpu: usize) {
-    pin_pid(0, cpu);
+    crate::sys::pin(0, cpu);
 }
 
 /// Raw ping-pong of `len`-byte frames (4-byte length prefix) between two threads; µs per trip.
@@ -48,8 +38,7 @@ fn pin(cpu: usize) {
 /// µs, which made an unpinned floor bimodal (3 µs when the machine was busy, ~60 µs when idle).
 fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
     let (mut a, mut b) = UnixStream::pair()?;
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    let cpu = crate::sys::current_cpu();
     let echo = std::thread::spawn(move || {
         pin(cpu);
         let mut buf = vec![0u8; len + 4];
@@ -63,9 +52,7 @@ fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     let mut back = vec![0u8; len + 4];
     let mut lat = Vec::with_capacity(n);
-    // SAFETY: reads this thread's mask into a zeroed set, restored below.
-    let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) };
+    let saved = crate::sys::SavedAffinity::save();
     pin(cpu);
     for _ in 0..n {
         let t = Instant::now();
@@ -74,8 +61,7 @@ fn floor(n: usize, len: usize) -> Result<Vec<f64>> {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let _ = echo.join();
-    // SAFETY: restores the mask read above.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) };
+    drop(saved);
     Ok(lat)
 }
 
@@ -205,12 +191,10 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
     )?;
     // Floor and Toru both run on one core (this thread, the echo thread or the plugin process):
     // on this VM a wake-up of another, idle vCPU costs tens of µs and made unpinned runs bimodal.
-    // SAFETY: sched_getcpu has no preconditions; the mask is read into a zeroed set.
-    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-    let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) };
+    let cpu = crate::sys::current_cpu();
+    let saved = crate::sys::SavedAffinity::save();
     pin(cpu);
-    pin_pid(_plugin.pid() as libc::pid_t, cpu);
+    crate::sys::pin(_plugin.pid(), cpu);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -295,8 +279,7 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
         ));
         Ok(s)
     });
-    // SAFETY: restores the mask read above.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) };
+    drop(saved);
     rep.section("4. Plugin protocol", result?);
     Ok(())
 }

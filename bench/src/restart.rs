@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::host::{Bins, Toru, parse_at};
 use crate::memory::probes;
 use crate::peers::{self, Kind, Peer};
-use crate::util::{Result, err, fmt_ratios, fmt_us, median, now_ns, signal};
+use crate::util::{Result, err, fmt_ratios, fmt_us, kill, median, now_ns};
 use crate::{Budget, Opts, Report};
 
 /// Toru's healthy period (src/supervisor/policy.rs `HEALTHY_AFTER`) plus a margin.
@@ -49,7 +49,7 @@ fn kill_toru(t: &mut Toru, id: &str) -> Result<ToruKill> {
     }
     t.probe.drain();
     let t0 = now_ns();
-    signal(pid as i32, libc::SIGKILL);
+    kill(pid, libc::SIGKILL);
     let main_ns = loop {
         match t.probe.recv(RESTART_WAIT) {
             Some((p, ns)) if p != pid => break ns,
@@ -103,7 +103,7 @@ fn kill_peer(p: &mut Peer) -> Result<(f64, Option<f64>, Option<f64>)> {
         None
     };
     let t0 = now_ns();
-    signal(pid as i32, libc::SIGKILL);
+    kill(pid, libc::SIGKILL);
     let main_ns = loop {
         match p.probe.recv(RESTART_WAIT) {
             Some((q, ns)) if q != pid => break ns,

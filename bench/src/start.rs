@@ -15,9 +15,12 @@ const ROUNDS: usize = 5;
 
 fn toru_root(bins: &Bins, n: usize) -> Result<TempDir> {
     let root = TempDir::new("start")?;
-    install(&root.join("p"), &probes(bins, "probe", n))?;
+    install(
+        &toru_test_kit::plugins_dir(&root.0),
+        &probes(bins, "probe", n),
+    )?;
     // First start creates the store (and the setup code); not timed.
-    Ok(Toru::start_in(bins, root, None, &[], true)?.into_root())
+    Toru::start_in(bins, root, None, &[], true)?.into_root()
 }
 
 /// Run the group.
@@ -34,7 +37,7 @@ pub fn run(bins: &Bins, _opts: &Opts, rep: &mut Report) -> Result<()> {
             let r = root.take().ok_or("root")?;
             let t = Toru::start_in(bins, r, None, &[], true)?;
             toru[i].push(t.start_to_ready.as_secs_f64() * 1e6);
-            *root = Some(t.into_root());
+            *root = Some(t.into_root()?);
         }
         for (i, kind) in peers::ALL.into_iter().enumerate() {
             let t0 = Instant::now();

@@ -1,14 +1,16 @@
 //! Plumbing every benchmark group shares: process guards that stop what they started (by PID or
-//! process group), temp dirs, the probe socket, `/proc` memory readings, statistics, a small
-//! keep-alive HTTP/1.1 client and the `wrk` runner.
+//! process group; the peers' and the floors'), the probe socket, `/proc` memory readings,
+//! statistics and the `wrk` runner. Temp dirs, signals and the HTTP client are the shared test
+//! kit's (`toru_test_kit`), re-exported here.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use toru_test_kit::{HttpConn, TempDir, alive, kill, signal_group};
 
 /// Errors are reported with their context and end the run (after every guard has stopped its
 /// processes).
@@ -25,25 +27,6 @@ pub fn now_ns() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0)
-}
-
-/// Send `sig` to `pid` (negative: a process group). Missing targets are fine.
-pub fn signal(pid: i32, sig: i32) {
-    // SAFETY: plain syscall.
-    unsafe { libc::kill(pid, sig) };
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
 }
 
 /// A started process; stopped (SIGTERM to its process group, then SIGKILL) when dropped.
@@ -72,19 +55,14 @@ impl Proc {
         self.child.id()
     }
 
-    /// Whether the leader still runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// SIGTERM the group, wait up to 5 s for the leader, then SIGKILL the group.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
-        let pgid = self.pid() as i32;
-        signal(-pgid, libc::SIGTERM);
+        let pgid = self.pid();
+        signal_group(pgid, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -92,7 +70,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        signal(-pgid, libc::SIGKILL);
+        signal_group(pgid, libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -101,33 +79,6 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A fresh short temp dir (Unix socket paths are limited to 108 bytes); removed when dropped.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// Create `/tmp/tb-<pid>-<n>-<tag>`.
-    pub fn new(tag: &str) -> Result<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let d = PathBuf::from(format!("/tmp/tb-{}-{n}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).map_err(|e| err(format!("mkdir {}: {e}", d.display())))?;
-        Ok(TempDir(d))
-    }
-
-    /// A path inside.
-    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -219,7 +170,7 @@ impl Drop for ProbeSock {
                 .map(|p| p.to_string_lossy().contains("toru-bench-probe"))
                 .unwrap_or(false);
             if alive(pid) && (is_probe || exe_probe) {
-                signal(pid as i32, libc::SIGKILL);
+                kill(pid, libc::SIGKILL);
             }
         }
         let _ = std::fs::remove_file(&self.path);
@@ -358,119 +309,10 @@ pub fn wait_tcp(addr: SocketAddr, timeout: Duration) -> Result<()> {
     Err(err(format!("nothing listens on {addr}")))
 }
 
-/// A keep-alive HTTP/1.1 client connection (Content-Length or chunked answers).
-#[derive(Debug)]
-pub struct HttpConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
 /// Status and body of an answer.
 pub type HttpAnswer = (u16, Vec<u8>);
 
-impl HttpConn {
-    /// Connect.
-    pub fn connect(addr: SocketAddr) -> Result<HttpConn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        stream.set_nodelay(true)?;
-        Ok(HttpConn {
-            stream,
-            buf: Vec::new(),
-        })
-    }
-
-    /// One request; `headers` are extra lines without CRLF.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[String],
-        body: &[u8],
-    ) -> Result<HttpAnswer> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        for h in headers {
-            req.push_str(h);
-            req.push_str("\r\n");
-        }
-        if !body.is_empty() || method == "POST" || method == "PUT" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut all = req.into_bytes();
-        all.extend_from_slice(body);
-        self.stream.write_all(&all)?;
-        self.read_response()
-    }
-
-    fn fill(&mut self) -> Result<()> {
-        let mut tmp = [0u8; 16384];
-        let n = self.stream.read(&mut tmp)?;
-        if n == 0 {
-            return Err(err("connection closed"));
-        }
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(())
-    }
-
-    fn read_response(&mut self) -> Result<HttpAnswer> {
-        let head_end = loop {
-            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| err("bad status line"))?;
-        let header = |name: &str| {
-            head.split("\r\n").skip(1).find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-        };
-        if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            while self.buf.len() < len {
-                self.fill()?;
-            }
-            let body: Vec<u8> = self.buf.drain(..len).collect();
-            return Ok((status, body));
-        }
-        if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            let mut body = Vec::new();
-            loop {
-                let eol = loop {
-                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break p;
-                    }
-                    self.fill()?;
-                };
-                let size_line = String::from_utf8_lossy(&self.buf[..eol]).into_owned();
-                let size =
-                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| err("bad chunk size"))?;
-                self.buf.drain(..eol + 2);
-                while self.buf.len() < size + 2 {
-                    self.fill()?;
-                }
-                body.extend(self.buf.drain(..size));
-                self.buf.drain(..2);
-                if size == 0 {
-                    return Ok((status, body));
-                }
-            }
-        }
-        Ok((status, Vec::new()))
-    }
-}
-
-/// One request on a fresh connection.
+/// One request on a fresh keep-alive connection (the kit's [`HttpConn`]).
 pub fn http_once(
     addr: SocketAddr,
     method: &str,
@@ -478,7 +320,8 @@ pub fn http_once(
     headers: &[String],
     body: &[u8],
 ) -> Result<HttpAnswer> {
-    HttpConn::connect(addr)?.request(method, path, headers, body)
+    let r = HttpConn::connect(addr)?.request(method, path, headers, body)?;
+    Ok((r.status, r.body))
 }
 
 /// What `wrk --latency` reports.

@@ -56,35 +56,13 @@ fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
     if let Some(dir) = binary.parent() {
         cmd.current_dir(dir);
     }
-    let host_pid = std::process::id();
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The host may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() as u32 != host_pid {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
     cmd.spawn()
 }
 
 /// Send `sig` to the process group `pgid` (the plugin's pid). Missing groups are fine.
 pub fn signal_group(pgid: u32, sig: libc::c_int) {
-    if pgid == 0 {
-        return;
-    }
-    // SAFETY: kill(2) with a negative pid addresses a process group; no memory is touched.
-    unsafe {
-        libc::kill(-(pgid as libc::pid_t), sig);
-    }
+    crate::sys::signal_group(pgid, sig);
 }
 
 /// Describe an exit status: `exit code 3` or `killed by signal 9 (SIGKILL)`.

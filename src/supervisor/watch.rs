@@ -2,9 +2,10 @@
 //! directory, registered before the plugin is spawned so its `bind` cannot be missed.
 
 use std::ffi::{OsStr, OsString};
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
@@ -12,29 +13,16 @@ use tokio::io::unix::AsyncFd;
 /// An inotify watch for one file name appearing in one directory.
 #[derive(Debug)]
 pub struct SocketWatch {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<File>,
     name: OsString,
 }
 
 impl SocketWatch {
     /// Watch `dir` for `name` being created (or moved in).
     pub fn new(dir: &Path, name: &OsStr) -> io::Result<SocketWatch> {
-        // SAFETY: plain syscalls; the returned fd is owned right away and closed on drop.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let dir_c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        let mask = libc::IN_CREATE | libc::IN_MOVED_TO;
-        // SAFETY: valid fd and NUL-terminated path.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir_c.as_ptr(), mask) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is an open inotify descriptor owned by the AsyncFd from here on; its raw
-        // fd never changes and it is closed only when the AsyncFd drops.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        let fd = crate::sys::inotify_init()?;
+        crate::sys::inotify_add_watch(fd.as_fd(), dir, libc::IN_CREATE | libc::IN_MOVED_TO)?;
+        let fd = crate::sys::register_async(File::from(fd))?;
         Ok(SocketWatch {
             fd,
             name: name.to_os_string(),
@@ -46,23 +34,15 @@ impl SocketWatch {
         let mut buf = [0u8; 4096];
         loop {
             let mut guard = self.fd.readable().await?;
-            // SAFETY: reading into a local buffer from a non-blocking inotify fd.
-            let n = unsafe {
-                libc::read(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
+            let n = match self.fd.get_ref().read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     guard.clear_ready();
                     continue;
                 }
-                return Err(e);
-            }
-            if self.contains_name(&buf[..n as usize]) {
+                Err(e) => return Err(e),
+            };
+            if self.contains_name(&buf[..n]) {
                 return Ok(());
             }
         }

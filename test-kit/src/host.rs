@@ -1,0 +1,440 @@
+//! Starting, restarting and stopping a real `toru` process on temp dirs, installing plugins into
+//! its plugins dir, reading its notify socket, and running its admin CLI on the same dirs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{Resp, http};
+use crate::{Bins, KitError, WAIT, io, try_temp_dir};
+
+/// A plugin to install into the plugins dir.
+#[derive(Clone, Debug)]
+pub enum PluginSrc {
+    /// A workspace binary (`hello-rust`, `stress`, …) installed as `<as_name>.binary`.
+    Built {
+        /// The binary's name in [`Bins::dir`].
+        bin: &'static str,
+        /// The file stem in the plugins dir.
+        as_name: String,
+    },
+    /// A file from the repository (e.g. `plugins/hello-python/hello-python.binary`), with siblings
+    /// to copy next to it (e.g. `toru_plugin.py`).
+    RepoFile {
+        /// Path from the repository root.
+        path: &'static str,
+        /// Other repository files copied beside it.
+        siblings: Vec<&'static str>,
+    },
+    /// A script written as `<name>.binary`.
+    Script {
+        /// The file stem.
+        name: String,
+        /// The whole file, `#!` line included.
+        body: String,
+    },
+    /// Any executable, installed as `<name>.binary`.
+    File {
+        /// The executable.
+        src: PathBuf,
+        /// The file stem.
+        name: String,
+    },
+}
+
+/// A workspace binary installed under its own name.
+pub fn built(bin: &'static str) -> PluginSrc {
+    PluginSrc::Built {
+        bin,
+        as_name: bin.to_string(),
+    }
+}
+
+/// Install `p` into `dir` (executable, `0755`).
+pub fn try_install(bins: &Bins, dir: &Path, p: &PluginSrc) -> Result<(), KitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = |src: &Path, dest: &Path| {
+        std::fs::copy(src, dest).map(|_| ()).map_err(io(format!(
+            "copy {} → {}",
+            src.display(),
+            dest.display()
+        )))
+    };
+    let dest = match p {
+        PluginSrc::Built { bin, as_name } => {
+            let dest = dir.join(format!("{as_name}.binary"));
+            copy(&bins.get(bin), &dest)?;
+            dest
+        }
+        PluginSrc::File { src, name } => {
+            let dest = dir.join(format!("{name}.binary"));
+            copy(src, &dest)?;
+            dest
+        }
+        PluginSrc::RepoFile { path, siblings } => {
+            let src = bins.repo.join(path);
+            let dest = dir.join(src.file_name().unwrap_or(src.as_os_str()));
+            copy(&src, &dest)?;
+            for s in siblings {
+                let s = bins.repo.join(s);
+                copy(&s, &dir.join(s.file_name().unwrap_or(s.as_os_str())))?;
+            }
+            dest
+        }
+        PluginSrc::Script { name, body } => {
+            let dest = dir.join(format!("{name}.binary"));
+            std::fs::write(&dest, body).map_err(io(format!("write {}", dest.display())))?;
+            dest
+        }
+    };
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+        .map_err(io(format!("chmod {}", dest.display())))
+}
+
+/// [`try_install`] with the binaries beside the test (panics; run `cargo build --workspace`
+/// first).
+pub fn install(dir: &Path, p: &PluginSrc) {
+    let bins = Bins::locate().unwrap_or_else(|e| panic!("{e}"));
+    try_install(&bins, dir, p)
+        .unwrap_or_else(|e| panic!("{e} (run `cargo build --workspace` first)"));
+}
+
+/// The plugins dir of a host started on `root` (to install plugins before the start).
+pub fn plugins_dir(root: &Path) -> PathBuf {
+    root.join("plugins")
+}
+
+/// How to start a host.
+#[derive(Clone, Debug, Default)]
+pub struct HostOpts {
+    /// Installed into the plugins dir before the start.
+    pub plugins: Vec<PluginSrc>,
+    /// Extra environment for the host process.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments.
+    pub args: Vec<String>,
+    /// Reuse this root (`data/`, `plugins/`, `run/` inside it) instead of a fresh one.
+    pub root: Option<PathBuf>,
+    /// Config file contents (written to `<root>/toru.toml` and passed with `--config`).
+    pub config: Option<String>,
+    /// `--log-level` (default `debug`).
+    pub log_level: Option<String>,
+    /// A command the host runs under (e.g. `valgrind --tool=callgrind`).
+    pub wrapper: Vec<String>,
+    /// `--runtime-dir` (default `<root>/run`).
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// A running host. Killed (SIGKILL; its plugins follow through their parent-death signal) when
+/// dropped; [`Host::stop`] stops it the way systemd does.
+#[derive(Debug)]
+pub struct Host {
+    /// The temp root holding the dirs, the config file, `host.log` and the notify socket.
+    pub root: PathBuf,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--plugins-dir`.
+    pub plugins_dir: PathBuf,
+    /// `--runtime-dir`.
+    pub runtime_dir: PathBuf,
+    /// The bound HTTP address (from `X_TORU_LISTEN` in `READY=1`).
+    pub addr: SocketAddr,
+    /// The host process.
+    pub child: Child,
+    /// The socket the host notifies (`NOTIFY_SOCKET`).
+    pub notify: UnixDatagram,
+    /// Where it is bound.
+    pub notify_path: PathBuf,
+    /// The `STATUS=` of the last `READY=1`.
+    pub ready_status: String,
+    /// From spawn to `READY=1`, last start.
+    pub start_to_ready: Duration,
+    /// The binaries it runs.
+    pub bins: Bins,
+}
+
+impl Host {
+    /// Start `toru` with the binaries beside the test and wait for `READY=1` (panics with the log).
+    pub fn start(opts: HostOpts) -> Host {
+        let bins = Bins::locate().unwrap_or_else(|e| panic!("{e}"));
+        Host::try_start(&bins, &opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Start `toru` from `bins` and wait for `READY=1`.
+    pub fn try_start(bins: &Bins, opts: &HostOpts) -> Result<Host, KitError> {
+        let root = match &opts.root {
+            Some(r) => r.clone(),
+            None => try_temp_dir("h")?,
+        };
+        let data_dir = root.join("data");
+        let plugins_dir = plugins_dir(&root);
+        let runtime_dir = opts.runtime_dir.clone().unwrap_or_else(|| root.join("run"));
+        std::fs::create_dir_all(&plugins_dir)
+            .map_err(io(format!("mkdir {}", plugins_dir.display())))?;
+        for p in &opts.plugins {
+            try_install(bins, &plugins_dir, p)?;
+        }
+        let notify_path = root.join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)
+            .map_err(io(format!("bind {}", notify_path.display())))?;
+        let t0 = Instant::now();
+        let child = spawn(bins, &root, &data_dir, &plugins_dir, &runtime_dir, opts)?;
+        let mut h = Host {
+            root,
+            data_dir,
+            plugins_dir,
+            runtime_dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+            notify,
+            notify_path,
+            ready_status: String::new(),
+            start_to_ready: Duration::ZERO,
+            bins: bins.clone(),
+        };
+        h.try_wait_ready(t0)?;
+        Ok(h)
+    }
+
+    /// Restart the host on the same dirs (after it exited or was killed); panics on failure.
+    pub fn restart(&mut self, opts: HostOpts) {
+        self.try_restart(&opts).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Kill the host if it still runs, then start it again on the same dirs.
+    pub fn try_restart(&mut self, opts: &HostOpts) -> Result<(), KitError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Drop notifications left over from the previous run.
+        self.notify
+            .set_nonblocking(true)
+            .map_err(io("notify socket"))?;
+        let mut buf = [0u8; 4096];
+        while self.notify.recv(&mut buf).is_ok() {}
+        self.notify
+            .set_nonblocking(false)
+            .map_err(io("notify socket"))?;
+        let t0 = Instant::now();
+        self.child = spawn(
+            &self.bins,
+            &self.root,
+            &self.data_dir,
+            &self.plugins_dir,
+            &self.runtime_dir,
+            opts,
+        )?;
+        self.try_wait_ready(t0)
+    }
+
+    /// Receive notify datagrams until one says `READY=1`; take the address from it.
+    fn try_wait_ready(&mut self, t0: Instant) -> Result<(), KitError> {
+        let deadline = t0 + WAIT;
+        let msg = loop {
+            let msg = self.try_recv_notify(deadline)?;
+            if msg.lines().any(|l| l == "READY=1") {
+                break msg;
+            }
+        };
+        self.start_to_ready = t0.elapsed();
+        let field = |name: &str| {
+            msg.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        self.ready_status = field("STATUS=").unwrap_or_default();
+        self.addr = field("X_TORU_LISTEN=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| KitError::NoAddress(msg.clone()))?;
+        Ok(())
+    }
+
+    /// The next notify datagram (panics past `deadline` or if the host exits).
+    pub fn recv_notify(&mut self, deadline: Instant) -> String {
+        self.try_recv_notify(deadline)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next notify datagram; an error past `deadline` or if the host exits.
+    pub fn try_recv_notify(&mut self, deadline: Instant) -> Result<String, KitError> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(io("waiting for toru"))? {
+                return Err(KitError::Exited {
+                    status,
+                    log: self.log(),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KitError::NotReady { log: self.log() });
+            }
+            // Bounded so an exit is noticed; the datagram itself wakes the recv at once.
+            self.notify
+                .set_read_timeout(Some(left.min(Duration::from_millis(500))))
+                .map_err(io("notify socket"))?;
+            match self.notify.recv(&mut buf) {
+                Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(io("notify recv")(e)),
+            }
+        }
+    }
+
+    /// Notify datagrams until one contains `STOPPING=1` (the host may exit meanwhile).
+    pub fn recv_notify_until_exit(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = vec![0u8; 4096];
+        let mut all = String::new();
+        let _ = self
+            .notify
+            .set_read_timeout(Some(Duration::from_millis(200)));
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                all.push_str(&String::from_utf8_lossy(&buf[..n]));
+                all.push('\n');
+                if all.contains("STOPPING=1") {
+                    break;
+                }
+            }
+        }
+        all
+    }
+
+    /// The host's log so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("host.log")).unwrap_or_default()
+    }
+
+    /// The host's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `toru` pointed at this host's data, plugins and runtime dirs.
+    pub fn toru(&self) -> Command {
+        toru_command(
+            &self.bins,
+            &self.data_dir,
+            &self.plugins_dir,
+            &self.runtime_dir,
+        )
+    }
+
+    /// Run `toru <args>` against this host's dirs (admin subcommands), `stdin` piped in; panics if
+    /// it cannot be run.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.try_cli(args, stdin).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Run `toru <args>` against this host's dirs.
+    pub fn try_cli(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, KitError> {
+        let mut cmd = self.toru();
+        cmd.args(args);
+        run_with_stdin(cmd, stdin)
+    }
+
+    /// Send SIGTERM (as systemd does) and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.try_stop().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn try_stop(&mut self) -> Result<ExitStatus, KitError> {
+        crate::kill(self.child.id(), libc::SIGTERM);
+        self.child.wait().map_err(io("waiting for toru"))
+    }
+
+    /// A plain HTTP request (`Connection: close`), panicking on I/O errors.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        http(self.addr, method, path, headers, body)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `toru --data-dir … --plugins-dir … --runtime-dir …` from `bins`.
+fn toru_command(bins: &Bins, data: &Path, plugins: &Path, run: &Path) -> Command {
+    let mut cmd = Command::new(bins.get("toru"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .arg("--runtime-dir")
+        .arg(run);
+    cmd
+}
+
+/// Run `cmd` with `stdin` piped in; stdout and stderr captured.
+pub(crate) fn run_with_stdin(mut cmd: Command, stdin: Option<&str>) -> Result<Output, KitError> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io(format!("run {cmd:?}")))?;
+    // Dropped at the end of the statement: the child sees EOF after `stdin`.
+    if let (Some(mut input), Some(s)) = (child.stdin.take(), stdin) {
+        input.write_all(s.as_bytes()).map_err(io("write stdin"))?;
+    }
+    child.wait_with_output().map_err(io(format!("run {cmd:?}")))
+}
+
+/// Spawn the host on port 0 with `NOTIFY_SOCKET` at `<root>/notify.sock` and stderr appended to
+/// `<root>/host.log`.
+fn spawn(
+    bins: &Bins,
+    root: &Path,
+    data: &Path,
+    plugins: &Path,
+    run: &Path,
+    opts: &HostOpts,
+) -> Result<Child, KitError> {
+    let toru = toru_command(bins, data, plugins, run);
+    let mut cmd = match opts.wrapper.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(toru.get_program()).args(toru.get_args());
+            c
+        }
+        None => toru,
+    };
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--log-level")
+        .arg(opts.log_level.as_deref().unwrap_or("debug"));
+    if let Some(cfg) = &opts.config {
+        let path = root.join("toru.toml");
+        std::fs::write(&path, cfg).map_err(io(format!("write {}", path.display())))?;
+        cmd.arg("--config").arg(path);
+    }
+    let log_path = root.join("host.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(format!("open {}", log_path.display())))?;
+    cmd.args(&opts.args)
+        .env("NOTIFY_SOCKET", root.join("notify.sock"))
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    cmd.spawn().map_err(io(format!("start {cmd:?}")))
+}
