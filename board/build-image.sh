@@ -34,6 +34,7 @@ t0=$(date +%s)
 if [ -n "${TORU_BOARD_BIN_DIR:-}" ]; then
     bindir=$TORU_BOARD_BIN_DIR
 else
+    (cd "$REPO_DIR" && need_rust_target "$target")
     say "cargo build --release --target $target (toru, hello-rust)"
     (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust)
     bindir="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release"

@@ -13,6 +13,10 @@ cd "$(toru_root)"
 say "peers and tools"
 # Cross linkers for the size group (aarch64-musl links with rust-lld; armv7 glibc needs the cross gcc).
 need_apt monit runit s6 wrk valgrind llvm gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+# The size group builds for the device targets (bench/src/size.rs).
+case " ${*:-all} " in
+    *" all "* | *" size "*) need_rust_target aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf ;;
+esac
 if ! python3 -c 'import supervisor' 2>/dev/null; then
     say "installing supervisor (pip)"
     python3 -m pip install --quiet supervisor >&2

@@ -22,5 +22,25 @@ need_apt() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# Add the rustup targets in "$@" that the active toolchain lacks (the test command's contract, as
+# for apt packages above). rustup installs the targets listed in rust-toolchain.toml only when it
+# installs the toolchain itself, never into a toolchain that is already there; so every script that
+# builds with `--target` asks for its targets here. Run from the repository root, so the toolchain
+# is the one rust-toolchain.toml pins.
+need_rust_target() {
+    command -v rustup >/dev/null || {
+        echo "need_rust_target: rustup is not installed; cannot add $*" >&2
+        return 1
+    }
+    local installed missing=() t
+    installed=$(rustup target list --installed)
+    for t in "$@"; do
+        grep -qxF "$t" <<<"$installed" || missing+=("$t")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "adding rust targets: ${missing[*]}"
+    rustup target add "${missing[@]}" >&2
+}
+
 # Repository root.
 toru_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{Host, HostOpts, PluginSrc, alive, built, eventually};
+use toru_plugin_api::codec::MAX_FRAME_LEN;
 
 /// Fast timings so failure paths take milliseconds, not minutes.
 const FAST: &str = "[supervisor]\nheartbeat_interval_ms = 200\nheartbeat_misses = 3\nbackoff_base_ms = 20\nshutdown_grace_ms = 1000\nterm_grace_ms = 500\n";
@@ -284,38 +285,34 @@ fn stop_kills_plugins_that_ignore_sigterm_and_their_grandchildren() {
     });
 }
 
+/// A plugin announces a frame of 4294967280 bytes, writes 14 of them and keeps its connection
+/// open. The host must refuse the frame by its length prefix alone, without a buffer of that size
+/// and without waiting for a body that never comes, count a failure of that plugin and keep
+/// serving the others. The test used to compare the host's RSS before and after, which under
+/// qemu-user measures the emulator's translation cache: memory is a benchmark figure, not a test
+/// assertion. The event naming the announced length is the observable proof: the body was never
+/// sent, so only the prefix can have been judged.
 #[test]
-fn oversized_frame_marks_the_plugin_faulty_without_growing_the_host() {
+fn oversized_frame_is_refused_by_its_length_and_marks_the_plugin_faulty() {
     let h = Host::start(opts(vec![stress("oversized"), built("hello-rust")]));
-    let rss_before = rss_kib(h.child.id());
-    // Right after ready the plugin announces a ~4 GiB frame.
-    let evs = eventually("crash from oversized frame", || {
-        let evs = events(&h, "stress-oversized");
-        evs.iter()
-            .any(|e| {
-                e["kind"] == "crashed"
-                    && e["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("exceeds the limit")
-            })
-            .then_some(evs)
+    // What plugins/stress writes in mode `oversized`, and the host's default frame limit.
+    let refused = format!(
+        "frame of {} bytes exceeds the limit of {} bytes",
+        0xFFFF_FFF0u32, MAX_FRAME_LEN
+    );
+    let crash = eventually("crash from oversized frame", || {
+        events(&h, "stress-oversized").into_iter().find(|e| {
+            e["kind"] == "crashed" && e["message"].as_str().unwrap_or("").contains(&refused)
+        })
     });
-    assert!(!evs.is_empty());
-    let rss_after = rss_kib(h.child.id());
     assert!(
-        rss_after < rss_before + 4096,
-        "host RSS grew from {rss_before} KiB to {rss_after} KiB"
+        crash["message"]
+            .as_str()
+            .unwrap()
+            .contains("closed its connection"),
+        "{crash}"
     );
     assert_eq!(state(&h, "hello-rust"), "ready");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

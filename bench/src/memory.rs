@@ -160,8 +160,9 @@ pub fn run(bins: &Bins, opts: &Opts, rep: &mut Report) -> Result<()> {
     let libs_kib = kib_of(&|n| n.contains(".so"));
     let heap_kib = kib_of(&|n| n.starts_with('[') && n != "[vdso]" && n != "[vvar]");
     let why = format!(
-        "measured on the x86_64 glibc build, natively (the budget names the musl build; no \
-         x86_64-musl std is installed here and RSS under qemu-user would be qemu's). Of the \
+        "measured on the x86_64 glibc build, natively (the budget names the musl build; this \
+         bench does not build `x86_64-unknown-linux-musl`, although `rustup target add` installs \
+         it, and RSS under qemu-user would be qemu's). Of the \
          host's RSS, {bin_kib} KiB are pages of the `toru` binary itself (code and read-only data \
          touched since start), {libs_kib} KiB shared libraries (glibc, ld.so, libgcc_s: shared, \
          hence the lower PSS), {heap_kib} KiB heap, stacks and anonymous memory. A static musl \

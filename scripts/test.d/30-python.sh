@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Python SDK unit tests, then the host-side interop driver (tests/interop/driver.py) against the
-# example plugins and the legacy 1.0 fixture. The driver is written from PROTOCOL.md and imports
-# no SDK, so the same checks run against the Python and the Rust example.
+# Python SDK unit tests, then the interop driver (tests/interop/driver.py), written from
+# PROTOCOL.md without any SDK: as a host against the example plugins and the legacy 1.0 fixture
+# (the same checks for the Python and the Rust example), and as plugins against the real host
+# (tests/interop/against_host.py).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -20,6 +21,10 @@ drive --mode legacy-host "$hello_py"
 
 say "interop: legacy 1.0 plugin"
 drive --mode 1.0 tests/plugins/legacy10.binary
+
+say "interop: plugins played against the real host (PROTOCOL.md, point by point)"
+cargo build -p toru --locked
+drive --mode host "${CARGO_TARGET_DIR:-target}/debug/toru"
 
 if [ -f plugins/hello-rust/Cargo.toml ]; then
     cargo build -p hello-rust --locked

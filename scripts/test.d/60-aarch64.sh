@@ -13,6 +13,7 @@ need_apt gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross lib
 board_need_binfmt
 
 target=aarch64-unknown-linux-musl
+need_rust_target "$target" armv7-unknown-linux-gnueabihf
 # Build every binary first: integration tests find plugin executables in the target directory, and
 # `cargo test` alone builds only what the test targets depend on.
 cargo build --workspace --locked --target "$target"

@@ -123,10 +123,22 @@ impl Conn {
                             toru_plugin_api::LogLevel::Warn,
                             &format!("rejected frame from plugin: {e}"),
                         );
-                        if let Some(id) = e.request_id() {
-                            let reply =
-                                Frame::new(Some(id.to_string()), HostMessage::Error(e.to_reply()));
-                            let _ = out.try_send(reply.encode());
+                        let Some(id) = e.request_id() else { continue };
+                        // A broken reply fails the request waiting for it (answering it with an
+                        // `error` would be a reply to a reply); a broken request gets an `error`.
+                        let waiter = pending.borrow_mut().remove(id);
+                        match waiter {
+                            Some(tx) => {
+                                let failed = PluginMessage::Error(e.to_reply());
+                                let _ = tx.send(Frame::new(Some(id.to_string()), failed));
+                            }
+                            None => {
+                                let reply = Frame::new(
+                                    Some(id.to_string()),
+                                    HostMessage::Error(e.to_reply()),
+                                );
+                                let _ = out.try_send(reply.encode());
+                            }
                         }
                         continue;
                     }
@@ -240,6 +252,8 @@ impl Conn {
 
 fn store_error(e: StoreError) -> ErrorReply {
     let code = match &e {
+        // An empty key is malformed, not too large (PROTOCOL.md §5.3, kv).
+        StoreError::KeyTooLong(0) => ErrorCode::BadRequest,
         StoreError::KeyTooLong(_) | StoreError::ValueTooLarge(_) => ErrorCode::TooLarge,
         StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
         StoreError::Degraded

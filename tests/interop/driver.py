@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Host-side interop driver: plays the Toru host against one plugin executable, from PROTOCOL.md.
 
-Usage: ``driver.py [--mode 1.1|1.0|legacy-host] PLUGIN_BINARY``
+Usage: ``driver.py [--mode 1.1|1.0|legacy-host] PLUGIN_BINARY`` or ``driver.py --mode host TORU``
 
 Written against ``toru-plugin-api/PROTOCOL.md`` alone; it does not import any SDK, so it tests
 SDKs (Python and Rust) and hand-written plugins the same way. It runs ``--metadata`` and checks
@@ -15,11 +15,15 @@ temp dir, stdin ``/dev/null``), then:
   an unknown type and an unknown action (→ ``error``/``unsupported``); ``/bundle.js``; a 404;
   shutdown → ``shutdown_ack`` → exit status 0.
 - ``--mode 1.0`` (``tests/plugins/legacy10.binary``): one frame per connection, only 1.0 frames
-  shaped like ``tests/vectors``: init, ``GET /`` (documented reply form), ``GET /legacy-form``
+  shaped like ``tests/vectors``: a first connection closed without a frame (as Toru's host does),
+  init, ``GET /`` (documented reply form), ``GET /legacy-form``
   (legacy Rust SDK form), ``GET /echo?q=1`` (query kept in ``path``), shutdown → exit status 0.
-- ``--mode legacy-host`` (the example plugins again): the 1.0 sequence above as the original
-  host would send it to any plugin (no ``protocol`` in init, one frame per connection), which
+- ``--mode legacy-host`` (the example plugins again): the 1.0 sequence above as a 1.0 host
+  would send it to any plugin (no ``protocol`` in init, one frame per connection), which
   exercises an SDK's fallback for old hosts: ``GET /``, ``/echo?q=1``, a 404, shutdown.
+
+- ``--mode host``: the other way round, plugins played against the real host; see
+  ``against_host.py``.
 
 Every wait has a deadline. Prints one line per check and finally ``interop: N passed, M failed``;
 exits 1 if anything failed (or a fatal error stopped the run), 0 otherwise.
@@ -103,17 +107,25 @@ def envelope(type_, payload, request_id=None):
 
 
 class Conn:
-    """A client connection to the plugin's socket, with deadline-bounded reads."""
+    """A connection on a Unix stream socket, with deadline-bounded reads: a client connection to
+    the plugin's socket, or (``sock``) one the plugin side accepted (``against_host.py``)."""
 
-    def __init__(self, path, deadline):
+    def __init__(self, path, deadline, sock=None):
+        if sock is not None:
+            self.sock = sock
+            return
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(max(0.01, deadline - time.monotonic()))
         self.sock.connect(path)
 
     def send(self, message):
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        self.send_raw(struct.pack(">I", len(body)) + body)
+
+    def send_raw(self, data):
+        """Write bytes as they are (a frame built by hand, or a broken one on purpose)."""
         self.sock.settimeout(REPLY_TIMEOUT_S)
-        self.sock.sendall(struct.pack(">I", len(body)) + body)
+        self.sock.sendall(data)
 
     def _exact(self, n, deadline, what, clean_eof_ok):
         chunks, got = [], 0
@@ -633,9 +645,13 @@ def run_10(checks, meta, plugin, legacy_host=False):
     """1.0 framing and connection pattern. ``legacy_host``: the plugin announces 1.1 but is
     driven like the original host would (checks generic to the example plugins)."""
     c = checks
-    conn = plugin.wait_for_socket()
+    probe = plugin.wait_for_socket()
     c.check(True, "socket appeared and accepts a connection")
+    # Toru's host closes its first connection to a 1.0 plugin without a frame (PROTOCOL.md §4):
+    # the plugin must accept the next one.
+    probe.close()
     instance_id = str(uuid.uuid4())
+    conn = plugin.connect()
     # init exactly like tests/vectors/host-init.json: request_id null, no protocol, no reply
     try:
         conn.send(envelope("lifecycle", {"type": "lifecycle", "action": "init",
@@ -693,16 +709,27 @@ def run_10(checks, meta, plugin, legacy_host=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=("1.1", "1.0", "legacy-host"), default="1.1",
+    ap.add_argument("--mode", choices=("1.1", "1.0", "legacy-host", "host"), default="1.1",
                     help="1.1: persistent connection (default); 1.0: a legacy-only plugin; "
-                         "legacy-host: a 1.1 plugin driven like the original 1.0 host")
-    ap.add_argument("plugin", help="the plugin executable")
+                         "legacy-host: a 1.1 plugin driven like the original 1.0 host; "
+                         "host: play plugins against the real host (against_host.py)")
+    ap.add_argument("plugin", help="the plugin executable (with --mode host: the toru binary)")
     args = ap.parse_args()
     binary = os.path.abspath(args.plugin)
     checks = Checks()
     tmpdir = tempfile.mkdtemp(dir="/tmp", prefix="ti")
     plugin = None
     fatal = None
+    if args.mode == "host":
+        import against_host  # imports this module's helpers
+        try:
+            against_host.run(checks, binary, tmpdir)
+        except Fatal as e:
+            checks.check(False, "run completed", str(e))
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        print("interop: %d passed, %d failed" % (checks.passed, checks.failed))
+        return 1 if checks.failed else 0
     try:
         meta = read_metadata(checks, binary, "1.1" if args.mode == "legacy-host" else args.mode)
         plugin = PluginProcess(binary, tmpdir)

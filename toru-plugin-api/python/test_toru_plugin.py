@@ -985,6 +985,16 @@ class LegacyHostTest(unittest.TestCase):
         self.assertEqual(self.code, [0])
         self.assertFalse(os.path.exists(self.path), "socket file removed on exit")
 
+    def test_connection_without_a_frame_before_init_is_not_the_end(self):
+        # Toru's host opens one connection without a frame before init to a 1.0 plugin.
+        self.one(b"", reply=False)
+        self.one(frame(vector("host-init.json")), reply=False)
+        msg = self.one(frame(vector("host-http-request.json")), reply=True)
+        self.assertEqual((msg["type"], msg["payload"]["status"]), ("http", 200))
+        self.one(frame(vector("host-shutdown.json")), reply=False)
+        self.thread.join(WAIT_S)
+        self.assertEqual(self.code, [0])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -932,7 +932,10 @@ class _Session:
                 except CleanEOF:
                     if self._exit_code is not None:
                         return self._exit_code
-                    if self.legacy and self.listener is not None:
+                    # A 1.0 host sends one message per connection, and may open one without a
+                    # frame before init (PROTOCOL.md §4): until a 1.1 init, EOF means "next".
+                    before_init = self.ctx is None and not self._initialising
+                    if (self.legacy or before_init) and self.listener is not None:
                         if not self._accept_next():
                             return 1
                         continue
