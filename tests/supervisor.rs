@@ -126,11 +126,12 @@ fn enable_and_disable_persist_across_a_host_restart() {
         (state(&h, "stress-ok") == "disabled").then_some(())
     });
     assert!(!alive(pid), "disabled plugin's process still runs");
-    let evs = kinds(&events(&h, "stress-ok"));
-    assert!(
-        evs.ends_with(&["disabled".to_string(), "stopped".to_string()]),
-        "{evs:?}"
-    );
+    // Events are journaled after the state changes: wait for them, in order.
+    eventually("the disabled and stopped events", || {
+        let evs = kinds(&events(&h, "stress-ok"));
+        evs.ends_with(&["disabled".to_string(), "stopped".to_string()])
+            .then_some(())
+    });
 
     // Restart the host: the plugin stays disabled, the other one starts.
     assert!(h.stop().success());

@@ -114,9 +114,20 @@ class Conn:
         if sock is not None:
             self.sock = sock
             return
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        self.sock.connect(path)
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.sock.connect(path)
+                return
+            except BlockingIOError:
+                # The plugin's listen backlog is full (a 1.0 plugin serves one connection at a
+                # time; the host retries the same way). Nothing signals room: retry until the
+                # deadline.
+                self.sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.001)
 
     def send(self, message):
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
