@@ -26,6 +26,8 @@
 
 pub(crate) mod auth;
 pub mod config;
+#[cfg(debug_assertions)]
+mod fault;
 pub mod http;
 pub mod role;
 pub mod store;
@@ -244,6 +246,9 @@ pub async fn run(
     ));
     log::info!("ready: {}", supervisor.status_line());
     let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    let notifier = Rc::new(notifier);
+    #[cfg(debug_assertions)]
+    fault::spawn_from_env(&|k| std::env::var(k).ok(), Rc::clone(&notifier));
 
     tokio::pin!(shutdown);
     loop {

@@ -303,8 +303,10 @@ fn kvloop(w: &Writer, waiters: &Waiters, stem: &str) {
     else {
         return;
     };
+    // Keys are unique per process, so writes of a restarted plugin never overwrite earlier ones.
+    let pid = std::process::id();
     for i in 0..100_000u64 {
-        let key = format!("k{i:06}");
+        let key = format!("k{pid}-{i:06}");
         let req = KvRequest::Set {
             key: key.clone(),
             value: format!("v{i}"),
