@@ -18,7 +18,9 @@ need_rust_target "$target" armv7-unknown-linux-gnueabihf
 # `cargo test` alone builds only what the test targets depend on.
 cargo build --workspace --locked --target "$target"
 # RUST_TEST_THREADS=2: one per core; emulated processes are ~5-10x slower, so do not oversubscribe.
-RUST_TEST_THREADS=${RUST_TEST_THREADS:-2} cargo test --workspace --locked --target "$target"
+# The kill loop restarts the host per round; 20 rounds under emulation (200 natively, stage cargo).
+TORU_KILL_ROUNDS=${TORU_KILL_ROUNDS:-20} RUST_TEST_THREADS=${RUST_TEST_THREADS:-2} \
+    cargo test --workspace --locked --target "$target"
 
 # Binaries for the device target are static aarch64: no libc on the device to match.
 tdir=${CARGO_TARGET_DIR:-target}
