@@ -467,7 +467,8 @@ impl Supervisor {
                 id: id.into(),
                 reason,
             },
-            ConnError::Frame(toru_plugin_api::codec::FrameError::WriteTooLarge { len, max }) => {
+            ConnError::TooLarge { len, max }
+            | ConnError::Frame(toru_plugin_api::codec::FrameError::WriteTooLarge { len, max }) => {
                 ForwardError::BadRequest(format!(
                     "request of {len} bytes exceeds the plugin frame limit of {max}"
                 ))
