@@ -15,7 +15,7 @@ use hyper::{Method, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
-use toru_plugin_api::protocol::BodyEncoding;
+use toru_plugin_api::protocol::{BodyEncoding, ErrorCode, KvReply};
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::auth::{Identity, Role};
@@ -25,7 +25,7 @@ use super::router::{
     ApiError, Ctx, Resp, Server, bytes_response, clear_cookie, json_response, me_json,
     method_not_allowed, ok_json,
 };
-use crate::store::{StoreError, StoreHealth};
+use crate::store::{StoreError, StoreHealth, kv};
 use crate::supervisor::{ForwardError, SupervisorError};
 
 /// A log follow request waits at most this long for a new line (then answers with none).
@@ -391,56 +391,31 @@ async fn follow(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
 
 async fn kv(srv: &Server, who: &Identity, id: &str, body: Incoming) -> Result<Resp, ApiError> {
     srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    // The same request shape as the plugin protocol's `kv` messages.
+    // The same request shape as the plugin protocol's `kv` messages, served by the same function.
     let req: KvRequest = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
-    let store = &srv.app.store;
-    let r = match req {
-        KvRequest::Get { key } => store
-            .kv_get(id, &key)
-            .map(|v| json!({"key": key, "value": v})),
-        KvRequest::List {
-            prefix,
-            start_after,
-            limit,
-        } => store
-            .kv_list(id, &prefix, start_after.as_deref(), limit.unwrap_or(1000))
-            .map(|(keys, truncated)| json!({"keys": keys, "truncated": truncated})),
-        KvRequest::Set { key, value } => {
-            admin(who)?;
-            store
-                .kv_set(id, &key, &value)
-                .await
-                .map(|()| json!({"key": key, "ok": true}))
-        }
-        KvRequest::Delete { key } => {
-            admin(who)?;
-            store
-                .kv_delete(id, &key)
-                .await
-                .map(|existed| json!({"key": key, "existed": existed}))
-        }
-    };
-    r.map_err(kv_error).and_then(|v| ok_json(&v))
+    if matches!(req, KvRequest::Set { .. } | KvRequest::Delete { .. }) {
+        admin(who)?;
+    }
+    let reply = kv::serve(&srv.app.store, id, req).await.map_err(kv_error)?;
+    ok_json(&match reply {
+        KvReply::Get { key, value } => json!({"key": key, "value": value}),
+        KvReply::List { keys, truncated } => json!({"keys": keys, "truncated": truncated}),
+        KvReply::Set { key } => json!({"key": key, "ok": true}),
+        KvReply::Delete { key, existed } => json!({"key": key, "existed": existed}),
+    })
 }
 
+/// The status for the protocol code [`kv::error_code`] gives (the plugin socket sends the code).
 fn kv_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::KeyTooLong(_) => ApiError::bad_request(e.to_string()),
-        StoreError::ValueTooLarge(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-        }
-        StoreError::QuotaExceeded { .. } => ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "quota_exceeded",
-            e.to_string(),
-        ),
-        StoreError::Degraded | StoreError::Closed => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
-        e => ApiError::internal("KV", &e),
-    }
+    let code = kv::error_code(&e);
+    let status = match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => return ApiError::internal("KV", &e),
+    };
+    ApiError::new(status, code.as_str(), e.to_string())
 }
 
 async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError> {

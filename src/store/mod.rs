@@ -4,7 +4,9 @@
 //! callers see [`Store`] and plain records.
 //!
 //! Called by the supervisor (plugin state, events, KV on behalf of plugins), the HTTP layer (the
-//! same, plus users, tokens and sessions) and startup (open, close). It must not hash secrets (the
+//! same, plus users, tokens and sessions) and startup (open, close). Both serve KV through
+//! [`kv::serve`], which turns the protocol's `kv` requests into calls here; the KV limits are the
+//! protocol's (`toru_plugin_api::protocol::MAX_KV_*`), checked here. It must not hash secrets (the
 //! callers hand it hashes), know about processes or HTTP, or block the runtime thread on a disk
 //! flush.
 //!
@@ -79,6 +81,7 @@
 //! start creates a fresh file. Every open checks the whole file's integrity (redb's checksums), so
 //! corruption is reported as an error rather than trusted.
 
+pub mod kv;
 mod open;
 mod tables;
 #[cfg(test)]
@@ -95,16 +98,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
+use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
 
-/// Longest KV key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
-/// Largest KV value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most keys one [`Store::kv_list`] returns.
-pub const MAX_LIST_KEYS: usize = 1000;
 /// Most events one [`Store::events`] returns.
 pub const MAX_LIST_EVENTS: usize = 1000;
 /// An event whose JSON is larger than this is stored with its details replaced by a note and its
@@ -183,11 +181,14 @@ pub enum OpenError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Key longer than 256 bytes or empty.
-    #[error("key must be 1 to 256 bytes (got {0})")]
+    /// An empty key.
+    #[error("key must be 1 to {MAX_KV_KEY_LEN} bytes (got 0)")]
+    EmptyKey,
+    /// Key longer than [`MAX_KV_KEY_LEN`] bytes.
+    #[error("key must be 1 to {MAX_KV_KEY_LEN} bytes (got {0})")]
     KeyTooLong(usize),
-    /// Value longer than 64 KiB.
-    #[error("value must be at most 65536 bytes (got {0})")]
+    /// Value longer than [`MAX_KV_VALUE_LEN`] bytes.
+    #[error("value must be at most {MAX_KV_VALUE_LEN} bytes (got {0})")]
     ValueTooLarge(usize),
     /// The plugin's quota would be exceeded.
     #[error("plugin KV quota of {quota} bytes exceeded (in use {used}, this write needs {needed})")]
@@ -480,12 +481,13 @@ impl Store {
         self.read(|txn| tables::kv_get(txn, plugin, key))
     }
 
-    /// Set `key` in `plugin`'s namespace. Fails with [`StoreError::KeyTooLong`],
+    /// Set `key` in `plugin`'s namespace. Fails with [`StoreError::EmptyKey`],
+    /// [`StoreError::KeyTooLong`],
     /// [`StoreError::ValueTooLarge`], [`StoreError::QuotaExceeded`] (overwriting counts only the
     /// difference), or [`StoreError::Degraded`].
     pub async fn kv_set(&self, plugin: &str, key: &str, value: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
+        if value.len() > MAX_KV_VALUE_LEN {
             return Err(StoreError::ValueTooLarge(value.len()));
         }
         self.check_not_degraded()?;
@@ -512,7 +514,7 @@ impl Store {
     }
 
     /// Keys of `plugin`'s namespace that start with `prefix`, in byte order, after `start_after`
-    /// when given, at most `limit` of them (capped at [`MAX_LIST_KEYS`]). The flag is `true` when
+    /// when given, at most `limit` of them (capped at [`MAX_KV_LIST_LIMIT`]). The flag is `true` when
     /// more keys match beyond the returned ones (continue with `start_after` = the last key).
     pub fn kv_list(
         &self,
@@ -521,7 +523,7 @@ impl Store {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<String>, bool), StoreError> {
-        let limit = limit.min(MAX_LIST_KEYS);
+        let limit = limit.min(MAX_KV_LIST_LIMIT);
         self.read(|txn| tables::kv_list(txn, plugin, prefix, start_after, limit))
     }
 
@@ -664,7 +666,10 @@ impl Store {
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+    if key.is_empty() {
+        return Err(StoreError::EmptyKey);
+    }
+    if key.len() > MAX_KV_KEY_LEN {
         return Err(StoreError::KeyTooLong(key.len()));
     }
     Ok(())

@@ -4,7 +4,8 @@
 //!   ([`toru_plugin_api::mux`], the same code the SDK runs): its writer task owns the write half,
 //!   host requests are matched to replies by `request_id` in its pending table. The reader task
 //!   here owns the read half and dispatches what the plugin sends: replies to the multiplexer, KV
-//!   requests to the store (scoped to the plugin), `log` frames to its ring.
+//!   requests to [`crate::store::kv::serve`] (scoped to the plugin; the same function serves the
+//!   REST API's KV), `log` frames to its ring.
 //! - [`legacy_exchange`] (protocol 1.0): connect, write one frame, read the reply if one is due,
 //!   close. Callers serialise these per plugin (never two connections at once).
 //!
@@ -20,13 +21,12 @@ use tokio::sync::oneshot;
 use toru_plugin_api::codec::{FrameError, MAX_CONTROL_FRAME_LEN, tokio_codec};
 use toru_plugin_api::mux::{HostMux, Mux, MuxConfig, MuxError};
 use toru_plugin_api::protocol::{
-    ErrorCode, ErrorReply, Frame, HostMessage, KvPayload, KvReply, KvRequest, MAX_KV_LIST_LIMIT,
-    PluginMessage, decode_plugin_frame,
+    ErrorCode, ErrorReply, Frame, HostMessage, KvPayload, PluginMessage, decode_plugin_frame,
 };
 
 use super::logs::LogRing;
 use super::view::LogStream;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, kv};
 
 /// Why a request to a plugin failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,9 +147,9 @@ impl Conn {
                         };
                         let (store, plugin, mux) = (store.clone(), plugin.clone(), mux.clone());
                         tokio::task::spawn_local(async move {
-                            let msg = match serve_kv(&store, &plugin, req).await {
+                            let msg = match kv::serve(&store, &plugin, req).await {
                                 Ok(reply) => HostMessage::Kv(KvPayload::from_reply(&reply)),
-                                Err(e) => HostMessage::Error(e),
+                                Err(e) => HostMessage::Error(kv::error_reply(&e)),
                             };
                             let _ = mux.send(Some(id), msg).await;
                             drop(permit);
@@ -193,50 +193,6 @@ impl Conn {
     /// Requests waiting for replies.
     pub fn in_flight(&self) -> usize {
         self.mux.in_flight()
-    }
-}
-
-fn store_error(e: StoreError) -> ErrorReply {
-    let code = match &e {
-        StoreError::KeyTooLong(_) | StoreError::ValueTooLarge(_) => ErrorCode::TooLarge,
-        StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
-        StoreError::Degraded | StoreError::Closed => ErrorCode::Unavailable,
-        _ => ErrorCode::Internal,
-    };
-    ErrorReply::new(code, e.to_string())
-}
-
-/// Answer one KV request from `plugin`'s namespace.
-pub async fn serve_kv(store: &Store, plugin: &str, req: KvRequest) -> Result<KvReply, ErrorReply> {
-    match req {
-        KvRequest::Get { key } => {
-            let value = store.kv_get(plugin, &key).map_err(store_error)?;
-            Ok(KvReply::Get { key, value })
-        }
-        KvRequest::Set { key, value } => {
-            store
-                .kv_set(plugin, &key, &value)
-                .await
-                .map_err(store_error)?;
-            Ok(KvReply::Set { key })
-        }
-        KvRequest::Delete { key } => {
-            let existed = store.kv_delete(plugin, &key).await.map_err(store_error)?;
-            Ok(KvReply::Delete { key, existed })
-        }
-        KvRequest::List {
-            prefix,
-            start_after,
-            limit,
-        } => {
-            let limit = limit
-                .unwrap_or(MAX_KV_LIST_LIMIT)
-                .clamp(1, MAX_KV_LIST_LIMIT);
-            let (keys, truncated) = store
-                .kv_list(plugin, &prefix, start_after.as_deref(), limit)
-                .map_err(store_error)?;
-            Ok(KvReply::List { keys, truncated })
-        }
     }
 }
 
