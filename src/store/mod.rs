@@ -259,12 +259,98 @@ pub struct PluginRecord {
     pub auto_disabled: Option<String>,
 }
 
+/// What an event records. Stored, and shown by the API, as the string [`EventKind::as_str`]
+/// gives (`"crashed"`, `"metadata-invalid"` …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A process was spawned.
+    Started,
+    /// The process can serve (1.1: answered `ready`; 1.0: init was delivered).
+    Ready,
+    /// The process exited after a stop was asked for.
+    Stopped,
+    /// The process failed: exited on its own, hung, timed out starting or broke the protocol.
+    Crashed,
+    /// The process is being started again (after a failure, or on request).
+    Restarted,
+    /// The process missed heartbeats; it is being killed.
+    Hung,
+    /// A user enabled the plugin.
+    Enabled,
+    /// A user disabled the plugin, or the supervisor did after repeated failures.
+    Disabled,
+    /// A `*.binary` was skipped: its metadata is invalid, or its id or route is taken.
+    MetadataInvalid,
+    /// A kind this build does not know, as read from the store (a newer build wrote it); kept
+    /// as written so reading never fails or changes it.
+    Other(String),
+}
+
+impl EventKind {
+    /// The stored string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Ready => "ready",
+            EventKind::Stopped => "stopped",
+            EventKind::Crashed => "crashed",
+            EventKind::Restarted => "restarted",
+            EventKind::Hung => "hung",
+            EventKind::Enabled => "enabled",
+            EventKind::Disabled => "disabled",
+            EventKind::MetadataInvalid => "metadata-invalid",
+            EventKind::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for EventKind {
+    fn from(s: &str) -> EventKind {
+        match s {
+            "started" => EventKind::Started,
+            "ready" => EventKind::Ready,
+            "stopped" => EventKind::Stopped,
+            "crashed" => EventKind::Crashed,
+            "restarted" => EventKind::Restarted,
+            "hung" => EventKind::Hung,
+            "enabled" => EventKind::Enabled,
+            "disabled" => EventKind::Disabled,
+            "metadata-invalid" => EventKind::MetadataInvalid,
+            other => EventKind::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(EventKind::from(s.as_ref()))
+    }
+}
+
 /// An event to record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {
-    /// `started`, `ready`, `stopped`, `crashed`, `restarted`, `hung`, `disabled`, `enabled`,
-    /// `metadata-invalid`, …
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// One human sentence.
     pub message: String,
     /// Structured details (exit code, signal, uptime_ms, stderr_tail, …).
@@ -282,7 +368,7 @@ pub struct Event {
     /// When it was recorded.
     pub at: DateTime<Utc>,
     /// See [`NewEvent::kind`].
-    pub kind: String,
+    pub kind: EventKind,
     /// See [`NewEvent::message`].
     pub message: String,
     /// See [`NewEvent::details`].
@@ -685,9 +771,10 @@ fn bound_event(mut ev: NewEvent) -> (NewEvent, usize) {
     ev.details = serde_json::json!({
         "omitted": format!("the event was {bytes} bytes, over the {MAX_EVENT_BYTES}-byte limit"),
     });
-    if ev.kind.len() > MAX_EVENT_MESSAGE_BYTES {
-        ev.kind
-            .truncate(ev.kind.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
+    if let EventKind::Other(kind) = &mut ev.kind
+        && kind.len() > MAX_EVENT_MESSAGE_BYTES
+    {
+        kind.truncate(kind.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
     }
     if ev.message.len() > MAX_EVENT_MESSAGE_BYTES {
         ev.message

@@ -47,7 +47,7 @@ fn open_with(dir: &TempDir, opts: StoreOptions) -> Store {
 
 fn event(kind: &str) -> NewEvent {
     NewEvent {
-        kind: kind.to_owned(),
+        kind: kind.into(),
         message: format!("the plugin {kind}"),
         details: serde_json::json!({ "n": kind.len() }),
     }
@@ -1416,4 +1416,32 @@ fn acknowledged_writes_survive_sigkill() {
             "{plugin}/{key} was acknowledged"
         );
     }
+}
+
+#[test]
+fn event_kinds_are_stored_as_the_strings_the_api_shows() {
+    let known = [
+        (EventKind::Started, "started"),
+        (EventKind::Ready, "ready"),
+        (EventKind::Stopped, "stopped"),
+        (EventKind::Crashed, "crashed"),
+        (EventKind::Restarted, "restarted"),
+        (EventKind::Hung, "hung"),
+        (EventKind::Enabled, "enabled"),
+        (EventKind::Disabled, "disabled"),
+        (EventKind::MetadataInvalid, "metadata-invalid"),
+    ];
+    for (kind, text) in known {
+        let json = serde_json::to_string(&kind).expect("serialise");
+        assert_eq!(json, format!("\"{text}\""));
+        let back: EventKind = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, kind);
+    }
+    // A kind written by a newer build reads back unchanged.
+    let other: EventKind = serde_json::from_str("\"upgraded\"").expect("deserialise");
+    assert_eq!(other, EventKind::Other("upgraded".into()));
+    assert_eq!(
+        serde_json::to_string(&other).expect("serialise"),
+        "\"upgraded\""
+    );
 }

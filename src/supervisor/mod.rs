@@ -28,7 +28,7 @@ use toru_plugin_api::protocol::{HostMessage, PluginMessage, ProtocolVersion};
 use toru_plugin_api::{HttpRequest, HttpResponse, LogLevel};
 
 use crate::config::Config;
-use crate::store::{NewEvent, Store};
+use crate::store::{EventKind, NewEvent, Store};
 use conn::{ConnError, legacy_exchange};
 use logs::LogRing;
 use plugin::{Command, Ctx, Shared};
@@ -250,7 +250,7 @@ impl Supervisor {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let ev = NewEvent {
-                    kind: "metadata-invalid".into(),
+                    kind: EventKind::MetadataInvalid,
                     message: inv.reason.clone(),
                     details: json!({ "binary": inv.binary }),
                 };

@@ -27,7 +27,7 @@ use super::policy::{Action, Input, Policy};
 use super::process;
 use super::view::{LogStream, PluginState};
 use crate::config::Config;
-use crate::store::{Event, NewEvent, PluginRecord, Store};
+use crate::store::{Event, EventKind, NewEvent, PluginRecord, Store};
 
 /// A command from the rest of the host.
 #[derive(Debug)]
@@ -337,12 +337,12 @@ impl Task {
                 self.shared.enabled.set(enabled);
                 *self.shared.auto_disabled.borrow_mut() = auto_disabled.clone();
                 let (kind, message) = match (enabled, &auto_disabled) {
-                    (true, _) => ("enabled", "enabled".to_string()),
-                    (false, Some(why)) => ("disabled", why.clone()),
-                    (false, None) => ("disabled", "disabled by a user".to_string()),
+                    (true, _) => (EventKind::Enabled, "enabled".to_string()),
+                    (false, Some(why)) => (EventKind::Disabled, why.clone()),
+                    (false, None) => (EventKind::Disabled, "disabled by a user".to_string()),
                 };
                 let event = NewEvent {
-                    kind: kind.into(),
+                    kind,
                     message,
                     details: json!({ "automatic": auto_disabled.is_some() }),
                 };
@@ -362,7 +362,7 @@ impl Task {
                 None
             }
             Action::Record { kind, message } => {
-                let details = if kind == "crashed" {
+                let details = if kind == EventKind::Crashed {
                     self.last_exit.clone()
                 } else {
                     json!({})
@@ -386,14 +386,14 @@ impl Task {
 
     /// Record an event without waiting for its commit: the restart path must not wait on fsync.
     /// The journal task writes events in order; the view's `last_event` is updated at once.
-    fn record(&self, kind: &str, message: String, details: serde_json::Value) {
+    fn record(&self, kind: EventKind, message: String, details: serde_json::Value) {
         let level = match kind {
-            "crashed" | "hung" | "disabled" => log::Level::Warn,
+            EventKind::Crashed | EventKind::Hung | EventKind::Disabled => log::Level::Warn,
             _ => log::Level::Info,
         };
         log::log!(level, "[{}] {kind}: {message}", self.id());
         let ev = NewEvent {
-            kind: kind.into(),
+            kind,
             message,
             details,
         };
@@ -430,7 +430,7 @@ impl Task {
         }
         self.child = Some(child);
         self.record(
-            "started",
+            EventKind::Started,
             format!("started (pid {pid})"),
             json!({ "pid": pid }),
         );
@@ -451,7 +451,11 @@ impl Task {
                 self.shared.ready_since.set(Some(Utc::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
-                self.record("ready", format!("ready (protocol {proto})"), json!({}));
+                self.record(
+                    EventKind::Ready,
+                    format!("ready (protocol {proto})"),
+                    json!({}),
+                );
             }
             ProcEvent::StartFailed(reason) => {
                 self.host_log(LogLevel::Error, &reason);
@@ -459,7 +463,7 @@ impl Task {
             }
             ProcEvent::Hung(missed) => {
                 let reason = format!("hung: missed {missed} heartbeats in a row");
-                self.record("hung", reason.clone(), json!({ "missed": missed }));
+                self.record(EventKind::Hung, reason.clone(), json!({ "missed": missed }));
                 self.kill_now(Some(reason));
             }
             ProcEvent::ConnLost(reason) => {
@@ -579,7 +583,7 @@ impl Task {
         });
         if self.shared.policy.borrow().state() == PluginState::Stopping {
             let details = self.last_exit.clone();
-            self.record("stopped", format!("stopped ({desc})"), details);
+            self.record(EventKind::Stopped, format!("stopped ({desc})"), details);
             self.apply(Input::Stopped).await;
         } else {
             self.apply(Input::Failed { reason }).await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::view::PluginState;
+use crate::store::EventKind;
 
 /// Ready this long and the failure count resets; a failure after that restarts at once.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -71,7 +72,7 @@ pub enum Action {
     /// Record an event.
     Record {
         /// Event kind.
-        kind: &'static str,
+        kind: EventKind,
         /// Human sentence.
         message: String,
     },
@@ -248,7 +249,7 @@ impl Policy {
                 self.ready_at = None;
                 let n = self.failures;
                 let mut acts = vec![Record {
-                    kind: "crashed",
+                    kind: EventKind::Crashed,
                     message: format!("{reason} (failure {n} in a row)"),
                 }];
                 if n >= MAX_CONSECUTIVE_FAILURES {
@@ -279,7 +280,7 @@ impl Policy {
                         self.restarts += 1;
                         vec![
                             Record {
-                                kind: "restarted",
+                                kind: EventKind::Restarted,
                                 message: "restarted on request".into(),
                             },
                             Spawn,
@@ -300,7 +301,7 @@ impl Policy {
                 self.restarts += 1;
                 vec![
                     Record {
-                        kind: "restarted",
+                        kind: EventKind::Restarted,
                         message: format!("restarting after failure {} in a row", self.failures),
                     },
                     Spawn,
@@ -444,7 +445,7 @@ mod tests {
         assert!(matches!(
             &acts[0],
             Action::Record {
-                kind: "crashed",
+                kind: EventKind::Crashed,
                 ..
             }
         ));
