@@ -229,10 +229,14 @@ impl Host {
                 .unwrap();
             match self.notify.recv(&mut buf) {
                 Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                // EINTR: a recv with SO_RCVTIMEO fails so when the test process is stopped and
+                // resumed (SIGSTOP/SIGCONT, a frozen cgroup), even with no signal handler.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => panic!("notify recv: {e}"),
             }
