@@ -26,7 +26,7 @@ use super::router::{
     method_not_allowed, ok_json,
 };
 use crate::store::{StoreError, StoreHealth, kv};
-use crate::supervisor::{ForwardError, SupervisorError};
+use crate::supervisor::{ForwardError, PluginReply, SupervisorError};
 
 /// A log follow request waits at most this long for a new line (then answers with none).
 pub const LONG_POLL: Duration = Duration::from_secs(25);
@@ -535,7 +535,7 @@ async fn call_plugin(srv: &Server, id: &str, req: HttpRequest) -> Result<Resp, A
             Err(_) => Err(ForwardError::Timeout(id.to_string())),
         };
     let out = match result {
-        Ok(reply) => plugin_response(id, reply),
+        Ok(reply) => Ok(plugin_response(reply)),
         Err(e) => Err(forward_error(e)),
     };
     let status = match &out {
@@ -566,29 +566,14 @@ fn forward_error(e: ForwardError) -> ApiError {
     }
 }
 
-fn plugin_response(id: &str, reply: toru_plugin_api::HttpResponse) -> Result<Resp, ApiError> {
-    let bad = |why: &str| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "plugin_bad_reply",
-            format!("plugin {id:?} sent a broken reply: {why}"),
-        )
-    };
-    let status = StatusCode::from_u16(reply.status)
-        .ok()
-        .filter(|s| (200..=599).contains(&s.as_u16()))
-        .ok_or_else(|| bad(&format!("status {}", reply.status)))?;
-    let body: Vec<u8> = match (reply.body, reply.body_encoding) {
-        (None, _) => Vec::new(),
-        (Some(b), BodyEncoding::Utf8) => b.into_bytes(),
-        (Some(b), BodyEncoding::Base64) => base64::engine::general_purpose::STANDARD
-            .decode(b.as_bytes())
-            .map_err(|_| bad("body_encoding is base64 but the body is not"))?,
-    };
+/// The response for a plugin's reply (checked by the supervisor: status 200–599, body decoded).
+fn plugin_response(reply: PluginReply) -> Resp {
+    let (status, headers, body) = reply.into_parts();
+    let status = StatusCode::from_u16(status).expect("the supervisor checked 200..=599");
     let looks_json = matches!(body.first(), Some(b'{' | b'['));
     let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
-    for (k, v) in &reply.headers {
+    for (k, v) in &headers {
         let lk = k.to_ascii_lowercase();
         if DROP_RESPONSE_HEADERS.contains(&lk.as_str()) {
             continue;
@@ -609,7 +594,7 @@ fn plugin_response(id: &str, reply: toru_plugin_api::HttpResponse) -> Result<Res
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]
@@ -654,7 +639,7 @@ mod tests {
             .insert("Set-Cookie".into(), "toru_session=evil".into());
         reply.headers.insert("X-Custom".into(), "yes".into());
         reply.body = Some("{}".into());
-        let r = plugin_response("p", reply).unwrap();
+        let r = plugin_response(PluginReply::from_wire(reply).unwrap());
         assert_eq!(r.status(), 201);
         assert_eq!(r.headers()["content-type"], "application/json");
         assert_eq!(r.headers()["x-custom"], "yes");
@@ -664,23 +649,10 @@ mod tests {
         let mut bin = toru_plugin_api::HttpResponse::new(200);
         bin.body = Some("AAEC".into());
         bin.body_encoding = BodyEncoding::Base64;
-        assert_eq!(plugin_response("p", bin).unwrap().body().len(), 3);
-        let mut broken = toru_plugin_api::HttpResponse::new(200);
-        broken.body = Some("@@@".into());
-        broken.body_encoding = BodyEncoding::Base64;
-        assert_eq!(plugin_response("p", broken).unwrap_err().status, 502);
-        assert_eq!(
-            plugin_response("p", toru_plugin_api::HttpResponse::new(700))
-                .unwrap_err()
-                .status,
-            502
-        );
-        assert_eq!(
-            plugin_response("p", toru_plugin_api::HttpResponse::new(101))
-                .unwrap_err()
-                .status,
-            502
-        );
+        let bin = plugin_response(PluginReply::from_wire(bin).unwrap());
+        assert_eq!(bin.body().len(), 3);
+        // Broken replies (bad status, bad base64) never get here: the supervisor refuses them
+        // (supervisor::link tests) and they become 502 plugin_bad_reply (forward_error above).
     }
 
     #[test]

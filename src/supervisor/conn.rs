@@ -1,18 +1,15 @@
-//! Talking to a running plugin over its socket.
+//! The 1.1 connection to a running plugin (1.0 exchanges are in `link`, which uses this).
 //!
-//! - [`Conn`] (protocol 1.1): one persistent connection on the shared multiplexer
+//! - [`Conn`]: one persistent connection on the shared multiplexer
 //!   ([`toru_plugin_api::mux`], the same code the SDK runs): its writer task owns the write half,
 //!   host requests are matched to replies by `request_id` in its pending table. The reader task
 //!   here owns the read half and dispatches what the plugin sends: replies to the multiplexer, KV
 //!   requests to [`crate::store::kv::serve`] (scoped to the plugin; the same function serves the
 //!   REST API's KV), `log` frames to its ring.
-//! - [`legacy_exchange`] (protocol 1.0): connect, write one frame, read the reply if one is due,
-//!   close. Callers serialise these per plugin (never two connections at once).
 //!
 //! Limits keep a misbehaving plugin from hurting the host: frames are capped before allocation,
 //! requests in flight are capped both ways, every wait has a deadline.
 
-use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -194,33 +191,4 @@ impl Conn {
     pub fn in_flight(&self) -> usize {
         self.mux.in_flight()
     }
-}
-
-/// Protocol 1.0: connect, write one frame, read one reply frame if `want_reply`, close.
-pub async fn legacy_exchange(
-    socket: &Path,
-    msg: HostMessage,
-    request_id: Option<String>,
-    want_reply: bool,
-    timeout: Duration,
-    max_frame: usize,
-) -> Result<Option<Frame<PluginMessage>>, ConnError> {
-    let work = async {
-        let mut stream = UnixStream::connect(socket)
-            .await
-            .map_err(ConnError::Connect)?;
-        let body = Frame::new(request_id.clone(), msg).encode();
-        tokio_codec::write_frame(&mut stream, &body, max_frame).await?;
-        if !want_reply {
-            return Ok(None);
-        }
-        let reply = tokio_codec::read_frame(&mut stream, max_frame)
-            .await?
-            .ok_or(ConnError::Closed)?;
-        let frame = decode_plugin_frame(&reply).map_err(|e| ConnError::Invalid(e.to_string()))?;
-        Ok(Some(frame))
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ConnError::Timeout(timeout))?
 }

@@ -17,11 +17,10 @@ use tokio::process::Child;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use toru_plugin_api::LogLevel;
-use toru_plugin_api::protocol::{
-    HostMessage, Init, PROTOCOL_VERSION, PluginMessage, PluginMetadata, ProtocolVersion,
-};
+use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion};
 
-use super::conn::{Conn, ConnEnd, ConnError, legacy_exchange};
+use super::conn::ConnError;
+use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
 use super::policy::{Action, Input, Policy};
 use super::process;
@@ -65,10 +64,8 @@ pub struct Shared {
     pub pid: Cell<Option<u32>>,
     /// When the current process became ready (wall clock).
     pub ready_since: Cell<Option<chrono::DateTime<Utc>>>,
-    /// The 1.1 connection while ready.
-    pub conn: RefCell<Option<Rc<Conn>>>,
-    /// Serialises 1.0 exchanges (never two connections at once).
-    pub legacy_lock: tokio::sync::Mutex<()>,
+    /// The link to the current process (from spawn until it is stopped, lost or gone).
+    pub(crate) link: RefCell<Option<Rc<PluginLink>>>,
     /// Its log.
     pub ring: Rc<LogRing>,
     /// The newest stored event.
@@ -93,7 +90,7 @@ pub struct Ctx {
 /// Events from helper tasks of one process generation.
 #[derive(Debug)]
 enum ProcEvent {
-    Ready(Option<Rc<Conn>>),
+    Ready,
     StartFailed(String),
     Hung(u32),
     ConnLost(String),
@@ -429,6 +426,15 @@ impl Task {
             tokio::task::spawn_local(pipe_lines(err, LogStream::Stderr, self.shared.ring.clone()));
         }
         self.child = Some(child);
+        let link = Rc::new(PluginLink::new(
+            self.shared.protocol,
+            &self.shared.id,
+            &socket,
+            &self.ctx.store,
+            &self.shared.ring,
+            self.ctx.config.max_frame_len,
+        ));
+        *self.shared.link.borrow_mut() = Some(link.clone());
         self.record(
             EventKind::Started,
             format!("started (pid {pid})"),
@@ -437,6 +443,7 @@ impl Task {
         tokio::task::spawn_local(start_sequence(
             self.shared.clone(),
             self.ctx.clone(),
+            link,
             generation,
             self.events.clone(),
             watch,
@@ -446,8 +453,7 @@ impl Task {
 
     async fn proc_event(&mut self, ev: ProcEvent) {
         match ev {
-            ProcEvent::Ready(conn) => {
-                *self.shared.conn.borrow_mut() = conn;
+            ProcEvent::Ready => {
                 self.shared.ready_since.set(Some(Utc::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
@@ -470,7 +476,7 @@ impl Task {
                 if self.shared.policy.borrow().state() == PluginState::Stopping {
                     return;
                 }
-                *self.shared.conn.borrow_mut() = None;
+                *self.shared.link.borrow_mut() = None;
                 if self.kill_reason.is_some() {
                     return; // we are killing it already, for a reason of our own
                 }
@@ -498,31 +504,15 @@ impl Task {
         };
         let grace = self.ctx.config.supervisor.shutdown_grace;
         self.stop = Some((StopPhase::Shutdown, Instant::now() + grace));
-        let conn = self.shared.conn.borrow_mut().take();
-        let shared = self.shared.clone();
-        let max = self.ctx.config.max_frame_len;
+        let link = self.shared.link.borrow_mut().take();
+        let ring = self.shared.ring.clone();
         tokio::task::spawn_local(async move {
-            let result = match (shared.protocol, conn) {
-                (ProtocolVersion::V1_1, Some(conn)) => {
-                    conn.request(HostMessage::Shutdown, grace).await.map(|_| ())
-                }
-                (ProtocolVersion::V1_1, None) => Err(ConnError::Closed),
-                (ProtocolVersion::V1_0, _) => {
-                    let _guard = shared.legacy_lock.lock().await;
-                    legacy_exchange(
-                        &shared.socket,
-                        HostMessage::Shutdown,
-                        None,
-                        false,
-                        grace,
-                        max,
-                    )
-                    .await
-                    .map(|_| ())
-                }
+            let result = match link {
+                Some(link) => link.shutdown(grace).await,
+                None => Err(ConnError::Closed),
             };
             if let Err(e) = result {
-                shared.ring.push(
+                ring.push(
                     LogStream::Host,
                     LogLevel::Debug,
                     &format!("shutdown message not delivered ({e}); will signal pid {pid}"),
@@ -561,7 +551,7 @@ impl Task {
         self.generation += 1;
         self.shared.pid.set(None);
         self.shared.ready_since.set(None);
-        *self.shared.conn.borrow_mut() = None;
+        *self.shared.link.borrow_mut() = None;
         self.kill_at = None;
         self.stop = None;
         let uptime_ms = self
@@ -618,10 +608,12 @@ async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc
     }
 }
 
-/// Wait for the socket, deliver init, wait for ready (1.1); then run the heartbeat.
+/// Wait for the socket, deliver init through the link; then watch the link (1.1 heartbeats and
+/// connection).
 async fn start_sequence(
     shared: Rc<Shared>,
     ctx: Rc<Ctx>,
+    link: Rc<PluginLink>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
     watch: Option<super::watch::SocketWatch>,
@@ -682,7 +674,7 @@ async fn start_sequence(
         .runtime_dir
         .join("logs")
         .join(format!("{}.log", shared.id));
-    let mut init = Init {
+    let init = Init {
         instance_id: ctx.instance_id.clone(),
         plugin_socket: shared.socket.display().to_string(),
         log_path: log_path.display().to_string(),
@@ -690,99 +682,20 @@ async fn start_sequence(
         heartbeat_interval_ms: None,
         max_frame_len: None,
     };
-    match shared.protocol {
-        ProtocolVersion::V1_0 => {
-            // The probe connection only proved the socket is up; 1.0 plugins get one message per
-            // connection, so close it and deliver init on its own connection.
-            drop(stream);
-            let _guard = shared.legacy_lock.lock().await;
-            let max = ctx.config.max_frame_len;
-            match legacy_exchange(
-                &shared.socket,
-                HostMessage::Init(init),
-                None,
-                false,
-                cfg.ready_timeout,
-                max,
-            )
-            .await
-            {
-                Ok(_) => report(ProcEvent::Ready(None)),
-                Err(e) => report(ProcEvent::StartFailed(format!("init not delivered: {e}"))),
-            }
-        }
-        ProtocolVersion::V1_1 => {
-            init.protocol = Some(PROTOCOL_VERSION.to_string());
-            init.heartbeat_interval_ms = Some(cfg.heartbeat_interval.as_millis() as u64);
-            init.max_frame_len = Some(ctx.config.max_frame_len as u64);
-            let (ended_tx, ended_rx) = oneshot::channel();
-            let conn = Conn::start(
-                stream,
-                shared.id.clone(),
-                ctx.store.clone(),
-                shared.ring.clone(),
-                ctx.config.max_frame_len,
-                ended_tx,
-            );
-            {
-                let events = events.clone();
-                tokio::task::spawn_local(async move {
-                    let why = match ended_rx.await {
-                        Ok(ConnEnd::Eof) => "EOF".to_string(),
-                        Ok(ConnEnd::Broken(e)) => e,
-                        Err(_) => return,
-                    };
-                    let _ = events.send((generation, ProcEvent::ConnLost(why)));
-                });
-            }
-            match conn
-                .request(HostMessage::Init(init), cfg.ready_timeout)
-                .await
-            {
-                Ok(f) if f.message == PluginMessage::Ready => {}
-                Ok(f) => {
-                    let why = match f.message {
-                        PluginMessage::Error(e) => format!("init refused: {e}"),
-                        other => format!("unexpected answer to init: {other:?}"),
-                    };
-                    report(ProcEvent::StartFailed(why));
-                    return;
-                }
-                Err(e) => {
-                    report(ProcEvent::StartFailed(format!("no ready after init: {e}")));
-                    return;
-                }
-            }
-            report(ProcEvent::Ready(Some(conn.clone())));
-            heartbeat(conn, ctx, generation, events).await;
-        }
+    if let Err(why) = link
+        .init(stream, init, cfg.heartbeat_interval, cfg.ready_timeout)
+        .await
+    {
+        report(ProcEvent::StartFailed(why));
+        return;
     }
-}
-
-/// Ping every interval; a ping unanswered within the interval is a miss; N misses → hung.
-async fn heartbeat(
-    conn: Rc<Conn>,
-    ctx: Rc<Ctx>,
-    generation: u64,
-    events: mpsc::UnboundedSender<(u64, ProcEvent)>,
-) {
-    let interval = ctx.config.supervisor.heartbeat_interval;
-    let max_misses = ctx.config.supervisor.heartbeat_misses.max(1);
-    let mut missed = 0u32;
-    let mut seq = 0u64;
-    loop {
-        if missed == 0 {
-            tokio::time::sleep(interval).await;
-        }
-        seq += 1;
-        match conn.request(HostMessage::Ping { seq }, interval).await {
-            Ok(f) if f.message == (PluginMessage::Pong { seq }) => missed = 0,
-            Ok(_) | Err(ConnError::Timeout(_)) | Err(ConnError::Busy) => missed += 1,
-            Err(_) => return, // connection gone: reported by the reader
-        }
-        if missed >= max_misses {
-            let _ = events.send((generation, ProcEvent::Hung(missed)));
-            return;
-        }
+    report(ProcEvent::Ready);
+    match link
+        .watch(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        .await
+    {
+        Some(Watch::Hung(missed)) => report(ProcEvent::Hung(missed)),
+        Some(Watch::Lost(why)) => report(ProcEvent::ConnLost(why)),
+        None => {}
     }
 }
