@@ -1,8 +1,11 @@
 //! The supervisor: discovers plugins, starts them, watches them, restarts them, stops them.
 //!
-//! - [`policy`]: the per-plugin restart policy, a state machine without I/O (unit-tested with paused
-//!   time).
-//! - [`plugin`]: one local task per plugin that owns its process and performs the policy's actions.
+//! - [`policy`]: the per-plugin lifecycle policy, a state machine without I/O: restarts and
+//!   backoff, the stop escalation (shutdown → SIGTERM → SIGKILL), the lost-connection grace, and
+//!   the persisted flags (enabled, auto-disabled). It owns every timer; unit-tested with paused
+//!   time and no processes.
+//! - [`plugin`]: one local task per plugin that owns its process, feeds the policy what happens
+//!   and performs its actions.
 //! - [`process`]: spawning (clean environment, own process group, death signal) and `--metadata`.
 //! - `link`: [`PluginReply`] and the plugin link, which hides 1.0 (a connection per message) vs
 //!   1.1 behind init, request, shutdown and watch; the only place the two are told apart.
@@ -96,12 +99,12 @@ impl Supervisor {
             route: s.metadata.route.clone(),
             protocol: s.protocol.as_str(),
             binary: s.binary.display().to_string(),
-            enabled: s.enabled.get(),
+            enabled: policy.enabled(),
             state: policy.state(),
             pid: s.pid.get(),
             restarts: policy.restarts(),
             consecutive_failures: policy.consecutive_failures(now),
-            auto_disabled: s.auto_disabled.borrow().clone(),
+            auto_disabled: policy.auto_disabled().map(str::to_owned),
             ready_since: s.ready_since.get(),
             last_event: s.last_event.borrow().clone(),
             log_dropped: s.ring.dropped(),
@@ -288,6 +291,14 @@ impl Supervisor {
             BTreeMap::new()
         });
         let sockets = ctx.config.runtime_dir.join("plugins");
+        let cfg = &ctx.config.supervisor;
+        let timing = policy::Timing {
+            backoff_base: cfg.backoff_base,
+            healthy_after: cfg.healthy_after,
+            shutdown_grace: cfg.shutdown_grace,
+            term_grace: cfg.term_grace,
+            lost_grace: policy::LOST_CONNECTION_GRACE,
+        };
         for d in found {
             if self.inner.plugins.borrow().contains_key(&d.metadata.id) {
                 continue;
@@ -306,11 +317,10 @@ impl Supervisor {
                 protocol: d.protocol,
                 binary: d.binary.clone(),
                 socket: sockets.join(format!("{id}.sock")),
-                enabled: Cell::new(enabled),
-                auto_disabled: RefCell::new(rec.and_then(|r| r.auto_disabled.clone())),
-                policy: RefCell::new(policy::Policy::with_timing(
-                    ctx.config.supervisor.backoff_base,
-                    ctx.config.supervisor.healthy_after,
+                policy: RefCell::new(policy::Policy::new(
+                    timing,
+                    enabled,
+                    rec.and_then(|r| r.auto_disabled.clone()),
                 )),
                 pid: Cell::new(None),
                 ready_since: Cell::new(None),
@@ -335,7 +345,7 @@ impl Supervisor {
                 d.protocol.as_str(),
                 if enabled { "" } else { ", disabled" }
             );
-            tokio::task::spawn_local(plugin::run(shared, ctx.clone(), rx, enabled));
+            tokio::task::spawn_local(plugin::run(shared, ctx.clone(), rx));
         }
         ctx.changed.notify_waiters();
         report
@@ -351,7 +361,8 @@ impl Supervisor {
             let starting = self.inner.plugins.borrow().values().any(|s| {
                 let state = s.policy.borrow().state();
                 // A new plugin task may not have run yet: enabled and Stopped means "about to start".
-                state == PluginState::Starting || (state == PluginState::Stopped && s.enabled.get())
+                state == PluginState::Starting
+                    || (state == PluginState::Stopped && s.policy.borrow().enabled())
             });
             if !starting {
                 return;
@@ -407,7 +418,7 @@ impl Supervisor {
         let shared = self
             .shared(id)
             .ok_or_else(|| ForwardError::NotFound(id.into()))?;
-        if !shared.enabled.get() {
+        if !shared.policy.borrow().enabled() {
             return Err(ForwardError::Disabled(id.into()));
         }
         let state = shared.policy.borrow().state();

@@ -1,9 +1,11 @@
 //! The glue for one plugin: a local task that owns the process, feeds the [`Policy`] with what
-//! happens (exit, ready, hang, commands, timers) and performs the actions it returns.
+//! happens (exit, ready, hang, lost connection, commands, the policy's own deadline) and performs
+//! the actions it returns (spawn, shutdown message, signals, events, persisted state). Decisions
+//! and timers are the policy's; this file does the I/O.
 //!
 //! Work happens only when something arrives: the child's exit (tokio reaps on SIGCHLD, no polling),
-//! a frame, a command, or a timer the policy or the stop sequence set. The only wait that retries is
-//! the connect to a freshly spawned plugin's socket, bounded by the socket timeout.
+//! a frame, a command, or the policy's deadline. The only wait that retries is the connect to a
+//! freshly spawned plugin's socket, bounded by the socket timeout.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -22,9 +24,9 @@ use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion};
 use super::conn::ConnError;
 use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
-use super::policy::{Action, Input, Policy};
+use super::policy::{Action, Exit, Input, Policy, Signal};
 use super::process;
-use super::view::{LogStream, PluginState};
+use super::view::LogStream;
 use crate::config::Config;
 use crate::store::{Event, EventKind, NewEvent, PluginRecord, Store};
 
@@ -54,11 +56,8 @@ pub struct Shared {
     pub binary: PathBuf,
     /// The socket path.
     pub socket: PathBuf,
-    /// Persisted enabled state.
-    pub enabled: Cell<bool>,
-    /// Why it was disabled automatically.
-    pub auto_disabled: RefCell<Option<String>>,
-    /// Restart policy (written only by the plugin task).
+    /// Lifecycle policy, owner of the state and the persisted flags (enabled, auto-disabled);
+    /// written only by the plugin task.
     pub policy: RefCell<Policy>,
     /// Current process id.
     pub pid: Cell<Option<u32>>,
@@ -145,16 +144,6 @@ async fn write_job(shared: Rc<Shared>, store: Store, job: Job) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopPhase {
-    /// Shutdown message sent; SIGTERM next.
-    Shutdown,
-    /// SIGTERM sent; SIGKILL next.
-    Term,
-    /// SIGKILL sent; waiting for the exit.
-    Kill,
-}
-
 struct Task {
     shared: Rc<Shared>,
     ctx: Rc<Ctx>,
@@ -162,12 +151,7 @@ struct Task {
     child: Option<Child>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
-    backoff_at: Option<Instant>,
-    stop: Option<(StopPhase, Instant)>,
-    kill_at: Option<Instant>,
-    kill_reason: Option<String>,
     spawned_at: Option<Instant>,
-    last_exit: serde_json::Value,
     retire_acks: Vec<oneshot::Sender<()>>,
     retired: bool,
 }
@@ -187,12 +171,7 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::
 }
 
 /// Run one plugin until it is retired.
-pub async fn run(
-    shared: Rc<Shared>,
-    ctx: Rc<Ctx>,
-    mut commands: mpsc::Receiver<Command>,
-    enabled: bool,
-) {
+pub async fn run(shared: Rc<Shared>, ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (jobs, jobs_rx) = mpsc::unbounded_channel();
     let journal_task =
@@ -204,17 +183,13 @@ pub async fn run(
         child: None,
         generation: 0,
         events,
-        backoff_at: None,
-        stop: None,
-        kill_at: None,
-        kill_reason: None,
         spawned_at: None,
-        last_exit: serde_json::Value::Null,
         retire_acks: Vec::new(),
         retired: false,
     };
-    t.apply(Input::Loaded { enabled }).await;
+    t.apply(Input::Loaded).await;
     loop {
+        let deadline = t.deadline();
         tokio::select! {
             Some(cmd) = commands.recv() => t.command(cmd).await,
             status = wait_child(&mut t.child) => t.exited(status).await,
@@ -223,15 +198,7 @@ pub async fn run(
                     t.proc_event(ev).await;
                 }
             }
-            _ = sleep_opt(t.backoff_at) => {
-                t.backoff_at = None;
-                t.apply(Input::BackoffElapsed).await;
-            }
-            _ = sleep_opt(t.stop.map(|s| s.1)) => t.escalate_stop(),
-            _ = sleep_opt(t.kill_at) => {
-                t.kill_at = None;
-                t.kill_now(None);
-            }
+            _ = sleep_opt(deadline) => t.apply(Input::Tick).await,
         }
         if t.retired && t.child.is_none() {
             break;
@@ -255,6 +222,10 @@ impl Task {
         self.shared.ring.push(LogStream::Host, level, msg);
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.shared.policy.borrow().deadline()
+    }
+
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Enable(ack) => {
@@ -262,18 +233,15 @@ impl Task {
                 let _ = ack.send(());
             }
             Command::Disable(ack) => {
-                self.backoff_at = None;
                 self.apply(Input::Disable).await;
                 let _ = ack.send(());
             }
             Command::Restart(ack) => {
-                self.backoff_at = None;
                 self.apply(Input::Restart).await;
                 let _ = ack.send(());
             }
             Command::Retire(ack) => {
                 self.retired = true;
-                self.backoff_at = None;
                 self.retire_acks.push(ack);
                 self.apply(Input::Retire).await;
             }
@@ -312,27 +280,33 @@ impl Task {
                     .err()
                     .map(|reason| Input::Failed { reason })
             }
-            Action::Stop => {
-                self.begin_stop();
+            Action::SendShutdown => {
                 if self.child.is_none() {
-                    return Some(Input::Stopped);
+                    return Some(Input::Exited(Exit {
+                        description: "not running".into(),
+                        ..Exit::default()
+                    }));
                 }
+                self.send_shutdown();
                 None
             }
-            Action::ScheduleRestart(d) if d.is_zero() => {
-                // Restart at once, in this turn (a timer would add its 1 ms granularity).
-                Some(Input::BackoffElapsed)
-            }
-            Action::ScheduleRestart(d) => {
-                self.backoff_at = Some(Instant::now() + d);
+            Action::Signal { signal, note } => {
+                if let Some(note) = note {
+                    self.host_log(LogLevel::Warn, note);
+                }
+                if let Some(pid) = self.shared.pid.get() {
+                    let sig = match signal {
+                        Signal::Term => libc::SIGTERM,
+                        Signal::Kill => libc::SIGKILL,
+                    };
+                    process::signal_group(pid, sig);
+                }
                 None
             }
             Action::Persist {
                 enabled,
                 auto_disabled,
             } => {
-                self.shared.enabled.set(enabled);
-                *self.shared.auto_disabled.borrow_mut() = auto_disabled.clone();
                 let (kind, message) = match (enabled, &auto_disabled) {
                     (true, _) => (EventKind::Enabled, "enabled".to_string()),
                     (false, Some(why)) => (EventKind::Disabled, why.clone()),
@@ -358,12 +332,11 @@ impl Task {
                 self.remember_event(event);
                 None
             }
-            Action::Record { kind, message } => {
-                let details = if kind == EventKind::Crashed {
-                    self.last_exit.clone()
-                } else {
-                    json!({})
-                };
+            Action::Record {
+                kind,
+                message,
+                details,
+            } => {
                 self.record(kind, message, details);
                 None
             }
@@ -465,45 +438,22 @@ impl Task {
             }
             ProcEvent::StartFailed(reason) => {
                 self.host_log(LogLevel::Error, &reason);
-                self.kill_now(Some(reason));
+                self.apply(Input::StartFailed { reason }).await;
             }
-            ProcEvent::Hung(missed) => {
-                let reason = format!("hung: missed {missed} heartbeats in a row");
-                self.record(EventKind::Hung, reason.clone(), json!({ "missed": missed }));
-                self.kill_now(Some(reason));
-            }
+            ProcEvent::Hung(missed) => self.apply(Input::Hung { missed }).await,
             ProcEvent::ConnLost(reason) => {
-                if self.shared.policy.borrow().state() == PluginState::Stopping {
-                    return;
-                }
+                // Requests fail fast from now on ("not connected"); a stop took the link already.
                 *self.shared.link.borrow_mut() = None;
-                if self.kill_reason.is_some() {
-                    return; // we are killing it already, for a reason of our own
-                }
-                // Usually the process is exiting: give its exit status a moment to arrive.
-                self.kill_reason = Some(format!("closed its connection ({reason})"));
-                self.kill_at = Some(Instant::now() + Duration::from_millis(500));
+                self.apply(Input::ConnectionLost { reason }).await;
             }
         }
     }
 
-    /// SIGKILL the process group now; the exit will be reported as a failure with `reason`.
-    fn kill_now(&mut self, reason: Option<String>) {
-        if reason.is_some() {
-            self.kill_reason = reason;
-        }
-        if let Some(pid) = self.shared.pid.get() {
-            process::signal_group(pid, libc::SIGKILL);
-        }
-    }
-
-    fn begin_stop(&mut self) {
-        self.kill_at = None;
-        let Some(pid) = self.shared.pid.get() else {
-            return;
-        };
+    /// Deliver the shutdown message through the link (in its own task: the escalation runs on
+    /// the policy's timers meanwhile). New requests no longer reach the link.
+    fn send_shutdown(&mut self) {
+        let pid = self.shared.pid.get().unwrap_or(0);
         let grace = self.ctx.config.supervisor.shutdown_grace;
-        self.stop = Some((StopPhase::Shutdown, Instant::now() + grace));
         let link = self.shared.link.borrow_mut().take();
         let ring = self.shared.ring.clone();
         tokio::task::spawn_local(async move {
@@ -521,28 +471,6 @@ impl Task {
         });
     }
 
-    fn escalate_stop(&mut self) {
-        let Some((phase, _)) = self.stop else { return };
-        let pid = self.shared.pid.get().unwrap_or(0);
-        let cfg = &self.ctx.config.supervisor;
-        match phase {
-            StopPhase::Shutdown => {
-                self.host_log(LogLevel::Warn, "no exit after shutdown: sending SIGTERM");
-                process::signal_group(pid, libc::SIGTERM);
-                self.stop = Some((StopPhase::Term, Instant::now() + cfg.term_grace));
-            }
-            StopPhase::Term => {
-                self.host_log(LogLevel::Warn, "no exit after SIGTERM: sending SIGKILL");
-                process::signal_group(pid, libc::SIGKILL);
-                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
-            }
-            StopPhase::Kill => {
-                process::signal_group(pid, libc::SIGKILL);
-                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
-            }
-        }
-    }
-
     async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
         let pid = self.shared.pid.get().unwrap_or(0);
         // Whatever the leader did, its group (grandchildren included) goes too.
@@ -552,32 +480,21 @@ impl Task {
         self.shared.pid.set(None);
         self.shared.ready_since.set(None);
         *self.shared.link.borrow_mut() = None;
-        self.kill_at = None;
-        self.stop = None;
-        let uptime_ms = self
-            .spawned_at
-            .take()
-            .map_or(0, |t| t.elapsed().as_millis() as u64);
-        let (desc, code, signal) = match &status {
+        let uptime_ms = self.spawned_at.take().map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        let (description, code, signal) = match &status {
             Ok(s) => process::describe_exit(s),
             Err(e) => (format!("wait failed: {e}"), None, None),
         };
-        let stderr_tail = self.shared.ring.stderr_tail(10);
-        let reason = match self.kill_reason.take() {
-            Some(r) => format!("{r}; {desc}"),
-            None => desc.clone(),
+        let exit = Exit {
+            description,
+            code,
+            signal,
+            uptime_ms,
+            stderr_tail: self.shared.ring.stderr_tail(10),
         };
-        self.last_exit = json!({
-            "exit_code": code, "signal": signal, "uptime_ms": uptime_ms,
-            "stderr_tail": stderr_tail, "reason": reason,
-        });
-        if self.shared.policy.borrow().state() == PluginState::Stopping {
-            let details = self.last_exit.clone();
-            self.record(EventKind::Stopped, format!("stopped ({desc})"), details);
-            self.apply(Input::Stopped).await;
-        } else {
-            self.apply(Input::Failed { reason }).await;
-        }
+        self.apply(Input::Exited(exit)).await;
     }
 }
 
