@@ -16,7 +16,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde_json::json;
 use tokio::time::Instant;
-use toru_plugin_api::protocol::BodyEncoding;
+use toru_plugin_api::protocol::{BodyEncoding, ErrorCode, KvReply};
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::checks;
@@ -25,8 +25,8 @@ use super::request::{Ctx, read_body, read_json};
 use super::resp::{ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json};
 use super::router::{PluginAction, Server, need_admin};
 use crate::auth::{Identity, Role};
-use crate::store::{StoreError, StoreHealth};
-use crate::supervisor::{ForwardError, SupervisorError};
+use crate::store::{StoreError, StoreHealth, kv};
+use crate::supervisor::{ForwardError, PluginReply, SupervisorError};
 
 /// A log follow request waits at most this long for a new line (then answers with none).
 pub(crate) const LONG_POLL: Duration = Duration::from_secs(25);
@@ -275,51 +275,35 @@ pub(crate) async fn kv(
     body: Incoming,
 ) -> Result<Resp, ApiError> {
     srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    // The same request shape as the plugin protocol's `kv` messages.
+    // The same request shape as the plugin protocol's `kv` messages, served by the same function.
     let req: KvRequest = read_json(body, srv.app.config.http.max_api_body_bytes).await?;
-    let store = &srv.app.store;
-    let r = match req {
-        KvRequest::Get { key } => store
-            .kv_get(id, &key)
-            .map(|v| json!({"key": key, "value": v})),
-        KvRequest::List {
-            prefix,
-            start_after,
-            limit,
-        } => store
-            .kv_list(id, &prefix, start_after.as_deref(), limit.unwrap_or(1000))
-            .map(|(keys, truncated)| json!({"keys": keys, "truncated": truncated})),
-        KvRequest::Set { key, value } => {
-            need_admin(who)?;
-            store
-                .kv_set(id, &key, &value)
-                .await
-                .map(|()| json!({"key": key, "ok": true}))
-        }
-        KvRequest::Delete { key } => {
-            need_admin(who)?;
-            store
-                .kv_delete(id, &key)
-                .await
-                .map(|existed| json!({"key": key, "existed": existed}))
-        }
-    };
-    r.map_err(kv_error).and_then(|v| ok_json(&v))
+    if matches!(req, KvRequest::Set { .. } | KvRequest::Delete { .. }) {
+        need_admin(who)?;
+    }
+    let reply = kv::serve(&srv.app.store, id, req).await.map_err(kv_error)?;
+    ok_json(&match reply {
+        KvReply::Get { key, value } => json!({"key": key, "value": value}),
+        KvReply::List { keys, truncated } => json!({"keys": keys, "truncated": truncated}),
+        KvReply::Set { key } => json!({"key": key, "ok": true}),
+        KvReply::Delete { key, existed } => json!({"key": key, "existed": existed}),
+    })
 }
 
+/// The status for the protocol code [`kv::error_code`] gives (the plugin socket sends the code).
 fn kv_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::KeyTooLong(_) => ApiError::bad_request(e.to_string()),
-        StoreError::ValueTooLarge(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-        }
-        StoreError::QuotaExceeded { .. } => ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "quota_exceeded",
-            e.to_string(),
-        ),
-        e => ApiError::store("KV", e),
+    if matches!(e, StoreError::DiskFull(_)) {
+        // `unavailable` to a plugin; over HTTP the more telling `507 storage_full`.
+        return ApiError::store("KV", e);
     }
+    let code = kv::error_code(&e);
+    let status = match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => return ApiError::internal("KV", &e),
+    };
+    ApiError::new(status, code.as_str(), e.to_string())
 }
 
 /// `GET /api/plugins/{id}/bundle.js`: from the plugins dir, else from the plugin.
@@ -440,7 +424,7 @@ async fn call_plugin(srv: &Server, id: &str, req: HttpRequest) -> Result<Resp, A
             Err(_) => Err(ForwardError::Timeout(id.to_string())),
         };
     let out = match result {
-        Ok(reply) => plugin_response(id, reply),
+        Ok(reply) => Ok(plugin_response(reply)),
         Err(e) => Err(forward_error(e)),
     };
     let status = match &out {
@@ -471,29 +455,14 @@ fn forward_error(e: ForwardError) -> ApiError {
     }
 }
 
-fn plugin_response(id: &str, reply: toru_plugin_api::HttpResponse) -> Result<Resp, ApiError> {
-    let bad = |why: &str| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "plugin_bad_reply",
-            format!("plugin {id:?} sent a broken reply: {why}"),
-        )
-    };
-    let status = StatusCode::from_u16(reply.status)
-        .ok()
-        .filter(|s| (200..=599).contains(&s.as_u16()))
-        .ok_or_else(|| bad(&format!("status {}", reply.status)))?;
-    let body: Vec<u8> = match (reply.body, reply.body_encoding) {
-        (None, _) => Vec::new(),
-        (Some(b), BodyEncoding::Utf8) => b.into_bytes(),
-        (Some(b), BodyEncoding::Base64) => base64::engine::general_purpose::STANDARD
-            .decode(b.as_bytes())
-            .map_err(|_| bad("body_encoding is base64 but the body is not"))?,
-    };
+/// The response for a plugin's reply (checked by the supervisor: status 200–599, body decoded).
+fn plugin_response(reply: PluginReply) -> Resp {
+    let (status, headers, body) = reply.into_parts();
+    let status = StatusCode::from_u16(status).expect("the supervisor checked 200..=599");
     let looks_json = matches!(body.first(), Some(b'{' | b'['));
     let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
-    for (k, v) in &reply.headers {
+    for (k, v) in &headers {
         let lk = k.to_ascii_lowercase();
         if DROP_RESPONSE_HEADERS.contains(&lk.as_str()) {
             continue;
@@ -514,7 +483,7 @@ fn plugin_response(id: &str, reply: toru_plugin_api::HttpResponse) -> Result<Res
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]
@@ -559,7 +528,7 @@ mod tests {
             .insert("Set-Cookie".into(), "toru_session=evil".into());
         reply.headers.insert("X-Custom".into(), "yes".into());
         reply.body = Some("{}".into());
-        let r = plugin_response("p", reply).unwrap();
+        let r = plugin_response(PluginReply::from_wire(reply).unwrap());
         assert_eq!(r.status(), 201);
         assert_eq!(r.headers()["content-type"], "application/json");
         assert_eq!(r.headers()["x-custom"], "yes");
@@ -569,22 +538,9 @@ mod tests {
         let mut bin = toru_plugin_api::HttpResponse::new(200);
         bin.body = Some("AAEC".into());
         bin.body_encoding = BodyEncoding::Base64;
-        assert_eq!(plugin_response("p", bin).unwrap().body().len(), 3);
-        let mut broken = toru_plugin_api::HttpResponse::new(200);
-        broken.body = Some("@@@".into());
-        broken.body_encoding = BodyEncoding::Base64;
-        assert_eq!(plugin_response("p", broken).unwrap_err().status, 502);
-        assert_eq!(
-            plugin_response("p", toru_plugin_api::HttpResponse::new(700))
-                .unwrap_err()
-                .status,
-            502
-        );
-        assert_eq!(
-            plugin_response("p", toru_plugin_api::HttpResponse::new(101))
-                .unwrap_err()
-                .status,
-            502
-        );
+        let bin = plugin_response(PluginReply::from_wire(bin).unwrap());
+        assert_eq!(bin.body().len(), 3);
+        // Broken replies (bad status, bad base64) never get here: the supervisor refuses them
+        // (supervisor::link tests) and they become 502 plugin_bad_reply (forward_error above).
     }
 }

@@ -4,7 +4,9 @@
 //! callers see [`Store`] and plain records.
 //!
 //! Called by the supervisor (plugin state, events, KV on behalf of plugins), the HTTP layer (the
-//! same, plus users, tokens and sessions) and startup (open, close). It must not hash secrets (the
+//! same, plus users, tokens and sessions) and startup (open, close). Both serve KV through
+//! [`kv::serve`], which turns the protocol's `kv` requests into calls here; the KV limits are the
+//! protocol's (`toru_plugin_api::protocol::MAX_KV_*`), checked here. It must not hash secrets (the
 //! callers hand it hashes), know about processes or HTTP, or block the runtime thread on a disk
 //! flush.
 //!
@@ -86,6 +88,7 @@
 //!   checksums), so corruption is reported as an error rather than trusted. A new file is created
 //!   as `toru.redb.new` and renamed into place once initialised, so an empty `toru.redb` is damage.
 
+pub mod kv;
 mod maintenance;
 mod open;
 #[cfg(test)]
@@ -106,6 +109,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
 use self::slot::Shared;
@@ -114,12 +118,6 @@ use self::tables::{Doing, Limits};
 use self::writer::Writer;
 use crate::role::Role;
 
-/// Longest KV key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
-/// Largest KV value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most keys one [`Store::kv_list`] returns.
-pub const MAX_LIST_KEYS: usize = 1000;
 /// Most events one [`Store::events`] returns.
 pub const MAX_LIST_EVENTS: usize = 1000;
 /// An event whose JSON is larger than this is stored with its details replaced by a note and its
@@ -227,11 +225,14 @@ pub enum OpenError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Key longer than 256 bytes or empty.
-    #[error("key must be 1 to 256 bytes (got {0})")]
+    /// An empty key.
+    #[error("key must be 1 to {MAX_KV_KEY_LEN} bytes (got 0)")]
+    EmptyKey,
+    /// Key longer than [`MAX_KV_KEY_LEN`] bytes.
+    #[error("key must be 1 to {MAX_KV_KEY_LEN} bytes (got {0})")]
     KeyTooLong(usize),
-    /// Value longer than 64 KiB.
-    #[error("value must be at most 65536 bytes (got {0})")]
+    /// Value longer than [`MAX_KV_VALUE_LEN`] bytes.
+    #[error("value must be at most {MAX_KV_VALUE_LEN} bytes (got {0})")]
     ValueTooLarge(usize),
     /// The plugin's quota would be exceeded.
     #[error("plugin KV quota of {quota} bytes exceeded (in use {used}, this write needs {needed})")]
@@ -372,12 +373,98 @@ pub struct PluginRecord {
     pub auto_disabled: Option<String>,
 }
 
+/// What an event records. Stored, and shown by the API, as the string [`EventKind::as_str`]
+/// gives (`"crashed"`, `"metadata-invalid"` …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A process was spawned.
+    Started,
+    /// The process can serve (1.1: answered `ready`; 1.0: init was delivered).
+    Ready,
+    /// The process exited after a stop was asked for.
+    Stopped,
+    /// The process failed: exited on its own, hung, timed out starting or broke the protocol.
+    Crashed,
+    /// The process is being started again (after a failure, or on request).
+    Restarted,
+    /// The process missed heartbeats; it is being killed.
+    Hung,
+    /// A user enabled the plugin.
+    Enabled,
+    /// A user disabled the plugin, or the supervisor did after repeated failures.
+    Disabled,
+    /// A `*.binary` was skipped: its metadata is invalid, or its id or route is taken.
+    MetadataInvalid,
+    /// A kind this build does not know, as read from the store (a newer build wrote it); kept
+    /// as written so reading never fails or changes it.
+    Other(String),
+}
+
+impl EventKind {
+    /// The stored string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Ready => "ready",
+            EventKind::Stopped => "stopped",
+            EventKind::Crashed => "crashed",
+            EventKind::Restarted => "restarted",
+            EventKind::Hung => "hung",
+            EventKind::Enabled => "enabled",
+            EventKind::Disabled => "disabled",
+            EventKind::MetadataInvalid => "metadata-invalid",
+            EventKind::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for EventKind {
+    fn from(s: &str) -> EventKind {
+        match s {
+            "started" => EventKind::Started,
+            "ready" => EventKind::Ready,
+            "stopped" => EventKind::Stopped,
+            "crashed" => EventKind::Crashed,
+            "restarted" => EventKind::Restarted,
+            "hung" => EventKind::Hung,
+            "enabled" => EventKind::Enabled,
+            "disabled" => EventKind::Disabled,
+            "metadata-invalid" => EventKind::MetadataInvalid,
+            other => EventKind::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(EventKind::from(s.as_ref()))
+    }
+}
+
 /// An event to record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {
-    /// `started`, `ready`, `stopped`, `crashed`, `restarted`, `hung`, `disabled`, `enabled`,
-    /// `metadata-invalid`, …
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// One human sentence.
     pub message: String,
     /// Structured details (exit code, signal, uptime_ms, stderr_tail, …).
@@ -395,7 +482,7 @@ pub struct Event {
     /// When it was recorded.
     pub at: DateTime<Utc>,
     /// See [`NewEvent::kind`].
-    pub kind: String,
+    pub kind: EventKind,
     /// See [`NewEvent::message`].
     pub message: String,
     /// See [`NewEvent::details`].
@@ -629,12 +716,13 @@ impl Store {
         self.read(|txn| tables::kv_get(txn, plugin, key))
     }
 
-    /// Set `key` in `plugin`'s namespace. Fails with [`StoreError::KeyTooLong`],
+    /// Set `key` in `plugin`'s namespace. Fails with [`StoreError::EmptyKey`],
+    /// [`StoreError::KeyTooLong`],
     /// [`StoreError::ValueTooLarge`], [`StoreError::QuotaExceeded`] (overwriting counts only the
     /// difference), or [`StoreError::Degraded`].
     pub async fn kv_set(&self, plugin: &str, key: &str, value: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
+        if value.len() > MAX_KV_VALUE_LEN {
             return Err(StoreError::ValueTooLarge(value.len()));
         }
         let (plugin, key, value) = (plugin.to_owned(), key.to_owned(), value.to_owned());
@@ -655,7 +743,7 @@ impl Store {
     }
 
     /// Keys of `plugin`'s namespace that start with `prefix`, in byte order, after `start_after`
-    /// when given, at most `limit` of them (capped at [`MAX_LIST_KEYS`]). The flag is `true` when
+    /// when given, at most `limit` of them (capped at [`MAX_KV_LIST_LIMIT`]). The flag is `true` when
     /// more keys match beyond the returned ones (continue with `start_after` = the last key).
     pub fn kv_list(
         &self,
@@ -664,7 +752,7 @@ impl Store {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<String>, bool), StoreError> {
-        let limit = limit.min(MAX_LIST_KEYS);
+        let limit = limit.min(MAX_KV_LIST_LIMIT);
         self.read(|txn| tables::kv_list(txn, plugin, prefix, start_after, limit))
     }
 
@@ -796,7 +884,10 @@ impl Store {
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+    if key.is_empty() {
+        return Err(StoreError::EmptyKey);
+    }
+    if key.len() > MAX_KV_KEY_LEN {
         return Err(StoreError::KeyTooLong(key.len()));
     }
     Ok(())
@@ -812,9 +903,10 @@ fn bound_event(mut ev: NewEvent) -> (NewEvent, usize) {
     ev.details = serde_json::json!({
         "omitted": format!("the event was {bytes} bytes, over the {MAX_EVENT_BYTES}-byte limit"),
     });
-    if ev.kind.len() > MAX_EVENT_MESSAGE_BYTES {
-        ev.kind
-            .truncate(ev.kind.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
+    if let EventKind::Other(kind) = &mut ev.kind
+        && kind.len() > MAX_EVENT_MESSAGE_BYTES
+    {
+        kind.truncate(kind.floor_char_boundary(MAX_EVENT_MESSAGE_BYTES));
     }
     if ev.message.len() > MAX_EVENT_MESSAGE_BYTES {
         ev.message

@@ -26,6 +26,8 @@ use super::{DegradedCause, OpenError, PluginRecord, StorageFailure, StoreHealth,
 pub(super) const STORE_FILE: &str = "toru.redb";
 /// The lock file's name in the data dir.
 pub(super) const LOCK_FILE: &str = "toru.lock";
+/// How long opening waits for the data dir's lock before it reports another toru.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Where a new store is initialised before it is renamed to [`STORE_FILE`].
 const NEW_STORE_FILE: &str = "toru.redb.new";
 
@@ -61,11 +63,24 @@ pub(super) fn lock_data_dir(data_dir: &Path) -> Result<File, OpenError> {
             path: path.clone(),
             source,
         })?;
-    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux.
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(data_dir.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::DataDir { path, source }),
+    // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux. A host killed a moment ago can leave
+    // the lock held briefly by a child it had forked but that had not yet exec'd (the lock's open
+    // file description is shared until exec closes it): wait a little before concluding that
+    // another toru runs. flock has no timed wait, so this retries, bounded by LOCK_WAIT.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked(data_dir.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(OpenError::DataDir { path, source });
+            }
+        }
     }
 }
 

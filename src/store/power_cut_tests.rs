@@ -118,7 +118,7 @@ impl Rng {
 struct Snapshot {
     kv: BTreeMap<String, Vec<(String, String)>>,
     plugins: BTreeMap<String, PluginRecord>,
-    events: Vec<(String, String, u64)>,
+    events: Vec<(String, EventKind, u64)>,
     users: Vec<Option<UserRecord>>,
     tokens: Vec<String>,
 }

@@ -9,10 +9,10 @@ use tokio::task::LocalSet;
 use super::*;
 
 /// A data dir under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(super) fn new() -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("toru-store-{}-{n}", std::process::id()));
@@ -37,7 +37,7 @@ impl Drop for TempDir {
     }
 }
 
-fn open(dir: &TempDir) -> Store {
+pub(super) fn open(dir: &TempDir) -> Store {
     Store::open(&dir.data(), StoreOptions::default()).expect("open store")
 }
 
@@ -47,7 +47,7 @@ fn open_with(dir: &TempDir, opts: StoreOptions) -> Store {
 
 fn event(kind: &str) -> NewEvent {
     NewEvent {
-        kind: kind.to_owned(),
+        kind: kind.into(),
         message: format!("the plugin {kind}"),
         details: serde_json::json!({ "n": kind.len() }),
     }
@@ -106,14 +106,14 @@ async fn kv_round_trip() {
 async fn kv_key_and_value_limits() {
     let dir = TempDir::new();
     let store = open(&dir);
-    let key_256 = "k".repeat(MAX_KEY_BYTES);
-    let key_257 = "k".repeat(MAX_KEY_BYTES + 1);
-    let value_max = "v".repeat(MAX_VALUE_BYTES);
-    let value_over = "v".repeat(MAX_VALUE_BYTES + 1);
+    let key_256 = "k".repeat(MAX_KV_KEY_LEN);
+    let key_257 = "k".repeat(MAX_KV_KEY_LEN + 1);
+    let value_max = "v".repeat(MAX_KV_VALUE_LEN);
+    let value_over = "v".repeat(MAX_KV_VALUE_LEN + 1);
 
     assert!(matches!(
         store.kv_set("p", "", "v").await,
-        Err(StoreError::KeyTooLong(0))
+        Err(StoreError::EmptyKey)
     ));
     assert!(matches!(
         store.kv_set("p", &key_257, "v").await,
@@ -125,7 +125,7 @@ async fn kv_key_and_value_limits() {
     ));
     assert!(matches!(
         store.kv_delete("p", "").await,
-        Err(StoreError::KeyTooLong(0))
+        Err(StoreError::EmptyKey)
     ));
     assert!(matches!(
         store.kv_set("p", "k", &value_over).await,
@@ -137,7 +137,7 @@ async fn kv_key_and_value_limits() {
         .expect("largest key and value fit");
     assert_eq!(
         store.kv_get("p", &key_256).expect("get").map(|v| v.len()),
-        Some(MAX_VALUE_BYTES)
+        Some(MAX_KV_VALUE_LEN)
     );
     // A key is bytes, not chars: 86 three-byte chars are 258 bytes.
     let wide = "€".repeat(86);
@@ -299,7 +299,7 @@ async fn kv_list_limit_is_capped() {
     let local = LocalSet::new();
     local
         .run_until(async {
-            let tasks: Vec<_> = (0..MAX_LIST_KEYS + 5)
+            let tasks: Vec<_> = (0..MAX_KV_LIST_LIMIT + 5)
                 .map(|i| {
                     let store = store.clone();
                     tokio::task::spawn_local(async move {
@@ -316,7 +316,7 @@ async fn kv_list_limit_is_capped() {
         })
         .await;
     let (keys, truncated) = store.kv_list("p", "", None, usize::MAX).expect("list");
-    assert_eq!(keys.len(), MAX_LIST_KEYS);
+    assert_eq!(keys.len(), MAX_KV_LIST_LIMIT);
     assert!(truncated);
 }
 
@@ -1582,4 +1582,32 @@ async fn reset_keeps_the_file_aside_and_the_next_start_is_new() {
     let store = open(&dir);
     assert_eq!(store.health(), StoreHealth::Ok);
     assert_eq!(store.user("admin").expect("user"), None);
+}
+
+#[test]
+fn event_kinds_are_stored_as_the_strings_the_api_shows() {
+    let known = [
+        (EventKind::Started, "started"),
+        (EventKind::Ready, "ready"),
+        (EventKind::Stopped, "stopped"),
+        (EventKind::Crashed, "crashed"),
+        (EventKind::Restarted, "restarted"),
+        (EventKind::Hung, "hung"),
+        (EventKind::Enabled, "enabled"),
+        (EventKind::Disabled, "disabled"),
+        (EventKind::MetadataInvalid, "metadata-invalid"),
+    ];
+    for (kind, text) in known {
+        let json = serde_json::to_string(&kind).expect("serialise");
+        assert_eq!(json, format!("\"{text}\""));
+        let back: EventKind = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, kind);
+    }
+    // A kind written by a newer build reads back unchanged.
+    let other: EventKind = serde_json::from_str("\"upgraded\"").expect("deserialise");
+    assert_eq!(other, EventKind::Other("upgraded".into()));
+    assert_eq!(
+        serde_json::to_string(&other).expect("serialise"),
+        "\"upgraded\""
+    );
 }

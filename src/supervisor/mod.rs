@@ -1,15 +1,21 @@
 //! The supervisor: discovers plugins, starts them, watches them, restarts them, stops them.
 //!
-//! - [`policy`]: the per-plugin restart policy, a state machine without I/O (unit-tested with paused
-//!   time).
-//! - [`plugin`]: one local task per plugin that owns its process and performs the policy's actions.
+//! - [`policy`]: the per-plugin lifecycle policy, a state machine without I/O: restarts and
+//!   backoff, the stop escalation (shutdown → SIGTERM → SIGKILL), the lost-connection grace, and
+//!   the persisted flags (enabled, auto-disabled). It owns every timer; unit-tested with paused
+//!   time and no processes.
+//! - [`plugin`]: one local task per plugin that owns its process, feeds the policy what happens
+//!   and performs its actions.
 //! - [`process`]: spawning (clean environment, own process group, death signal) and `--metadata`.
-//! - [`conn`]: the 1.1 persistent connection and 1.0 one-shot exchanges; plugin KV served here.
+//! - `link`: [`PluginReply`] and the plugin link, which hides 1.0 (a connection per message) vs
+//!   1.1 behind init, request, shutdown and watch; the only place the two are told apart.
+//! - [`conn`]: the 1.1 persistent connection on the shared multiplexer; plugin KV served here.
 //! - [`logs`]: the bounded per-plugin log ring.
 //!
 //! [`Supervisor`] is the handle the HTTP layer and `main` use. Everything runs on the runtime thread.
 
 pub mod conn;
+mod link;
 pub mod logs;
 pub mod plugin;
 pub mod policy;
@@ -24,15 +30,14 @@ use std::rc::Rc;
 
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
-use toru_plugin_api::protocol::{HostMessage, PluginMessage, ProtocolVersion};
-use toru_plugin_api::{HttpRequest, HttpResponse, LogLevel};
+use toru_plugin_api::{HttpRequest, LogLevel};
 
 use crate::config::Config;
-use crate::store::{NewEvent, Store};
-use conn::{ConnError, legacy_exchange};
+use crate::store::{EventKind, NewEvent, Store};
 use logs::LogRing;
 use plugin::{Command, Ctx, Shared};
 
+pub use link::PluginReply;
 pub use view::{
     ForwardError, InvalidPlugin, LogLine, LogPage, LogStream, PluginState, PluginView,
     RescanReport, SupervisorError,
@@ -94,12 +99,12 @@ impl Supervisor {
             route: s.metadata.route.clone(),
             protocol: s.protocol.as_str(),
             binary: s.binary.display().to_string(),
-            enabled: s.enabled.get(),
+            enabled: policy.enabled(),
             state: policy.state(),
             pid: s.pid.get(),
             restarts: policy.restarts(),
             consecutive_failures: policy.consecutive_failures(now),
-            auto_disabled: s.auto_disabled.borrow().clone(),
+            auto_disabled: policy.auto_disabled().map(str::to_owned),
             ready_since: s.ready_since.get(),
             last_event: s.last_event.borrow().clone(),
             log_dropped: s.ring.dropped(),
@@ -250,7 +255,7 @@ impl Supervisor {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let ev = NewEvent {
-                    kind: "metadata-invalid".into(),
+                    kind: EventKind::MetadataInvalid,
                     message: inv.reason.clone(),
                     details: json!({ "binary": inv.binary }),
                 };
@@ -286,6 +291,14 @@ impl Supervisor {
             BTreeMap::new()
         });
         let sockets = ctx.config.runtime_dir.join("plugins");
+        let cfg = &ctx.config.supervisor;
+        let timing = policy::Timing {
+            backoff_base: cfg.backoff_base,
+            healthy_after: cfg.healthy_after,
+            shutdown_grace: cfg.shutdown_grace,
+            term_grace: cfg.term_grace,
+            lost_grace: policy::LOST_CONNECTION_GRACE,
+        };
         for d in found {
             if self.inner.plugins.borrow().contains_key(&d.metadata.id) {
                 continue;
@@ -304,16 +317,14 @@ impl Supervisor {
                 protocol: d.protocol,
                 binary: d.binary.clone(),
                 socket: sockets.join(format!("{id}.sock")),
-                enabled: Cell::new(enabled),
-                auto_disabled: RefCell::new(rec.and_then(|r| r.auto_disabled.clone())),
-                policy: RefCell::new(policy::Policy::with_timing(
-                    ctx.config.supervisor.backoff_base,
-                    ctx.config.supervisor.healthy_after,
+                policy: RefCell::new(policy::Policy::new(
+                    timing,
+                    enabled,
+                    rec.and_then(|r| r.auto_disabled.clone()),
                 )),
                 pid: Cell::new(None),
                 ready_since: Cell::new(None),
-                conn: RefCell::new(None),
-                legacy_lock: tokio::sync::Mutex::new(()),
+                link: RefCell::new(None),
                 ring: Rc::new(LogRing::new(
                     &id,
                     ctx.config.log_ring_lines,
@@ -334,7 +345,7 @@ impl Supervisor {
                 d.protocol.as_str(),
                 if enabled { "" } else { ", disabled" }
             );
-            tokio::task::spawn_local(plugin::run(shared, ctx.clone(), rx, enabled));
+            tokio::task::spawn_local(plugin::run(shared, ctx.clone(), rx));
         }
         ctx.changed.notify_waiters();
         report
@@ -350,7 +361,8 @@ impl Supervisor {
             let starting = self.inner.plugins.borrow().values().any(|s| {
                 let state = s.policy.borrow().state();
                 // A new plugin task may not have run yet: enabled and Stopped means "about to start".
-                state == PluginState::Starting || (state == PluginState::Stopped && s.enabled.get())
+                state == PluginState::Starting
+                    || (state == PluginState::Stopped && s.policy.borrow().enabled())
             });
             if !starting {
                 return;
@@ -396,15 +408,17 @@ impl Supervisor {
     }
 
     /// Forward an HTTP request to a ready plugin and wait for its reply (deadline from config).
+    /// The reply is checked (status 200–599, body decoded); a broken one is
+    /// [`ForwardError::BadReply`].
     pub async fn forward_http(
         &self,
         id: &str,
         req: HttpRequest,
-    ) -> Result<HttpResponse, ForwardError> {
+    ) -> Result<PluginReply, ForwardError> {
         let shared = self
             .shared(id)
             .ok_or_else(|| ForwardError::NotFound(id.into()))?;
-        if !shared.enabled.get() {
+        if !shared.policy.borrow().enabled() {
             return Err(ForwardError::Disabled(id.into()));
         }
         let state = shared.policy.borrow().state();
@@ -420,75 +434,16 @@ impl Supervisor {
                 ),
             });
         }
-        let timeout = self.inner.ctx.config.http.plugin_timeout;
-        let max = self.inner.ctx.config.max_frame_len;
-        let unavailable = |reason: String| ForwardError::Unavailable {
-            id: id.into(),
-            reason,
-        };
-        let frame = match shared.protocol {
-            ProtocolVersion::V1_1 => {
-                let conn = shared
-                    .conn
-                    .borrow()
-                    .clone()
-                    .ok_or_else(|| unavailable("not connected".into()))?;
-                conn.request(HostMessage::Http(req), timeout).await
-            }
-            ProtocolVersion::V1_0 => {
-                if req.body_encoding != toru_plugin_api::protocol::BodyEncoding::Utf8 {
-                    return Err(ForwardError::BadRequest(
-                        "the request body is not UTF-8 text, and this plugin speaks protocol 1.0, which carries text only".into(),
-                    ));
-                }
-                let started = tokio::time::Instant::now();
-                let guard = tokio::time::timeout(timeout, shared.legacy_lock.lock())
-                    .await
-                    .map_err(|_| ForwardError::Timeout(id.into()))?;
-                let left = timeout.saturating_sub(started.elapsed());
-                let rid = uuid::Uuid::new_v4().to_string();
-                let r = legacy_exchange(
-                    &shared.socket,
-                    HostMessage::Http(req),
-                    Some(rid),
-                    true,
-                    left,
-                    max,
-                )
-                .await
-                .and_then(|f| f.ok_or(ConnError::Closed));
-                drop(guard);
-                r
-            }
-        };
-        let frame = frame.map_err(|e| match e {
-            ConnError::Timeout(_) => ForwardError::Timeout(id.into()),
-            ConnError::Invalid(reason) => ForwardError::BadReply {
+        let link = shared
+            .link
+            .borrow()
+            .clone()
+            .ok_or_else(|| ForwardError::Unavailable {
                 id: id.into(),
-                reason,
-            },
-            ConnError::Frame(toru_plugin_api::codec::FrameError::WriteTooLarge { len, max }) => {
-                ForwardError::BadRequest(format!(
-                    "request of {len} bytes exceeds the plugin frame limit of {max}"
-                ))
-            }
-            other => unavailable(other.to_string()),
-        })?;
-        match frame.message {
-            PluginMessage::HttpReply(r) if (100..=599).contains(&r.status) => Ok(r),
-            PluginMessage::HttpReply(r) => Err(ForwardError::BadReply {
-                id: id.into(),
-                reason: format!("status {} is not a valid HTTP status", r.status),
-            }),
-            PluginMessage::Error(e) => Err(ForwardError::BadReply {
-                id: id.into(),
-                reason: format!("plugin answered with an error: {e}"),
-            }),
-            other => Err(ForwardError::BadReply {
-                id: id.into(),
-                reason: format!("unexpected reply {other:?}"),
-            }),
-        }
+                reason: "not connected".into(),
+            })?;
+        link.request(req, self.inner.ctx.config.http.plugin_timeout)
+            .await
     }
 
     /// A page of a plugin's log (page 1 = newest), optionally only lines at `level` or more severe.

@@ -1,9 +1,11 @@
 //! The glue for one plugin: a local task that owns the process, feeds the [`Policy`] with what
-//! happens (exit, ready, hang, commands, timers) and performs the actions it returns.
+//! happens (exit, ready, hang, lost connection, commands, the policy's own deadline) and performs
+//! the actions it returns (spawn, shutdown message, signals, events, persisted state). Decisions
+//! and timers are the policy's; this file does the I/O.
 //!
 //! Work happens only when something arrives: the child's exit (tokio reaps on SIGCHLD, no polling),
-//! a frame, a command, or a timer the policy or the stop sequence set. The only wait that retries is
-//! the connect to a freshly spawned plugin's socket, bounded by the socket timeout.
+//! a frame, a command, or the policy's deadline. The only wait that retries is the connect to a
+//! freshly spawned plugin's socket, bounded by the socket timeout.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -17,17 +19,16 @@ use tokio::process::Child;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use toru_plugin_api::LogLevel;
-use toru_plugin_api::protocol::{
-    HostMessage, Init, PROTOCOL_VERSION, PluginMessage, PluginMetadata, ProtocolVersion,
-};
+use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion};
 
-use super::conn::{Conn, ConnEnd, ConnError, legacy_exchange};
+use super::conn::ConnError;
+use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
-use super::policy::{Action, Input, Policy};
+use super::policy::{Action, Exit, Input, Policy, Signal};
 use super::process;
-use super::view::{LogStream, PluginState};
+use super::view::LogStream;
 use crate::config::Config;
-use crate::store::{Event, NewEvent, PluginRecord, Store};
+use crate::store::{Event, EventKind, NewEvent, PluginRecord, Store};
 
 /// A command from the rest of the host.
 #[derive(Debug)]
@@ -55,20 +56,15 @@ pub struct Shared {
     pub binary: PathBuf,
     /// The socket path.
     pub socket: PathBuf,
-    /// Persisted enabled state.
-    pub enabled: Cell<bool>,
-    /// Why it was disabled automatically.
-    pub auto_disabled: RefCell<Option<String>>,
-    /// Restart policy (written only by the plugin task).
+    /// Lifecycle policy, owner of the state and the persisted flags (enabled, auto-disabled);
+    /// written only by the plugin task.
     pub policy: RefCell<Policy>,
     /// Current process id.
     pub pid: Cell<Option<u32>>,
     /// When the current process became ready (wall clock).
     pub ready_since: Cell<Option<chrono::DateTime<Utc>>>,
-    /// The 1.1 connection while ready.
-    pub conn: RefCell<Option<Rc<Conn>>>,
-    /// Serialises 1.0 exchanges (never two connections at once).
-    pub legacy_lock: tokio::sync::Mutex<()>,
+    /// The link to the current process (from spawn until it is stopped, lost or gone).
+    pub(crate) link: RefCell<Option<Rc<PluginLink>>>,
     /// Its log.
     pub ring: Rc<LogRing>,
     /// The newest stored event.
@@ -93,7 +89,7 @@ pub struct Ctx {
 /// Events from helper tasks of one process generation.
 #[derive(Debug)]
 enum ProcEvent {
-    Ready(Option<Rc<Conn>>),
+    Ready,
     StartFailed(String),
     Hung(u32),
     ConnLost(String),
@@ -148,16 +144,6 @@ async fn write_job(shared: Rc<Shared>, store: Store, job: Job) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopPhase {
-    /// Shutdown message sent; SIGTERM next.
-    Shutdown,
-    /// SIGTERM sent; SIGKILL next.
-    Term,
-    /// SIGKILL sent; waiting for the exit.
-    Kill,
-}
-
 struct Task {
     shared: Rc<Shared>,
     ctx: Rc<Ctx>,
@@ -165,12 +151,7 @@ struct Task {
     child: Option<Child>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
-    backoff_at: Option<Instant>,
-    stop: Option<(StopPhase, Instant)>,
-    kill_at: Option<Instant>,
-    kill_reason: Option<String>,
     spawned_at: Option<Instant>,
-    last_exit: serde_json::Value,
     retire_acks: Vec<oneshot::Sender<()>>,
     retired: bool,
 }
@@ -190,12 +171,7 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::
 }
 
 /// Run one plugin until it is retired.
-pub async fn run(
-    shared: Rc<Shared>,
-    ctx: Rc<Ctx>,
-    mut commands: mpsc::Receiver<Command>,
-    enabled: bool,
-) {
+pub async fn run(shared: Rc<Shared>, ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (jobs, jobs_rx) = mpsc::unbounded_channel();
     let journal_task =
@@ -207,17 +183,13 @@ pub async fn run(
         child: None,
         generation: 0,
         events,
-        backoff_at: None,
-        stop: None,
-        kill_at: None,
-        kill_reason: None,
         spawned_at: None,
-        last_exit: serde_json::Value::Null,
         retire_acks: Vec::new(),
         retired: false,
     };
-    t.apply(Input::Loaded { enabled }).await;
+    t.apply(Input::Loaded).await;
     loop {
+        let deadline = t.deadline();
         tokio::select! {
             Some(cmd) = commands.recv() => t.command(cmd).await,
             status = wait_child(&mut t.child) => t.exited(status).await,
@@ -226,15 +198,7 @@ pub async fn run(
                     t.proc_event(ev).await;
                 }
             }
-            _ = sleep_opt(t.backoff_at) => {
-                t.backoff_at = None;
-                t.apply(Input::BackoffElapsed).await;
-            }
-            _ = sleep_opt(t.stop.map(|s| s.1)) => t.escalate_stop(),
-            _ = sleep_opt(t.kill_at) => {
-                t.kill_at = None;
-                t.kill_now(None);
-            }
+            _ = sleep_opt(deadline) => t.apply(Input::Tick).await,
         }
         if t.retired && t.child.is_none() {
             break;
@@ -258,6 +222,10 @@ impl Task {
         self.shared.ring.push(LogStream::Host, level, msg);
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.shared.policy.borrow().deadline()
+    }
+
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Enable(ack) => {
@@ -265,18 +233,15 @@ impl Task {
                 let _ = ack.send(());
             }
             Command::Disable(ack) => {
-                self.backoff_at = None;
                 self.apply(Input::Disable).await;
                 let _ = ack.send(());
             }
             Command::Restart(ack) => {
-                self.backoff_at = None;
                 self.apply(Input::Restart).await;
                 let _ = ack.send(());
             }
             Command::Retire(ack) => {
                 self.retired = true;
-                self.backoff_at = None;
                 self.retire_acks.push(ack);
                 self.apply(Input::Retire).await;
             }
@@ -315,34 +280,40 @@ impl Task {
                     .err()
                     .map(|reason| Input::Failed { reason })
             }
-            Action::Stop => {
-                self.begin_stop();
+            Action::SendShutdown => {
                 if self.child.is_none() {
-                    return Some(Input::Stopped);
+                    return Some(Input::Exited(Exit {
+                        description: "not running".into(),
+                        ..Exit::default()
+                    }));
                 }
+                self.send_shutdown();
                 None
             }
-            Action::ScheduleRestart(d) if d.is_zero() => {
-                // Restart at once, in this turn (a timer would add its 1 ms granularity).
-                Some(Input::BackoffElapsed)
-            }
-            Action::ScheduleRestart(d) => {
-                self.backoff_at = Some(Instant::now() + d);
+            Action::Signal { signal, note } => {
+                if let Some(note) = note {
+                    self.host_log(LogLevel::Warn, note);
+                }
+                if let Some(pid) = self.shared.pid.get() {
+                    let sig = match signal {
+                        Signal::Term => libc::SIGTERM,
+                        Signal::Kill => libc::SIGKILL,
+                    };
+                    process::signal_group(pid, sig);
+                }
                 None
             }
             Action::Persist {
                 enabled,
                 auto_disabled,
             } => {
-                self.shared.enabled.set(enabled);
-                *self.shared.auto_disabled.borrow_mut() = auto_disabled.clone();
                 let (kind, message) = match (enabled, &auto_disabled) {
-                    (true, _) => ("enabled", "enabled".to_string()),
-                    (false, Some(why)) => ("disabled", why.clone()),
-                    (false, None) => ("disabled", "disabled by a user".to_string()),
+                    (true, _) => (EventKind::Enabled, "enabled".to_string()),
+                    (false, Some(why)) => (EventKind::Disabled, why.clone()),
+                    (false, None) => (EventKind::Disabled, "disabled by a user".to_string()),
                 };
                 let event = NewEvent {
-                    kind: kind.into(),
+                    kind,
                     message,
                     details: json!({ "automatic": auto_disabled.is_some() }),
                 };
@@ -361,12 +332,11 @@ impl Task {
                 self.remember_event(event);
                 None
             }
-            Action::Record { kind, message } => {
-                let details = if kind == "crashed" {
-                    self.last_exit.clone()
-                } else {
-                    json!({})
-                };
+            Action::Record {
+                kind,
+                message,
+                details,
+            } => {
                 self.record(kind, message, details);
                 None
             }
@@ -386,14 +356,14 @@ impl Task {
 
     /// Record an event without waiting for its commit: the restart path must not wait on fsync.
     /// The journal task writes events in order; the view's `last_event` is updated at once.
-    fn record(&self, kind: &str, message: String, details: serde_json::Value) {
+    fn record(&self, kind: EventKind, message: String, details: serde_json::Value) {
         let level = match kind {
-            "crashed" | "hung" | "disabled" => log::Level::Warn,
+            EventKind::Crashed | EventKind::Hung | EventKind::Disabled => log::Level::Warn,
             _ => log::Level::Info,
         };
         log::log!(level, "[{}] {kind}: {message}", self.id());
         let ev = NewEvent {
-            kind: kind.into(),
+            kind,
             message,
             details,
         };
@@ -429,14 +399,24 @@ impl Task {
             tokio::task::spawn_local(pipe_lines(err, LogStream::Stderr, self.shared.ring.clone()));
         }
         self.child = Some(child);
+        let link = Rc::new(PluginLink::new(
+            self.shared.protocol,
+            &self.shared.id,
+            &socket,
+            &self.ctx.store,
+            &self.shared.ring,
+            self.ctx.config.max_frame_len,
+        ));
+        *self.shared.link.borrow_mut() = Some(link.clone());
         self.record(
-            "started",
+            EventKind::Started,
             format!("started (pid {pid})"),
             json!({ "pid": pid }),
         );
         tokio::task::spawn_local(start_sequence(
             self.shared.clone(),
             self.ctx.clone(),
+            link,
             generation,
             self.events.clone(),
             watch,
@@ -446,107 +426,49 @@ impl Task {
 
     async fn proc_event(&mut self, ev: ProcEvent) {
         match ev {
-            ProcEvent::Ready(conn) => {
-                *self.shared.conn.borrow_mut() = conn;
+            ProcEvent::Ready => {
                 self.shared.ready_since.set(Some(Utc::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
-                self.record("ready", format!("ready (protocol {proto})"), json!({}));
+                self.record(
+                    EventKind::Ready,
+                    format!("ready (protocol {proto})"),
+                    json!({}),
+                );
             }
             ProcEvent::StartFailed(reason) => {
                 self.host_log(LogLevel::Error, &reason);
-                self.kill_now(Some(reason));
+                self.apply(Input::StartFailed { reason }).await;
             }
-            ProcEvent::Hung(missed) => {
-                let reason = format!("hung: missed {missed} heartbeats in a row");
-                self.record("hung", reason.clone(), json!({ "missed": missed }));
-                self.kill_now(Some(reason));
-            }
+            ProcEvent::Hung(missed) => self.apply(Input::Hung { missed }).await,
             ProcEvent::ConnLost(reason) => {
-                if self.shared.policy.borrow().state() == PluginState::Stopping {
-                    return;
-                }
-                *self.shared.conn.borrow_mut() = None;
-                if self.kill_reason.is_some() {
-                    return; // we are killing it already, for a reason of our own
-                }
-                // Usually the process is exiting: give its exit status a moment to arrive.
-                self.kill_reason = Some(format!("closed its connection ({reason})"));
-                self.kill_at = Some(Instant::now() + Duration::from_millis(500));
+                // Requests fail fast from now on ("not connected"); a stop took the link already.
+                *self.shared.link.borrow_mut() = None;
+                self.apply(Input::ConnectionLost { reason }).await;
             }
         }
     }
 
-    /// SIGKILL the process group now; the exit will be reported as a failure with `reason`.
-    fn kill_now(&mut self, reason: Option<String>) {
-        if reason.is_some() {
-            self.kill_reason = reason;
-        }
-        if let Some(pid) = self.shared.pid.get() {
-            process::signal_group(pid, libc::SIGKILL);
-        }
-    }
-
-    fn begin_stop(&mut self) {
-        self.kill_at = None;
-        let Some(pid) = self.shared.pid.get() else {
-            return;
-        };
+    /// Deliver the shutdown message through the link (in its own task: the escalation runs on
+    /// the policy's timers meanwhile). New requests no longer reach the link.
+    fn send_shutdown(&mut self) {
+        let pid = self.shared.pid.get().unwrap_or(0);
         let grace = self.ctx.config.supervisor.shutdown_grace;
-        self.stop = Some((StopPhase::Shutdown, Instant::now() + grace));
-        let conn = self.shared.conn.borrow_mut().take();
-        let shared = self.shared.clone();
-        let max = self.ctx.config.max_frame_len;
+        let link = self.shared.link.borrow_mut().take();
+        let ring = self.shared.ring.clone();
         tokio::task::spawn_local(async move {
-            let result = match (shared.protocol, conn) {
-                (ProtocolVersion::V1_1, Some(conn)) => {
-                    conn.request(HostMessage::Shutdown, grace).await.map(|_| ())
-                }
-                (ProtocolVersion::V1_1, None) => Err(ConnError::Closed),
-                (ProtocolVersion::V1_0, _) => {
-                    let _guard = shared.legacy_lock.lock().await;
-                    legacy_exchange(
-                        &shared.socket,
-                        HostMessage::Shutdown,
-                        None,
-                        false,
-                        grace,
-                        max,
-                    )
-                    .await
-                    .map(|_| ())
-                }
+            let result = match link {
+                Some(link) => link.shutdown(grace).await,
+                None => Err(ConnError::Closed),
             };
             if let Err(e) = result {
-                shared.ring.push(
+                ring.push(
                     LogStream::Host,
                     LogLevel::Debug,
                     &format!("shutdown message not delivered ({e}); will signal pid {pid}"),
                 );
             }
         });
-    }
-
-    fn escalate_stop(&mut self) {
-        let Some((phase, _)) = self.stop else { return };
-        let pid = self.shared.pid.get().unwrap_or(0);
-        let cfg = &self.ctx.config.supervisor;
-        match phase {
-            StopPhase::Shutdown => {
-                self.host_log(LogLevel::Warn, "no exit after shutdown: sending SIGTERM");
-                process::signal_group(pid, libc::SIGTERM);
-                self.stop = Some((StopPhase::Term, Instant::now() + cfg.term_grace));
-            }
-            StopPhase::Term => {
-                self.host_log(LogLevel::Warn, "no exit after SIGTERM: sending SIGKILL");
-                process::signal_group(pid, libc::SIGKILL);
-                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
-            }
-            StopPhase::Kill => {
-                process::signal_group(pid, libc::SIGKILL);
-                self.stop = Some((StopPhase::Kill, Instant::now() + cfg.term_grace));
-            }
-        }
     }
 
     async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
@@ -557,33 +479,22 @@ impl Task {
         self.generation += 1;
         self.shared.pid.set(None);
         self.shared.ready_since.set(None);
-        *self.shared.conn.borrow_mut() = None;
-        self.kill_at = None;
-        self.stop = None;
-        let uptime_ms = self
-            .spawned_at
-            .take()
-            .map_or(0, |t| t.elapsed().as_millis() as u64);
-        let (desc, code, signal) = match &status {
+        *self.shared.link.borrow_mut() = None;
+        let uptime_ms = self.spawned_at.take().map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        let (description, code, signal) = match &status {
             Ok(s) => process::describe_exit(s),
             Err(e) => (format!("wait failed: {e}"), None, None),
         };
-        let stderr_tail = self.shared.ring.stderr_tail(10);
-        let reason = match self.kill_reason.take() {
-            Some(r) => format!("{r}; {desc}"),
-            None => desc.clone(),
+        let exit = Exit {
+            description,
+            code,
+            signal,
+            uptime_ms,
+            stderr_tail: self.shared.ring.stderr_tail(10),
         };
-        self.last_exit = json!({
-            "exit_code": code, "signal": signal, "uptime_ms": uptime_ms,
-            "stderr_tail": stderr_tail, "reason": reason,
-        });
-        if self.shared.policy.borrow().state() == PluginState::Stopping {
-            let details = self.last_exit.clone();
-            self.record("stopped", format!("stopped ({desc})"), details);
-            self.apply(Input::Stopped).await;
-        } else {
-            self.apply(Input::Failed { reason }).await;
-        }
+        self.apply(Input::Exited(exit)).await;
     }
 }
 
@@ -614,10 +525,12 @@ async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc
     }
 }
 
-/// Wait for the socket, deliver init, wait for ready (1.1); then run the heartbeat.
+/// Wait for the socket, deliver init through the link; then watch the link (1.1 heartbeats and
+/// connection).
 async fn start_sequence(
     shared: Rc<Shared>,
     ctx: Rc<Ctx>,
+    link: Rc<PluginLink>,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, ProcEvent)>,
     watch: Option<super::watch::SocketWatch>,
@@ -678,7 +591,7 @@ async fn start_sequence(
         .runtime_dir
         .join("logs")
         .join(format!("{}.log", shared.id));
-    let mut init = Init {
+    let init = Init {
         instance_id: ctx.instance_id.clone(),
         plugin_socket: shared.socket.display().to_string(),
         log_path: log_path.display().to_string(),
@@ -686,99 +599,20 @@ async fn start_sequence(
         heartbeat_interval_ms: None,
         max_frame_len: None,
     };
-    match shared.protocol {
-        ProtocolVersion::V1_0 => {
-            // The probe connection only proved the socket is up; 1.0 plugins get one message per
-            // connection, so close it and deliver init on its own connection.
-            drop(stream);
-            let _guard = shared.legacy_lock.lock().await;
-            let max = ctx.config.max_frame_len;
-            match legacy_exchange(
-                &shared.socket,
-                HostMessage::Init(init),
-                None,
-                false,
-                cfg.ready_timeout,
-                max,
-            )
-            .await
-            {
-                Ok(_) => report(ProcEvent::Ready(None)),
-                Err(e) => report(ProcEvent::StartFailed(format!("init not delivered: {e}"))),
-            }
-        }
-        ProtocolVersion::V1_1 => {
-            init.protocol = Some(PROTOCOL_VERSION.to_string());
-            init.heartbeat_interval_ms = Some(cfg.heartbeat_interval.as_millis() as u64);
-            init.max_frame_len = Some(ctx.config.max_frame_len as u64);
-            let (ended_tx, ended_rx) = oneshot::channel();
-            let conn = Conn::start(
-                stream,
-                shared.id.clone(),
-                ctx.store.clone(),
-                shared.ring.clone(),
-                ctx.config.max_frame_len,
-                ended_tx,
-            );
-            {
-                let events = events.clone();
-                tokio::task::spawn_local(async move {
-                    let why = match ended_rx.await {
-                        Ok(ConnEnd::Eof) => "EOF".to_string(),
-                        Ok(ConnEnd::Broken(e)) => e,
-                        Err(_) => return,
-                    };
-                    let _ = events.send((generation, ProcEvent::ConnLost(why)));
-                });
-            }
-            match conn
-                .request(HostMessage::Init(init), cfg.ready_timeout)
-                .await
-            {
-                Ok(f) if f.message == PluginMessage::Ready => {}
-                Ok(f) => {
-                    let why = match f.message {
-                        PluginMessage::Error(e) => format!("init refused: {e}"),
-                        other => format!("unexpected answer to init: {other:?}"),
-                    };
-                    report(ProcEvent::StartFailed(why));
-                    return;
-                }
-                Err(e) => {
-                    report(ProcEvent::StartFailed(format!("no ready after init: {e}")));
-                    return;
-                }
-            }
-            report(ProcEvent::Ready(Some(conn.clone())));
-            heartbeat(conn, ctx, generation, events).await;
-        }
+    if let Err(why) = link
+        .init(stream, init, cfg.heartbeat_interval, cfg.ready_timeout)
+        .await
+    {
+        report(ProcEvent::StartFailed(why));
+        return;
     }
-}
-
-/// Ping every interval; a ping unanswered within the interval is a miss; N misses → hung.
-async fn heartbeat(
-    conn: Rc<Conn>,
-    ctx: Rc<Ctx>,
-    generation: u64,
-    events: mpsc::UnboundedSender<(u64, ProcEvent)>,
-) {
-    let interval = ctx.config.supervisor.heartbeat_interval;
-    let max_misses = ctx.config.supervisor.heartbeat_misses.max(1);
-    let mut missed = 0u32;
-    let mut seq = 0u64;
-    loop {
-        if missed == 0 {
-            tokio::time::sleep(interval).await;
-        }
-        seq += 1;
-        match conn.request(HostMessage::Ping { seq }, interval).await {
-            Ok(f) if f.message == (PluginMessage::Pong { seq }) => missed = 0,
-            Ok(_) | Err(ConnError::Timeout(_)) | Err(ConnError::Busy) => missed += 1,
-            Err(_) => return, // connection gone: reported by the reader
-        }
-        if missed >= max_misses {
-            let _ = events.send((generation, ProcEvent::Hung(missed)));
-            return;
-        }
+    report(ProcEvent::Ready);
+    match link
+        .watch(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        .await
+    {
+        Some(Watch::Hung(missed)) => report(ProcEvent::Hung(missed)),
+        Some(Watch::Lost(why)) => report(ProcEvent::ConnLost(why)),
+        None => {}
     }
 }

@@ -1,4 +1,4 @@
-//! The restart policy of one plugin: a state machine with inputs in and actions out, no I/O.
+//! The lifecycle policy of one plugin: a state machine with inputs in and actions out, no I/O.
 //!
 //! Rules (the spec's): a plugin that fails after it had been ready for [`HEALTHY_AFTER`] restarts at
 //! once; each further consecutive failure waits 1, 2, 4, 8, 16 s (capped); the
@@ -7,14 +7,25 @@
 //! that never became ready). A hung plugin (missed heartbeats), a start timeout and a lost
 //! connection are failures like a crash. Stops asked for by a user or the host are not failures.
 //!
-//! The glue (`supervisor::plugin`) feeds [`Input`]s with the current time and performs the
-//! returned [`Action`]s; tests drive it with paused time and no processes.
+//! Stopping escalates: [`Action::SendShutdown`], then after the shutdown grace SIGTERM to the
+//! process group, then after the term grace SIGKILL (repeated every term grace until the exit).
+//! A lost connection gives the process [`LOST_CONNECTION_GRACE`] to exit on its own before it is
+//! killed; a start failure or a hang kills it at once. The reason for a kill is remembered and
+//! prefixed to the exit's description in the `crashed` event.
+//!
+//! The policy owns every timer (the backoff, the stop escalation, the lost-connection grace): the
+//! glue (`supervisor::plugin`) sleeps until [`Policy::deadline`] and feeds [`Input::Tick`]. It
+//! also owns the plugin's persisted flags (enabled, and why it was disabled automatically):
+//! [`Action::Persist`] asks the glue to store them, everyone else reads them here. Tests drive it
+//! with paused time and no processes.
 
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::time::Instant;
 
 use super::view::PluginState;
+use crate::store::EventKind;
 
 /// Ready this long and the failure count resets; a failure after that restarts at once.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -22,15 +33,57 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 10;
 /// Longest wait between restarts, in backoff units (16 s by default).
 pub const MAX_BACKOFF_UNITS: u32 = 16;
+/// How long a process whose connection closed may take to exit before it is killed (usually it
+/// is exiting already, and its exit status is the better report).
+pub const LOST_CONNECTION_GRACE: Duration = Duration::from_millis(500);
+
+/// The policy's timings; the defaults are the spec's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The backoff unit (waits of 1, 2, 4, 8, 16 units).
+    pub backoff_base: Duration,
+    /// Ready this long and the failure count resets.
+    pub healthy_after: Duration,
+    /// From the shutdown message to SIGTERM.
+    pub shutdown_grace: Duration,
+    /// From SIGTERM to SIGKILL, and between repeated SIGKILLs.
+    pub term_grace: Duration,
+    /// From a lost connection to SIGKILL.
+    pub lost_grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            backoff_base: Duration::from_secs(1),
+            healthy_after: HEALTHY_AFTER,
+            shutdown_grace: Duration::from_secs(5),
+            term_grace: Duration::from_secs(2),
+            lost_grace: LOST_CONNECTION_GRACE,
+        }
+    }
+}
+
+/// How a process ended, as the glue saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exit {
+    /// `exited with code 3`, `killed by signal 9 (SIGKILL)`.
+    pub description: String,
+    /// The exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal, if one killed it.
+    pub signal: Option<i32>,
+    /// Time since the spawn.
+    pub uptime_ms: u64,
+    /// The last lines it wrote to stderr.
+    pub stderr_tail: Vec<String>,
+}
 
 /// Something that happened to the plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// Host start or rescan found the plugin; `enabled` is its persisted state.
-    Loaded {
-        /// Persisted enabled state.
-        enabled: bool,
-    },
+    /// Host start or rescan found the plugin: start it if it is enabled.
+    Loaded,
     /// A user enabled it.
     Enable,
     /// A user disabled it.
@@ -39,28 +92,57 @@ pub enum Input {
     Restart,
     /// The process is up and (for 1.1) said ready; for 1.0, init was delivered.
     Ready,
-    /// The process failed: it exited unexpectedly, hung, timed out starting, or broke protocol.
+    /// The process could not be started at all (no exit will follow).
     Failed {
         /// What happened, for the event.
         reason: String,
     },
-    /// The process exited after a stop was asked for.
-    Stopped,
-    /// The backoff timer fired.
-    BackoffElapsed,
+    /// The start sequence gave up (no socket, init refused, no `ready` in time): kill it now.
+    StartFailed {
+        /// What happened.
+        reason: String,
+    },
+    /// The process missed this many heartbeats in a row: kill it now.
+    Hung {
+        /// Heartbeats missed.
+        missed: u32,
+    },
+    /// The 1.1 connection ended (EOF, or why it broke).
+    ConnectionLost {
+        /// What the reader saw.
+        reason: String,
+    },
+    /// The process is gone.
+    Exited(Exit),
+    /// The time given by [`Policy::deadline`] has come.
+    Tick,
     /// The host is shutting down, or the binary was removed.
     Retire,
 }
 
+/// A signal for the process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
 /// What the glue must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Spawn the process and start the handshake.
     Spawn,
-    /// Stop the running process (shutdown → SIGTERM → SIGKILL); `Input::Stopped` follows.
-    Stop,
-    /// Fire `Input::BackoffElapsed` after this long.
-    ScheduleRestart(Duration),
+    /// Ask the process to exit (the link's shutdown); signals follow on the policy's timers.
+    SendShutdown,
+    /// Signal the process group; `note` goes to the plugin's log.
+    Signal {
+        /// Which signal.
+        signal: Signal,
+        /// Why, when the plugin's log should say so.
+        note: Option<&'static str>,
+    },
     /// Persist the enabled state (with the event in the same transaction).
     Persist {
         /// New enabled state.
@@ -71,9 +153,11 @@ pub enum Action {
     /// Record an event.
     Record {
         /// Event kind.
-        kind: &'static str,
+        kind: EventKind,
         /// Human sentence.
         message: String,
+        /// Structured details (the exit, the heartbeats missed …).
+        details: serde_json::Value,
     },
 }
 
@@ -84,53 +168,66 @@ enum AfterStop {
     Start,
 }
 
+/// Where the stop escalation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPhase {
+    /// Shutdown message sent; SIGTERM next.
+    Shutdown,
+    /// SIGTERM sent; SIGKILL next.
+    Term,
+    /// SIGKILL sent; SIGKILL again until the exit.
+    Kill,
+}
+
 /// The policy state of one plugin.
 #[derive(Debug, Clone)]
 pub struct Policy {
     state: PluginState,
+    enabled: bool,
+    auto_disabled: Option<String>,
     failures: u32,
     restarts: u64,
     ready_at: Option<Instant>,
     after_stop: AfterStop,
-    auto_disabled: Option<String>,
-    backoff_base: Duration,
-    healthy_after: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy::new()
-    }
+    backoff_until: Option<Instant>,
+    stop: Option<(StopPhase, Instant)>,
+    kill_at: Option<Instant>,
+    kill_reason: Option<String>,
+    timing: Timing,
 }
 
 impl Policy {
-    /// A plugin not yet loaded.
-    pub fn new() -> Policy {
+    /// A plugin found by a scan, with its persisted state; nothing runs before [`Input::Loaded`].
+    pub fn new(timing: Timing, enabled: bool, auto_disabled: Option<String>) -> Policy {
         Policy {
             state: PluginState::Stopped,
+            enabled,
+            auto_disabled,
             failures: 0,
             restarts: 0,
             ready_at: None,
             after_stop: AfterStop::Nothing,
-            auto_disabled: None,
-            backoff_base: Duration::from_secs(1),
-            healthy_after: HEALTHY_AFTER,
-        }
-    }
-
-    /// A policy whose backoff unit is `base` instead of 1 s (waits of 1, 2, 4, 8, 16 units) and
-    /// whose healthy period is `healthy_after` instead of 60 s.
-    pub fn with_timing(base: Duration, healthy_after: Duration) -> Policy {
-        Policy {
-            backoff_base: base,
-            healthy_after,
-            ..Policy::new()
+            backoff_until: None,
+            stop: None,
+            kill_at: None,
+            kill_reason: None,
+            timing,
         }
     }
 
     /// Current state.
     pub fn state(&self) -> PluginState {
         self.state
+    }
+
+    /// Whether it should run (persisted).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Why it was disabled automatically (persisted).
+    pub fn auto_disabled(&self) -> Option<&str> {
+        self.auto_disabled.as_deref()
     }
 
     /// Failures in a row, as of `now` (a plugin ready for a minute has none).
@@ -148,16 +245,23 @@ impl Policy {
         self.ready_at
     }
 
-    /// Why it was disabled automatically.
-    pub fn auto_disabled(&self) -> Option<&str> {
-        self.auto_disabled.as_deref()
+    /// When to feed [`Input::Tick`] next, if a timer runs.
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            self.backoff_until,
+            self.stop.map(|(_, at)| at),
+            self.kill_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn healthy(&self, now: Instant) -> bool {
         self.state == PluginState::Ready
             && self
                 .ready_at
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.healthy_after)
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.timing.healthy_after)
     }
 
     /// The wait before restarting after failure number `n` (1-based) in a row, in units of the
@@ -181,8 +285,8 @@ impl Policy {
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         use Action::*;
         match input {
-            Input::Loaded { enabled } => {
-                if enabled {
+            Input::Loaded => {
+                if self.enabled {
                     self.state = PluginState::Starting;
                     vec![Spawn]
                 } else {
@@ -191,16 +295,17 @@ impl Policy {
                 }
             }
             Input::Enable => {
-                let was_auto = self.auto_disabled.take();
+                self.enabled = true;
+                self.auto_disabled = None;
                 self.failures = 0;
                 let mut acts = vec![Persist {
                     enabled: true,
                     auto_disabled: None,
                 }];
-                let _ = was_auto;
                 match self.state {
                     PluginState::Disabled | PluginState::Stopped | PluginState::Backoff => {
                         self.state = PluginState::Starting;
+                        self.backoff_until = None;
                         acts.push(Spawn);
                     }
                     PluginState::Stopping => self.after_stop = AfterStop::Start,
@@ -209,13 +314,14 @@ impl Policy {
                 acts
             }
             Input::Disable => {
+                self.enabled = false;
                 self.auto_disabled = None;
                 self.failures = 0;
                 let acts = vec![Persist {
                     enabled: false,
                     auto_disabled: None,
                 }];
-                self.stop_then(AfterStop::Nothing, acts)
+                self.stop_then(AfterStop::Nothing, acts, now)
             }
             Input::Restart => {
                 self.failures = 0;
@@ -223,9 +329,10 @@ impl Policy {
                     PluginState::Disabled => vec![],
                     PluginState::Backoff | PluginState::Stopped => {
                         self.state = PluginState::Starting;
+                        self.backoff_until = None;
                         vec![Spawn]
                     }
-                    _ => self.stop_then(AfterStop::Start, vec![]),
+                    _ => self.stop_then(AfterStop::Start, vec![], now),
                 }
             }
             Input::Ready => {
@@ -236,81 +343,37 @@ impl Policy {
                 vec![]
             }
             Input::Failed { reason } => {
-                if !self.running() {
-                    // A stop was asked for (or the plugin is not running): not a failure.
-                    return self.handle(Input::Stopped, now);
-                }
-                let healthy = self.healthy(now);
-                if healthy {
-                    self.failures = 0;
-                }
-                self.failures += 1;
-                self.ready_at = None;
-                let n = self.failures;
+                let details = json!({ "reason": reason });
+                self.fail(reason, details, now)
+            }
+            Input::StartFailed { reason } => self.kill_now(reason),
+            Input::Hung { missed } => {
+                let reason = format!("hung: missed {missed} heartbeats in a row");
                 let mut acts = vec![Record {
-                    kind: "crashed",
-                    message: format!("{reason} (failure {n} in a row)"),
+                    kind: EventKind::Hung,
+                    message: reason.clone(),
+                    details: json!({ "missed": missed }),
                 }];
-                if n >= MAX_CONSECUTIVE_FAILURES {
-                    let why = format!("disabled after {n} failures in a row; last: {reason}");
-                    self.state = PluginState::Disabled;
-                    self.auto_disabled = Some(why.clone());
-                    acts.push(Persist {
-                        enabled: false,
-                        auto_disabled: Some(why),
-                    });
-                    return acts;
-                }
-                let wait = (self.backoff_base * Policy::backoff(n, healthy))
-                    .min(self.backoff_base * MAX_BACKOFF_UNITS);
-                self.state = PluginState::Backoff;
-                if let Some(Record { message, .. }) = acts.first_mut() {
-                    message.push_str(&format!("; restarting in {} ms", wait.as_millis()));
-                }
-                acts.push(ScheduleRestart(wait));
+                acts.extend(self.kill_now(reason));
                 acts
             }
-            Input::Stopped => {
-                self.ready_at = None;
-                match (self.state, self.after_stop) {
-                    (PluginState::Stopping, AfterStop::Start) => {
-                        self.after_stop = AfterStop::Nothing;
-                        self.state = PluginState::Starting;
-                        self.restarts += 1;
-                        vec![
-                            Record {
-                                kind: "restarted",
-                                message: "restarted on request".into(),
-                            },
-                            Spawn,
-                        ]
-                    }
-                    (PluginState::Stopping, AfterStop::Nothing) => {
-                        self.state = PluginState::Disabled;
-                        vec![]
-                    }
-                    _ => vec![],
-                }
-            }
-            Input::BackoffElapsed => {
-                if self.state != PluginState::Backoff {
+            Input::ConnectionLost { reason } => {
+                // A stop closes the connection too; and a kill already under way has its reason.
+                if self.state == PluginState::Stopping || self.kill_reason.is_some() {
                     return vec![];
                 }
-                self.state = PluginState::Starting;
-                self.restarts += 1;
-                vec![
-                    Record {
-                        kind: "restarted",
-                        message: format!("restarting after failure {} in a row", self.failures),
-                    },
-                    Spawn,
-                ]
+                self.kill_reason = Some(format!("closed its connection ({reason})"));
+                self.kill_at = Some(now + self.timing.lost_grace);
+                vec![]
             }
+            Input::Exited(exit) => self.exited(exit, now),
+            Input::Tick => self.tick(now),
             Input::Retire => {
                 self.after_stop = AfterStop::Nothing;
+                self.backoff_until = None;
                 if self.running() {
                     self.state = PluginState::Stopping;
-                    vec![Stop]
+                    self.begin_stop(now)
                 } else {
                     if self.state != PluginState::Stopping {
                         self.state = PluginState::Stopped;
@@ -321,199 +384,197 @@ impl Policy {
         }
     }
 
-    fn stop_then(&mut self, after: AfterStop, mut acts: Vec<Action>) -> Vec<Action> {
+    /// SIGKILL now; the exit that follows is reported with `reason`.
+    fn kill_now(&mut self, reason: String) -> Vec<Action> {
+        self.kill_reason = Some(reason);
+        self.kill_at = None;
+        vec![Action::Signal {
+            signal: Signal::Kill,
+            note: None,
+        }]
+    }
+
+    fn exited(&mut self, exit: Exit, now: Instant) -> Vec<Action> {
+        self.stop = None;
+        self.kill_at = None;
+        let reason = match self.kill_reason.take() {
+            Some(why) => format!("{why}; {}", exit.description),
+            None => exit.description.clone(),
+        };
+        let details = json!({
+            "exit_code": exit.code, "signal": exit.signal, "uptime_ms": exit.uptime_ms,
+            "stderr_tail": exit.stderr_tail, "reason": reason,
+        });
+        if self.state == PluginState::Stopping {
+            let mut acts = vec![Action::Record {
+                kind: EventKind::Stopped,
+                message: format!("stopped ({})", exit.description),
+                details,
+            }];
+            acts.extend(self.stopped());
+            acts
+        } else {
+            self.fail(reason, details, now)
+        }
+    }
+
+    fn fail(&mut self, reason: String, details: serde_json::Value, now: Instant) -> Vec<Action> {
+        if !self.running() {
+            // A stop was asked for (or the plugin is not running): not a failure.
+            return self.stopped();
+        }
+        let healthy = self.healthy(now);
+        if healthy {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        self.ready_at = None;
+        let n = self.failures;
+        let mut message = format!("{reason} (failure {n} in a row)");
+        if n >= MAX_CONSECUTIVE_FAILURES {
+            let why = format!("disabled after {n} failures in a row; last: {reason}");
+            self.state = PluginState::Disabled;
+            self.enabled = false;
+            self.auto_disabled = Some(why.clone());
+            return vec![
+                Action::Record {
+                    kind: EventKind::Crashed,
+                    message,
+                    details,
+                },
+                Action::Persist {
+                    enabled: false,
+                    auto_disabled: Some(why),
+                },
+            ];
+        }
+        let wait = (self.timing.backoff_base * Policy::backoff(n, healthy))
+            .min(self.timing.backoff_base * MAX_BACKOFF_UNITS);
+        message.push_str(&format!("; restarting in {} ms", wait.as_millis()));
+        let mut acts = vec![Action::Record {
+            kind: EventKind::Crashed,
+            message,
+            details,
+        }];
+        if wait.is_zero() {
+            // Restart at once, in this turn (a timer would add its 1 ms granularity).
+            acts.extend(self.restart_after_failure());
+        } else {
+            self.state = PluginState::Backoff;
+            self.backoff_until = Some(now + wait);
+        }
+        acts
+    }
+
+    fn restart_after_failure(&mut self) -> Vec<Action> {
+        self.state = PluginState::Starting;
+        self.backoff_until = None;
+        self.restarts += 1;
+        vec![
+            Action::Record {
+                kind: EventKind::Restarted,
+                message: format!("restarting after failure {} in a row", self.failures),
+                details: json!({}),
+            },
+            Action::Spawn,
+        ]
+    }
+
+    /// The process is gone after a stop was asked for (or was not running).
+    fn stopped(&mut self) -> Vec<Action> {
+        self.ready_at = None;
+        match (self.state, self.after_stop) {
+            (PluginState::Stopping, AfterStop::Start) => {
+                self.after_stop = AfterStop::Nothing;
+                self.state = PluginState::Starting;
+                self.restarts += 1;
+                vec![
+                    Action::Record {
+                        kind: EventKind::Restarted,
+                        message: "restarted on request".into(),
+                        details: json!({}),
+                    },
+                    Action::Spawn,
+                ]
+            }
+            (PluginState::Stopping, AfterStop::Nothing) => {
+                self.state = PluginState::Disabled;
+                vec![]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let due = |at: Option<Instant>| at.is_some_and(|t| t <= now);
+        let mut acts = Vec::new();
+        if due(self.backoff_until) {
+            self.backoff_until = None;
+            if self.state == PluginState::Backoff {
+                acts.extend(self.restart_after_failure());
+            }
+        }
+        if due(self.stop.map(|(_, at)| at)) {
+            acts.extend(self.escalate_stop(now));
+        }
+        if due(self.kill_at) {
+            self.kill_at = None;
+            acts.push(Action::Signal {
+                signal: Signal::Kill,
+                note: None,
+            });
+        }
+        acts
+    }
+
+    /// Ask the process to stop; the escalation runs on the stop timer. A pending lost-connection
+    /// kill is dropped: the escalation covers it.
+    fn begin_stop(&mut self, now: Instant) -> Vec<Action> {
+        self.kill_at = None;
+        self.stop = Some((StopPhase::Shutdown, now + self.timing.shutdown_grace));
+        vec![Action::SendShutdown]
+    }
+
+    fn escalate_stop(&mut self, now: Instant) -> Vec<Action> {
+        let Some((phase, _)) = self.stop else {
+            return vec![];
+        };
+        let next = now + self.timing.term_grace;
+        let (signal, note, phase) = match phase {
+            StopPhase::Shutdown => (
+                Signal::Term,
+                Some("no exit after shutdown: sending SIGTERM"),
+                StopPhase::Term,
+            ),
+            StopPhase::Term => (
+                Signal::Kill,
+                Some("no exit after SIGTERM: sending SIGKILL"),
+                StopPhase::Kill,
+            ),
+            StopPhase::Kill => (Signal::Kill, None, StopPhase::Kill),
+        };
+        self.stop = Some((phase, next));
+        vec![Action::Signal { signal, note }]
+    }
+
+    fn stop_then(&mut self, after: AfterStop, mut acts: Vec<Action>, now: Instant) -> Vec<Action> {
         if self.running() {
             self.state = PluginState::Stopping;
             self.after_stop = after;
-            acts.push(Action::Stop);
+            acts.extend(self.begin_stop(now));
         } else if self.state == PluginState::Stopping {
             self.after_stop = after;
         } else if after == AfterStop::Start {
             self.state = PluginState::Starting;
+            self.backoff_until = None;
             acts.push(Action::Spawn);
         } else {
             self.state = PluginState::Disabled;
+            self.backoff_until = None;
         }
         acts
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn failed(p: &mut Policy, now: Instant) -> Vec<Action> {
-        p.handle(
-            Input::Failed {
-                reason: "exit code 1".into(),
-            },
-            now,
-        )
-    }
-
-    fn delay(acts: &[Action]) -> Option<Duration> {
-        acts.iter().find_map(|a| match a {
-            Action::ScheduleRestart(d) => Some(*d),
-            _ => None,
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn crash_loop_backs_off_then_disables_after_ten() {
-        let mut p = Policy::new();
-        assert_eq!(
-            p.handle(Input::Loaded { enabled: true }, Instant::now()),
-            vec![Action::Spawn]
-        );
-        let mut delays = Vec::new();
-        for _ in 0..9 {
-            let acts = failed(&mut p, Instant::now());
-            let d = delay(&acts).expect("backoff scheduled");
-            delays.push(d.as_secs());
-            assert_eq!(p.state(), PluginState::Backoff);
-            tokio::time::advance(d).await;
-            assert!(
-                p.handle(Input::BackoffElapsed, Instant::now())
-                    .contains(&Action::Spawn)
-            );
-        }
-        assert_eq!(delays, vec![1, 1, 2, 4, 8, 16, 16, 16, 16]);
-        let acts = failed(&mut p, Instant::now());
-        assert_eq!(p.state(), PluginState::Disabled);
-        assert!(matches!(
-            acts.last(),
-            Some(Action::Persist { enabled: false, auto_disabled: Some(why) }) if why.contains("10 failures")
-        ));
-        assert!(p.auto_disabled().is_some());
-        assert_eq!(p.restarts(), 9);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn crash_after_healthy_period_restarts_at_once_then_backs_off() {
-        let mut p = Policy::new();
-        p.handle(Input::Loaded { enabled: true }, Instant::now());
-        p.handle(Input::Ready, Instant::now());
-        tokio::time::advance(HEALTHY_AFTER).await;
-        assert_eq!(p.consecutive_failures(Instant::now()), 0);
-        let acts = failed(&mut p, Instant::now());
-        assert_eq!(delay(&acts), Some(Duration::ZERO));
-        p.handle(Input::BackoffElapsed, Instant::now());
-        // Failing again quickly: the sequence continues 1, 2, 4 …
-        let acts = failed(&mut p, Instant::now());
-        assert_eq!(delay(&acts), Some(Duration::from_secs(1)));
-        p.handle(Input::BackoffElapsed, Instant::now());
-        assert_eq!(
-            delay(&failed(&mut p, Instant::now())),
-            Some(Duration::from_secs(2))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ready_for_a_minute_resets_the_count() {
-        let mut p = Policy::new();
-        p.handle(Input::Loaded { enabled: true }, Instant::now());
-        for _ in 0..5 {
-            let d = delay(&failed(&mut p, Instant::now())).unwrap();
-            tokio::time::advance(d).await;
-            p.handle(Input::BackoffElapsed, Instant::now());
-        }
-        p.handle(Input::Ready, Instant::now());
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(p.consecutive_failures(Instant::now()), 5);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(p.consecutive_failures(Instant::now()), 0);
-        // A failure now counts as the first.
-        let acts = failed(&mut p, Instant::now());
-        assert!(
-            matches!(&acts[0], Action::Record { message, .. } if message.contains("failure 1 in a row"))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn hang_is_a_failure_but_user_stop_is_not() {
-        let mut p = Policy::new();
-        p.handle(Input::Loaded { enabled: true }, Instant::now());
-        p.handle(Input::Ready, Instant::now());
-        let acts = p.handle(
-            Input::Failed {
-                reason: "missed 3 heartbeats".into(),
-            },
-            Instant::now(),
-        );
-        assert_eq!(p.state(), PluginState::Backoff);
-        assert!(matches!(
-            &acts[0],
-            Action::Record {
-                kind: "crashed",
-                ..
-            }
-        ));
-        p.handle(Input::BackoffElapsed, Instant::now());
-        p.handle(Input::Ready, Instant::now());
-        // User disables: stop, then the exit is not a failure.
-        let acts = p.handle(Input::Disable, Instant::now());
-        assert_eq!(
-            acts,
-            vec![
-                Action::Persist {
-                    enabled: false,
-                    auto_disabled: None
-                },
-                Action::Stop
-            ]
-        );
-        assert_eq!(p.state(), PluginState::Stopping);
-        // The process exits (may be reported as a failure by the glue): still not counted.
-        let acts = failed(&mut p, Instant::now());
-        assert!(acts.is_empty(), "{acts:?}");
-        assert_eq!(p.state(), PluginState::Disabled);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn restart_stops_then_spawns_and_enable_after_auto_disable() {
-        let mut p = Policy::new();
-        p.handle(Input::Loaded { enabled: true }, Instant::now());
-        p.handle(Input::Ready, Instant::now());
-        assert_eq!(p.handle(Input::Restart, Instant::now()), vec![Action::Stop]);
-        let acts = p.handle(Input::Stopped, Instant::now());
-        assert!(acts.contains(&Action::Spawn));
-        assert_eq!(p.state(), PluginState::Starting);
-        // Auto-disable, then enable by a user: counters reset, spawn.
-        for _ in 0..MAX_CONSECUTIVE_FAILURES {
-            if p.state() == PluginState::Backoff {
-                p.handle(Input::BackoffElapsed, Instant::now());
-            }
-            failed(&mut p, Instant::now());
-        }
-        assert_eq!(p.state(), PluginState::Disabled);
-        let acts = p.handle(Input::Enable, Instant::now());
-        assert_eq!(
-            acts,
-            vec![
-                Action::Persist {
-                    enabled: true,
-                    auto_disabled: None
-                },
-                Action::Spawn
-            ]
-        );
-        assert_eq!(p.consecutive_failures(Instant::now()), 0);
-        assert!(p.auto_disabled().is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn disabled_at_load_does_not_spawn_and_backoff_timer_after_disable_is_ignored() {
-        let mut p = Policy::new();
-        assert!(
-            p.handle(Input::Loaded { enabled: false }, Instant::now())
-                .is_empty()
-        );
-        assert_eq!(p.state(), PluginState::Disabled);
-        let mut p = Policy::new();
-        p.handle(Input::Loaded { enabled: true }, Instant::now());
-        failed(&mut p, Instant::now());
-        p.handle(Input::Disable, Instant::now());
-        assert_eq!(p.state(), PluginState::Disabled);
-        assert!(p.handle(Input::BackoffElapsed, Instant::now()).is_empty());
-    }
-}
+mod tests;

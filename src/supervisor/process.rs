@@ -48,7 +48,7 @@ fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
     cmd.env_clear()
         .env("PATH", PLUGIN_PATH)
         .env("LANG", "C.UTF-8")
-        .env(toru_plugin_api::sdk::SOCKET_ENV, socket)
+        .env(toru_plugin_api::protocol::SOCKET_ENV, socket)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -278,10 +278,13 @@ impl Host {
                 .map_err(io("notify socket"))?;
             match self.notify.recv(&mut buf) {
                 Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                // EINTR: a signal (e.g. a child's SIGCHLD) interrupted the wait; wait again.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(io("notify recv")(e)),
             }

@@ -26,8 +26,16 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub const MAX_KV_KEY_LEN: usize = 256;
 /// Longest KV value, in bytes.
 pub const MAX_KV_VALUE_LEN: usize = 64 * 1024;
-/// Most keys one `list` reply carries.
+/// Most keys one `list` reply carries; a `list` without `limit`, or with a larger one, gets this
+/// many, and a `limit` of 0 is read as 1.
 pub const MAX_KV_LIST_LIMIT: usize = 1000;
+/// Requests the host may have waiting for replies from one plugin (1.1); more are refused before
+/// they are sent.
+pub const MAX_HOST_REQUESTS_IN_FLIGHT: usize = 64;
+/// KV requests a plugin may have in flight to the host (1.1); more are answered `busy`.
+pub const MAX_KV_REQUESTS_IN_FLIGHT: usize = 16;
+/// The environment variable that gives a plugin the path of the socket it listens on.
+pub const SOCKET_ENV: &str = "TORU_PLUGIN_SOCKET";
 
 // ---------------------------------------------------------------------------------------------
 // Metadata

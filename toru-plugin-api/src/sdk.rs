@@ -1,16 +1,16 @@
 //! The plugin SDK: the [`ToruPlugin`] trait, [`PluginContext`] and the runner ([`run`], [`serve`]).
 //!
-//! The runner owns the socket. One task reads frames and dispatches them; one task writes frames from
-//! a bounded queue; every HTTP request runs in its own local task, so a slow handler never delays a
-//! heartbeat or another request. Everything runs on a `current_thread` runtime inside a `LocalSet`,
-//! which is why the trait needs neither `Send` nor `Sync`.
+//! The runner owns the socket. One task reads frames and dispatches them; the writer queue, the
+//! pending KV requests and their ids and limits are the shared multiplexer's ([`crate::mux`], the
+//! same code the host runs); every HTTP request runs in its own local task, so a slow handler never
+//! delays a heartbeat or another request. Everything runs on a `current_thread` runtime inside a
+//! `LocalSet`, which is why the trait needs neither `Send` nor `Sync`.
 //!
 //! A 1.1 host keeps one connection; when it closes, the host is gone and the plugin exits. A legacy
 //! 1.0 host connects once per message; the runner notices (init without `protocol`) and accepts
 //! again after each connection.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -19,20 +19,17 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::codec::{FrameError, MAX_FRAME_LEN, tokio_codec};
+use crate::mux::{Mux, MuxConfig, MuxError, PluginMux};
 use crate::protocol::{
-    ErrorCode, ErrorReply, Frame, HostMessage, HttpRequest, HttpResponse, Init, KvReply, KvRequest,
+    ErrorCode, ErrorReply, HostMessage, HttpRequest, HttpResponse, Init, KvReply, KvRequest,
     LogLevel, LogRecord, PROTOCOL_VERSION, PluginMessage, PluginMetadata, decode_host_frame,
 };
 
-/// The environment variable holding the socket path.
-pub const SOCKET_ENV: &str = "TORU_PLUGIN_SOCKET";
-/// Frames queued for writing before senders wait.
-const WRITE_QUEUE: usize = 64;
-/// KV requests a plugin may have in flight (the host's limit too).
-const MAX_KV_IN_FLIGHT: usize = 16;
+/// The environment variable holding the socket path (defined in [`crate::protocol`]).
+pub use crate::protocol::SOCKET_ENV;
 
 /// A Toru plugin. Implement this and hand it to [`run`].
 ///
@@ -182,64 +179,64 @@ impl PluginContext {
     }
 }
 
+/// Where log records go: `log` frames on a 1.1 connection, stderr otherwise.
 #[derive(Clone)]
 struct Logger {
-    out: Option<mpsc::Sender<Vec<u8>>>,
+    link: Option<Rc<PluginMux>>,
 }
 
 impl Logger {
     fn log(&self, level: LogLevel, message: String) {
-        match &self.out {
-            Some(out) => {
-                let frame = Frame::new(None, PluginMessage::Log(LogRecord { level, message }));
+        match &self.link {
+            Some(link) => {
                 // A full queue drops the record rather than block the caller: logs are best effort.
-                let _ = out.try_send(frame.encode());
+                let _ = link.try_send(None, PluginMessage::Log(LogRecord { level, message }));
             }
             None => eprintln!("[{}] {message}", level.as_str()),
         }
     }
 }
 
-type Pending = Rc<RefCell<HashMap<String, oneshot::Sender<Result<KvReply, ErrorReply>>>>>;
-
 /// A client of the host's KV store over the plugin socket. Values are durable when `set` returns.
 #[derive(Clone)]
 pub struct KvClient {
-    out: Option<mpsc::Sender<Vec<u8>>>,
-    pending: Pending,
-    next_id: Rc<Cell<u64>>,
+    /// The 1.1 connection; `None` under a 1.0 host, which has no host KV.
+    link: Option<Rc<PluginMux>>,
 }
 
 impl fmt::Debug for KvClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KvClient")
-            .field("connected", &self.out.is_some())
+            .field(
+                "connected",
+                &self.link.as_ref().is_some_and(|l| !l.is_closed()),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl KvClient {
     async fn call(&self, req: KvRequest) -> Result<KvReply, KvError> {
-        let out = self.out.as_ref().ok_or(KvError::Unsupported)?;
-        if self.pending.borrow().len() >= MAX_KV_IN_FLIGHT {
-            return Err(KvError::Host(ErrorReply::new(
-                ErrorCode::Busy,
-                format!("more than {MAX_KV_IN_FLIGHT} KV requests in flight"),
-            )));
-        }
-        let id = format!("p{}", self.next_id.get());
-        self.next_id.set(self.next_id.get() + 1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id.clone(), tx);
-        let frame = Frame::new(Some(id.clone()), PluginMessage::Kv(req));
-        if out.send(frame.encode()).await.is_err() {
-            self.pending.borrow_mut().remove(&id);
-            return Err(KvError::Disconnected);
-        }
-        match rx.await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(KvError::Host(e)),
-            Err(_) => Err(KvError::Disconnected),
+        let link = self.link.as_ref().ok_or(KvError::Unsupported)?;
+        let frame = link
+            .request(PluginMessage::Kv(req))
+            .await
+            .map_err(|e| match e {
+                MuxError::Busy(max) => KvError::Host(ErrorReply::new(
+                    ErrorCode::Busy,
+                    format!("more than {max} KV requests in flight"),
+                )),
+                MuxError::TooLarge { .. } => {
+                    KvError::Host(ErrorReply::new(ErrorCode::TooLarge, e.to_string()))
+                }
+                _ => KvError::Disconnected,
+            })?;
+        match frame.message {
+            HostMessage::Kv(payload) => payload
+                .into_reply()
+                .map_err(|e| KvError::Host(ErrorReply::new(ErrorCode::BadRequest, e.to_string()))),
+            HostMessage::Error(e) => Err(KvError::Host(e)),
+            other => Err(KvError::Protocol(format!("{other:?}"))),
         }
     }
 
@@ -411,41 +408,20 @@ async fn serve_connection<P: ToruPlugin>(
     shared: &Rc<Shared<P>>,
     stream: UnixStream,
 ) -> Result<ConnEnd, RunError> {
-    let (mut reader, mut writer) = stream.into_split();
-    let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let writer_task = tokio::task::spawn_local(async move {
-        // An empty body is the close marker: everything queued before it is written first.
-        while let Some(body) = out_rx.recv().await {
-            if body.is_empty() {
-                break;
-            }
-            if let Err(e) = tokio_codec::write_frame(&mut writer, &body, MAX_FRAME_LEN).await {
-                eprintln!("plugin: cannot write to host: {e}");
-                break;
-            }
-        }
-    });
-    let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
+    let (mut reader, writer) = stream.into_split();
+    let link: Rc<PluginMux> = Mux::start(writer, MuxConfig::plugin());
     let mut modern = shared
         .ctx
         .borrow()
         .as_ref()
         .is_some_and(|c| c.init.protocol.is_some());
-    let send = |out: &mpsc::Sender<Vec<u8>>, id: Option<String>, msg: PluginMessage| {
-        let out = out.clone();
-        let body = Frame::new(id, msg).encode();
-        async move {
-            let _ = out.send(body).await;
-        }
-    };
 
     let (failed_tx, mut failed_rx) = mpsc::channel::<PluginError>(1);
     let end = loop {
         let read = tokio::select! {
             read = tokio_codec::read_frame(&mut reader, MAX_FRAME_LEN) => read,
             Some(e) = failed_rx.recv() => {
-                let _ = out.send(Vec::new()).await;
-                let _ = writer_task.await;
+                finish(&link).await;
                 return Err(RunError::Init(e));
             }
         };
@@ -459,8 +435,7 @@ async fn serve_connection<P: ToruPlugin>(
                 };
             }
             Err(e) => {
-                let _ = out.send(Vec::new()).await;
-                let _ = writer_task.await;
+                finish(&link).await;
                 return Err(e.into());
             }
         };
@@ -468,45 +443,45 @@ async fn serve_connection<P: ToruPlugin>(
             Ok(f) => f,
             Err(e) => {
                 eprintln!("plugin: rejected frame from host: {e}");
-                if let Some(id) = e.request_id() {
-                    send(
-                        &out,
-                        Some(id.to_string()),
-                        PluginMessage::Error(e.to_reply()),
-                    )
-                    .await;
-                }
+                link.reject(&e);
                 continue;
             }
+        };
+        // A `kv` or `error` frame answers one of our KV requests when its id is pending; a `kv`
+        // frame that answers nothing is a legacy host's request.
+        let frame = match frame.message {
+            HostMessage::Kv(_) | HostMessage::Error(_) => match link.resolve(frame) {
+                None => continue,
+                Some(unclaimed) => unclaimed,
+            },
+            _ => frame,
         };
         let id = frame.request_id;
         match frame.message {
             HostMessage::Init(init) => {
                 modern = init.protocol.is_some();
-                let live = modern.then(|| out.clone());
+                let live = modern.then(|| link.clone());
                 let ctx = PluginContext {
                     instance_id: init.instance_id.clone(),
                     init: Rc::new(init),
-                    kv: KvClient {
-                        out: live.clone(),
-                        pending: pending.clone(),
-                        next_id: Rc::new(Cell::new(1)),
-                    },
-                    log: Logger { out: live },
+                    kv: KvClient { link: live.clone() },
+                    log: Logger { link: live },
                 };
                 *shared.ctx.borrow_mut() = Some(ctx.clone());
                 // Init runs in its own task: it may call KV, whose replies this loop must read.
                 let shared = shared.clone();
-                let out = out.clone();
+                let link = link.clone();
                 let failed = failed_tx.clone();
                 tokio::task::spawn_local(async move {
                     match shared.plugin.init(&ctx).await {
-                        Ok(()) if modern => send(&out, id, PluginMessage::Ready).await,
+                        Ok(()) if modern => {
+                            let _ = link.send(id, PluginMessage::Ready).await;
+                        }
                         Ok(()) => {}
                         Err(e) => {
                             if modern {
                                 let reply = ErrorReply::new(e.code, e.message.clone());
-                                send(&out, id, PluginMessage::Error(reply)).await;
+                                let _ = link.send(id, PluginMessage::Error(reply)).await;
                             }
                             let _ = failed.send(e).await;
                         }
@@ -515,84 +490,85 @@ async fn serve_connection<P: ToruPlugin>(
             }
             HostMessage::Shutdown => {
                 if modern || id.is_some() {
-                    send(&out, id, PluginMessage::ShutdownAck).await;
+                    let _ = link.send(id, PluginMessage::ShutdownAck).await;
                 }
                 break ConnEnd::Shutdown;
             }
-            HostMessage::Ping { seq } => send(&out, id, PluginMessage::Pong { seq }).await,
+            HostMessage::Ping { seq } => {
+                let _ = link.send(id, PluginMessage::Pong { seq }).await;
+            }
             HostMessage::Http(req) => {
-                let ctx = context(shared, &out, &pending);
+                let ctx = context(shared);
                 let shared = shared.clone();
-                let out = out.clone();
+                let link = link.clone();
                 tokio::task::spawn_local(async move {
                     let reply = shared.plugin.handle_http(&ctx, req).await;
-                    let _ = out
-                        .send(Frame::new(id, PluginMessage::HttpReply(reply)).encode())
-                        .await;
+                    send_http_reply(&link, id, reply, modern).await;
                 });
             }
             HostMessage::Kv(payload) => {
-                let waiter = id.as_ref().and_then(|i| pending.borrow_mut().remove(i));
-                match waiter {
-                    Some(tx) => {
-                        let reply = payload
-                            .into_reply()
-                            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()));
-                        let _ = tx.send(reply);
-                    }
-                    None => {
-                        let ctx = context(shared, &out, &pending);
-                        let shared = shared.clone();
-                        let out = out.clone();
-                        tokio::task::spawn_local(async move {
-                            let msg = match payload.into_request() {
-                                Err(e) => PluginMessage::Error(ErrorReply::new(
-                                    ErrorCode::BadRequest,
-                                    e.to_string(),
-                                )),
-                                Ok(req) => match shared.plugin.handle_kv(&ctx, req).await {
-                                    Ok(value) => PluginMessage::HttpReply(HttpResponse::json(
-                                        200,
-                                        &serde_json::json!({ "value": value }),
-                                    )),
-                                    Err(e) => {
-                                        PluginMessage::Error(ErrorReply::new(e.code, e.message))
-                                    }
-                                },
-                            };
-                            let _ = out.send(Frame::new(id, msg).encode()).await;
-                        });
-                    }
-                }
+                let ctx = context(shared);
+                let shared = shared.clone();
+                let link = link.clone();
+                tokio::task::spawn_local(async move {
+                    let msg = match payload.into_request() {
+                        Err(e) => PluginMessage::Error(ErrorReply::new(
+                            ErrorCode::BadRequest,
+                            e.to_string(),
+                        )),
+                        Ok(req) => match shared.plugin.handle_kv(&ctx, req).await {
+                            Ok(value) => PluginMessage::HttpReply(HttpResponse::json(
+                                200,
+                                &serde_json::json!({ "value": value }),
+                            )),
+                            Err(e) => PluginMessage::Error(ErrorReply::new(e.code, e.message)),
+                        },
+                    };
+                    let _ = link.send(id, msg).await;
+                });
             }
-            HostMessage::Error(reply) => {
-                let waiter = id.as_ref().and_then(|i| pending.borrow_mut().remove(i));
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(Err(reply));
-                    }
-                    None => eprintln!("plugin: error from host: {reply}"),
-                }
-            }
+            HostMessage::Error(reply) => eprintln!("plugin: error from host: {reply}"),
         }
     };
-    // Fail every KV call still waiting: its reply can no longer arrive.
-    pending.borrow_mut().clear();
-    let _ = out.send(Vec::new()).await;
-    let _ = writer_task.await;
+    finish(&link).await;
     Ok(end)
 }
 
+/// End a connection: fail every KV call still waiting (its reply can no longer arrive), write
+/// what is queued, close the write half.
+async fn finish(link: &PluginMux) {
+    link.fail_all();
+    if let Err(e) = link.close().await {
+        eprintln!("plugin: cannot write to host: {e}");
+    }
+}
+
+/// Send a handler's reply. One over the frame limit is not sent (it would break the connection):
+/// the request is answered `too_large` instead, as an `error` frame, or under a 1.0 host (which
+/// has no `error` frame) as a `413` reply.
+async fn send_http_reply(link: &PluginMux, id: Option<String>, reply: HttpResponse, modern: bool) {
+    if let Err(e @ MuxError::TooLarge { .. }) =
+        link.send(id.clone(), PluginMessage::HttpReply(reply)).await
+    {
+        let message = format!("reply is too large: {e}");
+        eprintln!("plugin: {message}");
+        let msg = if modern {
+            PluginMessage::Error(ErrorReply::new(ErrorCode::TooLarge, message))
+        } else {
+            PluginMessage::HttpReply(HttpResponse::json(
+                413,
+                &serde_json::json!({ "error": "too_large", "message": message }),
+            ))
+        };
+        let _ = link.send(id, msg).await;
+    }
+}
+
 /// The context for a handler; before `init` (a legacy host may skip it) a placeholder.
-fn context<P>(
-    shared: &Rc<Shared<P>>,
-    out: &mpsc::Sender<Vec<u8>>,
-    pending: &Pending,
-) -> PluginContext {
+fn context<P>(shared: &Rc<Shared<P>>) -> PluginContext {
     if let Some(ctx) = shared.ctx.borrow().as_ref() {
         return ctx.clone();
     }
-    let _ = out;
     PluginContext {
         instance_id: String::new(),
         init: Rc::new(Init {
@@ -603,11 +579,56 @@ fn context<P>(
             heartbeat_interval_ms: None,
             max_frame_len: None,
         }),
-        kv: KvClient {
-            out: None,
-            pending: pending.clone(),
-            next_id: Rc::new(Cell::new(1)),
-        },
-        log: Logger { out: None },
+        kv: KvClient { link: None },
+        log: Logger { link: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::protocol::decode_plugin_frame;
+
+    /// A handler's reply over the frame limit would break the connection if written: it is
+    /// answered `too_large` instead (an `error` frame under 1.1, a 413 reply under 1.0), and the
+    /// connection keeps working.
+    #[test]
+    fn an_oversized_http_reply_is_answered_too_large() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            for modern in [true, false] {
+                let (near, mut far) = tokio::io::duplex(64 * 1024);
+                let config = MuxConfig {
+                    max_frame_len: 300,
+                    ..MuxConfig::plugin()
+                };
+                let link: Rc<PluginMux> = Mux::start(near, config);
+                let big = HttpResponse::text(200, "text/plain", "x".repeat(400));
+                send_http_reply(&link, Some("h1".into()), big, modern).await;
+                send_http_reply(&link, Some("h2".into()), HttpResponse::new(204), modern).await;
+                link.close().await.unwrap();
+                let mut frames = Vec::new();
+                while let Some(body) = tokio_codec::read_frame(&mut far, MAX_FRAME_LEN)
+                    .await
+                    .unwrap()
+                {
+                    frames.push(decode_plugin_frame(&body).unwrap());
+                }
+                assert_eq!(frames.len(), 2, "{frames:?}");
+                assert_eq!(frames[0].request_id.as_deref(), Some("h1"));
+                match &frames[0].message {
+                    PluginMessage::Error(e) if modern => assert_eq!(e.code, ErrorCode::TooLarge),
+                    PluginMessage::HttpReply(r) if !modern => assert_eq!(r.status, 413),
+                    other => panic!("modern={modern}: {other:?}"),
+                }
+                assert!(
+                    matches!(&frames[1].message, PluginMessage::HttpReply(r) if r.status == 204)
+                );
+            }
+        });
     }
 }

@@ -313,7 +313,8 @@ fn kvloop(w: &Writer, waiters: &Waiters, stem: &str) {
         };
         match kv(w, waiters, format!("s{i}"), req) {
             Some(KvReply::Set { .. }) => {
-                let _ = writeln!(acked, "{key}");
+                // One write call per line: a kill between `key` and `\n` would glue two lines.
+                let _ = acked.write_all(format!("{key}\n").as_bytes());
                 let _ = acked.sync_data();
             }
             _ => return,
