@@ -1,6 +1,7 @@
 //! The REST API against the real binary with real plugins: every endpoint of docs/API.md and its
 //! status codes (unknown plugin 404, disabled route 404, broken reply 502, slow plugin 504,
-//! traversal 400), what is and is not forwarded to plugins, and `/metrics`.
+//! traversal 400, two `Host` headers 400), what is and is not forwarded to plugins, and
+//! `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -412,4 +413,21 @@ fn metrics_in_prometheus_format() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+}
+
+/// Regression (issue 10, defect 9): a request with two `Host` headers was judged by the first one
+/// (and a proxy may route by the other). It is `400`, whatever the names.
+#[test]
+fn two_host_headers_are_400() {
+    let (h, _) = start();
+    for (a, b) in [("localhost", "localhost"), ("localhost", "evil.example")] {
+        let r = h.http("GET", "/api/health", &[("Host", a), ("Host", b)], None);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_request")),
+            "Host: {a} + Host: {b}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
 }

@@ -1,9 +1,10 @@
 //! The router: the server's state ([`Server`]), the route table (path → [`Route`]) and the gate
 //! every request passes before a handler sees it, in this order:
 //!
-//! Host check (`421`) → open routes (UI files, `/api/health`, `/api/auth/setup`) → setup gate
-//! (`403 setup_required`) → `/api/auth/login` → authentication (`401`) → CSRF for state-changing
-//! cookie requests (`403`) → the route's method (`405`) → its role (`403`).
+//! Host check (`400` missing or repeated, `421` not ours) → open routes (UI files, `/api/health`,
+//! `/api/auth/setup`) → setup gate (`403 setup_required`) → `/api/auth/login` → authentication
+//! (`401`) → CSRF for state-changing cookie requests (`403`) → the route's method (`405`) → its
+//! role (`403`).
 //!
 //! It decides *which* handler and *whether*; it never answers a route itself and imports no
 //! handler (`dispatch`, above the handlers, maps an [`Admitted`] request to its handler).
@@ -245,10 +246,16 @@ impl Server {
         parts: Parts,
         peer: SocketAddr,
     ) -> Result<(Ctx, Admitted), ApiError> {
+        // One Host only: with two, we and a proxy in front could each judge a different one.
+        let mut host_headers = parts.headers.get_all(header::HOST).iter();
+        let first_host = host_headers.next();
+        if host_headers.next().is_some() {
+            return Err(ApiError::bad_request(
+                "the request has more than one Host header",
+            ));
+        }
         // DNS rebinding: the name the browser used must be one of ours.
-        let host = parts
-            .headers
-            .get(header::HOST)
+        let host = first_host
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
