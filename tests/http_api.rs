@@ -1,7 +1,7 @@
 //! The REST API against the real binary with real plugins: every endpoint of docs/API.md and its
 //! status codes (unknown plugin 404, disabled route 404, broken reply 502, slow plugin 504,
-//! traversal 400, two `Host` headers 400), what is and is not forwarded to plugins, and
-//! `/metrics`.
+//! traversal 400, two `Host` headers 400), what is and is not forwarded to plugins (a viewer's
+//! methods other than `GET`/`HEAD`), and `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -430,4 +430,50 @@ fn two_host_headers_are_400() {
         );
     }
     assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
+
+/// Regression (issue 10, defect 9): a viewer's `OPTIONS` (and any method besides `GET`/`HEAD`)
+/// reached plugin routes, although docs/API.md lets viewers only read. It is `403 forbidden` and
+/// the plugin never sees it; an admin's `OPTIONS` is still forwarded.
+#[test]
+fn viewers_reach_plugin_routes_only_with_get_and_head() {
+    let (h, _) = start();
+    let viewer = create_token(&h, "watcher", "viewer");
+    let admin = create_token(&h, "boss", "admin");
+    for method in ["OPTIONS", "TRACE", "PROPFIND", "POST"] {
+        let r = bearer(
+            &h,
+            method,
+            "/api/plugins/route/hello-rust/echo",
+            &viewer,
+            None,
+        );
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (403, Some("forbidden")),
+            "{method}: {}",
+            r.text()
+        );
+    }
+    for method in ["GET", "HEAD"] {
+        let r = bearer(
+            &h,
+            method,
+            "/api/plugins/route/hello-rust/echo",
+            &viewer,
+            None,
+        );
+        assert_eq!(r.status, 200, "{method}");
+    }
+    let r = bearer(
+        &h,
+        "OPTIONS",
+        "/api/plugins/route/hello-rust/echo",
+        &admin,
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["method"].as_str()),
+        (200, Some("OPTIONS"))
+    );
 }
