@@ -1,7 +1,7 @@
 //! The REST API against the real binary with real plugins: every endpoint of docs/API.md and its
 //! status codes (unknown plugin 404, disabled route 404, broken reply 502, slow plugin 504,
-//! traversal 400, two `Host` headers 400), what is and is not forwarded to plugins (a viewer's
-//! methods other than `GET`/`HEAD`), and `/metrics`.
+//! traversal, empty segments and overlong encodings 400, two `Host` headers 400), what is and is
+//! not forwarded to plugins (a viewer's methods other than `GET`/`HEAD`), and `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -476,4 +476,39 @@ fn viewers_reach_plugin_routes_only_with_get_and_head() {
         (r.status, r.json()["method"].as_str()),
         (200, Some("OPTIONS"))
     );
+}
+
+/// Regression (issue 10, defect 9): `//x` and `%c0%ae` (an overlong UTF-8 `.`) reached plugins as
+/// sent, for each plugin to interpret. Plugin-route paths with an empty segment (but a trailing
+/// `/`) or a percent-encoding that is not UTF-8 are refused with `400`, as traversal is.
+#[test]
+fn empty_segments_and_overlong_encodings_are_400() {
+    let (h, c) = start();
+    for path in [
+        "/api/plugins/route/hello-rust//x",
+        "/api/plugins/route/hello-rust//",
+        "/api/plugins/route/hello-rust/a//b",
+        "/api/plugins/route/hello-rust/%c0%ae%c0%ae/x",
+        "/api/plugins/route/hello-rust/%c0%ae",
+        "/api/plugins/route/hello-rust/a%ff",
+        "/api/plugins/route/hello-rust/%e0%80%ae",
+    ] {
+        let r = get(&h, path, &c);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // What stays allowed: a trailing slash, encoded UTF-8, encoded spaces.
+    for (path, seen) in [
+        ("/api/plugins/route/hello-rust/echo/", "/echo/"),
+        ("/api/plugins/route/hello-rust/echo/%c3%a9", "/echo/%c3%a9"),
+        ("/api/plugins/route/hello-rust/echo/a%20b", "/echo/a%20b"),
+    ] {
+        let r = get(&h, path, &c);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["path"], seen, "{path}");
+    }
 }

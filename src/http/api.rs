@@ -376,7 +376,8 @@ pub(crate) async fn forward(
     let (route, rest) = after.split_once('/').unwrap_or((after, ""));
     if !checks::route_segment_ok(route) || !checks::rest_ok(rest) {
         return Err(ApiError::bad_request(
-            "bad plugin route: traversal, encoded separators, NUL and backslashes are refused",
+            "bad plugin route: traversal, empty segments, encodings that are not UTF-8, encoded \
+             separators, NUL and backslashes are refused",
         ));
     }
     let id = srv
