@@ -1,7 +1,8 @@
 //! HTTP limits against the real binary: a client that sends nothing (or half a head) is dropped at
 //! the header timeout without blocking anyone; idle keep-alive connections are closed; oversized
-//! heads are 431 and oversized bodies 413; 500 idle connections do not stop `/api/health`; when
-//! every connection slot is busy, newcomers get a fast 503.
+//! heads are 431 and oversized bodies 413 (also a body at the plugin limit that no frame can
+//! carry); 500 idle connections do not stop `/api/health`; when every connection slot is busy,
+//! newcomers get a fast 503.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -12,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use http_util::{create_token, post, setup_admin, wait_state};
-use support::{Host, HostOpts, built, parse_response};
+use support::{Host, HostOpts, WAIT, built, parse_response};
 
 fn host(config: &str) -> Host {
     Host::start(HostOpts {
@@ -222,4 +223,44 @@ fn busy_slots_give_a_fast_503() {
         assert_eq!(b.join().unwrap(), 200);
     }
     assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
+
+/// Regression (issue 10, defect 9): a body of exactly `http.max_plugin_body_bytes` (8 MiB by
+/// default, as documented) was read, then could not be put in one protocol frame (also 8 MiB) and
+/// answered `400`. A request that no frame can carry is `413 too_large`, like any body over the
+/// cap.
+#[test]
+fn a_body_at_the_plugin_limit_is_413() {
+    let h = host("");
+    let c = setup_admin(&h);
+    wait_state(&h, &c, "hello-rust", "ready");
+    let token = create_token(&h, "big", "admin");
+    for len in [8 * 1024 * 1024, 8 * 1024 * 1024 + 1] {
+        let body = vec![b'a'; len];
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        let head = format!(
+            "POST /api/plugins/route/hello-rust/echo HTTP/1.1\r\nHost: localhost\r\n\
+Authorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\
+Connection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(&body); // the host may answer and close before reading it all
+        let (raw, _) = read_until_closed(&mut s, WAIT);
+        let r = parse_response(&raw);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (413, Some("too_large")),
+            "{len} bytes: {}",
+            r.text()
+        );
+    }
+    // Bodies that fit in a frame still reach the plugin.
+    let body = "a".repeat(1024 * 1024);
+    let r = h.http(
+        "POST",
+        "/api/plugins/route/hello-rust/echo",
+        &[("Authorization", &format!("Bearer {token}"))],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -40,6 +40,8 @@ const MAX_FOLLOW_LINES: usize = 500;
 const MAX_EVENTS: usize = 200;
 /// Extra time past `plugin_timeout` before the HTTP layer gives up on the supervisor itself.
 const FORWARD_SLACK: Duration = Duration::from_secs(5);
+/// Bytes a frame adds around a forwarded request (type, timestamp, request ids), at most.
+const FRAME_ENVELOPE_BYTES: usize = 512;
 
 /// Request headers never forwarded to a plugin (credentials, hop-by-hop, and ours).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -428,7 +430,36 @@ pub(crate) async fn forward(
         body,
         body_encoding,
     };
+    let max_frame_len = srv.app.config.max_frame_len;
+    if !fits_in_frame(&req, max_frame_len) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request, encoded for the plugin, is over the {max_frame_len}-byte frame limit"
+            ),
+        ));
+    }
     call_plugin(srv, &id, req).await
+}
+
+/// Whether `req` fits in one protocol frame of `max_frame_len` bytes: its JSON is counted, not
+/// built (a body at `max_plugin_body_bytes` can be over the frame limit once escaped or base64).
+fn fits_in_frame(req: &HttpRequest, max_frame_len: usize) -> bool {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, req).is_ok()
+        && n.0.saturating_add(FRAME_ENVELOPE_BYTES) <= max_frame_len
 }
 
 /// Forward to plugin `id`, count it, and turn its reply (or failure) into a response.
@@ -543,6 +574,34 @@ mod tests {
         );
         assert_eq!(s(ForwardError::Timeout("x".into())), 504);
         assert_eq!(s(ForwardError::BadRequest("binary".into())), 400);
+    }
+
+    #[test]
+    fn requests_are_measured_as_framed() {
+        let req = |body: &str| HttpRequest {
+            method: "POST".into(),
+            path: "/x".into(),
+            headers: BTreeMap::new(),
+            body: Some(body.into()),
+            body_encoding: BodyEncoding::Utf8,
+        };
+        let max = 64 * 1024;
+        assert!(fits_in_frame(&req(&"a".repeat(60 * 1024)), max));
+        assert!(!fits_in_frame(&req(&"a".repeat(max)), max), "the envelope");
+        // Escaping counts: 16 KiB of control characters are 96 KiB of JSON.
+        assert!(!fits_in_frame(&req(&"\u{1}".repeat(16 * 1024)), max));
+        // The count is the frame's: a frame built from it is within the envelope allowance.
+        let frame = toru_plugin_api::protocol::Frame::new(
+            Some(uuid::Uuid::new_v4().to_string()),
+            toru_plugin_api::protocol::HostMessage::Http(req("hi")),
+        )
+        .encode();
+        let json = serde_json::to_vec(&req("hi")).unwrap();
+        assert!(
+            frame.len() <= json.len() + FRAME_ENVELOPE_BYTES,
+            "{}",
+            frame.len()
+        );
     }
 
     #[test]

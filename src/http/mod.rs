@@ -37,7 +37,8 @@
 //!   to send it; an idle keep-alive connection is closed after `keepalive_timeout`.
 //! - A request head over `max_header_bytes` is answered `431` (hyper's read-buffer cap).
 //! - Request bodies are capped (`max_api_body_bytes`, `max_plugin_body_bytes`) → `413`, and must
-//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`.
+//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`. A plugin request must also fit
+//!   in one protocol frame (`max_frame_len`) once encoded → `413`.
 //! - Once shutdown begins, requests in flight get 3 s (`conn::SHUTDOWN_GRACE`) to finish.
 
 mod api;
