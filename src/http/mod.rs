@@ -30,9 +30,10 @@
 //! ## Limits (all from `config.http`)
 //! Everything runs on the runtime thread (one `current_thread` runtime, tasks `spawn_local`ed).
 //! - At most `max_connections` connections are served. When a new one arrives at the limit, the
-//!   connection quiet for longest (no request in flight, quiet for at least 250 ms) is closed to
-//!   make room, so idle keep-alive and silent clients cannot lock others out; if there is none, the
-//!   newcomer gets a static `503` and is closed.
+//!   connection quiet for longest among those with no request in flight (and already read once)
+//!   is closed to make room, however young, so idle keep-alive, silent and slowloris clients cannot
+//!   lock others out; only when every connection has a request in flight does the newcomer get a
+//!   static `503` and is closed.
 //! - A client must send a complete request head within `header_timeout` of connecting or of starting
 //!   to send it; an idle keep-alive connection is closed after `keepalive_timeout`.
 //! - A request head over `max_header_bytes` is answered `431` (hyper's read-buffer cap).
