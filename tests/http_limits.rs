@@ -2,7 +2,8 @@
 //! the header timeout without blocking anyone; idle keep-alive connections are closed; oversized
 //! heads are 431 and oversized bodies 413 (also a body at the plugin limit that no frame can
 //! carry); 500 idle connections and a 1 000-connection slowloris do not stop `/api/health`; when
-//! every connection slot is busy, newcomers get a fast 503.
+//! every connection slot is busy, newcomers get a fast 503; replies waiting for slow readers share
+//! one byte budget.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http_util::{create_token, post, setup_admin, wait_state};
-use support::{Host, HostOpts, WAIT, built, parse_response};
+use http_util::{bearer, create_token, post, setup_admin, wait_state};
+use support::{Host, HostOpts, PluginSrc, WAIT, built, parse_response};
 
 fn host(config: &str) -> Host {
     Host::start(HostOpts {
@@ -326,4 +327,112 @@ fn slowloris_leaves_room_for_fresh_requests() {
         "{} of {CHECKS} health checks failed under the slowloris: {failed:?}",
         failed.len()
     );
+}
+
+/// Read a response head (up to the blank line) and return its status; the rest stays unread.
+fn read_status(s: &mut TcpStream) -> Option<u16> {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Regression (issue 10, defect 8): 60 clients reading a 7.5 MiB plugin reply slowly raised the
+/// host's RSS from 9 to 466 MiB, because every reply stayed in memory until its client had taken
+/// it all. Replies waiting for their clients now share one budget
+/// (`http.max_buffered_reply_bytes`): a large reply that does not fit is refused with `503 busy`
+/// (counted in `/metrics`), small answers such as `/api/health` still go out, and the budget comes
+/// back when the readers go.
+#[test]
+fn slow_readers_share_the_reply_budget() {
+    // 6 MiB: more than a loopback connection whose client reads nothing takes off the host (the
+    // host's send buffer grows to at most 4 MiB, the client's receive buffer only as it reads).
+    const KIB: usize = 6 * 1024;
+    const BUDGET: usize = 10 * 1024 * 1024;
+    const READERS: usize = 8;
+    let plugin = format!("stress-big-{KIB}");
+    let h = Host::start(HostOpts {
+        plugins: vec![PluginSrc::Built {
+            bin: "stress",
+            as_name: plugin.clone(),
+        }],
+        config: Some(format!("[http]\nmax_buffered_reply_bytes = {BUDGET}\n")),
+        ..Default::default()
+    });
+    let c = setup_admin(&h);
+    wait_state(&h, &c, &plugin, "ready");
+    let token = create_token(&h, "slow", "admin");
+    let request = format!(
+        "GET /api/plugins/route/{plugin}/ HTTP/1.1\r\nHost: localhost\r\n\
+Authorization: Bearer {token}\r\n\r\n"
+    );
+    // Each reader asks, reads the status line, and then reads nothing more.
+    let mut readers = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..READERS {
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        statuses.push(read_status(&mut s));
+        readers.push(s);
+    }
+    assert_eq!(statuses[0], Some(200), "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == Some(503)).count();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Some(200)).count() + refused,
+        READERS,
+        "{statuses:?}"
+    );
+    assert!(
+        refused >= 1,
+        "{READERS} replies of {KIB} KiB, none refused with a budget of {BUDGET} bytes: {statuses:?}"
+    );
+    // Small answers still go out while the budget is spent.
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+    let m = bearer(&h, "GET", "/metrics", &token, None).text();
+    assert!(
+        m.contains(&format!("toru_http_reply_budget_refused_total {refused}\n")),
+        "{m}"
+    );
+    let buffered: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("toru_http_reply_buffered_bytes "))
+        .expect("toru_http_reply_buffered_bytes")
+        .parse()
+        .unwrap();
+    assert!(buffered <= BUDGET, "{buffered} bytes buffered");
+    let r = bearer(
+        &h,
+        "GET",
+        &format!("/api/plugins/route/{plugin}/"),
+        &token,
+        None,
+    );
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("busy")));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The readers leave: their replies are dropped and the budget is whole again.
+    drop(readers);
+    let whole = support::eventually("a full reply once the readers are gone", || {
+        let r = bearer(
+            &h,
+            "GET",
+            &format!("/api/plugins/route/{plugin}/"),
+            &token,
+            None,
+        );
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(whole.body.len(), KIB * 1024);
+    // Replies written out whole give their bytes back too: nothing is held once all is read.
+    support::eventually("no reply bytes held", || {
+        let m = bearer(&h, "GET", "/metrics", &token, None).text();
+        m.contains("\ntoru_http_reply_buffered_bytes 0\n")
+            .then_some(())
+    });
 }

@@ -20,9 +20,11 @@ use toru_plugin_api::protocol::BodyEncoding;
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::checks;
-use super::metrics::rss_bytes;
+use super::metrics::{HttpGauges, rss_bytes};
 use super::request::{Ctx, read_body, read_json};
-use super::resp::{ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json};
+use super::resp::{
+    ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json, reply_budget_spent,
+};
 use super::router::{PluginAction, Server, need_admin};
 use crate::auth::{Identity, Role};
 use crate::store::{StoreError, StoreHealth};
@@ -84,10 +86,15 @@ pub(crate) fn health(ctx: &Ctx) -> Result<Resp, ApiError> {
 /// `GET /metrics`: the Prometheus text.
 pub(crate) fn metrics(srv: &Server) -> Result<Resp, ApiError> {
     let c = &srv.connections;
-    let text = srv
-        .metrics
-        .borrow()
-        .render(&srv.app, c.active(), c.rejected());
+    let gauges = HttpGauges {
+        connections: c.active(),
+        rejected: c.rejected(),
+        evicted: c.evicted(),
+        reply_bytes: srv.replies.held_bytes(),
+        reply_budget: srv.replies.limit(),
+        reply_refused: srv.replies.refused(),
+    };
+    let text = srv.metrics.borrow().render(&srv.app, &gauges);
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -190,6 +197,8 @@ fn system_json(srv: &Server) -> serde_json::Value {
         "http": {
             "connections": srv.connections.active(),
             "max_connections": app.config.http.max_connections,
+            "reply_buffered_bytes": srv.replies.held_bytes(),
+            "max_buffered_reply_bytes": srv.replies.limit(),
         },
     })
 }
@@ -348,6 +357,7 @@ pub(crate) async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Res
     if let Some(bytes) = from_file {
         return Ok(bytes_response(StatusCode::OK, js, bytes));
     }
+    reply_room(srv)?;
     let req = HttpRequest {
         method: "GET".into(),
         path: "/bundle.js".into(),
@@ -390,6 +400,7 @@ pub(crate) async fn forward(
     if ctx.is_unsafe() && who.role != Role::Admin {
         return Err(ApiError::read_only());
     }
+    reply_room(srv)?;
     let bytes = read_body(body, srv.app.config.http.max_plugin_body_bytes).await?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &ctx.headers {
@@ -460,6 +471,16 @@ fn fits_in_frame(req: &HttpRequest, max_frame_len: usize) -> bool {
     let mut n = Count(0);
     serde_json::to_writer(&mut n, req).is_ok()
         && n.0.saturating_add(FRAME_ENVELOPE_BYTES) <= max_frame_len
+}
+
+/// `503 busy` (counted) while replies held for slow clients have spent the reply budget: the
+/// plugin is not asked for a reply that would be refused.
+fn reply_room(srv: &Server) -> Result<(), ApiError> {
+    if srv.replies.exhausted() {
+        srv.replies.refuse();
+        return Err(reply_budget_spent());
+    }
+    Ok(())
 }
 
 /// Forward to plugin `id`, count it, and turn its reply (or failure) into a response.

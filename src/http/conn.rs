@@ -316,6 +316,11 @@ impl Connections {
         self.rejected.get()
     }
 
+    /// Connections closed to make room since start.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.get()
+    }
+
     /// Ask every connection to finish its request in flight and close (shutdown).
     fn close_all(&self) {
         for c in self.live.borrow().values() {
@@ -482,6 +487,9 @@ async fn serve_connection<H: Handler>(
     let mut builder = http1::Builder::new();
     builder
         .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF))
+        // Queue body bytes as they are instead of copying them into hyper's buffer: a reply's
+        // budget charge (`Body::tied_to`) is released when those very bytes are dropped.
+        .writev(true)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);

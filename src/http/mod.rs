@@ -20,8 +20,8 @@
 //!           Ctx and body reading · connections: accept loop, limits, deadlines, eviction, generic
 //!           over a Handler (knows nothing of routes)
 //! resp      Resp, Body, ApiError, builders, cookies, security headers
-//! checks · metrics
-//!           leaves: pure request checks · counters and the Prometheus text
+//! checks · metrics · budget
+//!           leaves: pure request checks · counters and the Prometheus text · the reply budget
 //! ```
 //!
 //! A request flows upward: `conn` reads it, `dispatch` runs the `router`'s gate and calls the
@@ -40,9 +40,14 @@
 //! - Request bodies are capped (`max_api_body_bytes`, `max_plugin_body_bytes`) → `413`, and must
 //!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`. A plugin request must also fit
 //!   in one protocol frame (`max_frame_len`) once encoded → `413`.
+//! - Response bodies held for clients that have not taken them yet share
+//!   `max_buffered_reply_bytes` (32 MiB), from when the handler returns until the last byte is
+//!   written; a body of 64 KiB or more that does not fit is answered `503 busy` instead (`budget`).
+//!   Small bodies always go out; one large body goes out alone even if over the budget.
 //! - Once shutdown begins, requests in flight get 3 s (`conn::SHUTDOWN_GRACE`) to finish.
 
 mod api;
+mod budget;
 mod checks;
 mod conn;
 mod dispatch;

@@ -9,7 +9,7 @@
 //! It decides *which* handler and *whether*; it never answers a route itself and imports no
 //! handler (`dispatch`, above the handlers, maps an [`Admitted`] request to its handler).
 //! Uses `conn` (the connection registry it holds for the handlers), `request`, `resp`, `checks`,
-//! `metrics`, and `crate::auth`.
+//! `metrics`, `budget` (the reply budget it holds), and `crate::auth`.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use hyper::header;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 
+use super::budget::ReplyBudget;
 use super::checks::{self, HostNames};
 use super::conn::Connections;
 use super::metrics::Metrics;
@@ -38,6 +39,8 @@ pub(crate) struct Server {
     pub(crate) auth: Auth,
     /// Request counters.
     pub(crate) metrics: RefCell<Metrics>,
+    /// Bytes of replies held for clients (`config.http.max_buffered_reply_bytes`).
+    pub(crate) replies: ReplyBudget,
     /// Names accepted in `Host`.
     hosts: HostNames,
 }
@@ -231,11 +234,13 @@ impl Server {
     /// The server state for `app`, serving on `connections`.
     pub(crate) fn new(app: Rc<App>, connections: Rc<Connections>) -> Server {
         let hosts = HostNames::from_system(&app.config.http.allowed_hosts);
+        let replies = ReplyBudget::new(app.config.http.max_buffered_reply_bytes);
         Server {
             app,
             connections,
             auth: Auth::default(),
             metrics: RefCell::new(Metrics::default()),
+            replies,
             hosts,
         }
     }
