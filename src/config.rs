@@ -68,6 +68,9 @@ pub struct HttpConfig {
     pub max_api_body_bytes: usize,
     /// Largest body forwarded to a plugin route; larger → 413.
     pub max_plugin_body_bytes: usize,
+    /// Bytes of response bodies held for clients that have not taken them yet, all connections
+    /// together; a large reply beyond it → 503.
+    pub max_buffered_reply_bytes: usize,
     /// How long a plugin has to answer a forwarded request → 504.
     pub plugin_timeout: Duration,
     /// Extra names accepted in `Host` (besides localhost, the hostname, `hostname.local` and the
@@ -114,6 +117,7 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             max_api_body_bytes: 1024 * 1024,
             max_plugin_body_bytes: 8 * 1024 * 1024,
+            max_buffered_reply_bytes: 32 * 1024 * 1024,
             plugin_timeout: Duration::from_secs(30),
             allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
@@ -254,6 +258,7 @@ struct FileHttp {
     max_header_bytes: Option<i64>,
     max_api_body_bytes: Option<i64>,
     max_plugin_body_bytes: Option<i64>,
+    max_buffered_reply_bytes: Option<i64>,
     plugin_timeout_ms: Option<i64>,
     allowed_hosts: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
@@ -621,6 +626,10 @@ impl Config {
             if let Some(v) = h.max_plugin_body_bytes {
                 d.max_plugin_body_bytes =
                     rules.int("http.max_plugin_body_bytes", v, NON_NEGATIVE_USIZE)?;
+            }
+            if let Some(v) = h.max_buffered_reply_bytes {
+                d.max_buffered_reply_bytes =
+                    rules.int("http.max_buffered_reply_bytes", v, POSITIVE_USIZE)?;
             }
             if let Some(v) = h.allowed_hosts {
                 d.allowed_hosts = v;
@@ -1001,6 +1010,11 @@ mod tests {
                 2,
             ),
             (
+                "[http]\nmax_buffered_reply_bytes = 0",
+                "http.max_buffered_reply_bytes",
+                2,
+            ),
+            (
                 "[http]\ntrusted_proxies = [\"nope\"]",
                 "http.trusted_proxies",
                 2,
@@ -1030,7 +1044,8 @@ mod tests {
     fn values_at_the_bounds_are_kept_exactly() {
         let c = load_text(
             "log_ring_lines = 10\nevents_per_plugin = 1\n[supervisor]\nbackoff_base_ms = 1\n\
-             [http]\nheader_timeout_ms = 1000\nmax_header_bytes = 1024\nsession_idle_ms = 60000\n",
+             [http]\nheader_timeout_ms = 1000\nmax_header_bytes = 1024\nsession_idle_ms = 60000\n\
+             max_buffered_reply_bytes = 1\n",
         )
         .unwrap();
         assert_eq!(c.log_ring_lines, 10);
@@ -1039,6 +1054,7 @@ mod tests {
         assert_eq!(c.http.header_timeout, Duration::from_millis(1000));
         assert_eq!(c.http.max_header_bytes, 1024);
         assert_eq!(c.http.session_idle, Duration::from_secs(60));
+        assert_eq!(c.http.max_buffered_reply_bytes, 1);
         assert!(c.deprecations.is_empty());
     }
 

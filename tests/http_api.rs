@@ -1,6 +1,7 @@
 //! The REST API against the real binary with real plugins: every endpoint of docs/API.md and its
 //! status codes (unknown plugin 404, disabled route 404, broken reply 502, slow plugin 504,
-//! traversal 400), what is and is not forwarded to plugins, and `/metrics`.
+//! traversal, empty segments and overlong encodings 400, two `Host` headers 400), what is and is
+//! not forwarded to plugins (a viewer's methods other than `GET`/`HEAD`), and `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -411,5 +412,103 @@ fn metrics_in_prometheus_format() {
         "toru_memory_rss_bytes ",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}
+
+/// Regression (issue 10, defect 9): a request with two `Host` headers was judged by the first one
+/// (and a proxy may route by the other). It is `400`, whatever the names.
+#[test]
+fn two_host_headers_are_400() {
+    let (h, _) = start();
+    for (a, b) in [("localhost", "localhost"), ("localhost", "evil.example")] {
+        let r = h.http("GET", "/api/health", &[("Host", a), ("Host", b)], None);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_request")),
+            "Host: {a} + Host: {b}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
+
+/// Regression (issue 10, defect 9): a viewer's `OPTIONS` (and any method besides `GET`/`HEAD`)
+/// reached plugin routes, although docs/API.md lets viewers only read. It is `403 forbidden` and
+/// the plugin never sees it; an admin's `OPTIONS` is still forwarded.
+#[test]
+fn viewers_reach_plugin_routes_only_with_get_and_head() {
+    let (h, _) = start();
+    let viewer = create_token(&h, "watcher", "viewer");
+    let admin = create_token(&h, "boss", "admin");
+    for method in ["OPTIONS", "TRACE", "PROPFIND", "POST"] {
+        let r = bearer(
+            &h,
+            method,
+            "/api/plugins/route/hello-rust/echo",
+            &viewer,
+            None,
+        );
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (403, Some("forbidden")),
+            "{method}: {}",
+            r.text()
+        );
+    }
+    for method in ["GET", "HEAD"] {
+        let r = bearer(
+            &h,
+            method,
+            "/api/plugins/route/hello-rust/echo",
+            &viewer,
+            None,
+        );
+        assert_eq!(r.status, 200, "{method}");
+    }
+    let r = bearer(
+        &h,
+        "OPTIONS",
+        "/api/plugins/route/hello-rust/echo",
+        &admin,
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["method"].as_str()),
+        (200, Some("OPTIONS"))
+    );
+}
+
+/// Regression (issue 10, defect 9): `//x` and `%c0%ae` (an overlong UTF-8 `.`) reached plugins as
+/// sent, for each plugin to interpret. Plugin-route paths with an empty segment (but a trailing
+/// `/`) or a percent-encoding that is not UTF-8 are refused with `400`, as traversal is.
+#[test]
+fn empty_segments_and_overlong_encodings_are_400() {
+    let (h, c) = start();
+    for path in [
+        "/api/plugins/route/hello-rust//x",
+        "/api/plugins/route/hello-rust//",
+        "/api/plugins/route/hello-rust/a//b",
+        "/api/plugins/route/hello-rust/%c0%ae%c0%ae/x",
+        "/api/plugins/route/hello-rust/%c0%ae",
+        "/api/plugins/route/hello-rust/a%ff",
+        "/api/plugins/route/hello-rust/%e0%80%ae",
+    ] {
+        let r = get(&h, path, &c);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // What stays allowed: a trailing slash, encoded UTF-8, encoded spaces.
+    for (path, seen) in [
+        ("/api/plugins/route/hello-rust/echo/", "/echo/"),
+        ("/api/plugins/route/hello-rust/echo/%c3%a9", "/echo/%c3%a9"),
+        ("/api/plugins/route/hello-rust/echo/a%20b", "/echo/a%20b"),
+    ] {
+        let r = get(&h, path, &c);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["path"], seen, "{path}");
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP limits against the real binary: a client that sends nothing (or half a head) is dropped at
 //! the header timeout without blocking anyone; idle keep-alive connections are closed; oversized
-//! heads are 431 and oversized bodies 413; 500 idle connections do not stop `/api/health`; when
-//! every connection slot is busy, newcomers get a fast 503.
+//! heads are 431 and oversized bodies 413 (also a body at the plugin limit that no frame can
+//! carry); 500 idle connections and a 1 000-connection slowloris do not stop `/api/health`; when
+//! every connection slot is busy, newcomers get a fast 503; replies waiting for slow readers share
+//! one byte budget.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_util;
@@ -9,10 +11,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http_util::{create_token, post, setup_admin, wait_state};
-use support::{Host, HostOpts, built, parse_response};
+use http_util::{bearer, create_token, post, setup_admin, wait_state};
+use support::{Host, HostOpts, PluginSrc, WAIT, built, parse_response};
 
 fn host(config: &str) -> Host {
     Host::start(HostOpts {
@@ -176,8 +180,7 @@ fn five_hundred_idle_connections_do_not_stop_health() {
     let idle: Vec<TcpStream> = (0..500)
         .map(|_| TcpStream::connect(h.addr).unwrap())
         .collect();
-    // Let them go quiet: connections quiet for 250 ms may be closed to make room.
-    std::thread::sleep(Duration::from_secs(1));
+    // Connections with no request in flight are closed to make room, oldest first.
     for _ in 0..5 {
         let t = Instant::now();
         let r = h.http("GET", "/api/health", &[], None);
@@ -222,4 +225,214 @@ fn busy_slots_give_a_fast_503() {
         assert_eq!(b.join().unwrap(), 200);
     }
     assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+}
+
+/// Regression (issue 10, defect 9): a body of exactly `http.max_plugin_body_bytes` (8 MiB by
+/// default, as documented) was read, then could not be put in one protocol frame (also 8 MiB) and
+/// answered `400`. A request that no frame can carry is `413 too_large`, like any body over the
+/// cap.
+#[test]
+fn a_body_at_the_plugin_limit_is_413() {
+    let h = host("");
+    let c = setup_admin(&h);
+    wait_state(&h, &c, "hello-rust", "ready");
+    let token = create_token(&h, "big", "admin");
+    for len in [8 * 1024 * 1024, 8 * 1024 * 1024 + 1] {
+        let body = vec![b'a'; len];
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        let head = format!(
+            "POST /api/plugins/route/hello-rust/echo HTTP/1.1\r\nHost: localhost\r\n\
+Authorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\
+Connection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(&body); // the host may answer and close before reading it all
+        let (raw, _) = read_until_closed(&mut s, WAIT);
+        let r = parse_response(&raw);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (413, Some("too_large")),
+            "{len} bytes: {}",
+            r.text()
+        );
+    }
+    // Bodies that fit in a frame still reach the plugin.
+    let body = "a".repeat(1024 * 1024);
+    let r = h.http(
+        "POST",
+        "/api/plugins/route/hello-rust/echo",
+        &[("Authorization", &format!("Bearer {token}"))],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Regression (issue 10, defect 9): under a 1 000-connection slowloris (heads that never end, and
+/// a new connection for every one closed), 6 of 41 `/api/health` checks got a reset and no answer:
+/// every slot held a connection younger than the eviction grace, so newcomers were refused, and
+/// past 64 refusals in flight closed unanswered. A newcomer now takes the slot of the oldest
+/// connection without a request in flight.
+#[test]
+fn slowloris_leaves_room_for_fresh_requests() {
+    const ATTACKERS: usize = 1000;
+    const MAX_CONNECTS: usize = 50_000;
+    const CHECKS: usize = 41;
+    let h = host("");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, stop2) = (h.addr, stop.clone());
+    let attack = std::thread::spawn(move || {
+        let head = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+        let deadline = Instant::now() + WAIT;
+        let mut conns: Vec<Option<TcpStream>> = (0..ATTACKERS).map(|_| None).collect();
+        let mut connects = 0;
+        while !stop2.load(Ordering::Relaxed) && connects < MAX_CONNECTS && Instant::now() < deadline
+        {
+            for slot in conns.iter_mut() {
+                // Closed (or answered) by the host? Then open a new one in its place. Nothing to
+                // read (`WouldBlock`) means it is still waiting for the rest of the head.
+                let alive = slot.as_mut().is_some_and(|s| {
+                    let mut b = [0u8; 512];
+                    s.read(&mut b)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                if alive {
+                    // One more byte of a head that never ends.
+                    let _ = slot.as_mut().map(|s| s.write(b"a"));
+                    continue;
+                }
+                // A connect whose SYN was dropped is retried on the next pass.
+                connects += 1;
+                *slot = TcpStream::connect_timeout(&addr, Duration::from_millis(100))
+                    .ok()
+                    .filter(|s| s.set_nonblocking(true).is_ok())
+                    .filter(|mut s| s.write_all(head).is_ok());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        connects
+    });
+    // Let the attack fill every slot first.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut answers = Vec::new();
+    for _ in 0..CHECKS {
+        answers.push(support::try_http(h.addr, "GET", "/api/health", &[], None).map(|r| r.status));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let connects = attack.join().unwrap();
+    assert!(connects > ATTACKERS, "the attack reconnected: {connects}");
+    let failed: Vec<_> = answers.iter().filter(|a| !matches!(a, Ok(200))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CHECKS} health checks failed under the slowloris: {failed:?}",
+        failed.len()
+    );
+}
+
+/// Read a response head (up to the blank line) and return its status; the rest stays unread.
+fn read_status(s: &mut TcpStream) -> Option<u16> {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Regression (issue 10, defect 8): 60 clients reading a 7.5 MiB plugin reply slowly raised the
+/// host's RSS from 9 to 466 MiB, because every reply stayed in memory until its client had taken
+/// it all. Replies waiting for their clients now share one budget
+/// (`http.max_buffered_reply_bytes`): a large reply that does not fit is refused with `503 busy`
+/// (counted in `/metrics`), small answers such as `/api/health` still go out, and the budget comes
+/// back when the readers go.
+#[test]
+fn slow_readers_share_the_reply_budget() {
+    // 6 MiB: more than a loopback connection whose client reads nothing takes off the host (the
+    // host's send buffer grows to at most 4 MiB, the client's receive buffer only as it reads).
+    const KIB: usize = 6 * 1024;
+    const BUDGET: usize = 10 * 1024 * 1024;
+    const READERS: usize = 8;
+    let plugin = format!("stress-big-{KIB}");
+    let h = Host::start(HostOpts {
+        plugins: vec![PluginSrc::Built {
+            bin: "stress",
+            as_name: plugin.clone(),
+        }],
+        config: Some(format!("[http]\nmax_buffered_reply_bytes = {BUDGET}\n")),
+        ..Default::default()
+    });
+    let c = setup_admin(&h);
+    wait_state(&h, &c, &plugin, "ready");
+    let token = create_token(&h, "slow", "admin");
+    let request = format!(
+        "GET /api/plugins/route/{plugin}/ HTTP/1.1\r\nHost: localhost\r\n\
+Authorization: Bearer {token}\r\n\r\n"
+    );
+    // Each reader asks, reads the status line, and then reads nothing more.
+    let mut readers = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..READERS {
+        let mut s = TcpStream::connect(h.addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        statuses.push(read_status(&mut s));
+        readers.push(s);
+    }
+    assert_eq!(statuses[0], Some(200), "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == Some(503)).count();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Some(200)).count() + refused,
+        READERS,
+        "{statuses:?}"
+    );
+    assert!(
+        refused >= 1,
+        "{READERS} replies of {KIB} KiB, none refused with a budget of {BUDGET} bytes: {statuses:?}"
+    );
+    // Small answers still go out while the budget is spent.
+    assert_eq!(h.http("GET", "/api/health", &[], None).status, 200);
+    let m = bearer(&h, "GET", "/metrics", &token, None).text();
+    assert!(
+        m.contains(&format!("toru_http_reply_budget_refused_total {refused}\n")),
+        "{m}"
+    );
+    let buffered: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("toru_http_reply_buffered_bytes "))
+        .expect("toru_http_reply_buffered_bytes")
+        .parse()
+        .unwrap();
+    assert!(buffered <= BUDGET, "{buffered} bytes buffered");
+    let r = bearer(
+        &h,
+        "GET",
+        &format!("/api/plugins/route/{plugin}/"),
+        &token,
+        None,
+    );
+    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("busy")));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The readers leave: their replies are dropped and the budget is whole again.
+    drop(readers);
+    let whole = support::eventually("a full reply once the readers are gone", || {
+        let r = bearer(
+            &h,
+            "GET",
+            &format!("/api/plugins/route/{plugin}/"),
+            &token,
+            None,
+        );
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(whole.body.len(), KIB * 1024);
+    // Replies written out whole give their bytes back too: nothing is held once all is read.
+    support::eventually("no reply bytes held", || {
+        let m = bearer(&h, "GET", "/metrics", &token, None).text();
+        m.contains("\ntoru_http_reply_buffered_bytes 0\n")
+            .then_some(())
+    });
 }

@@ -20,9 +20,11 @@ use toru_plugin_api::protocol::{BodyEncoding, ErrorCode, KvReply};
 use toru_plugin_api::{HttpRequest, KvRequest, LogLevel};
 
 use super::checks;
-use super::metrics::rss_bytes;
+use super::metrics::{HttpGauges, rss_bytes};
 use super::request::{Ctx, read_body, read_json};
-use super::resp::{ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json};
+use super::resp::{
+    ApiError, Body, Resp, bytes_response, method_not_allowed, ok_json, reply_budget_spent,
+};
 use super::router::{PluginAction, Server, need_admin};
 use crate::auth::{Identity, Role};
 use crate::store::{StoreError, StoreHealth, kv};
@@ -40,6 +42,8 @@ const MAX_FOLLOW_LINES: usize = 500;
 const MAX_EVENTS: usize = 200;
 /// Extra time past `plugin_timeout` before the HTTP layer gives up on the supervisor itself.
 const FORWARD_SLACK: Duration = Duration::from_secs(5);
+/// Bytes a frame adds around a forwarded request (type, timestamp, request ids), at most.
+const FRAME_ENVELOPE_BYTES: usize = 512;
 
 /// Request headers never forwarded to a plugin (credentials, hop-by-hop, and ours).
 const DROP_REQUEST_HEADERS: &[&str] = &[
@@ -82,10 +86,15 @@ pub(crate) fn health(ctx: &Ctx) -> Result<Resp, ApiError> {
 /// `GET /metrics`: the Prometheus text.
 pub(crate) fn metrics(srv: &Server) -> Result<Resp, ApiError> {
     let c = &srv.connections;
-    let text = srv
-        .metrics
-        .borrow()
-        .render(&srv.app, c.active(), c.rejected());
+    let gauges = HttpGauges {
+        connections: c.active(),
+        rejected: c.rejected(),
+        evicted: c.evicted(),
+        reply_bytes: srv.replies.held_bytes(),
+        reply_budget: srv.replies.limit(),
+        reply_refused: srv.replies.refused(),
+    };
+    let text = srv.metrics.borrow().render(&srv.app, &gauges);
     Ok(bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -188,6 +197,8 @@ fn system_json(srv: &Server) -> serde_json::Value {
         "http": {
             "connections": srv.connections.active(),
             "max_connections": app.config.http.max_connections,
+            "reply_buffered_bytes": srv.replies.held_bytes(),
+            "max_buffered_reply_bytes": srv.replies.limit(),
         },
     })
 }
@@ -330,6 +341,7 @@ pub(crate) async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Res
     if let Some(bytes) = from_file {
         return Ok(bytes_response(StatusCode::OK, js, bytes));
     }
+    reply_room(srv)?;
     let req = HttpRequest {
         method: "GET".into(),
         path: "/bundle.js".into(),
@@ -360,7 +372,8 @@ pub(crate) async fn forward(
     let (route, rest) = after.split_once('/').unwrap_or((after, ""));
     if !checks::route_segment_ok(route) || !checks::rest_ok(rest) {
         return Err(ApiError::bad_request(
-            "bad plugin route: traversal, encoded separators, NUL and backslashes are refused",
+            "bad plugin route: traversal, empty segments, encodings that are not UTF-8, encoded \
+             separators, NUL and backslashes are refused",
         ));
     }
     let id = srv
@@ -371,6 +384,7 @@ pub(crate) async fn forward(
     if ctx.is_unsafe() && who.role != Role::Admin {
         return Err(ApiError::read_only());
     }
+    reply_room(srv)?;
     let bytes = read_body(body, srv.app.config.http.max_plugin_body_bytes).await?;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &ctx.headers {
@@ -411,7 +425,46 @@ pub(crate) async fn forward(
         body,
         body_encoding,
     };
+    let max_frame_len = srv.app.config.max_frame_len;
+    if !fits_in_frame(&req, max_frame_len) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request, encoded for the plugin, is over the {max_frame_len}-byte frame limit"
+            ),
+        ));
+    }
     call_plugin(srv, &id, req).await
+}
+
+/// Whether `req` fits in one protocol frame of `max_frame_len` bytes: its JSON is counted, not
+/// built (a body at `max_plugin_body_bytes` can be over the frame limit once escaped or base64).
+fn fits_in_frame(req: &HttpRequest, max_frame_len: usize) -> bool {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, req).is_ok()
+        && n.0.saturating_add(FRAME_ENVELOPE_BYTES) <= max_frame_len
+}
+
+/// `503 busy` (counted) while replies held for slow clients have spent the reply budget: the
+/// plugin is not asked for a reply that would be refused.
+fn reply_room(srv: &Server) -> Result<(), ApiError> {
+    if srv.replies.exhausted() {
+        srv.replies.refuse();
+        return Err(reply_budget_spent());
+    }
+    Ok(())
 }
 
 /// Forward to plugin `id`, count it, and turn its reply (or failure) into a response.
@@ -511,6 +564,34 @@ mod tests {
         );
         assert_eq!(s(ForwardError::Timeout("x".into())), 504);
         assert_eq!(s(ForwardError::BadRequest("binary".into())), 400);
+    }
+
+    #[test]
+    fn requests_are_measured_as_framed() {
+        let req = |body: &str| HttpRequest {
+            method: "POST".into(),
+            path: "/x".into(),
+            headers: BTreeMap::new(),
+            body: Some(body.into()),
+            body_encoding: BodyEncoding::Utf8,
+        };
+        let max = 64 * 1024;
+        assert!(fits_in_frame(&req(&"a".repeat(60 * 1024)), max));
+        assert!(!fits_in_frame(&req(&"a".repeat(max)), max), "the envelope");
+        // Escaping counts: 16 KiB of control characters are 96 KiB of JSON.
+        assert!(!fits_in_frame(&req(&"\u{1}".repeat(16 * 1024)), max));
+        // The count is the frame's: a frame built from it is within the envelope allowance.
+        let frame = toru_plugin_api::protocol::Frame::new(
+            Some(uuid::Uuid::new_v4().to_string()),
+            toru_plugin_api::protocol::HostMessage::Http(req("hi")),
+        )
+        .encode();
+        let json = serde_json::to_vec(&req("hi")).unwrap();
+        assert!(
+            frame.len() <= json.len() + FRAME_ENVELOPE_BYTES,
+            "{}",
+            frame.len()
+        );
     }
 
     #[test]

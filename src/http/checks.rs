@@ -184,19 +184,33 @@ pub(crate) fn route_segment_ok(seg: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The rest of a plugin-route path (raw, still percent-encoded): refused if any segment is `.` or
-/// `..` (also when encoded), or contains an encoded `/`, a backslash, NUL, or a second layer of
-/// encoding (`%25`).
+/// The rest of a plugin-route path (raw, still percent-encoded), which reaches the plugin as sent
+/// or not at all: refused if a segment is empty (`a//b`, `//x`; a trailing `/` is fine), or is `.`
+/// or `..` (also when encoded), or decodes to bytes that are not UTF-8 (so overlong forms such as
+/// `%c0%ae` never reach a lenient decoder) or hold an encoded `/`, a backslash, NUL or a second
+/// layer of encoding (`%25`).
 pub(crate) fn rest_ok(rest: &str) -> bool {
     if rest.contains('\\') || rest.contains('\0') {
         return false;
     }
-    rest.split('/').all(|seg| match percent_decode_bytes(seg) {
-        None => false,
-        Some(d) => {
-            d != b"." && d != b".." && !d.iter().any(|b| matches!(b, b'/' | b'\\' | 0 | b'%'))
+    let mut segs = rest.split('/').peekable();
+    while let Some(seg) = segs.next() {
+        let last = segs.peek().is_none();
+        let ok = match percent_decode_bytes(seg) {
+            None => false,
+            Some(d) if d.is_empty() => last,
+            Some(d) => {
+                std::str::from_utf8(&d).is_ok()
+                    && d != b"."
+                    && d != b".."
+                    && !d.iter().any(|b| matches!(b, b'/' | b'\\' | 0 | b'%'))
+            }
+        };
+        if !ok {
+            return false;
         }
-    })
+    }
+    true
 }
 
 /// Percent-decode a path segment; `None` for a malformed escape.
@@ -371,7 +385,15 @@ mod tests {
             assert!(!route_segment_ok(bad), "{bad:?}");
         }
         for ok in [
-            "", "counter", "a/b/c", "x%20y", "kv/a%3Ab", "file.txt", "a..b",
+            "",
+            "counter",
+            "a/b/c",
+            "x%20y",
+            "kv/a%3Ab",
+            "file.txt",
+            "a..b",
+            "items/",
+            "caf%C3%A9",
         ] {
             assert!(rest_ok(ok), "{ok}");
         }
@@ -392,6 +414,13 @@ mod tests {
             "a%zz",
             "a%2",
             ".",
+            "/x",
+            "a//b",
+            "//",
+            "%c0%ae",
+            "%c0%ae%c0%ae/x",
+            "%e0%80%ae",
+            "a%ff",
         ] {
             assert!(!rest_ok(bad), "{bad:?}");
         }

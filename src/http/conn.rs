@@ -9,8 +9,11 @@
 //!   `keepalive_timeout` after the previous response;
 //! - the next request has started: `header_timeout` after its first byte.
 //!
-//! Only `admit` creates connections; the task it spawns removes its entry when it ends. Called by
-//! `http::serve` ([`serve`]); uses only `resp` below it.
+//! At the limit, a newcomer takes the slot of the connection quiet for longest among those with no
+//! request in flight whose task has looked at its socket (one accepted but never read may hold a
+//! whole request); see [`Connections::register`]. Only `admit` creates connections; the task it
+//! spawns removes its entry when it ends. Called by `http::serve` ([`serve`]); uses only `resp`
+//! below it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -46,10 +49,6 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Pause after an `accept` error such as `EMFILE`, so a full descriptor table does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// A connection must have been quiet this long to be closed for a newcomer: a just-accepted one
-/// may already hold its request in the socket buffer, unread only because its task has not run.
-const EVICT_MIN_IDLE: Duration = Duration::from_millis(250);
-
 /// How long a refused connection is kept to deliver its 503 cleanly (send, FIN, drain the request).
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 /// Refused connections lingering at once at most; beyond it they are closed without an answer.
@@ -58,7 +57,7 @@ const MAX_REJECTING: usize = 64;
 /// hyper refuses a read buffer smaller than this.
 const HYPER_MIN_BUF: usize = 8192;
 
-/// Answer to a connection beyond the limit when no idle connection can make room.
+/// Answer to a connection beyond the limit when every connection has a request in flight.
 const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\n\
 retry-after: 1\r\n\
@@ -109,6 +108,9 @@ struct ConnState {
     idle_since: Cell<Instant>,
     /// When the first byte of the next request arrived while idle.
     head_started: Cell<Option<Instant>>,
+    /// The task has read from the socket at least once: whatever the client sent before is no
+    /// longer only in the kernel's buffer, so closing the connection loses no unseen request.
+    seen: Cell<bool>,
     /// Responses completed.
     served: Cell<u64>,
     /// Wakes the task when its deadline may have changed.
@@ -125,6 +127,7 @@ impl ConnState {
             busy_since: Cell::new(Instant::now()),
             idle_since: Cell::new(Instant::now()),
             head_started: Cell::new(None),
+            seen: Cell::new(false),
             served: Cell::new(0),
             changed: Notify::new(),
             close: Notify::new(),
@@ -141,6 +144,18 @@ impl ConnState {
             None if self.served.get() == 0 => self.idle_since.get() + header_timeout,
             None => self.idle_since.get() + keepalive_timeout,
         }
+    }
+
+    /// Since when the connection has been quiet: the first byte of a head it has not finished, or
+    /// the end of its last response (or its accept).
+    fn quiet_since(&self) -> Instant {
+        self.head_started.get().unwrap_or(self.idle_since.get())
+    }
+
+    /// Whether a newcomer may take this connection's slot: no request in flight, and its task has
+    /// read its socket.
+    fn evictable(&self) -> bool {
+        self.busy.get() == 0 && self.seen.get()
     }
 
     fn on_bytes_read(&self) {
@@ -224,6 +239,7 @@ impl AsyncRead for Tracked {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        this.state.seen.set(true);
         let before = buf.filled().len();
         let r = Pin::new(&mut this.stream).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -271,7 +287,7 @@ pub(crate) struct Connections {
     next_id: Cell<u64>,
     /// Connections refused with the static 503.
     rejected: Cell<u64>,
-    /// Idle connections closed to make room.
+    /// Connections without a request in flight closed to make room.
     evicted: Cell<u64>,
     /// Refused connections still delivering their 503.
     rejecting: Cell<usize>,
@@ -300,6 +316,11 @@ impl Connections {
         self.rejected.get()
     }
 
+    /// Connections closed to make room since start.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.get()
+    }
+
     /// Ask every connection to finish its request in flight and close (shutdown).
     fn close_all(&self) {
         for c in self.live.borrow().values() {
@@ -307,16 +328,22 @@ impl Connections {
         }
     }
 
-    /// Register a new connection, making room if needed. `None`: every slot is busy.
+    /// Whether a newcomer must take another connection's slot.
+    fn at_limit(&self) -> bool {
+        self.live.borrow().len() >= self.limits.max_connections.max(1)
+    }
+
+    /// Register a new connection. At the limit, the evictable connection quiet for longest is
+    /// closed to make room, however recently: a slowloris keeps every slot young, and refusing
+    /// newcomers then would lock everyone out. `None`: every connection has a request in flight
+    /// or has not been read yet.
     fn register(&self, max: usize) -> Option<Rc<ConnState>> {
         let mut live = self.live.borrow_mut();
         if live.len() >= max.max(1) {
-            let now = Instant::now();
             let victim = live
                 .values()
-                .filter(|c| c.busy.get() == 0)
-                .map(|c| (c.head_started.get().unwrap_or(c.idle_since.get()), c.id))
-                .filter(|(active, _)| now.saturating_duration_since(*active) >= EVICT_MIN_IDLE)
+                .filter(|c| c.evictable())
+                .map(|c| (c.quiet_since(), c.id))
                 .min()
                 .map(|(_, id)| id)?;
             if let Some(v) = live.remove(&victim) {
@@ -353,7 +380,15 @@ pub(crate) async fn serve<H: Handler>(
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => admit(&connections, &handler, stream, peer, &mut tasks),
+                Ok((stream, peer)) => {
+                    if connections.at_limit() {
+                        // Someone will lose their slot. Let every connection read what has
+                        // arrived first (`yield_now` runs the I/O driver and the woken tasks), so
+                        // a request already sent makes its connection busy, not evicted.
+                        tokio::task::yield_now().await;
+                    }
+                    admit(&connections, &handler, stream, peer, &mut tasks);
+                }
                 Err(e) => {
                     log::warn!("http: accept failed: {e}");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -452,6 +487,9 @@ async fn serve_connection<H: Handler>(
     let mut builder = http1::Builder::new();
     builder
         .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF))
+        // Queue body bytes as they are instead of copying them into hyper's buffer: a reply's
+        // budget charge (`Body::tied_to`) is released when those very bytes are dropped.
+        .writev(true)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -520,28 +558,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn full_registry_evicts_the_oldest_idle_connection() {
+    async fn full_registry_evicts_the_connection_quiet_for_longest() {
         let c = Connections::new(Limits {
-            max_connections: 2,
+            max_connections: 3,
             header_timeout: H,
             keepalive_timeout: K,
             max_header_bytes: HYPER_MIN_BUF,
         });
-        let a = c.register(2).expect("room");
-        let b = c.register(2).expect("room");
+        let a = c.register(3).expect("room");
+        let b = c.register(3).expect("room");
+        let d = c.register(3).expect("room");
         let _busy_a = BusyGuard::new(a.clone());
+        a.seen.set(true);
+        assert!(c.at_limit());
         assert!(
-            c.register(2).is_none(),
-            "b was accepted just now: not evicted yet"
+            c.register(3).is_none(),
+            "b and d were never read: they may hold a request"
         );
-        tokio::time::advance(EVICT_MIN_IDLE).await;
-        let third = c.register(2).expect("b is idle and makes room");
-        assert_eq!(c.active(), 2);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        b.seen.set(true);
+        d.seen.set(true);
+        d.on_bytes_read(); // d started a head after b went quiet: b is the older
+        let e = c.register(3).expect("b makes room, however young");
         assert!(!c.live.borrow().contains_key(&b.id), "b was evicted");
         assert_eq!(c.evicted.get(), 1);
-        let _busy_third = BusyGuard::new(third);
-        tokio::time::advance(EVICT_MIN_IDLE * 10).await;
-        assert!(c.register(2).is_none(), "everyone busy → refused");
+        e.seen.set(true);
+        let _busy_e = BusyGuard::new(e);
+        let _f = c.register(3).expect("d makes room");
+        assert!(!c.live.borrow().contains_key(&d.id), "d was evicted");
+        assert_eq!(c.active(), 3);
+        assert!(c.register(3).is_none(), "busy or unread → refused");
     }
 
     #[tokio::test]

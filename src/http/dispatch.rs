@@ -1,6 +1,8 @@
 //! The top of the request path: [`Server`] answers requests for `conn` ([`Handler`]). Each request
 //! passes the router's gate, then goes to the handler of its route — this file is the one map from
-//! routes to handlers — and every response gets the security headers and is counted in `metrics`.
+//! routes to handlers — and every response body is charged to the reply budget (`budget`; a large
+//! one that does not fit becomes `503 busy`), gets the security headers and is counted in
+//! `metrics`.
 //!
 //! Above the handlers (`api`, `session`, `ui`), which never import each other or this file.
 //! Called by `conn` for every request head; `http::serve` wires it in.
@@ -12,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::conn::Handler;
-use super::resp::{ApiError, Resp, add_security_headers};
+use super::resp::{ApiError, Resp, add_security_headers, reply_budget_spent};
 use super::router::{Admitted, ApiRoute, OpenRoute, Server, class_of};
 use super::{api, session, ui};
 
@@ -22,10 +24,11 @@ impl Handler for Server {
         let path = req.uri().path();
         let class = class_of(path);
         let api = path.starts_with("/api/") || path == "/metrics";
-        let mut resp = match self.answer(req, peer).await {
+        let resp = match self.answer(req, peer).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
+        let mut resp = self.charge_reply(resp);
         add_security_headers(resp.headers_mut(), api);
         self.metrics
             .borrow_mut()
@@ -35,6 +38,15 @@ impl Handler for Server {
 }
 
 impl Server {
+    /// Charge the body to the reply budget until its last byte has left; if it does not fit, the
+    /// answer is `503 busy` instead.
+    fn charge_reply(&self, resp: Resp) -> Resp {
+        match self.replies.charge(resp.body().len()) {
+            Some(charge) => resp.map(|body| body.tied_to(charge)),
+            None => reply_budget_spent().into_response(),
+        }
+    }
+
     /// The gate, then the handler of the route.
     async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, ApiError> {
         let (parts, body) = req.into_parts();

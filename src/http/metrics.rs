@@ -1,9 +1,10 @@
 //! Request counters and latency histograms kept by the HTTP layer, and the Prometheus text format
 //! of `GET /metrics` (these plus plugin states, restarts, store size and process memory read at
-//! scrape time). Memory is bounded: one entry per route class and per known plugin.
+//! scrape time, and the connection and reply-budget figures the handler passes in as
+//! [`HttpGauges`]). Memory is bounded: one entry per route class and per known plugin.
 //!
 //! A leaf of `http`: imports nothing from it and names no HTTP type. The router holds the counters
-//! and counts every response; the `/metrics` and `/api/system` handlers read them.
+//! and `dispatch` counts every response; the `/metrics` and `/api/system` handlers read them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -70,6 +71,24 @@ pub(crate) fn rss_bytes() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Gauges and counters kept elsewhere in `http` (connections, the reply budget), read at scrape
+/// time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpGauges {
+    /// Open connections.
+    pub(crate) connections: usize,
+    /// Connections refused with `503` since start.
+    pub(crate) rejected: u64,
+    /// Connections closed to make room since start.
+    pub(crate) evicted: u64,
+    /// Bytes of replies held for clients now.
+    pub(crate) reply_bytes: usize,
+    /// The reply budget.
+    pub(crate) reply_budget: usize,
+    /// Requests refused because the reply budget was spent, since start.
+    pub(crate) reply_refused: u64,
+}
+
 /// What the HTTP layer counts.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -106,7 +125,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (version 0.0.4).
-    pub(crate) fn render(&self, app: &App, connections: usize, rejected: u64) -> String {
+    pub(crate) fn render(&self, app: &App, http: &HttpGauges) -> String {
         let mut o = String::with_capacity(4096);
         let up = app.started.elapsed().as_secs_f64();
         help(
@@ -217,14 +236,46 @@ impl Metrics {
             "gauge",
             "Open HTTP connections.",
         );
-        let _ = writeln!(o, "toru_http_connections {connections}");
+        let _ = writeln!(o, "toru_http_connections {}", http.connections);
         help(
             &mut o,
             "toru_http_connections_rejected_total",
             "counter",
             "Connections refused with 503 (limit).",
         );
-        let _ = writeln!(o, "toru_http_connections_rejected_total {rejected}");
+        let _ = writeln!(o, "toru_http_connections_rejected_total {}", http.rejected);
+        help(
+            &mut o,
+            "toru_http_connections_evicted_total",
+            "counter",
+            "Connections without a request in flight closed to make room.",
+        );
+        let _ = writeln!(o, "toru_http_connections_evicted_total {}", http.evicted);
+        help(
+            &mut o,
+            "toru_http_reply_buffered_bytes",
+            "gauge",
+            "Bytes of response bodies held for clients that have not taken them yet.",
+        );
+        let _ = writeln!(o, "toru_http_reply_buffered_bytes {}", http.reply_bytes);
+        help(
+            &mut o,
+            "toru_http_reply_budget_bytes",
+            "gauge",
+            "The limit of toru_http_reply_buffered_bytes (http.max_buffered_reply_bytes).",
+        );
+        let _ = writeln!(o, "toru_http_reply_budget_bytes {}", http.reply_budget);
+        help(
+            &mut o,
+            "toru_http_reply_budget_refused_total",
+            "counter",
+            "Requests answered 503 because replies held for slow clients spent the budget.",
+        );
+        let _ = writeln!(
+            o,
+            "toru_http_reply_budget_refused_total {}",
+            http.reply_refused
+        );
         help(
             &mut o,
             "toru_http_requests_total",

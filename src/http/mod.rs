@@ -20,8 +20,8 @@
 //!           Ctx and body reading · connections: accept loop, limits, deadlines, eviction, generic
 //!           over a Handler (knows nothing of routes)
 //! resp      Resp, Body, ApiError, builders, cookies, security headers
-//! checks · metrics
-//!           leaves: pure request checks · counters and the Prometheus text
+//! checks · metrics · budget
+//!           leaves: pure request checks · counters and the Prometheus text · the reply budget
 //! ```
 //!
 //! A request flows upward: `conn` reads it, `dispatch` runs the `router`'s gate and calls the
@@ -30,17 +30,24 @@
 //! ## Limits (all from `config.http`)
 //! Everything runs on the runtime thread (one `current_thread` runtime, tasks `spawn_local`ed).
 //! - At most `max_connections` connections are served. When a new one arrives at the limit, the
-//!   connection quiet for longest (no request in flight, quiet for at least 250 ms) is closed to
-//!   make room, so idle keep-alive and silent clients cannot lock others out; if there is none, the
-//!   newcomer gets a static `503` and is closed.
+//!   connection quiet for longest among those with no request in flight (and already read once)
+//!   is closed to make room, however young, so idle keep-alive, silent and slowloris clients cannot
+//!   lock others out; only when every connection has a request in flight does the newcomer get a
+//!   static `503` and is closed.
 //! - A client must send a complete request head within `header_timeout` of connecting or of starting
 //!   to send it; an idle keep-alive connection is closed after `keepalive_timeout`.
 //! - A request head over `max_header_bytes` is answered `431` (hyper's read-buffer cap).
 //! - Request bodies are capped (`max_api_body_bytes`, `max_plugin_body_bytes`) → `413`, and must
-//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`.
+//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`. A plugin request must also fit
+//!   in one protocol frame (`max_frame_len`) once encoded → `413`.
+//! - Response bodies held for clients that have not taken them yet share
+//!   `max_buffered_reply_bytes` (32 MiB), from when the handler returns until the last byte is
+//!   written; a body of 64 KiB or more that does not fit is answered `503 busy` instead (`budget`).
+//!   Small bodies always go out; one large body goes out alone even if over the budget.
 //! - Once shutdown begins, requests in flight get 3 s (`conn::SHUTDOWN_GRACE`) to finish.
 
 mod api;
+mod budget;
 mod checks;
 mod conn;
 mod dispatch;

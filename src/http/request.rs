@@ -52,9 +52,10 @@ impl Ctx {
             .map(|(_, v)| v)
     }
 
-    /// Whether the request may change state.
+    /// Whether the request may change state: any method but `GET` and `HEAD`. `OPTIONS` counts
+    /// too: the host does not answer it itself, and a plugin may do anything on it.
     pub(crate) fn is_unsafe(&self) -> bool {
-        !matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        !matches!(self.method, Method::GET | Method::HEAD)
     }
 
     /// Whether the request came over TLS (only a trusted proxy can say so).

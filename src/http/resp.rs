@@ -40,6 +40,30 @@ impl Body {
     pub(crate) fn len(&self) -> usize {
         self.data.as_ref().map_or(0, Bytes::len)
     }
+
+    /// The same body, with `guard` kept until the last of its bytes is gone: hyper holds the
+    /// bytes, not the body, until the socket has taken them (or the connection is dropped), so a
+    /// guard on the body would go too early.
+    pub(crate) fn tied_to<G: Send + 'static>(self, guard: G) -> Body {
+        /// Bytes and what lives exactly as long as they do.
+        struct Tied<G> {
+            data: Bytes,
+            _guard: G,
+        }
+        impl<G> AsRef<[u8]> for Tied<G> {
+            fn as_ref(&self) -> &[u8] {
+                &self.data
+            }
+        }
+        Body {
+            data: self.data.map(|data| {
+                Bytes::from_owner(Tied {
+                    data,
+                    _guard: guard,
+                })
+            }),
+        }
+    }
 }
 
 impl hyper::body::Body for Body {
@@ -98,6 +122,13 @@ impl ApiError {
     /// `400 bad_request`.
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `503 busy` with `Retry-After: 1`: a shared limit is reached; the same request may succeed in
+    /// a moment.
+    pub(crate) fn busy(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            .with_header(header::RETRY_AFTER, "1")
     }
 
     /// `403 forbidden` for viewers.
@@ -202,6 +233,14 @@ pub(crate) fn bytes_response(
     r
 }
 
+/// `503 busy`: replies waiting for slow clients hold the whole reply budget.
+pub(crate) fn reply_budget_spent() -> ApiError {
+    ApiError::busy(
+        "replies waiting for slow clients fill the reply buffer \
+         (http.max_buffered_reply_bytes); try again in a moment",
+    )
+}
+
 /// `405` with `Allow`.
 pub(crate) fn method_not_allowed(allow: &str) -> ApiError {
     ApiError::new(
@@ -261,6 +300,47 @@ pub(crate) fn add_security_headers(h: &mut HeaderMap, api: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tied_guard_lives_as_long_as_the_bytes() {
+        use hyper::body::Body as _;
+        let alive = std::sync::Arc::new(());
+        let mut body = Body::new("hello").tied_to(alive.clone());
+        assert_eq!(body.len(), 5);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("one data frame");
+        };
+        drop(body);
+        assert_eq!(
+            std::sync::Arc::strong_count(&alive),
+            2,
+            "the bytes still live"
+        );
+        let data = frame.into_data().unwrap();
+        assert_eq!(&data[..], b"hello");
+        let rest = data.slice(1..);
+        drop(data);
+        assert_eq!(
+            std::sync::Arc::strong_count(&alive),
+            2,
+            "a part still lives"
+        );
+        drop(rest);
+        assert_eq!(
+            std::sync::Arc::strong_count(&alive),
+            1,
+            "released with the last byte"
+        );
+        let empty = Body::new("").tied_to(alive.clone());
+        assert_eq!(empty.len(), 0);
+        assert_eq!(
+            std::sync::Arc::strong_count(&alive),
+            1,
+            "no bytes: released at once"
+        );
+    }
 
     #[test]
     fn errors_are_json_with_their_headers() {

@@ -1,14 +1,15 @@
 //! The router: the server's state ([`Server`]), the route table (path → [`Route`]) and the gate
 //! every request passes before a handler sees it, in this order:
 //!
-//! Host check (`421`) → open routes (UI files, `/api/health`, `/api/auth/setup`) → setup gate
-//! (`403 setup_required`) → `/api/auth/login` → authentication (`401`) → CSRF for state-changing
-//! cookie requests (`403`) → the route's method (`405`) → its role (`403`).
+//! Host check (`400` missing or repeated, `421` not ours) → open routes (UI files, `/api/health`,
+//! `/api/auth/setup`) → setup gate (`403 setup_required`) → `/api/auth/login` → authentication
+//! (`401`) → CSRF for state-changing cookie requests (`403`) → the route's method (`405`) → its
+//! role (`403`).
 //!
 //! It decides *which* handler and *whether*; it never answers a route itself and imports no
 //! handler (`dispatch`, above the handlers, maps an [`Admitted`] request to its handler).
 //! Uses `conn` (the connection registry it holds for the handlers), `request`, `resp`, `checks`,
-//! `metrics`, and `crate::auth`.
+//! `metrics`, `budget` (the reply budget it holds), and `crate::auth`.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use hyper::header;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 
+use super::budget::ReplyBudget;
 use super::checks::{self, HostNames};
 use super::conn::Connections;
 use super::metrics::Metrics;
@@ -37,6 +39,8 @@ pub(crate) struct Server {
     pub(crate) auth: Auth,
     /// Request counters.
     pub(crate) metrics: RefCell<Metrics>,
+    /// Bytes of replies held for clients (`config.http.max_buffered_reply_bytes`).
+    pub(crate) replies: ReplyBudget,
     /// Names accepted in `Host`.
     hosts: HostNames,
 }
@@ -230,11 +234,13 @@ impl Server {
     /// The server state for `app`, serving on `connections`.
     pub(crate) fn new(app: Rc<App>, connections: Rc<Connections>) -> Server {
         let hosts = HostNames::from_system(&app.config.http.allowed_hosts);
+        let replies = ReplyBudget::new(app.config.http.max_buffered_reply_bytes);
         Server {
             app,
             connections,
             auth: Auth::default(),
             metrics: RefCell::new(Metrics::default()),
+            replies,
             hosts,
         }
     }
@@ -245,10 +251,16 @@ impl Server {
         parts: Parts,
         peer: SocketAddr,
     ) -> Result<(Ctx, Admitted), ApiError> {
+        // One Host only: with two, we and a proxy in front could each judge a different one.
+        let mut host_headers = parts.headers.get_all(header::HOST).iter();
+        let first_host = host_headers.next();
+        if host_headers.next().is_some() {
+            return Err(ApiError::bad_request(
+                "the request has more than one Host header",
+            ));
+        }
         // DNS rebinding: the name the browser used must be one of ours.
-        let host = parts
-            .headers
-            .get(header::HOST)
+        let host = first_host
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));

@@ -16,6 +16,7 @@
 //! | `oversized` | right after `ready`, writes a length prefix of ~4 GiB |
 //! | `log-flood` | writes stderr lines as fast as it can (bounded count) |
 //! | `slow-<ms>` | answers HTTP after `<ms>` ms, heartbeats promptly |
+//! | `big-<kib>` | answers every HTTP request with `200` and a `text/plain` body of `<kib>` KiB of `x` |
 //! | `bad-metadata` | prints metadata with an invalid id |
 //! | `kvloop` | writes KV keys in a loop; appends each acknowledged key to `kvloop.acked` (fsync'd); if `kvloop.verify` exists, instead lists every key into `kvloop.present` |
 //!
@@ -215,6 +216,9 @@ fn serve(
                 let delay = mode
                     .strip_prefix("slow-")
                     .and_then(|m| m.parse::<u64>().ok());
+                let big_kib = mode
+                    .strip_prefix("big-")
+                    .and_then(|k| k.parse::<usize>().ok());
                 let wt = waiters.clone();
                 next_kv += 1;
                 let kv_base = next_kv * 1000;
@@ -222,7 +226,10 @@ fn serve(
                     if let Some(ms) = delay {
                         std::thread::sleep(Duration::from_millis(ms));
                     }
-                    let reply = handle(&req, &w, &wt, kv_base);
+                    let reply = match big_kib {
+                        Some(kib) => HttpResponse::text(200, "text/plain", "x".repeat(kib * 1024)),
+                        None => handle(&req, &w, &wt, kv_base),
+                    };
                     send(&w, id, PluginMessage::HttpReply(reply));
                 });
             }
