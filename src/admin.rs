@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use toru_plugin_api::codec::{FrameError, tokio_codec};
 
-use crate::App;
+use crate::app::App;
 use crate::auth::{self, ADMIN, Kdf};
 use crate::config::Config;
 use crate::role::Role;
@@ -190,8 +190,8 @@ pub enum AdminError {
     )]
     NoControl(PathBuf),
     /// The store could not be opened.
-    #[error(transparent)]
-    Run(#[from] crate::RunError),
+    #[error("cannot open the store")]
+    Open(#[from] crate::store::OpenError),
 }
 
 /// One answer on the control socket: `{"ok": true, "result": …}` or `{"ok": false, "error": …}`.
@@ -467,9 +467,9 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
             ControlReply::Failed(e) => Err(AdminError::Refused(e)),
         };
     }
-    let store = match crate::open_store(config) {
+    let store = match crate::app::open_store(config) {
         Ok(s) => s,
-        Err(crate::RunError::AlreadyRunning(_)) => {
+        Err(crate::store::OpenError::Locked(_)) => {
             // The first candidate: the recorded socket if the daemon left one, else the implied.
             let tried = candidates.into_iter().next().unwrap_or_default();
             return Err(AdminError::NoControl(tried));

@@ -1,16 +1,27 @@
 //! The Toru host: supervises plugin executables and serves their web UI on one thread.
 //!
 //! ## Layout
-//! - [`config`]: defaults ← file ← `TORU_*` ← flags.
-//! - [`store`]: the crash-safe redb file (KV, plugin state, events, users, tokens). Only it names redb.
-//! - [`supervisor`]: discovery, spawn, per-plugin policy state machine, plugin connections.
-//! - [`http`]: the web UI and REST API. Only it names the HTTP library.
-//! - `auth`: passwords, setup code, tokens, sessions, throttling (no HTTP types); used by [`http`]
-//!   and [`admin`]. [`role`]: what an account may do (a leaf the store also names).
-//! - [`admin`]: the CLI's administrative commands and the daemon's control socket.
-//! - [`store_cmd`]: `toru store status|repair|reset`, for a store the host cannot use.
-//! - [`notify`]: systemd readiness and watchdog datagrams.
-//! - [`sys`]: the only `unsafe` code (Linux calls std lacks); the crate denies `unsafe` elsewhere.
+//! Modules depend one way, top to bottom; none imports a module above it (no circles):
+//!
+//! ```text
+//! main.rs (binary)        arguments, signals, listener, exit code
+//! lib.rs                  prepare + run: wires everything below together
+//! admin · store_cmd       the CLI's commands and the daemon's control socket · `toru store …`
+//! http/                   web UI and REST API (the only module that names hyper), layered
+//!                         resp → conn/request → router → handlers → dispatch (see its doc)
+//! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
+//! app                     App: the handles the above share (config, store, supervisor); VERSION
+//! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
+//!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux)
+//! store/                  the redb file (the only module that names redb); kv: the one KV service
+//!                         for the plugin socket and the REST API; maintenance: repair/reset
+//! config · role · notify · sys · fault    leaves: settings, roles, sd_notify, unsafe, test faults
+//! ```
+//!
+//! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
+//! benchmarks reach the few internals they drive through the hidden `bench_internals`.
+//! The protocol types, frame codec and request multiplexer are `toru_plugin_api`'s (shared with
+//! the SDKs; the host uses it without the SDK runner).
 //!
 //! ## Starting and stopping
 //! `main` parses arguments and loads the [`config`], installs the signal handlers, calls [`prepare`]
@@ -19,57 +30,54 @@
 //! everything from there until the shutdown future resolves.
 //!
 //! ## How a request flows
-//! HTTP connection → [`http`] (limits, auth) → handler → [`supervisor::Supervisor::forward_http`] →
-//! the plugin's connection (1.1 multiplexed, or one connection per message for 1.0) → reply.
+//! HTTP connection → `http` (limits, auth) → handler → `Supervisor::forward_http` → the plugin's
+//! `PluginLink` (1.1: one multiplexed connection; 1.0: one connection per message) → a reply
+//! checked once (status 200–599, body bytes) → response.
 
 #![deny(unsafe_code)] // Only `sys` may (it says `allow`): unsafe lives in one module.
 
+mod app;
 pub(crate) mod auth;
 pub mod config;
 #[cfg(debug_assertions)]
 mod fault;
-pub mod http;
+pub(crate) mod http;
 pub mod role;
-pub mod store;
-pub mod supervisor;
+pub(crate) mod store;
+pub(crate) mod supervisor;
 
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
+use crate::app::App;
 use crate::config::Config;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
 
-/// The host's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Everything the request handlers share. Lives on the runtime thread (`Rc<App>`).
-#[derive(Debug)]
-pub struct App {
-    /// The configuration in force.
-    pub config: Config,
-    /// The store.
-    pub store: Store,
-    /// The supervisor.
-    pub supervisor: Supervisor,
-    /// When the host started (monotonic).
-    pub started: Instant,
-    /// When the host started (wall clock).
-    pub started_at: DateTime<Utc>,
-}
+pub use crate::app::VERSION;
 
 pub mod admin;
 pub mod notify;
 pub mod store_cmd;
 pub mod sys;
 
+/// Internals the benchmarks (`bench/`) drive in-process. Not API: hidden, and may change with any
+/// commit. Everything else in the crate is `pub(crate)` unless `main` needs it, so the compiler
+/// reports dead code.
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::store::{Store, StoreOptions};
+    pub use crate::supervisor::conn::Conn;
+    pub use crate::supervisor::logs::LogRing;
+}
+
 use std::future::Future;
 use std::path::Path;
 use std::rc::Rc;
 
 use crate::notify::Notifier;
-use crate::store::{OpenError, StoreOptions};
+use crate::store::OpenError;
 
 /// Why the host could not run.
 #[derive(Debug, thiserror::Error)]
@@ -129,20 +137,6 @@ pub fn private_dir(dir: &Path) -> Result<(), RunError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// Open the store for `config`, mapping a held lock to [`RunError::AlreadyRunning`].
-pub fn open_store(config: &Config) -> Result<Store, RunError> {
-    let opts = StoreOptions {
-        kv_quota_bytes: config.kv_quota_bytes,
-        events_per_plugin: config.events_per_plugin,
-        legacy_config: Some(config.plugins_dir.join(".metadata").join("config.json")),
-        ..StoreOptions::default()
-    };
-    Store::open(&config.data_dir, opts).map_err(|e| match e {
-        OpenError::Locked(p) => RunError::AlreadyRunning(p),
-        other => RunError::Store(other),
-    })
-}
-
 /// The host before it serves: its directories exist and its store is open, so the data-dir lock
 /// is held. [`prepare`] runs before `main` binds the HTTP port, so a second instance on the same data
 /// dir fails with [`RunError::AlreadyRunning`] (exit code 3) even when the port is taken too.
@@ -158,7 +152,10 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     private_dir(&config.runtime_dir.join("plugins"))?;
     private_dir(&config.runtime_dir.join("logs"))?;
     private_dir(&config.data_dir)?;
-    let store = open_store(&config)?;
+    let store = app::open_store(&config).map_err(|e| match e {
+        OpenError::Locked(p) => RunError::AlreadyRunning(p),
+        other => RunError::Store(other),
+    })?;
     if let store::StoreHealth::Degraded { reason, .. } = store.health() {
         log::error!("store degraded: {reason}");
     }

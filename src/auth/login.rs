@@ -21,7 +21,7 @@ use super::sessions::{Identity, Sessions, Unauthenticated, Via};
 use super::setup_code::{remove_setup_code, setup_code_matches};
 use super::throttle::Throttle;
 use super::{ADMIN, AuthError, check_name, secret_hash, tokens};
-use crate::App;
+use crate::app::App;
 use crate::role::Role;
 
 /// Auth state kept by the HTTP server.

@@ -131,13 +131,13 @@ fn secret_hash(secret: &str) -> String {
     s
 }
 
-/// Test helpers shared by the submodules' tests: a temp data dir and an [`crate::App`] on it.
+/// Test helpers shared by the submodules' tests: a temp data dir and an [`crate::app::App`] on it.
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use crate::App;
+    use crate::app::App;
     use crate::config::Config;
     use crate::store::{Store, StoreOptions};
 

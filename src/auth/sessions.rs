@@ -15,7 +15,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::{AuthError, b64url, random_bytes, secret_hash};
-use crate::App;
+use crate::app::App;
 use crate::role::Role;
 use crate::store::{SessionRecord, StoreError, UserRecord};
 

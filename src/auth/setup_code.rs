@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{ADMIN, AuthError, random_bytes};
-use crate::App;
+use crate::app::App;
 
 /// File in the data dir holding the setup code until setup completes (mode 0600).
 pub(crate) const SETUP_CODE_FILE: &str = "setup-code";

@@ -179,7 +179,7 @@ fn system_json(srv: &Server) -> serde_json::Value {
         .collect();
     let (rss, peak) = rss_bytes();
     json!({
-        "version": crate::VERSION,
+        "version": crate::app::VERSION,
         "instance_id": app.store.instance_id(),
         "uptime_secs": app.started.elapsed().as_secs(),
         "started_at": app.started_at,

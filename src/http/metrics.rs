@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::App;
+use crate::app::App;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
@@ -137,7 +137,7 @@ impl Metrics {
         let _ = writeln!(o, "toru_uptime_seconds {up}");
         let info_labels = format!(
             "version=\"{}\",instance_id=\"{}\"",
-            esc(crate::VERSION),
+            esc(crate::app::VERSION),
             esc(&app.store.instance_id())
         );
         help(

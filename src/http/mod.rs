@@ -61,7 +61,7 @@ mod ui;
 use std::future::Future;
 use std::rc::Rc;
 
-use crate::App;
+use crate::app::App;
 
 /// Serve HTTP on `listener` until `shutdown` resolves, then let in-flight requests finish for up to
 /// 3 s and return. Must run inside a `LocalSet` (connections are `spawn_local`ed).

@@ -25,7 +25,7 @@ use super::conn::Connections;
 use super::metrics::Metrics;
 use super::request::Ctx;
 use super::resp::{ApiError, clear_cookie, method_not_allowed};
-use crate::App;
+use crate::app::App;
 use crate::auth::{Auth, Identity, Role, Unauthenticated, Via};
 
 /// The server state shared by every connection (runtime thread only).

@@ -88,7 +88,7 @@
 //!   checksums), so corruption is reported as an error rather than trusted. A new file is created
 //!   as `toru.redb.new` and renamed into place once initialised, so an empty `toru.redb` is damage.
 
-pub mod kv;
+pub(crate) mod kv;
 mod maintenance;
 mod open;
 #[cfg(test)]
@@ -113,7 +113,6 @@ use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_
 
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
 use self::slot::Shared;
-pub use self::tables::Salvaged;
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
 use crate::role::Role;

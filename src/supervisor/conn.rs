@@ -186,9 +186,4 @@ impl Conn {
             Err(_) => Err(ConnError::Timeout(timeout)),
         }
     }
-
-    /// Requests waiting for replies.
-    pub fn in_flight(&self) -> usize {
-        self.mux.in_flight()
-    }
 }

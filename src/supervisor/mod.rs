@@ -14,14 +14,14 @@
 //!
 //! [`Supervisor`] is the handle the HTTP layer and `main` use. Everything runs on the runtime thread.
 
-pub mod conn;
+pub(crate) mod conn;
 mod link;
-pub mod logs;
-pub mod plugin;
-pub mod policy;
-pub mod process;
-pub mod view;
-pub mod watch;
+pub(crate) mod logs;
+pub(crate) mod plugin;
+pub(crate) mod policy;
+pub(crate) mod process;
+pub(crate) mod view;
+pub(crate) mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,8 +39,8 @@ use plugin::{Command, Ctx, Shared};
 
 pub use link::PluginReply;
 pub use view::{
-    ForwardError, InvalidPlugin, LogLine, LogPage, LogStream, PluginState, PluginView,
-    RescanReport, SupervisorError,
+    ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView, RescanReport,
+    SupervisorError,
 };
 
 /// Handle to the supervisor; cheap to clone, used on the runtime thread only.
@@ -76,11 +76,6 @@ impl Supervisor {
                 scanning: tokio::sync::Mutex::new(()),
             }),
         }
-    }
-
-    /// Woken whenever a plugin changes state.
-    pub fn changed(&self) -> Rc<Notify> {
-        self.inner.ctx.changed.clone()
     }
 
     fn shared(&self, id: &str) -> Option<Rc<Shared>> {

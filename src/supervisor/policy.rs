@@ -240,11 +240,6 @@ impl Policy {
         self.restarts
     }
 
-    /// When the current process became ready.
-    pub fn ready_at(&self) -> Option<Instant> {
-        self.ready_at
-    }
-
     /// When to feed [`Input::Tick`] next, if a timer runs.
     pub fn deadline(&self) -> Option<Instant> {
         [
