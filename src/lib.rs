@@ -25,9 +25,10 @@
 //!
 //! ## Starting and stopping
 //! `main` parses arguments and loads the [`config`], installs the signal handlers, calls [`prepare`]
-//! (directories, store, data-dir lock), binds the HTTP listener and hands it to [`run`] with a
-//! shutdown future (SIGTERM/SIGINT) and a channel of rescan requests (SIGHUP). `run` owns
-//! everything from there until the shutdown future resolves.
+//! (directories, runtime-dir lock, store and its data-dir lock), binds the HTTP listener and hands
+//! it to [`run`] with a shutdown future (SIGTERM/SIGINT) and a channel of rescan requests (SIGHUP).
+//! `run` owns everything from there until the shutdown future resolves: before any plugin starts
+//! it removes stale plugin sockets.
 //!
 //! ## How a request flows
 //! HTTP connection → `http` (limits, auth) → handler → `Supervisor::forward_http` → the plugin's
@@ -86,6 +87,20 @@ pub enum RunError {
     /// Another instance holds the data dir.
     #[error("toru is already running on this data dir ({0})")]
     AlreadyRunning(std::path::PathBuf),
+    /// Another instance holds the runtime dir (its sockets would be taken over).
+    #[error(
+        "toru is already running with the runtime dir {0} (its lock is held): give each instance its own --runtime-dir"
+    )]
+    RuntimeDirInUse(std::path::PathBuf),
+    /// The runtime dir's lock file could not be opened or locked.
+    #[error("cannot lock the runtime dir ({path})")]
+    RuntimeDirLock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store could not be opened at all.
     #[error("cannot open the store")]
     Store(#[source] OpenError),
@@ -113,10 +128,11 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// The process exit code for this error: 3 when another instance runs, else 1.
+    /// The process exit code for this error: 3 when another instance runs (on the same data dir
+    /// or runtime dir), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::AlreadyRunning(_) => 3,
+            RunError::AlreadyRunning(_) | RunError::RuntimeDirInUse(_) => 3,
             _ => 1,
         }
     }
@@ -137,18 +153,48 @@ pub fn private_dir(dir: &Path) -> Result<(), RunError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// The host before it serves: its directories exist and its store is open, so the data-dir lock
-/// is held. [`prepare`] runs before `main` binds the HTTP port, so a second instance on the same data
-/// dir fails with [`RunError::AlreadyRunning`] (exit code 3) even when the port is taken too.
+/// The host before it serves: its directories exist, the runtime dir and the data dir are locked
+/// (the store is open). [`prepare`] runs before `main` binds the HTTP port, so a second instance on
+/// the same data dir or runtime dir fails with [`RunError::AlreadyRunning`] or
+/// [`RunError::RuntimeDirInUse`] (exit code 3) even when the port is taken too, and before it
+/// touches a socket of the running one.
 #[derive(Debug)]
 pub struct Prepared {
     config: Config,
     store: Store,
+    /// Holds the runtime dir's lock while the host runs (released when the file is closed).
+    _runtime_lock: std::fs::File,
 }
 
-/// Create the runtime and data dirs (`0700`) and open the store.
+/// The lock file in the runtime dir.
+const RUNTIME_LOCK: &str = "toru.lock";
+
+/// Lock the runtime dir for this host (an exclusive `flock` on `<runtime-dir>/toru.lock`, released
+/// by the kernel however the host ends), or report that another holds it.
+fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
+    let path = dir.join(RUNTIME_LOCK);
+    let err = |source| RunError::RuntimeDirLock {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::RuntimeDirInUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
+/// Create the runtime and data dirs (`0700`), lock the runtime dir and open the store (which locks
+/// the data dir).
 pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     private_dir(&config.runtime_dir)?;
+    let runtime_lock = lock_runtime_dir(&config.runtime_dir)?;
     private_dir(&config.runtime_dir.join("plugins"))?;
     private_dir(&config.runtime_dir.join("logs"))?;
     private_dir(&config.data_dir)?;
@@ -159,7 +205,11 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     if let store::StoreHealth::Degraded { reason, .. } = store.health() {
         log::error!("store degraded: {reason}");
     }
-    Ok(Prepared { config, store })
+    Ok(Prepared {
+        config,
+        store,
+        _runtime_lock: runtime_lock,
+    })
 }
 
 /// Serve on `listener` until `shutdown` resolves, rescanning the plugins dir once per message on
@@ -177,7 +227,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     mut rescans: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), RunError> {
-    let Prepared { config, store } = prepared;
+    let Prepared {
+        config,
+        store,
+        _runtime_lock,
+    } = prepared;
     let bound = listener.local_addr().map_err(|source| RunError::Listen {
         addr: config.listen,
         source,
@@ -188,6 +242,12 @@ pub async fn run(
     }
     log::info!("toru {VERSION} listening on http://{bound}/");
 
+    // Before any plugin starts: no stale socket may be mistaken for a new plugin's (the runtime
+    // dir is ours alone now).
+    let stale = supervisor::process::remove_sockets(&config.runtime_dir.join("plugins"));
+    if stale > 0 {
+        log::info!("removed {stale} stale plugin socket(s)");
+    }
     let supervisor = Supervisor::new(config.clone(), store.clone());
     let app = Rc::new(App {
         config: config.clone(),

@@ -375,12 +375,7 @@ impl Task {
         self.generation += 1;
         let generation = self.generation;
         let socket = self.shared.socket.clone();
-        if let Ok(meta) = std::fs::symlink_metadata(&socket) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(&socket);
-            }
-        }
+        process::remove_socket(&socket);
         // Watch for the socket before the plugin exists, so its bind cannot be missed.
         let watch = socket
             .parent()
@@ -475,6 +470,7 @@ impl Task {
         let pid = self.shared.pid.get().unwrap_or(0);
         // Whatever the leader did, its group (grandchildren included) goes too.
         process::signal_group(pid, libc::SIGKILL);
+        process::remove_socket(&self.shared.socket);
         self.child = None;
         self.generation += 1;
         self.shared.pid.set(None);

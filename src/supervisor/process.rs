@@ -4,6 +4,9 @@
 //! `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin `/dev/null`, stdout and stderr piped, in its own
 //! process group, and with `PR_SET_PDEATHSIG` so it dies with the host. The group is signalled as a
 //! whole, so grandchildren go with it.
+//!
+//! Also the plugin sockets' hygiene: a socket is removed when its plugin stops, and stale ones at
+//! the host's start ([`remove_socket`], [`remove_sockets`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,35 @@ fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
     }
     crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
     cmd.spawn()
+}
+
+/// Remove `path` if it is a socket (a plugin's, gone or about to be replaced); anything else there
+/// is left alone.
+pub(crate) fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!("cannot remove the socket {}: {e}", path.display());
+    }
+}
+
+/// Remove every socket in `dir` (the plugin sockets of a previous run, at start: no plugin runs
+/// yet and the runtime dir is this host's alone). Returns how many.
+pub(crate) fn remove_sockets(dir: &Path) -> usize {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+            remove_socket(&entry.path());
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Send `sig` to the process group `pgid` (the plugin's pid). Missing groups are fine.
