@@ -106,6 +106,52 @@ pub struct SupervisorConfig {
     /// Ready this long and a plugin counts as healthy (60 s): its failure count resets and a
     /// failure after that restarts it at once.
     pub healthy_after: Duration,
+    /// How every descendant of a plugin is found when it stops (`descendants`).
+    pub descendants: DescendantTracking,
+    /// The cgroup under which the plugins' cgroups are made (`cgroup`, a directory of the cgroup2
+    /// hierarchy); `None`: the host's own cgroup.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// How the host finds every descendant of a plugin (`[supervisor] descendants`), so that none
+/// outlives the plugin or the host. Each plugin runs in its own process group in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DescendantTracking {
+    /// `auto`: a cgroup if one can be made, else the subreaper, else process groups only.
+    #[default]
+    Auto,
+    /// `cgroup`: a cgroup (v2) per plugin; refuse to start if none can be made.
+    Cgroup,
+    /// `subreaper`: the host is a child subreaper and follows the plugins' processes itself;
+    /// refuse to start if it cannot be one.
+    Subreaper,
+    /// `process-group`: only the plugin's process group is signalled (a descendant that leaves it
+    /// escapes). For hosts run inside another program, such as in-process tests.
+    ProcessGroup,
+}
+
+impl DescendantTracking {
+    /// Its spelling in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DescendantTracking::Auto => "auto",
+            DescendantTracking::Cgroup => "cgroup",
+            DescendantTracking::Subreaper => "subreaper",
+            DescendantTracking::ProcessGroup => "process-group",
+        }
+    }
+
+    fn parse(v: &str) -> Option<DescendantTracking> {
+        [
+            DescendantTracking::Auto,
+            DescendantTracking::Cgroup,
+            DescendantTracking::Subreaper,
+            DescendantTracking::ProcessGroup,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == v)
+    }
 }
 
 impl Default for HttpConfig {
@@ -139,6 +185,8 @@ impl Default for SupervisorConfig {
             term_grace: Duration::from_secs(2),
             backoff_base: Duration::from_secs(1),
             healthy_after: Duration::from_secs(60),
+            descendants: DescendantTracking::Auto,
+            cgroup: None,
         }
     }
 }
@@ -247,6 +295,8 @@ struct FileSupervisor {
     term_grace_ms: Option<i64>,
     backoff_base_ms: Option<i64>,
     healthy_after_ms: Option<i64>,
+    descendants: Option<String>,
+    cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -572,6 +622,25 @@ impl Config {
             }
             if let Some(v) = sv.heartbeat_misses {
                 d.heartbeat_misses = rules.int("supervisor.heartbeat_misses", v, POSITIVE_U32)?;
+            }
+            if let Some(v) = sv.descendants {
+                d.descendants = DescendantTracking::parse(&v).ok_or_else(|| {
+                    rules.refuse(
+                        "supervisor.descendants",
+                        format!("{v:?}"),
+                        "one of \"auto\", \"cgroup\", \"subreaper\", \"process-group\"",
+                    )
+                })?;
+            }
+            if let Some(v) = sv.cgroup {
+                if !v.is_absolute() {
+                    return Err(rules.refuse(
+                        "supervisor.cgroup",
+                        format!("{:?}", v.display().to_string()),
+                        "an absolute path in the cgroup2 hierarchy, like \"/sys/fs/cgroup/toru\"",
+                    ));
+                }
+                d.cgroup = Some(v);
             }
         }
         if let Some(h) = f.http {
@@ -976,6 +1045,12 @@ mod tests {
                 "supervisor.healthy_after_ms",
                 2,
             ),
+            (
+                "[supervisor]\ndescendants = \"cgroups\"",
+                "supervisor.descendants",
+                2,
+            ),
+            ("[supervisor]\ncgroup = \"toru\"", "supervisor.cgroup", 2),
             ("[http]\nmax_connections = 0", "http.max_connections", 2),
             (
                 "[http]\nheader_timeout_ms = 999",
@@ -1056,6 +1131,23 @@ mod tests {
         assert_eq!(c.http.session_idle, Duration::from_secs(60));
         assert_eq!(c.http.max_buffered_reply_bytes, 1);
         assert!(c.deprecations.is_empty());
+    }
+
+    #[test]
+    fn descendant_tracking_is_read_by_its_name() {
+        assert_eq!(
+            load_text("").unwrap().supervisor.descendants,
+            DescendantTracking::Auto
+        );
+        for mode in ["auto", "cgroup", "subreaper", "process-group"] {
+            let c = load_text(&format!("[supervisor]\ndescendants = \"{mode}\"\n")).unwrap();
+            assert_eq!(c.supervisor.descendants.as_str(), mode);
+        }
+        let c = load_text("[supervisor]\ncgroup = \"/sys/fs/cgroup/toru\"\n").unwrap();
+        assert_eq!(
+            c.supervisor.cgroup.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/toru"))
+        );
     }
 
     #[test]

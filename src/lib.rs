@@ -12,7 +12,8 @@
 //! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
 //! app                     App: the handles the above share (config, store, supervisor); VERSION
 //! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
-//!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux)
+//!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux),
+//!                         descendants (a cgroup per plugin or the host as subreaper)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
 //! config · role · notify · sys · fault    leaves: settings, roles, sd_notify, unsafe, test faults
@@ -25,10 +26,12 @@
 //!
 //! ## Starting and stopping
 //! `main` parses arguments and loads the [`config`], installs the signal handlers, calls [`prepare`]
-//! (directories, runtime-dir lock, store and its data-dir lock), binds the HTTP listener and hands
-//! it to [`run`] with a shutdown future (SIGTERM/SIGINT) and a channel of rescan requests (SIGHUP).
-//! `run` owns everything from there until the shutdown future resolves: before any plugin starts
-//! it removes stale plugin sockets.
+//! (directories, runtime-dir lock, store and its data-dir lock, how plugin descendants are
+//! tracked), binds the HTTP listener and hands it to [`run`] with a shutdown future (SIGTERM/SIGINT)
+//! and a channel of rescan requests (SIGHUP). `run` owns everything from there until the shutdown
+//! future resolves: before any plugin starts it kills what plugins of a previous run left (processes
+//! recorded in the runtime dir, stale plugin sockets); after the last plugin stopped it removes this
+//! run's cgroups and records.
 //!
 //! ## How a request flows
 //! HTTP connection → `http` (limits, auth) → handler → `Supervisor::forward_http` → the plugin's
@@ -101,6 +104,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// Plugin descendants cannot be tracked the way the config asks.
+    #[error("cannot track plugin descendants")]
+    Descendants(#[source] supervisor::descendants::DescendantsError),
     /// The store could not be opened at all.
     #[error("cannot open the store")]
     Store(#[source] OpenError),
@@ -154,14 +160,15 @@ pub fn private_dir(dir: &Path) -> Result<(), RunError> {
 }
 
 /// The host before it serves: its directories exist, the runtime dir and the data dir are locked
-/// (the store is open). [`prepare`] runs before `main` binds the HTTP port, so a second instance on
-/// the same data dir or runtime dir fails with [`RunError::AlreadyRunning`] or
-/// [`RunError::RuntimeDirInUse`] (exit code 3) even when the port is taken too, and before it
-/// touches a socket of the running one.
+/// (the store is open), and it knows how it tracks plugin descendants. [`prepare`] runs before
+/// `main` binds the HTTP port, so a second instance on the same data dir or runtime dir fails with
+/// [`RunError::AlreadyRunning`] or [`RunError::RuntimeDirInUse`] (exit code 3) even when the port
+/// is taken too, and before it touches a socket of the running one.
 #[derive(Debug)]
 pub struct Prepared {
     config: Config,
     store: Store,
+    descendants: supervisor::descendants::Descendants,
     /// Holds the runtime dir's lock while the host runs (released when the file is closed).
     _runtime_lock: std::fs::File,
 }
@@ -170,7 +177,7 @@ pub struct Prepared {
 const RUNTIME_LOCK: &str = "toru.lock";
 
 /// Lock the runtime dir for this host (an exclusive `flock` on `<runtime-dir>/toru.lock`, released
-/// by the kernel however the host ends), or report that another holds it.
+/// by the kernel however the host ends), or report who holds it.
 fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     let path = dir.join(RUNTIME_LOCK);
     let err = |source| RunError::RuntimeDirLock {
@@ -190,8 +197,8 @@ fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     }
 }
 
-/// Create the runtime and data dirs (`0700`), lock the runtime dir and open the store (which locks
-/// the data dir).
+/// Create the runtime and data dirs (`0700`), lock the runtime dir, open the store (which locks the
+/// data dir) and set up how plugin descendants are tracked.
 pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     private_dir(&config.runtime_dir)?;
     let runtime_lock = lock_runtime_dir(&config.runtime_dir)?;
@@ -205,9 +212,12 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     if let store::StoreHealth::Degraded { reason, .. } = store.health() {
         log::error!("store degraded: {reason}");
     }
+    let descendants = supervisor::descendants::Descendants::setup(&config, &store.instance_id())
+        .map_err(RunError::Descendants)?;
     Ok(Prepared {
         config,
         store,
+        descendants,
         _runtime_lock: runtime_lock,
     })
 }
@@ -230,6 +240,7 @@ pub async fn run(
     let Prepared {
         config,
         store,
+        descendants,
         _runtime_lock,
     } = prepared;
     let bound = listener.local_addr().map_err(|source| RunError::Listen {
@@ -242,13 +253,21 @@ pub async fn run(
     }
     log::info!("toru {VERSION} listening on http://{bound}/");
 
-    // Before any plugin starts: no stale socket may be mistaken for a new plugin's (the runtime
-    // dir is ours alone now).
+    // Before any plugin starts: nothing a previous run's plugins left may run beside the new ones,
+    // and no stale socket may be mistaken for a new plugin's (the runtime dir is ours alone now).
+    let descendants = Rc::new(descendants);
+    log::info!("{}", descendants.describe());
+    descendants.clean_leftovers().await;
     let stale = supervisor::process::remove_sockets(&config.runtime_dir.join("plugins"));
     if stale > 0 {
         log::info!("removed {stale} stale plugin socket(s)");
     }
-    let supervisor = Supervisor::new(config.clone(), store.clone());
+    let reaper_task = {
+        let d = descendants.clone();
+        tokio::task::spawn_local(async move { d.watch().await })
+    };
+    let supervisor =
+        Supervisor::with_descendants(config.clone(), store.clone(), descendants.clone());
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),
@@ -329,6 +348,8 @@ pub async fn run(
     }
     notifier.send("STOPPING=1\nSTATUS=stopping plugins");
     supervisor.shutdown().await;
+    reaper_task.abort();
+    descendants.finish().await;
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     if let Some(t) = control_task {
@@ -351,12 +372,14 @@ mod tests {
     async fn run_serves_the_given_listener_and_stops_when_shutdown_resolves() {
         let root = std::env::temp_dir().join(format!("toru-run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let config = Config {
+        let mut config = Config {
             data_dir: root.join("data"),
             plugins_dir: root.join("plugins"),
             runtime_dir: root.join("run"),
             ..Config::default()
         };
+        // In-process: the test binary must not become a subreaper or make cgroups.
+        config.supervisor.descendants = config::DescendantTracking::ProcessGroup;
         std::fs::create_dir_all(&config.plugins_dir).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -3,10 +3,11 @@
 //! write `unsafe` themselves.
 //!
 //! Callers: `main` (password prompt without echo: the only public item), `supervisor::process` (plugin process group,
-//! parent-death signal, signalling the group), `supervisor::watch` (inotify). Nothing here keeps
-//! state, logs or touches the environment.
+//! parent-death signal, signalling the group, joining a cgroup before exec), `supervisor::watch`
+//! and `supervisor::cgroup` (inotify), `supervisor::subreaper` (child subreaper, reaping, signalling
+//! and awaiting single processes). Nothing here keeps state, logs or touches the environment.
 //!
-//! Plain `libc` rather than a wrapper crate such as `rustix`: five calls do not justify a new
+//! Plain `libc` rather than a wrapper crate such as `rustix`: a dozen calls do not justify a new
 //! dependency in the device binary, and `libc` is already in the tree through tokio.
 
 #![allow(unsafe_code)]
@@ -40,6 +41,98 @@ pub(crate) fn own_group_dying_with_parent(cmd: &mut tokio::process::Command, par
             Ok(())
         });
     }
+}
+
+/// Make `cmd`'s child, between fork and exec, move itself into the cgroup whose `cgroup.procs` is
+/// open as `procs` (writing `0` there moves the writer). The child is in the cgroup before the
+/// plugin's first instruction, so nothing it forks can start outside. The descriptor stays with the
+/// command (close-on-exec: the plugin never holds it) and is closed when the command is dropped.
+pub(crate) fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: OwnedFd) {
+    // SAFETY: the closure runs in the forked child before exec and calls only write(2), which is
+    // async-signal-safe; it allocates nothing (`io::Error::last_os_error` only reads errno). The
+    // descriptor is owned by the closure, so it is open for as long as the command exists.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Mark the calling process a child subreaper: orphaned descendants are reparented to it instead
+/// of to init, so it sees (and must reap) them.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    // prctl is variadic: the flag must be passed as the unsigned long the kernel reads.
+    let on: libc::c_ulong = 1;
+    // SAFETY: prctl with integer arguments only; it touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling process's session id and process group id.
+pub(crate) fn own_session_and_group() -> (u32, u32) {
+    // SAFETY: plain syscalls without pointers; getsid(0) addresses the caller and cannot fail.
+    let (sid, pgid) = unsafe { (libc::getsid(0), libc::getpgrp()) };
+    (
+        u32::try_from(sid).unwrap_or(0),
+        u32::try_from(pgid).unwrap_or(0),
+    )
+}
+
+/// Reap the child `pid` if it has exited: `Ok(true)` when it was reaped, `Ok(false)` while it
+/// runs, an error (`ECHILD`) when it is not our child.
+pub(crate) fn reap(pid: u32) -> io::Result<bool> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::from_raw_os_error(libc::ECHILD));
+    };
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ECHILD));
+    }
+    let mut status = 0;
+    // SAFETY: waitpid for one positive pid with WNOHANG, writing into a live local.
+    match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+        0 => Ok(false),
+        r if r == pid => Ok(true),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Send `sig` to the single process `pid`; whether it was delivered. Pids that would address a
+/// group or every process (0, negative after conversion) are refused.
+pub(crate) fn signal_process(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with a positive pid addresses one process; it touches no memory.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// A descriptor that becomes readable once process `pid` has exited (`pidfd_open`, Linux 5.3).
+/// An error where the kernel (or an emulator) does not offer it.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    };
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // syscall(2) is variadic: arguments go as the longs it reads.
+    let no_flags: libc::c_long = 0;
+    // SAFETY: the pidfd_open syscall takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), no_flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = libc::c_int::try_from(raw).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `raw` was just returned by pidfd_open, is open, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Send `sig` to every process of the group `pgid`. A group that no longer exists is fine;
@@ -131,6 +224,40 @@ mod tests {
         // Would signal our own group (0) or wrap to a negative pid: both must do nothing.
         signal_group(0, 0);
         signal_group(u32::MAX, 0);
+    }
+
+    #[test]
+    fn single_process_signals_refuse_zero_and_out_of_range_pids() {
+        assert!(!signal_process(0, 0));
+        assert!(!signal_process(u32::MAX, 0));
+        assert!(signal_process(std::process::id(), 0), "we exist");
+        assert!(reap(0).is_err() && reap(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn reap_tells_a_running_child_from_an_exited_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("sleep");
+        assert!(!reap(child.id()).expect("our child"), "still running");
+        child.kill().expect("kill");
+        // Waiting for the exit without reaping it: the pidfd is readable once the child is a zombie.
+        let Ok(fd) = pidfd_open(child.id()) else {
+            // No pidfd here (an old kernel or an emulator): reap the std way.
+            child.wait().expect("wait");
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, infinite timeout: the child was killed, so it returns.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, -1) }, 1);
+        assert!(reap(child.id()).expect("our child"), "reaped now");
+        assert!(reap(child.id()).is_err(), "not our child any more");
+        assert!(child.wait().is_err(), "std finds nothing left to wait for");
     }
 
     #[test]

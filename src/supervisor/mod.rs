@@ -7,6 +7,9 @@
 //! - [`plugin`]: one local task per plugin that owns its process, feeds the policy what happens
 //!   and performs its actions.
 //! - [`process`]: spawning (clean environment, own process group, death signal) and `--metadata`.
+//! - [`descendants`]: every descendant of a plugin stopped with it and leftovers of a previous run
+//!   killed at start, by a cgroup per plugin ([`cgroup`]) or the host as child subreaper
+//!   ([`subreaper`], reading [`procfs`]).
 //! - `link`: [`PluginReply`] and the plugin link, which hides 1.0 (a connection per message) vs
 //!   1.1 behind init, request, shutdown and watch; the only place the two are told apart.
 //! - [`conn`]: the 1.1 persistent connection on the shared multiplexer; plugin KV served here.
@@ -14,12 +17,16 @@
 //!
 //! [`Supervisor`] is the handle the HTTP layer and `main` use. Everything runs on the runtime thread.
 
+mod cgroup;
 pub(crate) mod conn;
+pub(crate) mod descendants;
 mod link;
 pub(crate) mod logs;
 pub(crate) mod plugin;
 pub(crate) mod policy;
 pub(crate) mod process;
+mod procfs;
+mod subreaper;
 pub(crate) mod view;
 pub(crate) mod watch;
 
@@ -59,8 +66,21 @@ struct Inner {
 }
 
 impl Supervisor {
-    /// A supervisor with no plugins yet; call [`Supervisor::rescan`] to load them.
-    pub fn new(config: Config, store: Store) -> Supervisor {
+    /// A supervisor with no plugins yet, for unit tests: plugin descendants are followed by
+    /// process group only. The host builds it with [`Supervisor::with_descendants`].
+    #[cfg(test)]
+    pub(crate) fn new(config: Config, store: Store) -> Supervisor {
+        let descendants = Rc::new(descendants::Descendants::process_group());
+        Supervisor::with_descendants(config, store, descendants)
+    }
+
+    /// A supervisor with no plugins yet; call [`Supervisor::rescan`] to load them. Plugin
+    /// descendants are found and stopped by `descendants`.
+    pub(crate) fn with_descendants(
+        config: Config,
+        store: Store,
+        descendants: Rc<descendants::Descendants>,
+    ) -> Supervisor {
         let instance_id = store.instance_id();
         Supervisor {
             inner: Rc::new(Inner {
@@ -69,6 +89,7 @@ impl Supervisor {
                     store,
                     instance_id,
                     changed: Rc::new(Notify::new()),
+                    descendants,
                 }),
                 plugins: RefCell::new(BTreeMap::new()),
                 invalid: RefCell::new(Vec::new()),

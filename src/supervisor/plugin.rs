@@ -6,6 +6,10 @@
 //! Work happens only when something arrives: the child's exit (tokio reaps on SIGCHLD, no polling),
 //! a frame, a command, or the policy's deadline. The only wait that retries is the connect to a
 //! freshly spawned plugin's socket, bounded by the socket timeout.
+//!
+//! The process's descendants are `Ctx::descendants`' business: told of each spawn, asked to
+//! signal the whole plugin, and, once the process has exited, to kill and await the rest before the
+//! exit is fed to the policy. The plugin's socket is removed at each exit.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -22,6 +26,7 @@ use toru_plugin_api::LogLevel;
 use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion};
 
 use super::conn::ConnError;
+use super::descendants::Descendants;
 use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
 use super::policy::{Action, Exit, Input, Policy, Signal};
@@ -84,6 +89,8 @@ pub struct Ctx {
     pub instance_id: String,
     /// Woken on every plugin state change (READY settling, STATUS lines).
     pub changed: Rc<Notify>,
+    /// Finds and stops every descendant of a plugin.
+    pub(crate) descendants: Rc<Descendants>,
 }
 
 /// Events from helper tasks of one process generation.
@@ -299,7 +306,7 @@ impl Task {
                         Signal::Term => libc::SIGTERM,
                         Signal::Kill => libc::SIGKILL,
                     };
-                    process::signal_group(pid, sig);
+                    self.ctx.descendants.signal(&self.shared.id, pid, sig);
                 }
                 None
             }
@@ -376,16 +383,23 @@ impl Task {
         let generation = self.generation;
         let socket = self.shared.socket.clone();
         process::remove_socket(&socket);
+        let cgroup = self
+            .ctx
+            .descendants
+            .prepare_spawn(&self.shared.id)
+            .await
+            .map_err(|e| format!("cannot prepare the plugin's cgroup: {e}"))?;
         // Watch for the socket before the plugin exists, so its bind cannot be missed.
         let watch = socket
             .parent()
             .zip(socket.file_name())
             .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
-        let mut child = process::spawn(&self.shared.binary, &socket)
+        let mut child = process::spawn(&self.shared.binary, &socket, cgroup.as_deref())
             .await
             .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
         let pid = child.id().unwrap_or(0);
         self.shared.pid.set(Some(pid));
+        self.ctx.descendants.started(&self.shared.id, pid, &socket);
         self.spawned_at = Some(Instant::now());
         if let Some(out) = child.stdout.take() {
             tokio::task::spawn_local(pipe_lines(out, LogStream::Stdout, self.shared.ring.clone()));
@@ -422,6 +436,7 @@ impl Task {
     async fn proc_event(&mut self, ev: ProcEvent) {
         match ev {
             ProcEvent::Ready => {
+                self.ctx.descendants.observe();
                 self.shared.ready_since.set(Some(Utc::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
@@ -468,9 +483,6 @@ impl Task {
 
     async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
         let pid = self.shared.pid.get().unwrap_or(0);
-        // Whatever the leader did, its group (grandchildren included) goes too.
-        process::signal_group(pid, libc::SIGKILL);
-        process::remove_socket(&self.shared.socket);
         self.child = None;
         self.generation += 1;
         self.shared.pid.set(None);
@@ -479,6 +491,13 @@ impl Task {
         let uptime_ms = self.spawned_at.take().map_or(0, |t| {
             u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
         });
+        // Whatever the leader did, its group and every other descendant go too, before the exit
+        // is reported: `stopped` means gone.
+        self.ctx
+            .descendants
+            .ended(&self.shared.id, pid, self.retired)
+            .await;
+        process::remove_socket(&self.shared.socket);
         let (description, code, signal) = match &status {
             Ok(s) => process::describe_exit(s),
             Err(e) => (format!("wait failed: {e}"), None, None),

@@ -3,7 +3,8 @@
 //! A plugin runs with a cleared environment (only `PATH`, `LANG` and `TORU_PLUGIN_SOCKET`: no
 //! `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin `/dev/null`, stdout and stderr piped, in its own
 //! process group, and with `PR_SET_PDEATHSIG` so it dies with the host. The group is signalled as a
-//! whole, so grandchildren go with it.
+//! whole, so grandchildren go with it; descendants that leave the group are found by
+//! `supervisor::descendants`, which may hand [`spawn`] a cgroup to join before exec.
 //!
 //! Also the plugin sockets' hygiene: a socket is removed when its plugin stops, and stale ones at
 //! the host's start ([`remove_socket`], [`remove_sockets`]).
@@ -32,11 +33,16 @@ fn is_busy(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETXTBSY)
 }
 
-/// Spawn a plugin binary listening on `socket`, retrying briefly while the file is busy.
-pub async fn spawn(binary: &Path, socket: &Path) -> std::io::Result<Child> {
+/// Spawn a plugin binary listening on `socket`, retrying briefly while the file is busy. With
+/// `cgroup_procs` (a cgroup's `cgroup.procs`), the process joins that cgroup before exec.
+pub async fn spawn(
+    binary: &Path,
+    socket: &Path,
+    cgroup_procs: Option<&Path>,
+) -> std::io::Result<Child> {
     let mut attempt = 1;
     loop {
-        match spawn_once(binary, socket) {
+        match spawn_once(binary, socket, cgroup_procs) {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(BUSY_PAUSE).await;
@@ -46,7 +52,7 @@ pub async fn spawn(binary: &Path, socket: &Path) -> std::io::Result<Child> {
     }
 }
 
-fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
+fn spawn_once(binary: &Path, socket: &Path, cgroup_procs: Option<&Path>) -> std::io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", PLUGIN_PATH)
@@ -60,6 +66,15 @@ fn spawn_once(binary: &Path, socket: &Path) -> std::io::Result<Child> {
         cmd.current_dir(dir);
     }
     crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
+    if let Some(procs) = cgroup_procs {
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot join {}: {e}", procs.display()))
+            })?;
+        crate::sys::join_cgroup_before_exec(&mut cmd, procs.into());
+    }
     cmd.spawn()
 }
 

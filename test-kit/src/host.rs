@@ -128,8 +128,9 @@ pub struct HostOpts {
     pub runtime_dir: Option<PathBuf>,
 }
 
-/// A running host. Killed (SIGKILL; its plugins follow through their parent-death signal) when
-/// dropped; [`Host::stop`] stops it the way systemd does.
+/// A running host. Killed (SIGKILL; its plugins follow through their parent-death signal, and
+/// what is left in its cgroups is killed and the cgroups removed) when dropped; [`Host::stop`]
+/// stops it the way systemd does.
 #[derive(Debug)]
 pub struct Host {
     /// The temp root holding the dirs, the config file, `host.log` and the notify socket.
@@ -154,6 +155,9 @@ pub struct Host {
     pub start_to_ready: Duration,
     /// The binaries it runs.
     pub bins: Bins,
+    /// The cgroup holding its plugins' cgroups, as it recorded it (`<runtime-dir>/cgroup`) by its
+    /// last `READY=1`; what is left in it is killed and removed when the `Host` is dropped.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Host {
@@ -195,6 +199,7 @@ impl Host {
             ready_status: String::new(),
             start_to_ready: Duration::ZERO,
             bins: bins.clone(),
+            cgroup: None,
         };
         h.try_wait_ready(t0)?;
         Ok(h)
@@ -249,6 +254,11 @@ impl Host {
         self.addr = field("X_TORU_LISTEN=")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| KitError::NoAddress(msg.clone()))?;
+        // Read only once this host is ready: the record is its own then (a host refused on a
+        // runtime dir in use never gets here, so it never claims the running host's cgroup).
+        self.cgroup = std::fs::read_to_string(self.runtime_dir.join("cgroup"))
+            .ok()
+            .map(|s| PathBuf::from(s.trim_end()));
         Ok(())
     }
 
@@ -371,6 +381,9 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(cg) = self.cgroup.take() {
+            crate::remove_host_cgroups(&cg);
+        }
     }
 }
 

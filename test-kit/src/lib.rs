@@ -180,6 +180,78 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// The cgroup2 path of process `pid` (the `0::` line of `/proc/<pid>/cgroup`).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Where the cgroup2 hierarchy is mounted, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+}
+
+/// Why the host's cgroup mode cannot run here (it needs root and a cgroup2 hierarchy where the
+/// test's own cgroup can get a child), or `None` when it can. Tests of that mode skip, saying so.
+pub fn cgroup_mode_unavailable() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return Some("not root".into());
+    }
+    let Some(mount) = cgroup2_mount() else {
+        return Some("no cgroup2 hierarchy is mounted".into());
+    };
+    let own = cgroup_of(std::process::id()).unwrap_or_default();
+    let probe = mount
+        .join(own.trim_start_matches('/'))
+        .join(format!("toru-kit-probe-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+        Err(e) => Some(format!("cannot create {}: {e}", probe.display())),
+    }
+}
+
+/// Kill whatever is left in a host's cgroup `dir` (the `toru-<instance>` cgroup it recorded), and
+/// remove it: what a host killed by a test leaves (its plugins' cgroups, and any descendant that
+/// outlived them). Waits up to [`WAIT`] for the processes to go; never panics.
+pub fn remove_host_cgroups(dir: &Path) {
+    let is_toru = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("toru-"));
+    if !is_toru || !dir.join("cgroup.procs").is_file() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + WAIT;
+    let populated = || {
+        std::fs::read_to_string(dir.join("cgroup.events"))
+            .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
+    };
+    while populated() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for leaf in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if leaf.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir(leaf.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Poll `f` until it returns `Some`, up to [`WAIT`]; panics past it. For state that has no event to
 /// wait on from outside the process (e.g. a plugin's state seen through the API); each poll is a
 /// real request, and the deadline only bounds a failure.

@@ -12,6 +12,7 @@
 //! | `crash-after-<n>` | exits 4 while handling its n-th HTTP request |
 //! | `hang` | becomes ready, then blocks: stops answering heartbeats |
 //! | `ignore-term` | ignores SIGTERM and shutdown, forks a grandchild that does too |
+//! | `setsid` | well behaved itself, but forks a grandchild that calls `setsid()` (leaving the plugin's process group and session) and ignores SIGTERM |
 //! | `garbage` | answers each HTTP request with a frame that is not JSON, then a valid reply |
 //! | `oversized` | right after `ready`, writes a length prefix of ~4 GiB |
 //! | `log-flood` | writes stderr lines as fast as it can (bounded count) |
@@ -91,6 +92,27 @@ fn main() -> ExitCode {
                 }
             }
             let _ = std::fs::write(format!("{stem}.grandchild"), pid.to_string());
+        }
+    }
+    if mode == "setsid" {
+        // SAFETY: plain fork of a process that has no other thread yet, so the child may use std.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: setsid and a signal disposition; no memory is touched.
+            unsafe {
+                libc::setsid();
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            }
+            // Written by the grandchild once it has left the session (renamed into place, so a
+            // reader never sees half a pid): a test reading it knows the escape has happened.
+            let me = std::process::id().to_string();
+            let tmp = format!("{stem}.grandchild.tmp");
+            if std::fs::write(&tmp, me).is_ok() {
+                let _ = std::fs::rename(&tmp, format!("{stem}.grandchild"));
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(1000));
+            }
         }
     }
     if mode == "log-flood" {
