@@ -213,13 +213,18 @@ impl Descendants {
 
     /// Plugin `id`'s process `pid` has exited (and was reaped): SIGKILL what is left of it and wait
     /// (up to [`EXIT_WAIT`]) until it is gone. `retired`: the plugin will not run again here (its
-    /// cgroup is removed).
-    pub(crate) async fn ended(&self, id: &str, pid: u32, retired: bool) {
-        super::process::signal_group(pid, libc::SIGKILL);
-        let gone = match &self.how {
-            How::Group => true,
+    /// cgroup is removed). Returns how many processes outlived it and were killed here.
+    pub(crate) async fn ended(&self, id: &str, pid: u32, retired: bool) -> usize {
+        // Counted before anything is killed here: what outlived the plugin's process.
+        let (left, gone) = match &self.how {
+            How::Group => {
+                super::process::signal_group(pid, libc::SIGKILL);
+                (0, true)
+            }
             How::Cgroup(tree) => {
                 let cg = tree.plugin(id);
+                let left = cg.pids().len();
+                super::process::signal_group(pid, libc::SIGKILL);
                 let gone = !cg.is_populated() || {
                     cg.kill();
                     cg.wait_empty(EXIT_WAIT).await
@@ -227,13 +232,18 @@ impl Descendants {
                 if retired {
                     cg.remove();
                 }
-                gone
+                (left, gone)
             }
-            How::Subreaper(r) => subreaper::wait_gone(&r.ended(id, pid), EXIT_WAIT).await,
+            How::Subreaper(r) => {
+                let killed = r.ended(id, pid);
+                super::process::signal_group(pid, libc::SIGKILL);
+                (killed.len(), subreaper::wait_gone(&killed, EXIT_WAIT).await)
+            }
         };
         if !gone {
             log::warn!("[{id}] descendants survive SIGKILL for {EXIT_WAIT:?}");
         }
+        left
     }
 
     /// React to SIGCHLD until the future is dropped (the subreaper reaps and judges adopted

@@ -493,10 +493,18 @@ impl Task {
         });
         // Whatever the leader did, its group and every other descendant go too, before the exit
         // is reported: `stopped` means gone.
-        self.ctx
+        let left = self
+            .ctx
             .descendants
             .ended(&self.shared.id, pid, self.retired)
             .await;
+        if left > 0 {
+            // Its own misbehaviour: said in its log, not a host error.
+            self.host_log(
+                LogLevel::Warn,
+                &format!("{left} process(es) it left behind were killed"),
+            );
+        }
         process::remove_socket(&self.shared.socket);
         let (description, code, signal) = match &status {
             Ok(s) => process::describe_exit(s),
