@@ -5,9 +5,10 @@
 //! `kill -9` of the host a grandchild in the plugin's group survived, even across the host's
 //! restart (the parent-death signal reaches the plugin only). Now every descendant is tracked — a
 //! cgroup per plugin, or the host as child subreaper — and a start kills what a previous run left.
-//! Each of these tests runs in both modes, forced with `[supervisor] descendants`: the cgroup mode
-//! needs root and a writable cgroup2 hierarchy and skips, saying so, without them; the subreaper
-//! mode skips, saying so, where the host cannot be a subreaper.
+//! Each test of descendants runs in both modes, forced with `[supervisor] descendants`: the cgroup
+//! mode needs root and a writable cgroup2 hierarchy and skips, saying so, without them; the
+//! subreaper mode skips, saying so, where the host cannot be a subreaper (qemu-user 7.2 refuses
+//! `PR_SET_CHILD_SUBREAPER` with EINVAL, so the aarch64 stage runs the cgroup mode only).
 //!
 //! Also issue 10, defect 9: stale plugin sockets stayed in the runtime dir after a stop, and a
 //! second host started with the same runtime dir (another data dir) took over the first's control
