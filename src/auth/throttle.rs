@@ -5,7 +5,7 @@
 //! cannot all pass the check while the first password hashes run. Three attempts are free, then
 //! the client waits 1 s, 2 s, 4 s … up to a minute after its last failure; an attempt refused for
 //! waiting counts too (the wait grows, but starts no later, so there is no permanent lockout). A
-//! success, or 15 minutes without attempts, forgets the client. Bounded memory.
+//! success uncounts only itself; 15 minutes without attempts forget the client. Bounded memory.
 //!
 //! [`Throttle`] is pure state with no clock of its own (callers pass `now`). [`Attempt`] is the
 //! guard the flows in `login` hold while an attempt runs: it settles the attempt when dropped, at
@@ -118,9 +118,18 @@ impl Throttle {
         }
     }
 
-    /// Forget a client after a successful attempt.
+    /// A successful attempt uncounts itself, and only itself: the client's failures stay counted
+    /// until it has made no attempt for [`THROTTLE_FORGET_AFTER`]. (Forgetting the client on any
+    /// success let someone who knows one account's password — a viewer's — log into it between
+    /// guesses at another and never wait.)
     fn succeeded(&mut self, ip: IpAddr) {
-        self.clients.remove(&Throttle::key(ip));
+        let key = Throttle::key(ip);
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.attempts = c.attempts.saturating_sub(1);
+            if c.attempts == 0 {
+                self.clients.remove(&key);
+            }
+        }
     }
 }
 
@@ -216,9 +225,14 @@ mod tests {
         for _ in 0..FREE_ATTEMPTS {
             assert!(t.charge(a, Instant::now()).is_ok());
         }
-        assert!(t.charge(b, Instant::now()).is_err());
-        t.succeeded(b);
-        assert!(t.charge(a, Instant::now()).is_ok());
+        assert!(
+            t.charge(b, Instant::now()).is_err(),
+            "the /64 shares the count"
+        );
+        assert!(
+            t.charge(ip("2001:db8:0:1::1"), Instant::now()).is_ok(),
+            "another /64 does not"
+        );
     }
 
     /// Regression (issue 10, defect 2): the count went up only when a failure was known, after the
@@ -238,8 +252,7 @@ mod tests {
     }
 
     /// An attempt whose future is dropped before it settles (client gone mid-hash) stays counted;
-    /// only a success forgets the client, and a failure settling after that success does not
-    /// bring the count back.
+    /// only a success uncounts, and only itself.
     #[tokio::test(start_paused = true)]
     async fn only_a_success_uncounts() {
         let throttle = RefCell::new(Throttle::default());
@@ -252,10 +265,15 @@ mod tests {
         let failing = Attempt::start(&throttle, client).unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
         let right = Attempt::start(&throttle, client).unwrap();
+        let before = throttle.borrow().clients[&client].attempts;
         right.succeeded();
-        assert!(throttle.borrow().clients.is_empty(), "forgotten");
+        assert_eq!(
+            throttle.borrow().clients[&client].attempts,
+            before - 1,
+            "a success uncounts only itself"
+        );
         drop(failing);
-        assert!(throttle.borrow().clients.is_empty());
+        throttle.borrow_mut().clients.clear();
 
         // A failure settles later than it started: the wait runs from the settling.
         for _ in 0..FREE_ATTEMPTS - 1 {
@@ -268,6 +286,29 @@ mod tests {
             Attempt::start(&throttle, client).map(|_| ()),
             Err(Duration::from_secs(2))
         );
+    }
+
+    /// Found in review of defect 2: a success forgot the client, so someone who knows a viewer's
+    /// password could log into it between guesses at the admin's and never wait. A success now
+    /// uncounts only itself; a client that only ever succeeds is never throttled.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_does_not_reset_the_wait_for_guesses() {
+        let throttle = RefCell::new(Throttle::default());
+        let client = ip("10.0.0.9");
+        for _ in 0..FREE_ATTEMPTS {
+            drop(Attempt::start(&throttle, client).unwrap()); // wrong guesses
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        Attempt::start(&throttle, client).unwrap().succeeded(); // the known viewer password
+        assert!(
+            Attempt::start(&throttle, client).is_err(),
+            "the next guess still waits"
+        );
+        let honest = ip("10.0.0.10");
+        for _ in 0..10 {
+            Attempt::start(&throttle, honest).unwrap().succeeded();
+        }
+        assert!(!throttle.borrow().clients.contains_key(&honest));
     }
 
     #[tokio::test(start_paused = true)]
