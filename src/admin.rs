@@ -26,6 +26,7 @@ use toru_plugin_api::codec::{FrameError, tokio_codec};
 use crate::app::App;
 use crate::auth::{self, ADMIN, Kdf};
 use crate::config::Config;
+use crate::error_chain::error_chain;
 use crate::role::Role;
 use crate::store::{Event, Store, StoreError, TokenRecord};
 use crate::supervisor::{PluginView, RescanReport, Supervisor, SupervisorError};
@@ -328,18 +329,6 @@ fn daemon<'a>(
     instead: &'static str,
 ) -> Result<&'a Supervisor, AdminError> {
     supervisor.ok_or(AdminError::NotRunning(instead))
-}
-
-/// `e` and its causes, `: `-separated (what the daemon sends back).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The file in the data dir that names the running daemon's control socket.

@@ -39,6 +39,7 @@
 mod app;
 pub(crate) mod auth;
 pub mod config;
+pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;
 pub(crate) mod http;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use toru::RunError;
 use toru::admin::{self, Request};
 use toru::config::{Config, Overrides};
+use toru::error_chain::error_chain;
 use toru::role::Role;
 
 const USAGE: &str = "\
@@ -222,17 +223,6 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             eprintln!("Password for {user:?} set; their sessions were ended.")
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {
