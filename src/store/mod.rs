@@ -1,7 +1,7 @@
 //! The store: one crash-safe redb file, `<data-dir>/toru.redb`, holding everything the host must
-//! remember across restarts — each plugin's enabled state and recent events, each plugin's KV
-//! namespace, and the web layer's users, API tokens and sessions. The only module that names redb:
-//! callers see [`Store`] and plain records.
+//! remember across restarts — each plugin's enabled state, the file its id belongs to and its recent
+//! events, each plugin's KV namespace, and the web layer's users, API tokens and sessions. The only
+//! module that names redb: callers see [`Store`] and plain records.
 //!
 //! Called by the supervisor (plugin state, events, KV on behalf of plugins), the HTTP layer (the
 //! same, plus users, tokens and sessions) and startup (open, close). Both serve KV through
