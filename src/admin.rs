@@ -1,4 +1,5 @@
-//! Administrative subcommands (`toru token …`, `toru passwd`, `toru plugins`, `toru events`).
+//! Administrative subcommands (`toru token …`, `toru passwd`, `toru plugins [unbind ID]`,
+//! `toru events`).
 //!
 //! They work whether the daemon runs or not: while it runs it holds the store, so the CLI sends the
 //! request over the daemon's control socket (`<runtime-dir>/control.sock`, `0600` inside a `0700`
@@ -84,6 +85,12 @@ pub enum Request {
     },
     /// Rescan the plugins dir (daemon only).
     Rescan,
+    /// Release a plugin id from the file it is bound to, so that the next scan gives it to the
+    /// file that claims it then (a plugin file renamed or replaced by its owner).
+    Unbind {
+        /// Plugin id.
+        id: String,
+    },
     /// Recent events, optionally of one plugin.
     Events {
         /// The plugin, or all.
@@ -131,6 +138,13 @@ pub enum Reply {
     Plugin(Box<PluginView>),
     /// `rescan`.
     Rescanned(RescanReport),
+    /// `unbind`: the id and the file it was bound to.
+    Unbound {
+        /// The file it was bound to.
+        file: String,
+        /// The plugin id.
+        id: String,
+    },
     /// `events`.
     Events(Vec<Event>),
 }
@@ -313,6 +327,16 @@ pub(crate) async fn execute(
                 .rescan()
                 .await,
         ),
+        Request::Unbind { id } => {
+            let binding = match supervisor {
+                Some(s) => s.unbind(&id).await?,
+                None => crate::supervisor::unbind_stored(store, &id).await?,
+            };
+            Reply::Unbound {
+                file: binding.file,
+                id,
+            }
+        }
         Request::Events { plugin, limit } => {
             Reply::Events(store.events(plugin.as_deref(), limit.clamp(1, 10_000))?)
         }
