@@ -407,8 +407,27 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A passing test's dirs go (each holds copies of the plugin binaries: tens of MB); a
+        // failing test's stay for a look. Only the kit's own temp dirs (`/tmp/tt-…`) are removed:
+        // a root the caller made elsewhere is the caller's.
+        if !std::thread::panicking() && self.root.starts_with(TEMP_BASE) && is_kit_temp(&self.root)
+        {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
+
+/// Whether `dir` is one of [`crate::try_temp_dir`]'s (`/tmp/tt-<tag>-<pid>-<n>`).
+fn is_kit_temp(dir: &Path) -> bool {
+    dir.parent() == Some(Path::new(TEMP_BASE))
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tt-"))
+}
+
+/// Where the kit's temp dirs live.
+const TEMP_BASE: &str = "/tmp";
 
 /// `toru --data-dir … --plugins-dir … --runtime-dir …` from `bins`.
 fn toru_command(bins: &Bins, data: &Path, plugins: &Path, run: &Path) -> Command {
