@@ -1,4 +1,5 @@
-//! Administrative subcommands (`toru token …`, `toru passwd`, `toru plugins`, `toru events`).
+//! Administrative subcommands (`toru token …`, `toru passwd`, `toru plugins [unbind ID]`,
+//! `toru events`).
 //!
 //! They work whether the daemon runs or not: while it runs it holds the store, so the CLI sends the
 //! request over the daemon's control socket (`<runtime-dir>/control.sock`, `0600` inside a `0700`
@@ -26,6 +27,7 @@ use toru_plugin_api::codec::{FrameError, tokio_codec};
 use crate::app::App;
 use crate::auth::{self, ADMIN, Kdf};
 use crate::config::Config;
+use crate::error_chain::error_chain;
 use crate::role::Role;
 use crate::store::{Event, Store, StoreError, TokenRecord};
 use crate::supervisor::{PluginView, RescanReport, Supervisor, SupervisorError};
@@ -83,6 +85,12 @@ pub enum Request {
     },
     /// Rescan the plugins dir (daemon only).
     Rescan,
+    /// Release a plugin id from the file it is bound to, so that the next scan gives it to the
+    /// file that claims it then (a plugin file renamed or replaced by its owner).
+    Unbind {
+        /// Plugin id.
+        id: String,
+    },
     /// Recent events, optionally of one plugin.
     Events {
         /// The plugin, or all.
@@ -130,6 +138,13 @@ pub enum Reply {
     Plugin(Box<PluginView>),
     /// `rescan`.
     Rescanned(RescanReport),
+    /// `unbind`: the id and the file it was bound to.
+    Unbound {
+        /// The file it was bound to.
+        file: String,
+        /// The plugin id.
+        id: String,
+    },
     /// `events`.
     Events(Vec<Event>),
 }
@@ -312,6 +327,16 @@ pub(crate) async fn execute(
                 .rescan()
                 .await,
         ),
+        Request::Unbind { id } => {
+            let binding = match supervisor {
+                Some(s) => s.unbind(&id).await?,
+                None => crate::supervisor::unbind_stored(store, &id).await?,
+            };
+            Reply::Unbound {
+                file: binding.file,
+                id,
+            }
+        }
         Request::Events { plugin, limit } => {
             Reply::Events(store.events(plugin.as_deref(), limit.clamp(1, 10_000))?)
         }
@@ -328,18 +353,6 @@ fn daemon<'a>(
     instead: &'static str,
 ) -> Result<&'a Supervisor, AdminError> {
     supervisor.ok_or(AdminError::NotRunning(instead))
-}
-
-/// `e` and its causes, `: `-separated (what the daemon sends back).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The file in the data dir that names the running daemon's control socket.

@@ -30,8 +30,10 @@
 //! tracked), binds the HTTP listener and hands it to [`run`] with a shutdown future (SIGTERM/SIGINT)
 //! and a channel of rescan requests (SIGHUP). `run` owns everything from there until the shutdown
 //! future resolves: before any plugin starts it kills what plugins of a previous run left (processes
-//! recorded in the runtime dir, stale plugin sockets); after the last plugin stopped it removes this
-//! run's cgroups and records.
+//! recorded in the runtime dir, stale plugin sockets); it starts the HTTP server and the control
+//! socket, then discovers the plugins beside them (READY=1 once that settles); its loop only waits —
+//! rescans run on their own tasks — so a stop is acted on at once, cancelling any discovery under
+//! way. After the last plugin stopped it removes this run's cgroups and records.
 //!
 //! ## How a request flows
 //! HTTP connection → `http` (limits, auth) → handler → `Supervisor::forward_http` → the plugin's
@@ -43,6 +45,7 @@
 mod app;
 pub(crate) mod auth;
 pub mod config;
+pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;
 pub(crate) mod http;
@@ -177,7 +180,7 @@ pub struct Prepared {
 const RUNTIME_LOCK: &str = "toru.lock";
 
 /// Lock the runtime dir for this host (an exclusive `flock` on `<runtime-dir>/toru.lock`, released
-/// by the kernel however the host ends), or report who holds it.
+/// by the kernel however the host ends), or report that another holds it.
 fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     let path = dir.join(RUNTIME_LOCK);
     let err = |source| RunError::RuntimeDirLock {
@@ -226,10 +229,15 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
 /// `rescans` (`main` turns SIGTERM/SIGINT into `shutdown` and SIGHUP into a rescan; a test can drive
 /// both directly). Must run inside a `LocalSet` on a `current_thread` runtime.
 ///
-/// `READY=1` goes to `notifier` once the plugins found at start have settled; it carries the bound
-/// address as `X_TORU_LISTEN=ip:port`, so whoever started the host with `--listen …:0` learns the
-/// port from the readiness message itself. The address is also written to
-/// `<runtime-dir>/http.addr` for scripts; both files are removed on a clean stop.
+/// The HTTP server and the control socket serve from the start; the first discovery runs beside
+/// them (every `--metadata` at once, bounded), so a plugin that hangs in `--metadata` delays
+/// nothing but readiness. A message with `STATUS=discovering plugins` and the bound address as
+/// `X_TORU_LISTEN=ip:port` goes to `notifier` as soon as the server runs; `READY=1` follows once
+/// the first discovery is over and the plugins it found have settled (at most the metadata timeout
+/// per eight hanging binaries, plus the start timeouts), with the address again, so whoever
+/// started the host with `--listen …:0` learns the port from either message. The address is also written to
+/// `<runtime-dir>/http.addr` for scripts; both files are removed on a clean stop. When `shutdown`
+/// resolves, discovery still running is cancelled and its `--metadata` runs are killed.
 pub async fn run(
     prepared: Prepared,
     listener: tokio::net::TcpListener,
@@ -275,17 +283,6 @@ pub async fn run(
         started: Instant::now(),
         started_at: Utc::now(),
     });
-    let report = supervisor.rescan().await;
-    log::info!(
-        "{} plugins found, {} skipped",
-        report.added.len(),
-        report.invalid.len()
-    );
-    let cfg = &config.supervisor;
-    supervisor
-        .settle(cfg.socket_timeout + cfg.ready_timeout)
-        .await;
-
     if let Err(e) = auth::ensure_setup_code(&app).await {
         log::error!("cannot prepare the setup code: {e}");
     }
@@ -315,12 +312,30 @@ pub async fn run(
             None
         }
     };
-
+    // Serving already: whoever started the host learns the address before discovery ends.
     notifier.send(&format!(
-        "READY=1\nSTATUS={}\nX_TORU_LISTEN={bound}",
-        supervisor.status_line()
+        "STATUS=discovering plugins\nX_TORU_LISTEN={bound}"
     ));
-    log::info!("ready: {}", supervisor.status_line());
+
+    // The first discovery runs beside the HTTP server and the control socket; READY=1 follows it.
+    // Polled by the loop below until it is done; dropped unfinished if the host stops first, which
+    // kills its `--metadata` runs.
+    let mut first_discovery = Box::pin({
+        let supervisor = supervisor.clone();
+        let cfg = config.supervisor.clone();
+        async move {
+            let report = supervisor.rescan().await;
+            log::info!(
+                "{} plugins found, {} skipped",
+                report.added.len(),
+                report.invalid.len()
+            );
+            supervisor
+                .settle(cfg.socket_timeout + cfg.ready_timeout)
+                .await;
+        }
+    });
+    let mut ready = false;
     let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
     let notifier = Rc::new(notifier);
     #[cfg(debug_assertions)]
@@ -330,10 +345,29 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            () = &mut first_discovery, if !ready => {
+                ready = true;
+                notifier.send(&format!(
+                    "READY=1\nSTATUS={}\nX_TORU_LISTEN={bound}",
+                    supervisor.status_line()
+                ));
+                log::info!("ready: {}", supervisor.status_line());
+            }
             // Once every sender is dropped `recv` yields `None`: the branch is skipped from then on.
+            // Each rescan runs on its own task (one at a time, by the supervisor's scan lock), so
+            // this loop keeps answering the shutdown future and the watchdog meanwhile.
             Some(()) = rescans.recv() => {
-                let r = supervisor.rescan().await;
-                log::info!("rescan: {} added, {} removed, {} skipped", r.added.len(), r.removed.len(), r.invalid.len());
+                let supervisor = supervisor.clone();
+                tokio::task::spawn_local(async move {
+                    let r = supervisor.rescan().await;
+                    log::info!(
+                        "rescan: {} added, {} removed, {} replaced, {} skipped",
+                        r.added.len(),
+                        r.removed.len(),
+                        r.replaced.len(),
+                        r.invalid.len()
+                    );
+                });
             }
             _ = async {
                 match watchdog.as_mut() {
@@ -346,6 +380,8 @@ pub async fn run(
             }
         }
     }
+    // An unfinished first discovery is cancelled here; a rescan task sees the supervisor stop.
+    drop(first_discovery);
     notifier.send("STOPPING=1\nSTATUS=stopping plugins");
     supervisor.shutdown().await;
     reaper_task.abort();

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use toru::RunError;
 use toru::admin::{self, Request};
 use toru::config::{Config, Overrides};
+use toru::error_chain::error_chain;
 use toru::role::Role;
 
 const USAGE: &str = "\
@@ -20,6 +21,7 @@ usage: toru [OPTIONS]                  run the host
        toru token revoke NAME
        toru passwd [--user NAME] [--role admin|viewer]   (password from stdin or a prompt)
        toru plugins | toru enable|disable|restart ID | toru rescan
+       toru plugins unbind ID             (give ID to the file that claims it at the next scan)
        toru events [PLUGIN] [--limit N]
        toru store status|repair|reset     (with toru stopped: a store the host cannot use)
        toru --version | --help
@@ -115,6 +117,7 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
         ["disable", id] => Cmd::Admin(Request::Disable { id: id.to_string() }, json_out),
         ["restart", id] => Cmd::Admin(Request::Restart { id: id.to_string() }, json_out),
         ["rescan"] => Cmd::Admin(Request::Rescan, json_out),
+        ["plugins", "unbind", id] => Cmd::Admin(Request::Unbind { id: id.to_string() }, json_out),
         ["events"] => Cmd::Admin(
             Request::Events {
                 plugin: None,
@@ -192,6 +195,10 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             );
         }
         Request::Rescan => println!("{v}"),
+        Request::Unbind { id } => eprintln!(
+            "{id:?} is no longer bound to {}; the next rescan gives it to the file that claims it.",
+            v["file"].as_str().unwrap_or("its file")
+        ),
         Request::Plugins => {
             for p in v.as_array().into_iter().flatten() {
                 println!(
@@ -222,17 +229,6 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             eprintln!("Password for {user:?} set; their sessions were ended.")
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {

@@ -42,16 +42,7 @@ fn explain(e: &MaintenanceError) -> String {
             "toru is running on {}; stop it first (e.g. `systemctl stop toru`), then run this again",
             dir.display()
         ),
-        e => {
-            let mut out = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                out.push_str(": ");
-                out.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            out
-        }
+        e => crate::error_chain::error_chain(e),
     }
 }
 

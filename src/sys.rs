@@ -5,7 +5,8 @@
 //! Callers: `main` (password prompt without echo: the only public item), `supervisor::process` (plugin process group,
 //! parent-death signal, signalling the group, joining a cgroup before exec), `supervisor::watch`
 //! and `supervisor::cgroup` (inotify), `supervisor::subreaper` (child subreaper, reaping, signalling
-//! and awaiting single processes). Nothing here keeps state, logs or touches the environment.
+//! and awaiting single processes), `auth::password` (the argon2 buffer: `PageBuffer`). Nothing here
+//! keeps state, logs or touches the environment.
 //!
 //! Plain `libc` rather than a wrapper crate such as `rustix`: a dozen calls do not justify a new
 //! dependency in the device binary, and `libc` is already in the tree through tokio.
@@ -18,6 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::ptr::NonNull;
 
 /// Make `cmd`'s child, between fork and exec, the leader of a new process group and arrange for
 /// the kernel to SIGKILL it when its parent dies. If `parent` (the host's pid) is already gone by
@@ -215,9 +217,120 @@ impl Drop for EchoOff {
     }
 }
 
+/// The smallest page size of any Linux target: `mmap` returns addresses aligned at least to it.
+const MIN_PAGE_BYTES: usize = 4096;
+
+/// A large, short-lived buffer of `T`s in memory of its own: an anonymous private mapping,
+/// returned to the OS (`munmap`) when dropped. Memory from the allocator may stay resident after
+/// it is freed — glibc keeps a freed block in its arena when the block is below its (dynamically
+/// raised) mmap and trim thresholds — so a buffer of many MiB that must be handed back when idle
+/// lives here instead. One mapping, no allocator involved, on every libc.
+pub(crate) struct PageBuffer<T: Copy> {
+    /// Start of the mapping: page-aligned, `len` initialised values.
+    ptr: NonNull<T>,
+    len: usize,
+    /// Length of the mapping.
+    bytes: usize,
+}
+
+impl<T: Copy> PageBuffer<T> {
+    /// Map room for `len` values and set each to `fill`. Fails if `len` is 0, the size overflows,
+    /// `T` needs more than page alignment, or the kernel has no memory to give.
+    pub(crate) fn new(len: usize, fill: T) -> io::Result<PageBuffer<T>> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        let layout = std::alloc::Layout::array::<T>(len).map_err(|_| invalid("too large"))?;
+        if layout.size() == 0 {
+            return Err(invalid("an empty page buffer"));
+        }
+        if layout.align() > MIN_PAGE_BYTES {
+            return Err(invalid("alignment over a page"));
+        }
+        // SAFETY: a new anonymous private mapping; no address hint and no file, so it overlaps
+        // nothing we own. The result is checked before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let Some(ptr) = NonNull::new(raw.cast::<T>()) else {
+            return Err(invalid("mmap returned null"));
+        };
+        let buffer = PageBuffer {
+            ptr,
+            len,
+            bytes: layout.size(),
+        };
+        for i in 0..len {
+            // SAFETY: `i < len`, so the write lies inside the mapping of `layout.size()` writable
+            // bytes, which is page-aligned and hence aligned for `T` (checked above). `write`
+            // neither reads nor drops the uninitialised value it replaces.
+            unsafe { buffer.ptr.as_ptr().add(i).write(fill) };
+        }
+        Ok(buffer)
+    }
+
+    /// The values.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: `len` initialised, aligned values in memory only this buffer owns; the `&mut
+        // self` borrow makes the slice the only access while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// How many values.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl<T: Copy> Drop for PageBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping `new` made, unmapped once; no slice of it outlives `self`
+        // (`as_mut_slice` borrows `self`). `T: Copy` has no drop glue to run first.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+impl<T: Copy> std::fmt::Debug for PageBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PageBuffer({} values, {} bytes)", self.len, self.bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The values are filled, aligned and writable; bad sizes are refused.
+    #[test]
+    fn page_buffer_is_filled_and_unmapped_on_drop() {
+        #[derive(Clone, Copy, PartialEq, Debug)]
+        #[repr(align(64))]
+        struct Wide([u64; 128]);
+        let mut b = PageBuffer::new(1000, Wide([7; 128])).expect("map");
+        assert_eq!(b.len(), 1000);
+        assert!(b.bytes() >= 1000 * 1024);
+        let addr = b.as_mut_slice().as_ptr() as usize;
+        assert_eq!(addr % MIN_PAGE_BYTES, 0, "page-aligned");
+        assert!(b.as_mut_slice().iter().all(|w| *w == Wide([7; 128])));
+        b.as_mut_slice()[999].0[127] = 1;
+        assert_eq!(b.as_mut_slice()[999].0[127], 1);
+        drop(b);
+        assert!(PageBuffer::new(0, 0u8).is_err(), "empty");
+        assert!(PageBuffer::new(usize::MAX, 0u64).is_err(), "overflow");
+    }
 
     #[test]
     fn group_zero_and_out_of_range_pids_are_refused() {

@@ -42,6 +42,13 @@ fn a_command_given_only_the_data_dir_reaches_a_daemon_with_another_runtime_dir()
         recorded.trim_end(),
         h.runtime_dir.join("control.sock").to_str().unwrap()
     );
+    // Only the host's user may talk to the control socket (docs/SECURITY.md).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.runtime_dir.join("control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 
     // `rescan` exists only in the daemon: success proves the command went over its socket.
     let out = toru_with_only_data_dir(&h, &["rescan", "--json"]);

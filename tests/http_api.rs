@@ -512,3 +512,38 @@ fn empty_segments_and_overlong_encodings_are_400() {
         assert_eq!(r.json()["path"], seen, "{path}");
     }
 }
+
+/// Issue 10, defect 9 (part): a KV `list` with `limit: 0` answered no keys and `truncated: true`,
+/// so a client paging with `start_after` = the last key had nothing to continue from. `limit: 0`
+/// counts as 1: every page carries a key until the last one says `truncated: false`.
+#[test]
+fn kv_list_with_limit_0_pages_one_key_at_a_time() {
+    let h = Host::start(HostOpts {
+        plugins: vec![built("hello-rust")],
+        ..Default::default()
+    });
+    let cookie = setup_admin(&h);
+    let kv = |body: serde_json::Value| {
+        let r = post(&h, "/api/plugins/hello-rust/kv", Some(&cookie), &body);
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        r.json()
+    };
+    for k in ["p/a", "p/b", "p/c"] {
+        kv(json!({"action": "set", "key": k, "value": "v"}));
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv(json!({"action": "list", "prefix": "p/", "limit": 0, "start_after": after}));
+        let keys = page["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{page}");
+        let key = keys[0].as_str().unwrap().to_string();
+        seen.push(key.clone());
+        if page["truncated"] == false {
+            break;
+        }
+        assert_eq!(page["truncated"], true, "{page}");
+        after = Some(key);
+    }
+    assert_eq!(seen, ["p/a", "p/b", "p/c"]);
+}

@@ -229,6 +229,47 @@ fn failed_logins_are_throttled_without_store_writes() {
     login(&h, "admin", PASSWORD);
 }
 
+/// Regression (issue 10, defect 2): the throttle was checked before the password hash was awaited
+/// and the failure recorded after it, so attempts sent in parallel all passed the check while the
+/// first hashes ran: 60 parallel wrong logins from one address all got 401, none 429, and a burst
+/// that contained the right password got in. An attempt is now counted when it starts: of a
+/// parallel burst only the free attempts reach the password check, the rest are 429, and the right
+/// password sent next is refused too.
+#[test]
+fn parallel_wrong_logins_are_all_counted() {
+    const BURST: usize = 20;
+    let h = host();
+    setup_admin(&h);
+    let bad = json!({"username": "admin", "password": "wrong password"});
+    let start = std::sync::Barrier::new(BURST);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let burst: Vec<_> = (0..BURST)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    post(&h, "/api/auth/login", None, &bad).status
+                })
+            })
+            .collect();
+        burst.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(refused + throttled, BURST, "only 401 or 429: {statuses:?}");
+    assert!(
+        refused <= 3,
+        "only the three free attempts may reach the password check: {statuses:?}"
+    );
+    let good = json!({"username": "admin", "password": PASSWORD});
+    let r = post(&h, "/api/auth/login", None, &good);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (429, Some("throttled")),
+        "the right password right after the burst must wait too"
+    );
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+}
+
 #[test]
 fn tokens_and_roles() {
     let h = host();

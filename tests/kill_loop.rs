@@ -85,18 +85,22 @@ fn kill_dash_nine_at_random_moments_loses_no_acknowledged_write() {
     for round in 0..rounds {
         let pid = h.child.id();
         let killed = Arc::new(AtomicBool::new(false));
-        let killer = {
-            let killed = Arc::clone(&killed);
-            let after = Duration::from_millis(rng.below(150));
-            std::thread::spawn(move || {
-                // The random moment of the fault (not synchronisation).
-                std::thread::sleep(after);
-                killed.store(true, Ordering::SeqCst);
-                kill(pid, 9);
-            })
-        };
+        // A few writes before the fault is armed, so every round writes (under qemu-user a
+        // delay alone could kill the host before its first answer), then more until it dies.
+        let armed_after = rng.below(4) + 1;
+        let mut killer = None;
         let mut i = 0u64;
         while !killed.load(Ordering::SeqCst) && i < 10_000 {
+            if i == armed_after {
+                let killed = Arc::clone(&killed);
+                let after = Duration::from_millis(rng.below(100));
+                killer = Some(std::thread::spawn(move || {
+                    // The random moment of the fault (not synchronisation).
+                    std::thread::sleep(after);
+                    killed.store(true, Ordering::SeqCst);
+                    kill(pid, 9);
+                }));
+            }
             if rng.below(4) == 0 {
                 let want = rng.below(2) == 0;
                 in_flight = Some(want);
@@ -125,7 +129,11 @@ fn kill_dash_nine_at_random_moments_loses_no_acknowledged_write() {
             }
             i += 1;
         }
-        killer.join().unwrap();
+        if let Some(killer) = killer {
+            killer.join().unwrap();
+        } else {
+            kill(pid, 9);
+        }
         let _ = h.child.wait();
         h.restart(opts(vec![]));
     }

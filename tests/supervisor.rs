@@ -107,7 +107,7 @@ fn discovery_loads_valid_plugins_and_skips_invalid_ones_with_a_reason() {
     for (binary, needle) in [
         ("stress-bad-metadata.binary", "invalid id"),
         ("garbage-metadata.binary", "not valid JSON"),
-        ("zz-dup.binary", "duplicate plugin id"),
+        ("zz-dup.binary", "belongs to hello-rust.binary"),
     ] {
         let evs = events(&h, binary);
         assert_eq!(kinds(&evs), ["metadata-invalid"], "{binary}: {evs:?}");

@@ -8,7 +8,7 @@
 //! options: --rounds N (3) --kill-rounds N (5) --http-secs S (10) --http-rounds N (3)
 //!          --out FILE  --no-build
 //! ```
-//! Groups: memory, restart, http, protocol, kv, start, size, stress, profile. `scripts/bench.sh`
+//! Groups: memory, login, restart, http, protocol, kv, start, size, stress, profile. `scripts/bench.sh`
 //! installs the peers first. Every load loop is bounded in count and time; everything started is
 //! stopped by PID or process group (guards in `util`), also on errors.
 
@@ -17,6 +17,7 @@
 mod host;
 mod http;
 mod kv;
+mod login;
 mod memory;
 mod peers;
 mod profile;
@@ -103,8 +104,9 @@ impl Report {
 
 type Group = fn(&Bins, &Opts, &mut Report) -> Result<()>;
 
-const GROUPS: [(&str, Group); 9] = [
+const GROUPS: [(&str, Group); 10] = [
     ("memory", memory::run),
+    ("login", login::run),
     ("restart", restart::run),
     ("http", http::run),
     ("protocol", protocol::run),

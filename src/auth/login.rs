@@ -8,18 +8,18 @@
 //! to statuses; it never builds a response itself.
 //!
 //! Cancel safety: every flow may be dropped at any `.await` (client gone, request deadline). State
-//! set before an await is reset by a guard's `Drop` ([`SetupClaim`]), never by code after it.
+//! set before an await is settled by a guard's `Drop` ([`SetupClaim`], the throttle's
+//! [`Attempt`]), never by code after it. Attempts are counted by the throttle when they start,
+//! before the password hash is awaited (count before you await).
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::password::{self, Kdf, MAX_PASSWORD_BYTES};
 use super::sessions::{Identity, Sessions, Unauthenticated, Via};
 use super::setup_code::{remove_setup_code, setup_code_matches};
-use super::throttle::Throttle;
+use super::throttle::{Attempt, Throttle};
 use super::{ADMIN, AuthError, check_name, secret_hash, tokens};
 use crate::app::App;
 use crate::role::Role;
@@ -29,7 +29,8 @@ use crate::role::Role;
 pub(crate) struct Auth {
     /// Every argon2id run goes through it (shared with the control socket).
     kdf: Kdf,
-    /// Login/setup/password-change throttle.
+    /// Login/setup/password-change throttle. Only [`Attempt`] changes it; never borrowed across
+    /// an await.
     throttle: RefCell<Throttle>,
     /// Last use of each session (idle timeout).
     sessions: Sessions,
@@ -120,9 +121,10 @@ impl Auth {
         username: &str,
         password: &str,
     ) -> Result<LoginOutcome, AuthError> {
-        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
-            return Ok(LoginOutcome::Throttled(wait));
-        }
+        let attempt = match Attempt::start(&self.throttle, client) {
+            Ok(attempt) => attempt,
+            Err(wait) => return Ok(LoginOutcome::Throttled(wait)),
+        };
         let user = if check_name(username).is_ok() {
             app.store.user(username)?
         } else {
@@ -137,7 +139,7 @@ impl Auth {
         let ok = self.kdf.verify(pw, phc).await && user.is_some();
         match (ok, user) {
             (true, Some(user)) => {
-                self.throttle.borrow_mut().succeeded(client);
+                attempt.succeeded();
                 let session = self.sessions.create(app, &user).await?;
                 Ok(LoginOutcome::Ok {
                     identity: Identity {
@@ -149,7 +151,7 @@ impl Auth {
                 })
             }
             _ => {
-                self.throttle.borrow_mut().failed(client, Instant::now());
+                drop(attempt); // counted as a failure
                 log::info!("http: failed login for {username:?} from {client}");
                 Ok(LoginOutcome::Refused)
             }
@@ -167,14 +169,16 @@ impl Auth {
         if !self.setup_needed(app) {
             return Ok(LoginOutcome::AlreadySetUp);
         }
-        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
-            return Ok(LoginOutcome::Throttled(wait));
-        }
+        let attempt = match Attempt::start(&self.throttle, client) {
+            Ok(attempt) => attempt,
+            Err(wait) => return Ok(LoginOutcome::Throttled(wait)),
+        };
         if !setup_code_matches(&app.config.data_dir, code) {
-            self.throttle.borrow_mut().failed(client, Instant::now());
+            drop(attempt); // counted as a failure
             log::info!("http: wrong setup code from {client}");
             return Ok(LoginOutcome::Refused);
         }
+        attempt.succeeded();
         if password::check_password(password).is_err() {
             return Ok(LoginOutcome::Weak);
         }
@@ -184,7 +188,6 @@ impl Auth {
         password::set_password(&self.kdf, &app.store, ADMIN, password, Role::Admin).await?;
         remove_setup_code(&app.config.data_dir);
         self.admin_exists.set(true);
-        self.throttle.borrow_mut().succeeded(client);
         let user = app
             .store
             .user(ADMIN)?
@@ -230,9 +233,10 @@ impl Auth {
         current: &str,
         new: &str,
     ) -> Result<LoginOutcome, AuthError> {
-        if let Err(wait) = self.throttle.borrow_mut().check(client, Instant::now()) {
-            return Ok(LoginOutcome::Throttled(wait));
-        }
+        let attempt = match Attempt::start(&self.throttle, client) {
+            Ok(attempt) => attempt,
+            Err(wait) => return Ok(LoginOutcome::Throttled(wait)),
+        };
         let Some(user) = app.store.user(&who.name)? else {
             return Ok(LoginOutcome::Refused);
         };
@@ -241,9 +245,9 @@ impl Auth {
             .verify(current, Some(user.password_hash.clone()))
             .await
         {
-            self.throttle.borrow_mut().failed(client, Instant::now());
             return Ok(LoginOutcome::Refused);
         }
+        attempt.succeeded();
         if password::check_password(new).is_err() {
             return Ok(LoginOutcome::Weak);
         }
@@ -426,6 +430,46 @@ mod tests {
         assert!(matches!(
             auth.login(&app, ip, ADMIN, "password123").await.unwrap(),
             LoginOutcome::Ok { .. }
+        ));
+        app.store.close();
+    }
+
+    /// Regression (issue 10, defect 2): logins were counted by the throttle only after their
+    /// password hash, so logins waiting for the KDF all passed the check. Now each is counted when
+    /// it starts: with the first ones still waiting for their hash, the next is throttled — the
+    /// right password too — and the waiting ones, dropped (client gone), stay counted.
+    #[tokio::test]
+    async fn logins_waiting_for_their_hash_are_already_counted() {
+        let dir = TempDir::new("burst");
+        let app = app(&dir, |_| {});
+        let kdf = Kdf::for_test();
+        password::set_password(&kdf, &app.store, ADMIN, "password123", Role::Admin)
+            .await
+            .unwrap();
+        let auth = Auth::with_kdf(kdf.clone());
+        let ip: IpAddr = "10.1.1.5".parse().unwrap();
+        let held = kdf.hold();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let mut login = Box::pin(auth.login(&app, ip, ADMIN, "wrong password"));
+            assert!(
+                login.as_mut().poll(&mut cx).is_pending(),
+                "waits for the KDF"
+            );
+            waiting.push(login);
+        }
+        // Answered at once, without waiting for the KDF.
+        let mut right = pin!(auth.login(&app, ip, ADMIN, "password123"));
+        match right.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(LoginOutcome::Throttled(_))) => {}
+            other => panic!("the right password must be throttled at once, got {other:?}"),
+        }
+        drop(waiting);
+        drop(held);
+        assert!(matches!(
+            auth.login(&app, ip, ADMIN, "password123").await.unwrap(),
+            LoginOutcome::Throttled(_)
         ));
         app.store.close();
     }

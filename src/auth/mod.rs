@@ -16,7 +16,8 @@
 //! - `setup_code`: the first-start code and its file in the data dir.
 //! - `tokens`: API tokens (create, list, revoke, authenticate a bearer token).
 //! - `sessions`: login sessions (create, authenticate a cookie, idle/absolute expiry, end).
-//! - `throttle`: per-client failure counts for login, setup and password change.
+//! - `throttle`: per-client attempt counts for login, setup and password change, charged when an
+//!   attempt starts.
 //! - `login`: [`Auth`], the state the web layer keeps, and the flows that combine the above:
 //!   login, first-start setup, password change, authenticating a request.
 //!

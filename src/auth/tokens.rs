@@ -66,3 +66,31 @@ pub(super) fn authenticate_bearer(
         name: rec.name,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::testing::TempDir;
+    use crate::store::StoreOptions;
+
+    /// The store file never holds a token's text, only its hash (docs/SECURITY.md).
+    #[tokio::test]
+    async fn only_the_tokens_hash_reaches_the_store_file() {
+        let dir = TempDir::new("tok");
+        let store = Store::open(dir.path(), StoreOptions::default()).expect("open");
+        let token = create_token(&store, "ci", Role::Viewer)
+            .await
+            .expect("create");
+        assert!(authenticate_bearer(&store, &format!("Bearer {token}")).is_ok());
+        store.close();
+        drop(store);
+        let file = std::fs::read(dir.path().join("toru.redb")).expect("read the store");
+        let secret = token.trim_start_matches(TOKEN_PREFIX).as_bytes();
+        assert!(
+            !file.windows(secret.len()).any(|w| w == secret),
+            "the token's text is in the store file"
+        );
+        let hash = secret_hash(&token);
+        assert!(file.windows(hash.len()).any(|w| w == hash.as_bytes()));
+    }
+}

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::SESSION_COOKIE;
+use crate::error_chain::error_chain;
 use crate::store::StoreError;
 
 /// A response on its way out.
@@ -187,18 +188,6 @@ impl ApiError {
         }
         r
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A JSON response.

@@ -146,7 +146,8 @@ fn login_response(srv: &Server, ctx: &Ctx, outcome: LoginOutcome) -> Result<Resp
             "wrong user name, password or setup code",
         )),
         LoginOutcome::Throttled(wait) => {
-            let secs = wait.as_secs().max(1);
+            // Rounded up: a client that waits `Retry-After` seconds must not be refused again.
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "throttled",

@@ -9,6 +9,7 @@
 use toru_plugin_api::protocol::{ErrorCode, ErrorReply, KvReply, KvRequest, MAX_KV_LIST_LIMIT};
 
 use super::{Store, StoreError};
+use crate::error_chain::error_chain;
 
 /// Answer one KV request from `plugin`'s namespace. A `list` without `limit` returns up to
 /// [`MAX_KV_LIST_LIMIT`] keys; a larger `limit` is read as that, 0 as 1.
@@ -62,17 +63,6 @@ pub fn error_reply(e: &StoreError) -> ErrorReply {
         log::error!("KV request failed: {}", error_chain(e));
     }
     ErrorReply::new(error_code(e), e.to_string())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

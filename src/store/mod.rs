@@ -1,7 +1,7 @@
 //! The store: one crash-safe redb file, `<data-dir>/toru.redb`, holding everything the host must
-//! remember across restarts — each plugin's enabled state and recent events, each plugin's KV
-//! namespace, and the web layer's users, API tokens and sessions. The only module that names redb:
-//! callers see [`Store`] and plain records.
+//! remember across restarts — each plugin's enabled state, the file its id belongs to and its recent
+//! events, each plugin's KV namespace, and the web layer's users, API tokens and sessions. The only
+//! module that names redb: callers see [`Store`] and plain records.
 //!
 //! Called by the supervisor (plugin state, events, KV on behalf of plugins), the HTTP layer (the
 //! same, plus users, tokens and sessions) and startup (open, close). Both serve KV through
@@ -47,7 +47,7 @@
 //! ─────────────  ────────────────────────  ───────────────────────────────────────────────
 //! meta           &str                      &str   "schema_version" → "1"
 //!                                                 "instance_id"    → UUID v4, set once
-//! plugins        plugin id                 JSON PluginRecord
+//! plugins        plugin id                 JSON PluginRow: PluginRecord + PluginBinding
 //! events         u64 seq (host-wide)       JSON Event (with its plugin and seq)
 //! plugin_events  (plugin id, u64 seq)      ()     index: a plugin's events, oldest first
 //! kv             (plugin id, key)          &str   the value
@@ -363,13 +363,41 @@ impl From<StorageFailure> for StoreError {
     }
 }
 
-/// Persisted state of one plugin.
+/// Persisted state of one plugin: what its lifecycle policy decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRecord {
     /// Whether the plugin should run.
     pub enabled: bool,
     /// Set when the supervisor disabled it after repeated failures (why).
     pub auto_disabled: Option<String>,
+}
+
+/// Whom a plugin id belongs to: the claimant discovery first accepted for it. Another claimant of
+/// the id is refused until an admin removes the binding ([`Store::bind_plugin`] with `None`).
+///
+/// Today a claimant is a `*.binary` file in the plugins dir, matched by its file name (the name,
+/// not the path, so moving the whole plugins dir keeps every binding). Packages will add their
+/// publisher's key here (a `publisher_key` field, absent in rows written before): a package's
+/// claim then matches by key, whatever its file is called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginBinding {
+    /// The file name (`hello-rust.binary`) the id was first registered from.
+    pub file: String,
+    /// When the binding was made; of two plugins claiming one route, the older binding keeps it.
+    pub since: DateTime<Utc>,
+}
+
+/// One row of the `plugins` table, one JSON object: the policy's [`PluginRecord`] and the id's
+/// [`PluginBinding`]. A row written before bindings existed reads with `binding: None`; an older
+/// build reading a newer row ignores the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PluginRow {
+    /// The persisted flags.
+    #[serde(flatten)]
+    pub record: PluginRecord,
+    /// Whom the id belongs to, once discovery accepted a claimant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<PluginBinding>,
 }
 
 /// What an event records. Stored, and shown by the API, as the string [`EventKind::as_str`]
@@ -394,6 +422,8 @@ pub enum EventKind {
     Disabled,
     /// A `*.binary` was skipped: its metadata is invalid, or its id or route is taken.
     MetadataInvalid,
+    /// An admin released the id from the file it was bound to (`toru plugins unbind`).
+    Unbound,
     /// A kind this build does not know, as read from the store (a newer build wrote it); kept
     /// as written so reading never fails or changes it.
     Other(String),
@@ -412,6 +442,7 @@ impl EventKind {
             EventKind::Enabled => "enabled",
             EventKind::Disabled => "disabled",
             EventKind::MetadataInvalid => "metadata-invalid",
+            EventKind::Unbound => "unbound",
             EventKind::Other(s) => s,
         }
     }
@@ -429,6 +460,7 @@ impl From<&str> for EventKind {
             "enabled" => EventKind::Enabled,
             "disabled" => EventKind::Disabled,
             "metadata-invalid" => EventKind::MetadataInvalid,
+            "unbound" => EventKind::Unbound,
             other => EventKind::Other(other.to_owned()),
         }
     }
@@ -650,10 +682,21 @@ impl Store {
 
     /// Every plugin's persisted state, by plugin id.
     pub fn plugin_records(&self) -> Result<BTreeMap<String, PluginRecord>, StoreError> {
-        self.read(tables::plugin_records)
+        let rows = self.read(tables::plugin_rows)?;
+        Ok(rows.into_iter().map(|(id, row)| (id, row.record)).collect())
+    }
+
+    /// Every plugin id's binding, by plugin id (ids without one are left out).
+    pub fn plugin_bindings(&self) -> Result<BTreeMap<String, PluginBinding>, StoreError> {
+        let rows = self.read(tables::plugin_rows)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, row)| row.binding.map(|b| (id, b)))
+            .collect())
     }
 
     /// Persist a plugin's state and, in the same transaction, the event that explains the change.
+    /// The id's binding is kept as it is.
     pub async fn set_plugin(
         &self,
         id: &str,
@@ -661,18 +704,44 @@ impl Store {
         event: Option<NewEvent>,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
-        let rec = serde_json::to_string(&rec).expect("a PluginRecord always serialises");
         let (event, event_bytes) = match event.map(bound_event) {
             Some((ev, bytes)) => (Some((ev, Utc::now())), bytes),
             None => (None, 0),
         };
-        let payload = id.len() + rec.len() + event_bytes;
+        let payload = id.len() + serde_json::to_vec(&rec).map_or(0, |j| j.len()) + event_bytes;
         self.write(payload, move |txn, limits| {
             tables::set_plugin(
                 txn,
                 limits,
                 &id,
                 &rec,
+                event.as_ref().map(|(ev, at)| (ev, *at)),
+            )
+        })
+        .await
+    }
+
+    /// Bind the id to `binding`, or with `None` release it, keeping the plugin's state; with the
+    /// event that explains it in the same transaction. A new id's row starts enabled. Returns the
+    /// binding it replaced.
+    pub async fn bind_plugin(
+        &self,
+        id: &str,
+        binding: Option<PluginBinding>,
+        event: Option<NewEvent>,
+    ) -> Result<Option<PluginBinding>, StoreError> {
+        let id = id.to_owned();
+        let (event, event_bytes) = match event.map(bound_event) {
+            Some((ev, bytes)) => (Some((ev, Utc::now())), bytes),
+            None => (None, 0),
+        };
+        let payload = id.len() + serde_json::to_vec(&binding).map_or(0, |j| j.len()) + event_bytes;
+        self.write(payload, move |txn, limits| {
+            tables::bind_plugin(
+                txn,
+                limits,
+                &id,
+                binding.as_ref(),
                 event.as_ref().map(|(ev, at)| (ev, *at)),
             )
         })

@@ -19,6 +19,7 @@ use redb::{Builder, Database};
 
 use super::tables::Doing;
 use super::{DegradedCause, Fault, StorageFailure, StoreError, StoreHealth};
+pub(super) use crate::error_chain::error_chain as chain;
 
 /// How long a reopen waits for read transactions in progress to end before it gives up (and the
 /// writer tries again later).
@@ -196,16 +197,4 @@ impl Shared {
         log::info!("store: reopened {}", path.display());
         Ok(())
     }
-}
-
-/// `e` and its sources, joined with ": ".
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

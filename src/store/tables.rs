@@ -13,8 +13,8 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTr
 use serde::de::DeserializeOwned;
 
 use super::{
-    Event, NewEvent, PluginRecord, SessionRecord, StorageFailure, StoreError, TokenRecord,
-    UserRecord,
+    Event, NewEvent, PluginBinding, PluginRecord, PluginRow, SessionRecord, StorageFailure,
+    StoreError, TokenRecord, UserRecord,
 };
 
 /// The schema version this build writes and understands.
@@ -117,33 +117,84 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StorageFailure> {
 
 // ── plugins and events ──────────────────────────────────────────────────────────────────────────
 
-pub(super) fn plugin_records(
+pub(super) fn plugin_rows(
     txn: &ReadTransaction,
-) -> Result<BTreeMap<String, PluginRecord>, StoreError> {
+) -> Result<BTreeMap<String, PluginRow>, StoreError> {
     const WHAT: &str = "reading plugin records";
     let table = txn.open_table(PLUGINS).doing(WHAT)?;
-    let mut records = BTreeMap::new();
+    let mut rows = BTreeMap::new();
     for row in table.iter().doing(WHAT)? {
         let (id, json) = row.doing(WHAT)?;
-        records.insert(id.value().to_owned(), decode(json.value(), WHAT)?);
+        rows.insert(id.value().to_owned(), decode(json.value(), WHAT)?);
     }
-    Ok(records)
+    Ok(rows)
+}
+
+/// The row of `id` as stored, `None` when there is none. A row that does not decode counts as
+/// none, so that writing the plugin's state repairs it instead of failing forever.
+fn plugin_row(
+    plugins: &redb::Table<'_, &str, &str>,
+    id: &str,
+    what: &'static str,
+) -> Result<Option<PluginRow>, StoreError> {
+    Ok(plugins
+        .get(id)
+        .doing(what)?
+        .and_then(|json| serde_json::from_str::<PluginRow>(json.value()).ok()))
 }
 
 pub(super) fn set_plugin(
     txn: &WriteTransaction,
     limits: &Limits,
     id: &str,
-    record_json: &str,
+    record: &PluginRecord,
     event: Option<(&NewEvent, DateTime<Utc>)>,
 ) -> Result<(), StoreError> {
     const WHAT: &str = "writing a plugin record";
     let mut plugins = txn.open_table(PLUGINS).doing(WHAT)?;
-    plugins.insert(id, record_json).doing(WHAT)?;
+    let binding = plugin_row(&plugins, id, WHAT)?.and_then(|row| row.binding);
+    let row = PluginRow {
+        record: record.clone(),
+        binding,
+    };
+    let json = serde_json::to_string(&row).expect("a PluginRow always serialises");
+    plugins.insert(id, json.as_str()).doing(WHAT)?;
     if let Some((ev, at)) = event {
         append_event(txn, limits, id, ev, at)?;
     }
     Ok(())
+}
+
+pub(super) fn bind_plugin(
+    txn: &WriteTransaction,
+    limits: &Limits,
+    id: &str,
+    binding: Option<&PluginBinding>,
+    event: Option<(&NewEvent, DateTime<Utc>)>,
+) -> Result<Option<PluginBinding>, StoreError> {
+    const WHAT: &str = "binding a plugin id";
+    let mut plugins = txn.open_table(PLUGINS).doing(WHAT)?;
+    let old = plugin_row(&plugins, id, WHAT)?;
+    let previous = old.as_ref().and_then(|row| row.binding.clone());
+    // Releasing an id that has no row leaves no row behind.
+    if old.is_some() || binding.is_some() {
+        let row = PluginRow {
+            record: old.map_or(
+                PluginRecord {
+                    enabled: true,
+                    auto_disabled: None,
+                },
+                |row| row.record,
+            ),
+            binding: binding.cloned(),
+        };
+        let json = serde_json::to_string(&row).expect("a PluginRow always serialises");
+        plugins.insert(id, json.as_str()).doing(WHAT)?;
+    }
+    if let Some((ev, at)) = event {
+        append_event(txn, limits, id, ev, at)?;
+    }
+    Ok(previous)
 }
 
 pub(super) fn append_event(
@@ -565,7 +616,7 @@ pub(super) fn salvage(
         (k == META_INSTANCE_ID && uuid::Uuid::parse_str(v).is_ok()).then(|| v.to_owned())
     });
     let plugins = read_rows(src, PLUGINS, &mut out, |k, v| {
-        serde_json::from_str::<PluginRecord>(v)
+        serde_json::from_str::<PluginRow>(v)
             .ok()
             .map(|_| (k.to_owned(), v.to_owned()))
     });

@@ -658,6 +658,77 @@ async fn every_acknowledged_write_survives_reopen() {
     );
 }
 
+fn binding(file: &str) -> PluginBinding {
+    PluginBinding {
+        file: file.into(),
+        since: Utc::now(),
+    }
+}
+
+/// The binding and the policy's flags share one row but are written independently: neither
+/// write loses the other's field, and a row written before bindings existed reads without one.
+#[tokio::test]
+async fn bindings_and_plugin_state_share_a_row_without_overwriting_each_other() {
+    let old: PluginRow =
+        serde_json::from_str(r#"{"enabled": false, "auto_disabled": "crashed"}"#).expect("old row");
+    assert_eq!(old.binding, None);
+    assert!(!old.record.enabled);
+
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let b = binding("hello.binary");
+    let before = store
+        .bind_plugin("hello", Some(b.clone()), None)
+        .await
+        .expect("bind");
+    assert_eq!(before, None);
+    assert_eq!(
+        store.plugin_records().expect("records").get("hello"),
+        Some(&enabled(true))
+    );
+    store
+        .set_plugin("hello", enabled(false), Some(event("disabled")))
+        .await
+        .expect("set_plugin");
+    assert_eq!(
+        store.plugin_bindings().expect("bindings").get("hello"),
+        Some(&b)
+    );
+
+    let released = store
+        .bind_plugin("hello", None, Some(event("unbound")))
+        .await
+        .expect("unbind");
+    assert_eq!(released, Some(b));
+    assert!(store.plugin_bindings().expect("bindings").is_empty());
+    assert_eq!(
+        store.plugin_records().expect("records").get("hello"),
+        Some(&enabled(false))
+    );
+    let kinds: Vec<_> = store
+        .events(Some("hello"), 10)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Unbound, EventKind::Disabled]);
+
+    // Releasing an id the store never saw creates no row.
+    assert_eq!(
+        store
+            .bind_plugin("ghost", None, None)
+            .await
+            .expect("unbind"),
+        None
+    );
+    assert!(
+        !store
+            .plugin_records()
+            .expect("records")
+            .contains_key("ghost")
+    );
+}
+
 #[tokio::test]
 async fn legacy_config_is_imported_once() {
     let dir = TempDir::new();

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::cgroup::{self, CgroupError, CgroupTree};
 use super::subreaper::{self, Reaper, Scope};
 use crate::config::{Config, DescendantTracking};
+use crate::error_chain::error_chain;
 
 /// Longest wait for SIGKILLed descendants to exit (a process in uninterruptible sleep dies only
 /// when it wakes). Past it the host goes on and says so in its log.
@@ -85,7 +86,7 @@ impl Descendants {
             _ => match cgroup() {
                 Ok(tree) => How::Cgroup(tree),
                 Err(why) => {
-                    log::debug!("no cgroup for the plugins: {}", chain(&why));
+                    log::debug!("no cgroup for the plugins: {}", error_chain(&why));
                     match subreaper() {
                         Ok(r) => How::Subreaper(r),
                         Err(e) => {
@@ -93,7 +94,7 @@ impl Descendants {
                                 "plugin descendants: process groups only (no cgroup: {}; no \
                                  subreaper: {e}); a descendant that leaves its plugin's process \
                                  group can outlive the plugin",
-                                chain(&why)
+                                error_chain(&why)
                             );
                             How::Group
                         }
@@ -296,15 +297,4 @@ fn read_cgroup_record(runtime_dir: &Path) -> Option<PathBuf> {
         return None;
     }
     cgroup::recorded(runtime_dir, None)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -6,7 +6,10 @@
 //!   time and no processes.
 //! - [`plugin`]: one local task per plugin that owns its process, feeds the policy what happens
 //!   and performs its actions.
-//! - [`process`]: spawning (clean environment, own process group, death signal) and `--metadata`.
+//! - [`discovery`]: which files are plugins and which id and route each gets: `--metadata` runs
+//!   (parallel, bounded, each in a process group killed whole, cancellable), and the identity
+//!   rules (an id belongs to the file it was first bound to), decided without I/O.
+//! - [`process`]: spawning (clean environment, own process group, death signal), listing files.
 //! - [`descendants`]: every descendant of a plugin stopped with it and leftovers of a previous run
 //!   killed at start, by a cgroup per plugin ([`cgroup`]) or the host as child subreaper
 //!   ([`subreaper`], reading [`procfs`]).
@@ -16,10 +19,20 @@
 //! - [`logs`]: the bounded per-plugin log ring.
 //!
 //! [`Supervisor`] is the handle the HTTP layer and `main` use. Everything runs on the runtime thread.
+//!
+//! ## A scan
+//! [`Supervisor::rescan`] (at start, on SIGHUP, from the API) holds the scan lock, so scans run one
+//! at a time, while the HTTP server and the plugins carry on. It probes (see [`discovery`]; the
+//! only slow part, cancelled by [`Supervisor::shutdown`]) and then applies, in this order: skipped
+//! binaries get a `metadata-invalid` event (once per reason), new bindings are persisted, plugins
+//! whose claim is gone or was refused are retired, plugins whose file now prints other metadata are
+//! retired and started again with it (keeping their log), and new ones start. A file that changed
+//! but prints the same metadata keeps its plugin running; the new file runs from its next start.
 
 mod cgroup;
 pub(crate) mod conn;
 pub(crate) mod descendants;
+pub(crate) mod discovery;
 mod link;
 pub(crate) mod logs;
 pub(crate) mod plugin;
@@ -31,7 +44,7 @@ pub(crate) mod view;
 pub(crate) mod watch;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -40,7 +53,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use toru_plugin_api::{HttpRequest, LogLevel};
 
 use crate::config::Config;
-use crate::store::{EventKind, NewEvent, Store};
+use crate::store::{EventKind, NewEvent, PluginBinding, Store};
+use discovery::{Claim, Holder, Probe, ReadCache, file_name};
 use logs::LogRing;
 use plugin::{Command, Ctx, Shared};
 
@@ -61,7 +75,11 @@ struct Inner {
     ctx: Rc<Ctx>,
     plugins: RefCell<BTreeMap<String, Rc<Shared>>>,
     invalid: RefCell<Vec<InvalidPlugin>>,
-    shutting_down: Cell<bool>,
+    /// Metadata the last scan read successfully, by file, with the file's stamp then.
+    read: RefCell<ReadCache>,
+    /// Turns `true` once, when the host stops: refuses commands, cancels a scan's probing and keeps
+    /// a scan from starting plugins.
+    stopping: tokio::sync::watch::Sender<bool>,
     scanning: tokio::sync::Mutex<()>,
 }
 
@@ -93,10 +111,15 @@ impl Supervisor {
                 }),
                 plugins: RefCell::new(BTreeMap::new()),
                 invalid: RefCell::new(Vec::new()),
-                shutting_down: Cell::new(false),
+                read: RefCell::new(BTreeMap::new()),
+                stopping: tokio::sync::watch::Sender::new(false),
                 scanning: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.inner.stopping.borrow()
     }
 
     fn shared(&self, id: &str) -> Option<Rc<Shared>> {
@@ -167,7 +190,7 @@ impl Supervisor {
         id: &str,
         make: impl FnOnce(oneshot::Sender<()>) -> Command,
     ) -> Result<PluginView, SupervisorError> {
-        if self.inner.shutting_down.get() {
+        if self.stopping() {
             return Err(SupervisorError::ShuttingDown);
         }
         let shared = self
@@ -198,110 +221,168 @@ impl Supervisor {
         self.send(id, Command::Restart).await
     }
 
-    /// Look for new and removed binaries: starts new enabled plugins, retires removed ones, leaves
-    /// the others running untouched.
+    /// Release `id` from the file it is bound to (`toru plugins unbind`), so that the next scan
+    /// gives it to the file that claims it then, with its state, KV and events. Refused while the
+    /// plugin runs from its bound file: remove or rename that file and rescan first. Returns the
+    /// binding released.
+    pub async fn unbind(&self, id: &str) -> Result<PluginBinding, SupervisorError> {
+        if self.stopping() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        if let Some(s) = self.shared(id) {
+            return Err(SupervisorError::StillClaimed {
+                id: id.into(),
+                file: file_name(&s.binary),
+            });
+        }
+        unbind_stored(&self.inner.ctx.store, id).await
+    }
+
+    /// Scan the plugins dir (see "A scan" above): start new enabled plugins, retire removed ones,
+    /// restart replaced ones, leave the others running untouched. Returns an empty report when the
+    /// host stops meanwhile.
     pub async fn rescan(&self) -> RescanReport {
         let _scan = self.inner.scanning.lock().await;
-        let ctx = self.inner.ctx.clone();
+        let mut stopping = self.inner.stopping.subscribe();
+        if *stopping.borrow_and_update() {
+            return RescanReport::default();
+        }
+        let probes = tokio::select! {
+            probes = self.probe() => probes,
+            _ = stopping.wait_for(|s| *s) => {
+                log::info!("discovery cancelled: the host is stopping");
+                return RescanReport::default();
+            }
+        };
+        self.apply(probes).await
+    }
+
+    /// The first half of a scan: list the binaries and read the metadata of those that changed.
+    async fn probe(&self) -> Vec<Probe> {
+        let ctx = &self.inner.ctx;
         let dir = &ctx.config.plugins_dir;
         if let Err(e) = std::fs::create_dir_all(dir) {
             log::error!("cannot create plugins dir {}: {e}", dir.display());
         }
-        let binaries = match process::list_binaries(dir) {
-            Ok(b) => b,
-            Err(e) => {
-                log::error!("cannot read plugins dir {}: {e}", dir.display());
-                Vec::new()
-            }
-        };
+        let binaries = process::list_binaries(dir).unwrap_or_else(|e| {
+            log::error!("cannot read plugins dir {}: {e}", dir.display());
+            Vec::new()
+        });
+        let cache = self.inner.read.borrow().clone();
+        discovery::probe(binaries, &cache, ctx.config.supervisor.metadata_timeout).await
+    }
+
+    /// The second half of a scan: decide who gets which id and route, and act on it.
+    async fn apply(&self, probes: Vec<Probe>) -> RescanReport {
+        let ctx = self.inner.ctx.clone();
         let mut report = RescanReport::default();
-        let mut seen_ids = BTreeSet::new();
-        let mut seen_routes = BTreeSet::new();
-        let mut found = Vec::new();
-        // Binaries of plugins already running keep their metadata: no need to run them again.
-        let known: BTreeMap<std::path::PathBuf, Rc<Shared>> = self
-            .inner
-            .plugins
-            .borrow()
-            .values()
-            .map(|s| (s.binary.clone(), s.clone()))
+        *self.inner.read.borrow_mut() = probes
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.binary.clone(),
+                    (p.stamp?, p.result.as_ref().ok()?.clone()),
+                ))
+            })
             .collect();
-        for binary in binaries {
-            let result = match known.get(&binary) {
-                Some(s) => Ok(process::Discovered {
-                    binary: binary.clone(),
-                    metadata: s.metadata.clone(),
-                    protocol: s.protocol,
+        let mut claims = Vec::new();
+        for p in probes {
+            match p.result {
+                Ok(found) => claims.push(Claim {
+                    file: file_name(&p.binary),
+                    found,
+                    fresh: p.fresh,
                 }),
-                None => {
-                    process::read_metadata(&binary, ctx.config.supervisor.metadata_timeout).await
-                }
-            };
-            let result = result.and_then(|d| {
-                if seen_ids.contains(&d.metadata.id) {
-                    Err(format!("duplicate plugin id {:?}", d.metadata.id))
-                } else if seen_routes.contains(&d.metadata.route) {
-                    Err(format!("duplicate route {:?}", d.metadata.route))
-                } else {
-                    Ok(d)
-                }
-            });
-            match result {
-                Ok(d) => {
-                    seen_ids.insert(d.metadata.id.clone());
-                    seen_routes.insert(d.metadata.route.clone());
-                    found.push(d);
-                }
                 Err(reason) => report.invalid.push(InvalidPlugin {
-                    binary: binary.display().to_string(),
+                    binary: p.binary.display().to_string(),
                     reason,
                 }),
             }
         }
-        // Record newly invalid binaries (once per distinct reason).
-        let previous: Vec<InvalidPlugin> = self.inner.invalid.borrow().clone();
-        for inv in &report.invalid {
-            let already = previous
-                .iter()
-                .any(|p| p.binary == inv.binary && p.reason == inv.reason);
-            if !already {
-                log::error!("skipping plugin {}: {}", inv.binary, inv.reason);
-                let name = Path::new(&inv.binary)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let ev = NewEvent {
-                    kind: EventKind::MetadataInvalid,
-                    message: inv.reason.clone(),
-                    details: json!({ "binary": inv.binary }),
-                };
-                if let Err(e) = ctx.store.record_event(&name, ev).await {
-                    log::error!("cannot store event: {e}");
-                }
-            }
-        }
-        *self.inner.invalid.borrow_mut() = report.invalid.clone();
-
-        // Retire plugins whose binary is gone.
-        let removed: Vec<Rc<Shared>> = self
+        let bound = ctx.store.plugin_bindings().unwrap_or_else(|e| {
+            log::error!("cannot read plugin bindings: {e}");
+            BTreeMap::new()
+        });
+        let running: BTreeMap<String, Holder> = self
             .inner
             .plugins
             .borrow()
             .values()
-            .filter(|s| !found.iter().any(|d| d.metadata.id == s.id))
-            .cloned()
+            .map(|s| {
+                let holder = Holder {
+                    file: file_name(&s.binary),
+                    route: s.metadata.route.clone(),
+                };
+                (s.id.clone(), holder)
+            })
             .collect();
-        for s in removed {
-            report.removed.push(s.id.clone());
+        let resolution = discovery::resolve(claims, &bound, &running, chrono::Utc::now());
+        let dir = &ctx.config.plugins_dir;
+        for (file, reason) in resolution.refused {
+            report.invalid.push(InvalidPlugin {
+                binary: dir.join(file).display().to_string(),
+                reason,
+            });
+        }
+        report.invalid.sort_by(|a, b| a.binary.cmp(&b.binary));
+        self.record_invalid(&report.invalid).await;
+
+        for a in &resolution.accepted {
+            if let Some(binding) = &a.bind {
+                let id = &a.claim.found.metadata.id;
+                match ctx.store.bind_plugin(id, Some(binding.clone()), None).await {
+                    Ok(_) => log::info!("plugin id {id} bound to {}", binding.file),
+                    // It still holds for this run: a running plugin counts as bound.
+                    Err(e) => log::error!("cannot persist the binding of {id}: {e}"),
+                }
+            }
+        }
+
+        // Retire plugins whose claim is gone or refused, and those whose file prints other
+        // metadata now (they start again below, keeping their log ring).
+        let accepted: BTreeMap<&str, &Claim> = resolution
+            .accepted
+            .iter()
+            .map(|a| (a.claim.found.metadata.id.as_str(), &a.claim))
+            .collect();
+        let current: Vec<Rc<Shared>> = self.inner.plugins.borrow().values().cloned().collect();
+        let mut rings = BTreeMap::new();
+        for s in current {
+            let why = match accepted.get(s.id.as_str()) {
+                None => "its binary is gone, or no longer claims it",
+                Some(c) => {
+                    let same = c.found.binary == s.binary
+                        && c.found.metadata == s.metadata
+                        && c.found.protocol == s.protocol;
+                    if same {
+                        if c.fresh {
+                            log::info!(
+                                "[{}] {} changed but prints the same metadata: the running process \
+                                 stays, the new file runs from its next start",
+                                s.id,
+                                c.file
+                            );
+                        }
+                        continue;
+                    }
+                    rings.insert(s.id.clone(), s.ring.clone());
+                    "its binary was replaced"
+                }
+            };
             let (tx, rx) = oneshot::channel();
             if s.commands.send(Command::Retire(tx)).await.is_ok() {
                 let _ = rx.await;
             }
             self.inner.plugins.borrow_mut().remove(&s.id);
-            log::info!("[{}] retired: its binary is gone", s.id);
+            log::info!("[{}] retired: {why}", s.id);
+            if rings.contains_key(&s.id) {
+                report.replaced.push(s.id.clone());
+            } else {
+                report.removed.push(s.id.clone());
+            }
         }
 
-        // Start new ones.
+        // Start new ones (and the replaced ones again).
         let records = ctx.store.plugin_records().unwrap_or_else(|e| {
             log::error!("cannot read plugin states: {e}");
             BTreeMap::new()
@@ -315,11 +396,17 @@ impl Supervisor {
             term_grace: cfg.term_grace,
             lost_grace: policy::LOST_CONNECTION_GRACE,
         };
-        for d in found {
-            if self.inner.plugins.borrow().contains_key(&d.metadata.id) {
+        for a in resolution.accepted {
+            let d = a.claim.found;
+            let id = d.metadata.id.clone();
+            if self.inner.plugins.borrow().contains_key(&id) {
                 continue;
             }
-            let id = d.metadata.id.clone();
+            // Checked with no await before the insert: `shutdown` retires every plugin inserted
+            // before it set the flag, and none is inserted after.
+            if self.stopping() {
+                break;
+            }
             let rec = records.get(&id);
             let enabled = rec.is_none_or(|r| r.enabled);
             let (tx, rx) = mpsc::channel(8);
@@ -328,6 +415,14 @@ impl Supervisor {
                 .events(Some(&id), 1)
                 .ok()
                 .and_then(|mut v| v.pop());
+            let replaced = rings.remove(&id);
+            let ring = replaced.clone().unwrap_or_else(|| {
+                Rc::new(LogRing::new(
+                    &id,
+                    ctx.config.log_ring_lines,
+                    ctx.config.log_lines_per_sec,
+                ))
+            });
             let shared = Rc::new(Shared {
                 id: id.clone(),
                 protocol: d.protocol,
@@ -341,11 +436,7 @@ impl Supervisor {
                 pid: Cell::new(None),
                 ready_since: Cell::new(None),
                 link: RefCell::new(None),
-                ring: Rc::new(LogRing::new(
-                    &id,
-                    ctx.config.log_ring_lines,
-                    ctx.config.log_lines_per_sec,
-                )),
+                ring,
                 last_event: RefCell::new(last_event),
                 commands: tx,
                 metadata: d.metadata,
@@ -354,10 +445,18 @@ impl Supervisor {
                 .plugins
                 .borrow_mut()
                 .insert(id.clone(), shared.clone());
-            report.added.push(id.clone());
+            if replaced.is_none() {
+                report.added.push(id.clone());
+            }
             log::info!(
-                "found plugin {id} ({}, protocol {}){}",
+                "{} plugin {id} ({}, version {}, protocol {}){}",
+                if replaced.is_some() {
+                    "replaced"
+                } else {
+                    "found"
+                },
                 d.binary.display(),
+                shared.metadata.version,
                 d.protocol.as_str(),
                 if enabled { "" } else { ", disabled" }
             );
@@ -365,6 +464,31 @@ impl Supervisor {
         }
         ctx.changed.notify_waiters();
         report
+    }
+
+    /// Log and store a `metadata-invalid` event for each skipped binary, once per distinct reason;
+    /// remember the list for [`Supervisor::invalid`].
+    async fn record_invalid(&self, invalid: &[InvalidPlugin]) {
+        let previous: Vec<InvalidPlugin> = self.inner.invalid.borrow().clone();
+        for inv in invalid {
+            let already = previous
+                .iter()
+                .any(|p| p.binary == inv.binary && p.reason == inv.reason);
+            if already {
+                continue;
+            }
+            log::error!("skipping plugin {}: {}", inv.binary, inv.reason);
+            let ev = NewEvent {
+                kind: EventKind::MetadataInvalid,
+                message: inv.reason.clone(),
+                details: json!({ "binary": inv.binary }),
+            };
+            let name = file_name(Path::new(&inv.binary));
+            if let Err(e) = self.inner.ctx.store.record_event(&name, ev).await {
+                log::error!("cannot store event: {e}");
+            }
+        }
+        *self.inner.invalid.borrow_mut() = invalid.to_vec();
     }
 
     /// Wait until no plugin is `Starting` (each start settles: ready, backoff or disabled), or
@@ -389,9 +513,11 @@ impl Supervisor {
         }
     }
 
-    /// Stop every plugin (shutdown → SIGTERM → SIGKILL) and wait until all are gone.
+    /// Stop every plugin (shutdown → SIGTERM → SIGKILL) and wait until all are gone. A scan still
+    /// probing is cancelled (its `--metadata` runs are killed), and no scan starts a plugin from
+    /// now on.
     pub async fn shutdown(&self) {
-        self.inner.shutting_down.set(true);
+        self.inner.stopping.send_replace(true);
         let all: Vec<Rc<Shared>> = self.inner.plugins.borrow().values().cloned().collect();
         let mut waits = Vec::new();
         for s in all {
@@ -486,4 +612,26 @@ impl Supervisor {
             notified.await;
         }
     }
+}
+
+/// Release `id` from the file it is bound to, in the store alone (the daemon's
+/// [`Supervisor::unbind`] checks first that no plugin runs from that file; with the daemon stopped,
+/// `toru plugins unbind` calls this directly). Records an `unbound` event.
+pub(crate) async fn unbind_stored(
+    store: &Store,
+    id: &str,
+) -> Result<PluginBinding, SupervisorError> {
+    let Some(binding) = store.plugin_bindings()?.remove(id) else {
+        return Err(SupervisorError::NotBound(id.into()));
+    };
+    let ev = NewEvent {
+        kind: EventKind::Unbound,
+        message: format!(
+            "no longer bound to {}: the next scan gives the id to the file that claims it",
+            binding.file
+        ),
+        details: json!({ "file": binding.file }),
+    };
+    store.bind_plugin(id, None, Some(ev)).await?;
+    Ok(binding)
 }

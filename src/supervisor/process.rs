@@ -1,4 +1,5 @@
-//! Starting and signalling plugin processes, and discovering them (`--metadata`).
+//! Starting and signalling plugin processes, listing plugin files and spawning their
+//! `--metadata` runs (which `discovery` drives).
 //!
 //! A plugin runs with a cleared environment (only `PATH`, `LANG` and `TORU_PLUGIN_SOCKET`: no
 //! `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin `/dev/null`, stdout and stderr piped, in its own
@@ -14,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use toru_plugin_api::protocol::{MetadataError, PluginMetadata, ProtocolVersion};
+use toru_plugin_api::protocol::{PluginMetadata, ProtocolVersion};
 
 /// Largest `--metadata` output accepted.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
@@ -163,67 +163,29 @@ pub fn list_binaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Run `binary --metadata` with a timeout and an output cap, and validate what it prints.
-pub async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Discovered, String> {
+/// Spawn `binary --metadata` the way discovery runs it: the plugins' clean environment (no
+/// socket), stdin `/dev/null`, stdout piped, stderr discarded, in its own process group that dies
+/// with the host, so that the caller can kill the run with everything it started
+/// ([`signal_group`] with the child's pid). Retried briefly while the file is busy.
+pub async fn spawn_metadata(binary: &Path) -> std::io::Result<Child> {
     let mut attempt = 1;
-    let mut child = loop {
-        let spawned = Command::new(binary)
-            .arg("--metadata")
+    loop {
+        let mut cmd = Command::new(binary);
+        cmd.arg("--metadata")
             .env_clear()
             .env("PATH", PLUGIN_PATH)
             .env("LANG", "C.UTF-8")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        match spawned {
-            Ok(c) => break c,
+            .kill_on_drop(true);
+        crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
+        match cmd.spawn() {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(BUSY_PAUSE).await;
             }
-            Err(e) => return Err(format!("cannot run --metadata: {e}")),
+            other => return other,
         }
-    };
-    let mut stdout = child.stdout.take().ok_or_else(|| "no stdout".to_string())?;
-    let work = async {
-        let mut out = Vec::new();
-        (&mut stdout)
-            .take(MAX_METADATA_BYTES as u64 + 1)
-            .read_to_end(&mut out)
-            .await
-            .map_err(|e| format!("reading --metadata output: {e}"))?;
-        if out.len() > MAX_METADATA_BYTES {
-            return Err(format!(
-                "--metadata printed more than {MAX_METADATA_BYTES} bytes"
-            ));
-        }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| format!("waiting for --metadata: {e}"))?;
-        if !status.success() {
-            return Err(format!("--metadata {}", describe_exit(&status).0));
-        }
-        Ok(out)
-    };
-    let out = match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(format!(
-                "--metadata did not finish within {} s",
-                timeout.as_secs()
-            ));
-        }
-    };
-    let metadata = PluginMetadata::parse(&out).map_err(|e| e.to_string())?;
-    let protocol = metadata
-        .validate()
-        .map_err(|e: MetadataError| e.to_string())?;
-    Ok(Discovered {
-        binary: binary.to_path_buf(),
-        metadata,
-        protocol,
-    })
+    }
 }

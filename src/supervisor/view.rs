@@ -1,4 +1,5 @@
-//! What the rest of the host may see of the supervisor: plain snapshots, serializable as API JSON.
+//! What the rest of the host may see of the supervisor: plain snapshots, serializable as API JSON,
+//! and its errors.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -79,8 +80,10 @@ pub struct InvalidPlugin {
 pub struct RescanReport {
     /// Ids of plugins that appeared.
     pub added: Vec<String>,
-    /// Ids of plugins whose binary disappeared.
+    /// Ids of plugins retired: their binary disappeared, or no longer claims the id, or is refused.
     pub removed: Vec<String>,
+    /// Ids of plugins whose binary was replaced with one printing other metadata: restarted with it.
+    pub replaced: Vec<String>,
     /// Binaries skipped.
     pub invalid: Vec<InvalidPlugin>,
 }
@@ -176,4 +179,17 @@ pub enum SupervisorError {
     /// The supervisor is shutting down.
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// `unbind` of an id whose bound file still runs it.
+    #[error(
+        "plugin {id:?} runs from {file}, the file it is bound to; remove or rename that file and rescan first"
+    )]
+    StillClaimed {
+        /// Plugin id.
+        id: String,
+        /// The file it is bound to.
+        file: String,
+    },
+    /// `unbind` of an id that is not bound to any file.
+    #[error("plugin id {0:?} is not bound to any file")]
+    NotBound(String),
 }

@@ -128,6 +128,15 @@ pub struct HostOpts {
     pub runtime_dir: Option<PathBuf>,
 }
 
+/// What a start waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    /// `READY=1`.
+    Ready,
+    /// The first notify message with the address (the HTTP server runs).
+    Serving,
+}
+
 /// A running host. Killed (SIGKILL; its plugins follow through their parent-death signal, and
 /// what is left in its cgroups is killed and the cgroups removed) when dropped; [`Host::stop`]
 /// stops it the way systemd does.
@@ -156,7 +165,7 @@ pub struct Host {
     /// The binaries it runs.
     pub bins: Bins,
     /// The cgroup holding its plugins' cgroups, as it recorded it (`<runtime-dir>/cgroup`) by its
-    /// last `READY=1`; what is left in it is killed and removed when the `Host` is dropped.
+    /// last start; what is left in it is killed and removed when the `Host` is dropped.
     pub cgroup: Option<PathBuf>,
 }
 
@@ -167,8 +176,28 @@ impl Host {
         Host::try_start(&bins, &opts).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Start `toru` and return as soon as it serves HTTP, before `READY=1`: the host announces its
+    /// address (`X_TORU_LISTEN=`, with `STATUS=`) once its HTTP server runs, while the plugins found
+    /// at start may still be discovered. [`Host::wait_ready`] then waits for `READY=1`. Panics with
+    /// the log.
+    pub fn start_serving(opts: HostOpts) -> Host {
+        let bins = Bins::locate().unwrap_or_else(|e| panic!("{e}"));
+        Host::try_start_until(&bins, &opts, Until::Serving).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait for `READY=1` (after [`Host::start_serving`]); panics with the log.
+    pub fn wait_ready(&mut self) {
+        let t0 = Instant::now();
+        self.try_wait(t0, Until::Ready)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Start `toru` from `bins` and wait for `READY=1`.
     pub fn try_start(bins: &Bins, opts: &HostOpts) -> Result<Host, KitError> {
+        Host::try_start_until(bins, opts, Until::Ready)
+    }
+
+    fn try_start_until(bins: &Bins, opts: &HostOpts, until: Until) -> Result<Host, KitError> {
         let root = match &opts.root {
             Some(r) => r.clone(),
             None => try_temp_dir("h")?,
@@ -201,7 +230,7 @@ impl Host {
             bins: bins.clone(),
             cgroup: None,
         };
-        h.try_wait_ready(t0)?;
+        h.try_wait(t0, until)?;
         Ok(h)
     }
 
@@ -232,30 +261,38 @@ impl Host {
             &self.runtime_dir,
             opts,
         )?;
-        self.try_wait_ready(t0)
+        self.try_wait(t0, Until::Ready)
     }
 
-    /// Receive notify datagrams until one says `READY=1`; take the address from it.
-    fn try_wait_ready(&mut self, t0: Instant) -> Result<(), KitError> {
+    /// Receive notify datagrams until one says `READY=1` (or, for [`Until::Serving`], carries the
+    /// address); take the address from it.
+    fn try_wait(&mut self, t0: Instant, until: Until) -> Result<(), KitError> {
         let deadline = t0 + WAIT;
         let msg = loop {
             let msg = self.try_recv_notify(deadline)?;
-            if msg.lines().any(|l| l == "READY=1") {
+            let done = match until {
+                Until::Ready => msg.lines().any(|l| l == "READY=1"),
+                Until::Serving => msg.lines().any(|l| l.starts_with("X_TORU_LISTEN=")),
+            };
+            if done {
                 break msg;
             }
         };
-        self.start_to_ready = t0.elapsed();
         let field = |name: &str| {
             msg.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .map(str::to_string)
         };
-        self.ready_status = field("STATUS=").unwrap_or_default();
+        if until == Until::Ready {
+            self.start_to_ready = t0.elapsed();
+            self.ready_status = field("STATUS=").unwrap_or_default();
+        }
         self.addr = field("X_TORU_LISTEN=")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| KitError::NoAddress(msg.clone()))?;
-        // Read only once this host is ready: the record is its own then (a host refused on a
-        // runtime dir in use never gets here, so it never claims the running host's cgroup).
+        // Read only once this host serves (it records its cgroup before it does): the record is its
+        // own then (a host refused on a runtime dir in use never gets here, so it never claims the
+        // running host's cgroup).
         self.cgroup = std::fs::read_to_string(self.runtime_dir.join("cgroup"))
             .ok()
             .map(|s| PathBuf::from(s.trim_end()));
@@ -384,8 +421,27 @@ impl Drop for Host {
         if let Some(cg) = self.cgroup.take() {
             crate::remove_host_cgroups(&cg);
         }
+        // A passing test's dirs go (each holds copies of the plugin binaries: tens of MB); a
+        // failing test's stay for a look. Only the kit's own temp dirs (`/tmp/tt-…`) are removed:
+        // a root the caller made elsewhere is the caller's.
+        if !std::thread::panicking() && self.root.starts_with(TEMP_BASE) && is_kit_temp(&self.root)
+        {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
+
+/// Whether `dir` is one of [`crate::try_temp_dir`]'s (`/tmp/tt-<tag>-<pid>-<n>`).
+fn is_kit_temp(dir: &Path) -> bool {
+    dir.parent() == Some(Path::new(TEMP_BASE))
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tt-"))
+}
+
+/// Where the kit's temp dirs live.
+const TEMP_BASE: &str = "/tmp";
 
 /// `toru --data-dir … --plugins-dir … --runtime-dir …` from `bins`.
 fn toru_command(bins: &Bins, data: &Path, plugins: &Path, run: &Path) -> Command {
