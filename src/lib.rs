@@ -179,8 +179,10 @@ pub struct Prepared {
 /// The lock file in the runtime dir.
 const RUNTIME_LOCK: &str = "toru.lock";
 
-/// Lock the runtime dir for this host (an exclusive `flock` on `<runtime-dir>/toru.lock`, released
-/// by the kernel however the host ends), or report that another holds it.
+/// Lock the runtime dir for this host: a POSIX record lock on `<runtime-dir>/toru.lock`
+/// (`sys::try_lock_process`), which belongs to this process alone — a plugin forked but not yet
+/// exec'd when the host is killed does not hold it, so a host restarted at once gets it — and goes
+/// with it however it ends. Held for the life of the returned file.
 fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     let path = dir.join(RUNTIME_LOCK);
     let err = |source| RunError::RuntimeDirLock {
@@ -193,10 +195,10 @@ fn lock_runtime_dir(dir: &Path) -> Result<std::fs::File, RunError> {
         .write(true)
         .open(&path)
         .map_err(err)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::RuntimeDirInUse(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    match sys::try_lock_process(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(RunError::RuntimeDirInUse(dir.to_path_buf())),
+        Err(e) => Err(err(e)),
     }
 }
 

@@ -137,6 +137,27 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Take an exclusive POSIX record lock (`fcntl(F_SETLK)`) on all of `file`, without waiting:
+/// `Ok(false)` when another process holds one. Unlike `flock`, such a lock belongs to the process,
+/// not to the open file: a child forked but not yet exec'd does not hold it, so the lock goes the
+/// moment its process dies. It also goes when the process closes *any* descriptor of the file.
+pub(crate) fn try_lock_process(file: &File) -> io::Result<bool> {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value, then filled in below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    // l_start = 0, l_len = 0: the whole file, however long it grows.
+    // SAFETY: a live descriptor (borrowed from `file`) and a pointer to a live, initialised flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// Send `sig` to every process of the group `pgid`. A group that no longer exists is fine;
 /// `pgid` 0 (which would mean "our own group") is refused and does nothing.
 pub(crate) fn signal_group(pgid: u32, sig: libc::c_int) {
@@ -371,6 +392,32 @@ mod tests {
         assert!(reap(child.id()).expect("our child"), "reaped now");
         assert!(reap(child.id()).is_err(), "not our child any more");
         assert!(child.wait().is_err(), "std finds nothing left to wait for");
+    }
+
+    #[test]
+    fn a_process_lock_is_refused_to_another_process_but_not_to_a_fork_before_exec() {
+        let path = std::env::temp_dir().join(format!("toru-lock-{}", std::process::id()));
+        let file = File::create(&path).expect("lock file");
+        assert!(try_lock_process(&file).expect("lock"));
+        // A child forked here does not share the lock (it would then be granted its own, as a
+        // process is never refused by its own locks): it is refused like any other process.
+        // SAFETY: fork in a test; the child only calls fcntl and _exit (async-signal-safe).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let held = !matches!(try_lock_process(&file), Ok(true));
+            // SAFETY: leaving the forked child without running the test harness's destructors.
+            unsafe { libc::_exit(i32::from(held)) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child just forked, into a live local.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            1,
+            "the child saw our lock as another's"
+        );
+        drop(file);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
