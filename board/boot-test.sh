@@ -36,6 +36,16 @@ fail() {
     echo "boot test FAILED ($machine): $*" >&2
     echo "---- last lines of the serial console ----" >&2
     tail -n 80 "$console" 2>/dev/null | tr -d '\r' >&2 || true
+    # What the host itself says, when it answers and a token exists: plugins, system, plugin logs.
+    if [ -n "${token:-}" ] && [ -n "${port:-}" ]; then
+        local p
+        for p in /api/plugins /api/system "${expected[@]/#//api/plugins/}"; do
+            case "$p" in /api/plugins/*) p="$p/logs?limit=40" ;; esac
+            echo "---- GET $p ----" >&2
+            curl -s --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$port$p" >&2 || true
+            echo >&2
+        done
+    fi
     exit 1
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -53,7 +53,7 @@ pub mod role;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -332,6 +332,7 @@ pub async fn run(
                 report.added.len(),
                 report.invalid.len()
             );
+            retry_timed_out_metadata(&supervisor, &report);
             supervisor
                 .settle(cfg.socket_timeout + cfg.ready_timeout)
                 .await;
@@ -369,6 +370,7 @@ pub async fn run(
                         r.replaced.len(),
                         r.invalid.len()
                     );
+                    retry_timed_out_metadata(&supervisor, &r);
                 });
             }
             _ = async {
@@ -397,6 +399,44 @@ pub async fn run(
     let _ = std::fs::remove_file(&addr_file);
     log::info!("stopped");
     Ok(())
+}
+
+/// Delays between rescans after a `--metadata` run timed out (a device still busy booting, a slow
+/// SD card): the file is asked again instead of staying "invalid" until someone rescans.
+const METADATA_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(300),
+];
+
+/// If `report` skipped a binary only because its `--metadata` run timed out, rescan later (see
+/// [`METADATA_RETRY_DELAYS`]) until none times out. Metadata that is wrong is not retried: it
+/// waits for the file to change and a rescan.
+fn retry_timed_out_metadata(supervisor: &Supervisor, report: &supervisor::RescanReport) {
+    if !report
+        .invalid
+        .iter()
+        .any(supervisor::InvalidPlugin::timed_out)
+    {
+        return;
+    }
+    log::warn!(
+        "a --metadata run timed out; asking again in {:?}",
+        METADATA_RETRY_DELAYS[0]
+    );
+    let supervisor = supervisor.clone();
+    tokio::task::spawn_local(async move {
+        for delay in METADATA_RETRY_DELAYS {
+            tokio::time::sleep(delay).await;
+            let r = supervisor.rescan().await;
+            if !r.invalid.iter().any(supervisor::InvalidPlugin::timed_out) {
+                return;
+            }
+        }
+        log::error!("--metadata still times out after every retry; rescan (SIGHUP) to try again");
+    });
 }
 
 #[cfg(test)]

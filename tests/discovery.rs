@@ -438,3 +438,48 @@ fn a_replaced_binary_is_read_again_at_the_next_rescan() {
         (&json!("2"), &second["pid"])
     );
 }
+
+/// Found on the board image under QEMU: hello-python's `--metadata` took longer than the timeout
+/// while the device was still booting, and the plugin stayed "invalid" until someone rescanned. A
+/// binary skipped only because its `--metadata` timed out is asked again later by itself.
+#[test]
+fn a_metadata_run_that_timed_out_is_retried_without_a_rescan() {
+    let (root, marks) = root_with_marks("retry");
+    let hello = Bins::locate().unwrap().get("hello-rust");
+    let m = marks.display();
+    let fifo = marks.join("never");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The first `--metadata` run hangs (until it is killed at the timeout); later ones answer.
+    let slow = PluginSrc::Script {
+        name: "slowmeta".into(),
+        body: format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = --metadata ]; then\n\
+             if [ ! -e {m}/once ]; then touch {m}/once; read line < {m}/never; fi\n\
+             echo '{{\"id\":\"slowmeta\",\"name\":\"Slow\",\"version\":\"1\",\"icon\":\"x\",\"route\":\"/slowmeta\",\"protocol\":\"1.1\"}}'\n\
+             exit 0\n\
+             fi\n\
+             exec {} \"$@\"\n",
+            hello.display()
+        ),
+    };
+    let h = Host::start(HostOpts {
+        root: Some(root),
+        plugins: vec![slow],
+        config: Some("[supervisor]\nmetadata_timeout_ms = 300\n".into()),
+        ..Default::default()
+    });
+    assert!(marks.join("once").exists(), "the first run happened");
+    let state = eventually("slowmeta to be found and ready without a rescan", || {
+        plugin(&h, "slowmeta")
+            .and_then(|p| p["state"].as_str().map(String::from))
+            .filter(|s| s == "ready")
+    });
+    assert_eq!(state, "ready");
+}

@@ -79,6 +79,9 @@ pub(crate) fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// How the reason for a `--metadata` run that timed out starts (`InvalidPlugin::timed_out`).
+pub(crate) const METADATA_TIMED_OUT: &str = "--metadata did not finish within";
+
 /// What probing one file found.
 #[derive(Debug)]
 pub(crate) struct Probe {
@@ -212,10 +215,7 @@ pub(crate) async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Di
     let out = match tokio::time::timeout(timeout, async { tokio::try_join!(read, exited) }).await {
         Ok(r) => r?.0,
         Err(_) => {
-            return Err(format!(
-                "--metadata did not finish within {} ms",
-                timeout.as_millis()
-            ));
+            return Err(format!("{METADATA_TIMED_OUT} {} ms", timeout.as_millis()));
         }
     };
     let metadata = PluginMetadata::parse(&out).map_err(|e| e.to_string())?;

@@ -75,6 +75,15 @@ pub struct InvalidPlugin {
     pub reason: String,
 }
 
+impl InvalidPlugin {
+    /// Whether it was skipped only because its `--metadata` run took too long (a loaded or slow
+    /// device at boot): worth asking again later, unlike metadata that is wrong.
+    pub fn timed_out(&self) -> bool {
+        self.reason
+            .starts_with(super::discovery::METADATA_TIMED_OUT)
+    }
+}
+
 /// Result of a rescan.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RescanReport {
