@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
-//! benchmarks reach the few internals they drive through the hidden `bench_internals`.
+//! benchmarks (`bench/`) and the fuzz targets (`fuzz/`) reach the few internals they drive through
+//! the hidden [`internals`].
 //! The protocol types, frame codec and request multiplexer are `toru_plugin_api`'s (shared with
 //! the SDKs; the host uses it without the SDK runner).
 //!
@@ -62,14 +63,23 @@ pub mod notify;
 pub mod store_cmd;
 pub mod sys;
 
-/// Internals the benchmarks (`bench/`) drive in-process. Not API: hidden, and may change with any
-/// commit. Everything else in the crate is `pub(crate)` unless `main` needs it, so the compiler
-/// reports dead code.
+/// Internals the benchmarks (`bench/`) and the fuzz targets (`fuzz/`) drive in-process. Not API:
+/// hidden, and may change with any commit. Everything else in the crate is `pub(crate)` unless
+/// `main` needs it, so the compiler reports dead code. (The config parser the fuzzer drives is
+/// [`Config::apply_toml`], public already.)
 #[doc(hidden)]
-pub mod bench_internals {
+pub mod internals {
     pub use crate::store::{Store, StoreOptions};
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
+
+    /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
+    pub mod http {
+        pub use crate::http::checks::{
+            HostNames, client_ip, host_name, plugin_target, rest_ok, route_segment_ok, same_origin,
+        };
+        pub use crate::http::router::{ApiRoute, OpenRoute, PluginAction, Route, class_of};
+    }
 }
 
 use std::future::Future;

@@ -431,4 +431,11 @@ fn query_parsing() {
     assert_eq!(req.query_param("flag").as_deref(), Some(""));
     assert_eq!(req.query_param("bad").as_deref(), Some("%zz"));
     assert_eq!(percent_decode("%41%4"), "A%4");
+    // Found by fuzzing the host's path check: `u8::from_str_radix` takes a sign, so `%+5` was
+    // decoded as byte 5. An escape is `%` and two hex digits; anything else stays as written.
+    assert_eq!(
+        percent_decode("%+5%-1%2b"),
+        "% 5%-1+",
+        "`+` is a space, `%2b` a `+`"
+    );
 }
