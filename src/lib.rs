@@ -15,7 +15,8 @@
 //!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
-//! config · role · notify · sys · fault    leaves: settings, roles, sd_notify, unsafe, test faults
+//! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
+//!                         test faults, which clock answers what
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
@@ -39,6 +40,7 @@
 
 mod app;
 pub(crate) mod auth;
+mod clock;
 pub mod config;
 #[cfg(debug_assertions)]
 mod fault;
@@ -48,8 +50,6 @@ pub(crate) mod store;
 pub(crate) mod supervisor;
 
 use std::time::Instant;
-
-use chrono::Utc;
 
 use crate::app::App;
 use crate::config::Config;
@@ -204,7 +204,7 @@ pub async fn run(
         store: store.clone(),
         supervisor: supervisor.clone(),
         started: Instant::now(),
-        started_at: Utc::now(),
+        started_at: crate::clock::now(),
     });
     let report = supervisor.rescan().await;
     log::info!(
@@ -252,7 +252,7 @@ pub async fn run(
         supervisor.status_line()
     ));
     log::info!("ready: {}", supervisor.status_line());
-    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    let mut watchdog = notifier.watchdog_period().map(watchdog_timer);
     let notifier = Rc::new(notifier);
     #[cfg(debug_assertions)]
     fault::spawn_from_env(&|k| std::env::var(k).ok(), Rc::clone(&notifier));
@@ -290,10 +290,37 @@ pub async fn run(
     Ok(())
 }
 
+/// The watchdog's ping timer. After the loop was held up (or the monotonic clock jumped, as it does
+/// for a VM that was paused), one ping says it runs again: the missed ones are skipped, not sent
+/// in a burst (a year's worth would spin the loop for a minute).
+fn watchdog_timer(period: std::time::Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    timer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A monotonic jump (a paused VM resumed) used to release every missed watchdog ping at once:
+    /// a year at a 15 s period is two million `WATCHDOG=1` datagrams sent back to back.
+    #[tokio::test(start_paused = true)]
+    async fn a_monotonic_jump_releases_one_watchdog_ping_not_a_burst() {
+        use std::task::{Context, Waker};
+        let period = std::time::Duration::from_secs(15);
+        let mut timer = watchdog_timer(period);
+        timer.tick().await; // the first tick is immediate
+        tokio::time::advance(std::time::Duration::from_secs(365 * 24 * 3600)).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut ready = 0;
+        while timer.poll_tick(&mut cx).is_ready() {
+            ready += 1;
+            assert!(ready < 100, "a burst of missed pings");
+        }
+        assert_eq!(ready, 1);
+    }
 
     /// `run` in-process, as a caller other than `main` drives it: a listener it did not bind
     /// (port 0), and a shutdown future that resolves once a request was answered.

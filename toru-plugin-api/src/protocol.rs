@@ -626,7 +626,8 @@ impl<M> Frame<M> {
     pub fn new(request_id: Option<String>, message: M) -> Frame<M> {
         Frame {
             request_id,
-            timestamp: Utc::now().fixed_offset(),
+            // Not `Utc::now()`: it panics on a clock set before 1970; this conversion cannot.
+            timestamp: DateTime::<Utc>::from(std::time::SystemTime::now()).fixed_offset(),
             message,
         }
     }
