@@ -844,8 +844,10 @@ fn take_scalar(v: &str) -> Result<(serde_json::Value, &str), String> {
                         let hex: String = (0..4)
                             .filter_map(|_| chars.next().map(|(_, h)| h))
                             .collect();
-                        let ch = u32::from_str_radix(&hex, 16)
-                            .ok()
+                        // Four hex digits: `from_str_radix` alone would also take a sign.
+                        let ch = Some(&hex)
+                            .filter(|h| h.len() == 4 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
                             .and_then(char::from_u32)
                             .ok_or_else(|| format!("invalid escape \\u{hex}"))?;
                         out.push(ch);
@@ -945,6 +947,8 @@ mod tests {
             ("a = 1\na = 2", "line 2: key \"a\" appears twice"),
             ("a = [1,\n2]", "one line"),
             ("a.b = 1", "invalid key"),
+            ("a = \"\\u+041\"", "invalid escape"),
+            ("a = \"\\u04\"", "invalid escape"),
         ] {
             let e = parse_toml(bad).unwrap_err();
             assert!(e.contains(needle), "{bad:?}: {e}");
