@@ -122,9 +122,9 @@ const YEAR_BEFORE: &str = "@1969-01-01 00:00:00";
 
 /// A slow plugin route (answers after 4 s) under a 1 s plugin timeout, a plugin that crashes at
 /// every start (backoff of 100 ms units: its ten starts take about 10 s), and hello-rust pinged
-/// every 200 ms.
+/// every second.
 const CONFIG: &str = "[http]\nplugin_timeout_ms = 1000\n\
-    [supervisor]\nbackoff_base_ms = 100\nheartbeat_interval_ms = 200\nheartbeat_misses = 3\n";
+    [supervisor]\nbackoff_base_ms = 100\nheartbeat_interval_ms = 1000\nheartbeat_misses = 3\n";
 
 fn plugins() -> Vec<PluginSrc> {
     let stress = |mode: &str| PluginSrc::Built {
@@ -239,6 +239,14 @@ fn wall_clock_jumps_leave_backoff_timeouts_heartbeats_and_throttles_working() {
         (Some("ready"), Some(0)),
         "{hello}"
     );
+    // Events written now carry 1969 timestamps.
+    let r = post(
+        h,
+        "/api/plugins/hello-rust/restart",
+        Some(&c1969),
+        &json!({}),
+    );
+    assert!((200..300).contains(&r.status), "{}", r.text());
     eventually("a 1969 event", || {
         let events = get(h, "/api/events?limit=200", &c1969).json();
         let list = events

@@ -4,6 +4,10 @@
 //! changes (generation bump). The last use of each session is kept in memory only (no store write
 //! per request), bounded; after a restart a session counts as used at its first request.
 //!
+//! Idle time is monotonic; the absolute age is wall-clock time since the login (it must survive a
+//! restart), so a jump of the wall clock moves it: forward past the limit, sessions end; back, a
+//! session created "in the future" ends too, and the next login deletes it (`crate::clock`).
+//!
 //! Also the request-time identity types ([`Identity`], [`Via`], [`Unauthenticated`]). Called by
 //! `login`; reads the `Cookie` header text the web layer hands over, never an HTTP type.
 
