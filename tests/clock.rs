@@ -84,6 +84,18 @@ impl FakedHost {
     }
 }
 
+impl Drop for FakedHost {
+    /// Stop the host and remove its temp root, unless the test failed (then the root, with
+    /// `host.log`, stays for a look).
+    fn drop(&mut self) {
+        let _ = self.host.child.kill();
+        let _ = self.host.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.host.root);
+        }
+    }
+}
+
 fn set_time(file: &Path, at: &str) {
     // Written whole and renamed: the host never reads half a line.
     let tmp = file.with_extension("new");
