@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Everything the host needs to start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the web UI and API listen.
     pub listen: SocketAddr,
@@ -54,7 +54,7 @@ pub struct Config {
 }
 
 /// HTTP limits (all configurable) and auth settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     /// Connections served at once; beyond it, new connections get a fast 503.
     pub max_connections: usize,
@@ -85,7 +85,7 @@ pub struct HttpConfig {
 }
 
 /// Supervisor timings (the spec's defaults).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorConfig {
     /// `--metadata` must finish within this.
     pub metadata_timeout: Duration,
@@ -386,6 +386,52 @@ impl FileRules<'_> {
         })
     }
 
+    /// The file's keys as [`FileConfig`]. Each key is first read alone, so that an unknown key or
+    /// a value of the wrong type is refused with its key and line (serde's own error has neither).
+    fn file_config(
+        &self,
+        root: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<FileConfig, ConfigError> {
+        use serde_json::{Map, Value};
+        let alone = |table: Option<&str>, key: &str, v: &Value| {
+            let entry = Value::Object(Map::from_iter([(key.to_string(), v.clone())]));
+            let doc = match table {
+                None => entry,
+                Some(t) => Value::Object(Map::from_iter([(t.to_string(), entry)])),
+            };
+            serde_json::from_value::<FileConfig>(doc)
+                .map(drop)
+                .map_err(|e| {
+                    let full = table.map_or_else(|| key.to_string(), |t| format!("{t}.{key}"));
+                    let shown = match v {
+                        Value::Object(_) => "[table]".to_string(),
+                        other => other.to_string(),
+                    };
+                    self.refuse(&full, shown, e.to_string())
+                })
+        };
+        for (key, v) in root {
+            match v {
+                // The table's name alone first (an unknown table), then each of its keys.
+                Value::Object(table) => {
+                    alone(None, key, &Value::Object(Map::new()))?;
+                    for (k, v) in table {
+                        alone(Some(key), k, v)?;
+                    }
+                }
+                v => alone(None, key, v)?,
+            }
+        }
+        // Every key was read alone above, so this cannot fail; should it, the first line is named.
+        serde_json::from_value(Value::Object(root.clone())).map_err(|e| ConfigError::FileValue {
+            path: self.path.to_path_buf(),
+            line: 1,
+            key: "(file)".to_string(),
+            value: String::new(),
+            expected: e.to_string(),
+        })
+    }
+
     /// A duration from `key_ms`, or from its deprecated whole-second spelling `key_secs`.
     fn millis(
         &mut self,
@@ -483,20 +529,7 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
-            let parse_error = |message| ConfigError::Parse {
-                path: path.clone(),
-                message,
-            };
-            let toml = parse_toml(&text).map_err(parse_error)?;
-            let f: FileConfig =
-                serde_json::from_value(toml.value).map_err(|e| parse_error(e.to_string()))?;
-            let mut rules = FileRules {
-                path: &path,
-                lines: &toml.lines,
-                deprecations: Vec::new(),
-            };
-            c.apply_file(f, &mut rules)?;
-            c.deprecations = rules.deprecations;
+            c.apply_toml(&path, &text)?;
         }
         // Environment, then flags.
         if let Some(v) = env("TORU_LISTEN") {
@@ -538,6 +571,26 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// Apply a config file's `text` over `self` (`path` names the file in errors), and add the
+    /// deprecated keys it used to [`Config::deprecations`]. Every refusal names its line: a syntax
+    /// error is [`ConfigError::Parse`] (`line N: …`); an unknown key, a value of the wrong type or
+    /// out of its range is [`ConfigError::FileValue`] with the key. Nothing else is read.
+    pub fn apply_toml(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let toml = parse_toml(text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let mut rules = FileRules {
+            path,
+            lines: &toml.lines,
+            deprecations: Vec::new(),
+        };
+        let f = rules.file_config(&toml.value)?;
+        self.apply_file(f, &mut rules)?;
+        self.deprecations.append(&mut rules.deprecations);
+        Ok(())
     }
 
     fn apply_file(&mut self, f: FileConfig, rules: &mut FileRules<'_>) -> Result<(), ConfigError> {
@@ -718,10 +771,11 @@ impl Config {
     }
 }
 
-/// A parsed config file: the value, and the line of every key (`listen`, `http.max_connections`).
+/// A parsed config file: the value, and the line of every key (`listen`, `http.max_connections`)
+/// and table header (`http`).
 #[derive(Debug)]
 struct ParsedToml {
-    value: serde_json::Value,
+    value: serde_json::Map<String, serde_json::Value>,
     lines: HashMap<String, usize>,
 }
 
@@ -752,6 +806,7 @@ fn parse_toml(text: &str) -> Result<ParsedToml, String> {
                 return Err(err(&format!("table [{name}] appears twice")));
             }
             root.insert(name.to_string(), Value::Object(Map::new()));
+            lines.insert(name.to_string(), line_no);
             table = Some(name.to_string());
             continue;
         }
@@ -779,10 +834,7 @@ fn parse_toml(text: &str) -> Result<ParsedToml, String> {
         };
         lines.insert(full, line_no);
     }
-    Ok(ParsedToml {
-        value: Value::Object(root),
-        lines,
-    })
+    Ok(ParsedToml { value: root, lines })
 }
 
 fn is_bare_key(k: &str) -> bool {
@@ -861,8 +913,10 @@ fn take_scalar(v: &str) -> Result<(serde_json::Value, &str), String> {
                         let hex: String = (0..4)
                             .filter_map(|_| chars.next().map(|(_, h)| h))
                             .collect();
-                        let ch = u32::from_str_radix(&hex, 16)
-                            .ok()
+                        // Four hex digits: `from_str_radix` alone would also take a sign.
+                        let ch = Some(&hex)
+                            .filter(|h| h.len() == 4 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
                             .and_then(char::from_u32)
                             .ok_or_else(|| format!("invalid escape \\u{hex}"))?;
                         out.push(ch);
@@ -962,6 +1016,8 @@ mod tests {
             ("a = 1\na = 2", "line 2: key \"a\" appears twice"),
             ("a = [1,\n2]", "one line"),
             ("a.b = 1", "invalid key"),
+            ("a = \"\\u+041\"", "invalid escape"),
+            ("a = \"\\u04\"", "invalid escape"),
         ] {
             let e = parse_toml(bad).unwrap_err();
             assert!(e.contains(needle), "{bad:?}: {e}");
@@ -1112,6 +1168,39 @@ mod tests {
                 shown.contains(&format!("line {want_line}: {want_key} = ")),
                 "{text}: {shown}"
             );
+        }
+    }
+
+    /// Unknown keys, unknown tables and values of the wrong type used to be refused with serde's
+    /// sentence alone ("unknown field `lisen`…"), naming neither the key's table nor its line.
+    #[test]
+    fn unknown_keys_and_wrong_types_name_their_key_and_line() {
+        let cases = [
+            ("\nlisen = \"127.0.0.1:1\"", "lisen", 2),
+            ("listen = 5", "listen", 1),
+            (
+                "[http]\nmax_connections = \"many\"",
+                "http.max_connections",
+                2,
+            ),
+            ("[http]\n\nbogus = 1", "http.bogus", 3),
+            ("\n[bogus]\nx = 1", "bogus", 2),
+            ("[listen]", "listen", 1),
+            ("http = 1", "http", 1),
+            ("[http]\nallowed_hosts = [1]", "http.allowed_hosts", 2),
+            (
+                "[supervisor]\nheartbeat_misses = true",
+                "supervisor.heartbeat_misses",
+                2,
+            ),
+        ];
+        for (text, want_key, want_line) in cases {
+            match load_text(text).expect_err(text) {
+                ConfigError::FileValue { key, line, .. } => {
+                    assert_eq!((key.as_str(), line), (want_key, want_line), "{text}");
+                }
+                other => panic!("{text}: not a FileValue refusal: {other}"),
+            }
         }
     }
 

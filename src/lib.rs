@@ -16,11 +16,13 @@
 //!                         descendants (a cgroup per plugin or the host as subreaper)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
-//! config · role · notify · sys · fault    leaves: settings, roles, sd_notify, unsafe, test faults
+//! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
+//!                         test faults, which clock answers what
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
-//! benchmarks reach the few internals they drive through the hidden `bench_internals`.
+//! benchmarks (`bench/`) and the fuzz targets (`fuzz/`) reach the few internals they drive through
+//! the hidden [`internals`].
 //! The protocol types, frame codec and request multiplexer are `toru_plugin_api`'s (shared with
 //! the SDKs; the host uses it without the SDK runner).
 //!
@@ -44,6 +46,7 @@
 
 mod app;
 pub(crate) mod auth;
+mod clock;
 pub mod config;
 pub mod error_chain;
 #[cfg(debug_assertions)]
@@ -54,8 +57,6 @@ pub(crate) mod store;
 pub(crate) mod supervisor;
 
 use std::time::{Duration, Instant};
-
-use chrono::Utc;
 
 use crate::app::App;
 use crate::config::Config;
@@ -69,14 +70,23 @@ pub mod notify;
 pub mod store_cmd;
 pub mod sys;
 
-/// Internals the benchmarks (`bench/`) drive in-process. Not API: hidden, and may change with any
-/// commit. Everything else in the crate is `pub(crate)` unless `main` needs it, so the compiler
-/// reports dead code.
+/// Internals the benchmarks (`bench/`) and the fuzz targets (`fuzz/`) drive in-process. Not API:
+/// hidden, and may change with any commit. Everything else in the crate is `pub(crate)` unless
+/// `main` needs it, so the compiler reports dead code. (The config parser the fuzzer drives is
+/// [`Config::apply_toml`], public already.)
 #[doc(hidden)]
-pub mod bench_internals {
+pub mod internals {
     pub use crate::store::{Store, StoreOptions};
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
+
+    /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
+    pub mod http {
+        pub use crate::http::checks::{
+            HostNames, client_ip, host_name, plugin_target, rest_ok, route_segment_ok, same_origin,
+        };
+        pub use crate::http::router::{ApiRoute, OpenRoute, PluginAction, Route, class_of};
+    }
 }
 
 use std::future::Future;
@@ -283,7 +293,7 @@ pub async fn run(
         store: store.clone(),
         supervisor: supervisor.clone(),
         started: Instant::now(),
-        started_at: Utc::now(),
+        started_at: crate::clock::now(),
     });
     if let Err(e) = auth::ensure_setup_code(&app).await {
         log::error!("cannot prepare the setup code: {e}");
@@ -339,7 +349,7 @@ pub async fn run(
         }
     });
     let mut ready = false;
-    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    let mut watchdog = notifier.watchdog_period().map(watchdog_timer);
     let notifier = Rc::new(notifier);
     #[cfg(debug_assertions)]
     fault::spawn_from_env(&|k| std::env::var(k).ok(), Rc::clone(&notifier));
@@ -439,10 +449,37 @@ fn retry_timed_out_metadata(supervisor: &Supervisor, report: &supervisor::Rescan
     });
 }
 
+/// The watchdog's ping timer. After the loop was held up (or the monotonic clock jumped, as it does
+/// for a VM that was paused), one ping says it runs again: the missed ones are skipped, not sent
+/// in a burst (a year's worth would spin the loop for a minute).
+fn watchdog_timer(period: std::time::Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    timer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A monotonic jump (a paused VM resumed) used to release every missed watchdog ping at once:
+    /// a year at a 15 s period is two million `WATCHDOG=1` datagrams sent back to back.
+    #[tokio::test(start_paused = true)]
+    async fn a_monotonic_jump_releases_one_watchdog_ping_not_a_burst() {
+        use std::task::{Context, Waker};
+        let period = std::time::Duration::from_secs(15);
+        let mut timer = watchdog_timer(period);
+        timer.tick().await; // the first tick is immediate
+        tokio::time::advance(std::time::Duration::from_secs(365 * 24 * 3600)).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut ready = 0;
+        while timer.poll_tick(&mut cx).is_ready() {
+            ready += 1;
+            assert!(ready < 100, "a burst of missed pings");
+        }
+        assert_eq!(ready, 1);
+    }
 
     /// `run` in-process, as a caller other than `main` drives it: a listener it did not bind
     /// (port 0), and a shutdown future that resolves once a request was answered.

@@ -1,14 +1,14 @@
 //! Group 5, durable KV: acknowledged `set` latency and throughput through the plugin socket (timed
 //! inside the probe plugin, which the host answers only once the commit is durable) and through
 //! the HTTP API (`POST /api/plugins/{id}/kv`, keep-alive), each with 1 and 8 concurrent writers;
-//! the store alone in-process (`toru::bench_internals::Store::kv_set`); and the floor: one 4 KiB `write` +
+//! the store alone in-process (`toru::internals::Store::kv_set`); and the floor: one 4 KiB `write` +
 //! `fsync` on the same file system. All paths alternate within each round.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use toru::bench_internals::{Store, StoreOptions};
+use toru::internals::{Store, StoreOptions};
 
 use crate::host::{Bins, PluginFile, Toru};
 use crate::util::{HttpConn, Result, TempDir, err, fmt_ratios, fmt_us, median, pct};

@@ -161,7 +161,7 @@ fn render(rep: &Report, opts: &Opts, elapsed: f64, failed: &[String]) -> String 
          release build (opt-level z, LTO) for x86_64 on this machine. Each group alternates Toru, the \
          peers and the floor within every round (A B A B …); tables give medians and the per-round \
          ratios, because absolute times drift on this shared machine. Loopback only.\n\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).format("%Y-%m-%d %H:%M UTC"),
         elapsed
     ));
     s.push_str("## Budget\n\n| budget | target | measured | result |\n|---|---|---|---|\n");

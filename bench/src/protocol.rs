@@ -1,5 +1,5 @@
 //! Group 4, the plugin protocol: a ~200-byte request/reply round trip from the host's own
-//! connection code (`toru::bench_internals::Conn`, driven in-process on a current_thread runtime
+//! connection code (`toru::internals::Conn`, driven in-process on a current_thread runtime
 //! as the host does) to the probe plugin (SDK) over its 1.1 persistent connection; throughput with
 //! 8 and 32 requests in flight; and the floor: a raw Unix-socket ping-pong of the same frame size
 //! between two blocking threads. Floor and Toru alternate within each round.
@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use toru::bench_internals::Conn;
-use toru::bench_internals::LogRing;
-use toru::bench_internals::{Store, StoreOptions};
+use toru::internals::Conn;
+use toru::internals::LogRing;
+use toru::internals::{Store, StoreOptions};
 use toru_plugin_api::codec::MAX_FRAME_LEN;
 use toru_plugin_api::protocol::{Frame, HostMessage, HttpRequest, Init, PluginMessage};
 

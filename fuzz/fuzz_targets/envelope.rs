@@ -1,21 +1,54 @@
-//! Fuzz the envelope parser in both directions: decoding arbitrary bytes never panics, and every
-//! frame that decodes re-encodes to something that decodes to the same message.
+//! The envelope decoders, both directions, on arbitrary bytes: `decode_host_frame` (what a plugin
+//! reads) and `decode_plugin_frame` (what the host reads). Properties:
+//! - a frame that decodes re-encodes to bytes that decode to the very same frame (request id,
+//!   timestamp and its offset, message);
+//! - the two encoders agree: `encode` (written straight from the typed message) is the JSON of
+//!   `to_value`;
+//! - a refusal that keeps a `request_id` (so the receiver answers it with an `error` frame) keeps
+//!   only a valid one (1 to `MAX_REQUEST_ID_LEN` bytes), and its reply is well formed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use toru_plugin_api::protocol::{decode_host_frame, decode_plugin_frame};
+use serde_json::Value;
+use toru_plugin_api::protocol::{
+    DecodeError, ErrorCode, MAX_REQUEST_ID_LEN, decode_host_frame, decode_plugin_frame,
+};
+
+fn check_refusal(e: &DecodeError) {
+    if let Some(id) = e.request_id() {
+        assert!(!id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN, "{e}");
+    }
+    let reply = e.to_reply();
+    assert!(matches!(
+        reply.code,
+        ErrorCode::BadRequest | ErrorCode::Unsupported
+    ));
+    assert!(!reply.message.is_empty());
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("an encoded frame is JSON")
+}
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(f) = decode_host_frame(data) {
-        let again = decode_host_frame(&f.encode()).expect("re-encoded host frame decodes");
-        assert_eq!(again.message, f.message);
-        assert_eq!(again.request_id, f.request_id);
+    match decode_host_frame(data) {
+        Ok(f) => {
+            let bytes = f.encode();
+            assert_eq!(json(&bytes), f.to_value(), "encode and to_value agree");
+            let again = decode_host_frame(&bytes).expect("a re-encoded host frame decodes");
+            assert_eq!(again, f);
+            assert_eq!(again.timestamp.offset(), f.timestamp.offset());
+        }
+        Err(e) => check_refusal(&e),
     }
-    if let Ok(f) = decode_plugin_frame(data) {
-        let again = decode_plugin_frame(&f.encode()).expect("re-encoded plugin frame decodes");
-        assert_eq!(again.message, f.message);
-    }
-    if let Some(e) = decode_host_frame(data).err() {
-        let _ = e.to_reply();
+    match decode_plugin_frame(data) {
+        Ok(f) => {
+            let bytes = f.encode();
+            assert_eq!(json(&bytes), f.to_value(), "encode and to_value agree");
+            let again = decode_plugin_frame(&bytes).expect("a re-encoded plugin frame decodes");
+            assert_eq!(again, f);
+            assert_eq!(again.timestamp.offset(), f.timestamp.offset());
+        }
+        Err(e) => check_refusal(&e),
     }
 });

@@ -324,7 +324,7 @@ mod tests {
                 SessionRecord {
                     user: ADMIN.into(),
                     generation: app.store.user(ADMIN).unwrap().unwrap().generation,
-                    created: chrono::Utc::now() - chrono::Duration::hours(2),
+                    created: crate::clock::now() - chrono::Duration::hours(2),
                 },
             )
             .await

@@ -183,7 +183,7 @@ pub(crate) mod testing {
             config,
             store,
             started: std::time::Instant::now(),
-            started_at: chrono::Utc::now(),
+            started_at: crate::clock::now(),
         }
     }
 }

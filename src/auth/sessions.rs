@@ -4,6 +4,10 @@
 //! changes (generation bump). The last use of each session is kept in memory only (no store write
 //! per request), bounded; after a restart a session counts as used at its first request.
 //!
+//! Idle time is monotonic; the absolute age is wall-clock time since the login (it must survive a
+//! restart), so a jump of the wall clock moves it: forward past the limit, sessions end; back, a
+//! session created "in the future" ends too, and the next login deletes it (`crate::clock`).
+//!
 //! Also the request-time identity types ([`Identity`], [`Via`], [`Unauthenticated`]). Called by
 //! `login`; reads the `Cookie` header text the web layer hands over, never an HTTP type.
 
@@ -11,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::{AuthError, b64url, random_bytes, secret_hash};
@@ -24,6 +28,10 @@ pub(crate) const SESSION_COOKIE: &str = "toru_session";
 
 /// Sessions whose last use is remembered in memory (idle timeout); the stalest are dropped beyond.
 const MAX_TRACKED_SESSIONS: usize = 4096;
+/// How far in the future a session's creation may lie and still count (a clock slewed or stepped
+/// a little by NTP). Further, the wall clock went back since the login: the session's age cannot
+/// be known, and it ends (`crate::clock`).
+const CREATED_AHEAD_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// How a request was authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +74,18 @@ fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Whether a session created at `created` is past `absolute` at wall-clock time `now`: older
+/// than that, or created further in the future than [`CREATED_AHEAD_TOLERANCE`] (the clock went
+/// back since; the session's real age is unknown, and letting it count from a future creation
+/// would stretch its life by the size of the jump).
+fn session_too_old(created: DateTime<Utc>, now: DateTime<Utc>, absolute: Duration) -> bool {
+    let age = now.signed_duration_since(created);
+    match age.to_std() {
+        Ok(age) => age > absolute,
+        Err(_) => age < -CREATED_AHEAD_TOLERANCE,
+    }
+}
+
 /// The sessions' last-use times (memory only), by session hash.
 #[derive(Debug, Default)]
 pub(super) struct Sessions {
@@ -77,10 +97,15 @@ impl Sessions {
     pub(super) async fn create(&self, app: &App, user: &UserRecord) -> Result<String, AuthError> {
         let id = b64url(&random_bytes::<32>()?);
         let hash = secret_hash(&id);
-        let now = Utc::now();
-        // Housekeeping: sessions past the absolute timeout can go (one write per login at most).
+        let now = crate::clock::now();
+        // Housekeeping: sessions past the absolute timeout, or created "in the future" (the clock
+        // went back), can go (one write per login at most).
         if let Ok(abs) = chrono::Duration::from_std(app.config.http.session_absolute) {
-            let _ = app.store.delete_sessions_created_before(now - abs).await;
+            let newest = now + CREATED_AHEAD_TOLERANCE;
+            let _ = app
+                .store
+                .delete_sessions_created_outside(now - abs, newest)
+                .await;
         }
         app.store
             .put_session(
@@ -112,8 +137,7 @@ impl Sessions {
             .map_err(|_| Unauthenticated::StoreFailed)?
             .ok_or(Unauthenticated::Invalid)?;
         let cfg = &app.config.http;
-        let age = Utc::now().signed_duration_since(rec.created);
-        let too_old = age.to_std().is_ok_and(|a| a > cfg.session_absolute);
+        let too_old = session_too_old(rec.created, crate::clock::now(), cfg.session_absolute);
         let now = Instant::now();
         let idle_for = self
             .last_used
@@ -179,6 +203,52 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sessions measure their absolute age on the wall clock, which can jump. Forward past the
+    /// limit, they end. Back, a session created "in the future" used to count as brand new until
+    /// the clock caught up with its creation (a year back: a year more of life); it ends too, past
+    /// a minute of tolerance for NTP. Neither direction can overflow: chrono's range is ±262 000
+    /// years, far beyond anything a clock or the store holds.
+    #[test]
+    fn a_wall_clock_jump_never_stretches_a_session() {
+        let abs = Duration::from_secs(7 * 24 * 3600);
+        let login = DateTime::from_timestamp(0, 0).expect("1970"); // an RTC-less board's boot
+        let year = chrono::TimeDelta::days(365);
+        assert!(!session_too_old(login, login, abs));
+        assert!(!session_too_old(
+            login,
+            login + chrono::TimeDelta::days(6),
+            abs
+        ));
+        assert!(session_too_old(
+            login,
+            login + chrono::TimeDelta::days(8),
+            abs
+        ));
+        assert!(
+            session_too_old(login, login + year, abs),
+            "a year forward: ended"
+        );
+        assert!(
+            session_too_old(login, login - year, abs),
+            "a year back: ended, not stretched"
+        );
+        assert!(
+            !session_too_old(login, login - chrono::TimeDelta::seconds(30), abs),
+            "NTP skew"
+        );
+        assert!(session_too_old(
+            login,
+            login - chrono::TimeDelta::seconds(61),
+            abs
+        ));
+        for (created, now) in [
+            (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC),
+            (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC),
+        ] {
+            assert!(session_too_old(created, now, abs));
+        }
+    }
 
     #[test]
     fn cookies_are_found_by_exact_name() {

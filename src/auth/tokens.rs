@@ -4,8 +4,6 @@
 //! Called by the admin commands (`toru token create|list|revoke`) and by `login` to authenticate a
 //! request's `Authorization: Bearer …` header.
 
-use chrono::Utc;
-
 use super::sessions::{Identity, Unauthenticated, Via};
 use super::{AuthError, b64url, check_name, random_bytes, secret_hash};
 use crate::role::Role;
@@ -29,7 +27,7 @@ pub(crate) async fn create_token(
             TokenRecord {
                 name: name.to_string(),
                 role,
-                created: Utc::now(),
+                created: crate::clock::now(),
             },
         )
         .await?;

@@ -369,13 +369,12 @@ pub(crate) async fn forward(
     after: &str,
     body: Incoming,
 ) -> Result<Resp, ApiError> {
-    let (route, rest) = after.split_once('/').unwrap_or((after, ""));
-    if !checks::route_segment_ok(route) || !checks::rest_ok(rest) {
+    let Some((route, path)) = checks::plugin_target(after, ctx.query.as_deref()) else {
         return Err(ApiError::bad_request(
             "bad plugin route: traversal, empty segments, encodings that are not UTF-8, encoded \
              separators, NUL and backslashes are refused",
         ));
-    }
+    };
     let id = srv
         .app
         .supervisor
@@ -413,11 +412,6 @@ pub(crate) async fn forward(
             ),
         }
     };
-    let mut path = format!("/{rest}");
-    if let Some(q) = &ctx.query {
-        path.push('?');
-        path.push_str(q);
-    }
     let req = HttpRequest {
         method: ctx.method.as_str().to_string(),
         path,

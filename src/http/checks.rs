@@ -1,12 +1,13 @@
 //! Pure request checks, no I/O: is the `Host` one of ours (DNS rebinding), is a request same-origin
 //! (CSRF), is a plugin-route path free of traversal tricks, which address is the client.
-//! Called by `router` and `api`; unit-tested here.
+//! Called by `router` and `api`; unit-tested here, fuzzed through `toru::internals::http`
+//! (`fuzz/fuzz_targets/http_path.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 
 /// The names this device answers to, besides IP literals.
 #[derive(Debug, Clone)]
-pub(crate) struct HostNames {
+pub struct HostNames {
     names: Vec<String>,
 }
 
@@ -53,7 +54,7 @@ impl HostNames {
 }
 
 /// The name part of a `Host` value (`[::1]:8080` → `::1`, `dev.local:80` → `dev.local`).
-pub(crate) fn host_name(host: &str) -> Option<&str> {
+pub fn host_name(host: &str) -> Option<&str> {
     let host = host.trim();
     if host.is_empty() {
         return None;
@@ -96,7 +97,7 @@ fn normal_authority(authority: &str, scheme: &str) -> String {
 
 /// Whether an `Origin` header value is the same origin as the `Host` the request was sent to
 /// (scheme is not compared: behind a TLS proxy the browser's origin is `https`).
-pub(crate) fn same_origin(origin: &str, host: &str) -> bool {
+pub fn same_origin(origin: &str, host: &str) -> bool {
     let Some((scheme, authority)) = origin.trim().split_once("://") else {
         return false;
     };
@@ -175,7 +176,7 @@ pub(crate) fn csrf_check(
 
 /// A route segment (`/api/plugins/route/{route}/…`) as metadata allows it: `[A-Za-z0-9._-]+`, not
 /// `.` or `..`. Anything percent-encoded is refused, so encoded traversal cannot slip through.
-pub(crate) fn route_segment_ok(seg: &str) -> bool {
+pub fn route_segment_ok(seg: &str) -> bool {
     !seg.is_empty()
         && seg != "."
         && seg != ".."
@@ -189,7 +190,7 @@ pub(crate) fn route_segment_ok(seg: &str) -> bool {
 /// or `..` (also when encoded), or decodes to bytes that are not UTF-8 (so overlong forms such as
 /// `%c0%ae` never reach a lenient decoder) or hold an encoded `/`, a backslash, NUL or a second
 /// layer of encoding (`%25`).
-pub(crate) fn rest_ok(rest: &str) -> bool {
+pub fn rest_ok(rest: &str) -> bool {
     if rest.contains('\\') || rest.contains('\0') {
         return false;
     }
@@ -213,6 +214,22 @@ pub(crate) fn rest_ok(rest: &str) -> bool {
     true
 }
 
+/// Where `/api/plugins/route/{after}` goes (`after` raw, as the router cut it): the route segment
+/// of the plugin, and the path the plugin is sent (`/{rest}`, then `?{query}`); `None` if
+/// [`route_segment_ok`] or [`rest_ok`] refuses it.
+pub fn plugin_target<'a>(after: &'a str, query: Option<&str>) -> Option<(&'a str, String)> {
+    let (route, rest) = after.split_once('/').unwrap_or((after, ""));
+    if !route_segment_ok(route) || !rest_ok(rest) {
+        return None;
+    }
+    let mut path = format!("/{rest}");
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
+    }
+    Some((route, path))
+}
+
 /// Percent-decode a path segment; `None` for a malformed escape.
 fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
@@ -220,7 +237,10 @@ fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
+            // Two hex digits, nothing else: `from_str_radix` alone would also take `+e`.
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -234,11 +254,7 @@ fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
 
 /// The client's address: the peer, unless the peer is a trusted proxy, then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub(crate) fn client_ip(
-    peer: SocketAddr,
-    forwarded_for: Option<&str>,
-    trusted: &[IpAddr],
-) -> IpAddr {
+pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
     let peer_ip = canonical(peer.ip());
     if !trusted.iter().any(|t| canonical(*t) == peer_ip) {
         return peer_ip;
@@ -424,6 +440,16 @@ mod tests {
         ] {
             assert!(!rest_ok(bad), "{bad:?}");
         }
+    }
+
+    /// Found by fuzzing (`http_path`): `%+e` passed as an escape, because `u8::from_str_radix`
+    /// takes a leading `+`; the host judged byte 0x0e while a strict decoder sees `%+e` as written.
+    #[test]
+    fn an_escape_is_a_percent_and_two_hex_digits() {
+        for bad in ["%+e", "a/%+0", "%-1", "%+", "% 1", "%1 "] {
+            assert!(!rest_ok(bad), "{bad:?}");
+        }
+        assert!(rest_ok("%2B%2b/%3a"));
     }
 
     #[test]

@@ -48,13 +48,13 @@
 
 mod api;
 mod budget;
-mod checks;
+pub(crate) mod checks;
 mod conn;
 mod dispatch;
 mod metrics;
 mod request;
 mod resp;
-mod router;
+pub(crate) mod router;
 mod session;
 mod ui;
 

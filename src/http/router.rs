@@ -47,7 +47,7 @@ pub(crate) struct Server {
 
 /// Routes answered without authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpenRoute {
+pub enum OpenRoute {
     /// Anything outside `/api/` and `/metrics`: the embedded UI (its own 404).
     Ui,
     /// `/api/health`.
@@ -60,7 +60,7 @@ pub(crate) enum OpenRoute {
 
 /// Routes that need an authenticated user. Ids are the raw path segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ApiRoute {
+pub enum ApiRoute {
     /// `/metrics`.
     Metrics,
     /// `/api/auth/me`.
@@ -99,7 +99,7 @@ pub(crate) enum ApiRoute {
 
 /// What `POST /api/plugins/{id}/{action}` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PluginAction {
+pub enum PluginAction {
     /// Enable.
     Enable,
     /// Disable.
@@ -110,7 +110,7 @@ pub(crate) enum PluginAction {
 
 impl PluginAction {
     /// The path segment, also the operation's name in errors.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             PluginAction::Enable => "enable",
             PluginAction::Disable => "disable",
@@ -121,7 +121,7 @@ impl PluginAction {
 
 /// A route of either kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Route {
+pub enum Route {
     /// No authentication.
     Open(OpenRoute),
     /// Authentication, then the route's method and role.
@@ -130,7 +130,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// The route table: which route a (raw) path names. The method is not looked at here.
-    pub(crate) fn of(path: &str) -> Route {
+    pub fn of(path: &str) -> Route {
         if path == "/metrics" {
             return Route::Api(ApiRoute::Metrics);
         }
@@ -189,7 +189,7 @@ impl ApiRoute {
 }
 
 /// The route class a path is counted under in `/metrics`.
-pub(crate) fn class_of(path: &str) -> &'static str {
+pub fn class_of(path: &str) -> &'static str {
     if path.starts_with("/api/plugins/route/") {
         "plugin"
     } else if path.starts_with("/api/auth/") {

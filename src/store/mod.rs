@@ -705,7 +705,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let (event, event_bytes) = match event.map(bound_event) {
-            Some((ev, bytes)) => (Some((ev, Utc::now())), bytes),
+            Some((ev, bytes)) => (Some((ev, crate::clock::now())), bytes),
             None => (None, 0),
         };
         let payload = id.len() + serde_json::to_vec(&rec).map_or(0, |j| j.len()) + event_bytes;
@@ -732,7 +732,7 @@ impl Store {
     ) -> Result<Option<PluginBinding>, StoreError> {
         let id = id.to_owned();
         let (event, event_bytes) = match event.map(bound_event) {
-            Some((ev, bytes)) => (Some((ev, Utc::now())), bytes),
+            Some((ev, bytes)) => (Some((ev, crate::clock::now())), bytes),
             None => (None, 0),
         };
         let payload = id.len() + serde_json::to_vec(&binding).map_or(0, |j| j.len()) + event_bytes;
@@ -751,7 +751,7 @@ impl Store {
     /// Record an event for `plugin` (or `"host"`), dropping that plugin's oldest events beyond
     /// [`StoreOptions::events_per_plugin`]. Returns the stored event.
     pub async fn record_event(&self, plugin: &str, ev: NewEvent) -> Result<Event, StoreError> {
-        self.record_event_at(plugin, ev, Utc::now()).await
+        self.record_event_at(plugin, ev, crate::clock::now()).await
     }
 
     /// [`Store::record_event`] with the time the event happened (a caller that queues events
@@ -909,14 +909,16 @@ impl Store {
         .await
     }
 
-    /// Delete every session created before `cutoff` (expired ones); how many there were. Sessions
-    /// are otherwise kept until logout, so the web layer calls this now and then.
-    pub async fn delete_sessions_created_before(
+    /// Delete every session created before `oldest` (expired) or after `newest` (stamped by a wall
+    /// clock that has gone back since); how many there were. Sessions are otherwise kept until
+    /// logout, so the web layer calls this now and then.
+    pub async fn delete_sessions_created_outside(
         &self,
-        cutoff: DateTime<Utc>,
+        oldest: DateTime<Utc>,
+        newest: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         self.write(0, move |txn, _| {
-            tables::delete_sessions_created_before(txn, cutoff)
+            tables::delete_sessions_created_outside(txn, oldest, newest)
         })
         .await
     }

@@ -244,7 +244,7 @@ fn classify(path: &Path, e: DatabaseError) -> Unusable {
 
 /// Rename `path` to `<path>.corrupt-<UTC time>` (never over an existing file).
 pub(super) fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let stamp = crate::clock::now().format("%Y%m%dT%H%M%SZ");
     let base = format!("{}.corrupt-{stamp}", path.display());
     let mut to = PathBuf::from(&base);
     let mut n = 1;

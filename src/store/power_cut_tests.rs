@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
-
 use super::*;
 
 /// One recorded backend call.
@@ -223,7 +221,7 @@ async fn step(store: &Store, i: usize) {
                 TokenRecord {
                     name: format!("t{}", i % 3),
                     role: Role::Viewer,
-                    created: Utc::now(),
+                    created: crate::clock::now(),
                 },
             )
             .await

@@ -92,7 +92,7 @@ pub(super) fn probe(db: &redb::Database) -> Result<(), StorageFailure> {
         .doing(WHAT)?;
     {
         let mut meta = txn.open_table(META).doing(WHAT)?;
-        let now = chrono::Utc::now().to_rfc3339();
+        let now = crate::clock::now().to_rfc3339();
         meta.insert(META_PROBE, now.as_str()).doing(WHAT)?;
     }
     txn.commit().doing(WHAT)
@@ -525,9 +525,10 @@ pub(super) fn delete_sessions_of(txn: &WriteTransaction, user: &str) -> Result<u
     Ok(hashes.len() as u64)
 }
 
-pub(super) fn delete_sessions_created_before(
+pub(super) fn delete_sessions_created_outside(
     txn: &WriteTransaction,
-    cutoff: DateTime<Utc>,
+    oldest: DateTime<Utc>,
+    newest: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     const WHAT: &str = "deleting expired sessions";
     let mut sessions = txn.open_table(SESSIONS).doing(WHAT)?;
@@ -536,7 +537,7 @@ pub(super) fn delete_sessions_created_before(
     for row in sessions.iter().doing(WHAT)? {
         let (hash, json) = row.doing(WHAT)?;
         let rec: SessionRecord = decode(json.value(), WHAT)?;
-        if rec.created < cutoff {
+        if rec.created < oldest || rec.created > newest {
             expired.push((hash.value().to_owned(), rec.user));
         }
     }

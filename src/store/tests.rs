@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use tokio::task::LocalSet;
 
 use super::*;
@@ -438,7 +438,7 @@ async fn users_tokens_and_sessions() {
     store.put_user(admin2.clone()).await.expect("put_user");
     assert_eq!(store.user("admin").expect("user"), Some(admin2));
 
-    let now = Utc::now();
+    let now = crate::clock::now();
     let token = |name: &str| TokenRecord {
         name: name.into(),
         role: Role::Viewer,
@@ -490,6 +490,11 @@ async fn users_tokens_and_sessions() {
         .put_session("s4", session("viewer", 0))
         .await
         .expect("put_session");
+    // Created "in the future": the wall clock has gone back since.
+    store
+        .put_session("s5", session("viewer", -30))
+        .await
+        .expect("put_session");
     assert_eq!(
         store.session("s1").expect("session"),
         Some(session("admin", 0))
@@ -506,15 +511,15 @@ async fn users_tokens_and_sessions() {
     );
     assert_eq!(store.session("s2").expect("session"), None);
     assert_eq!(store.delete_sessions_of("admin").await.expect("again"), 0);
-    let cutoff = now - Duration::hours(24);
     assert_eq!(
         store
-            .delete_sessions_created_before(cutoff)
+            .delete_sessions_created_outside(now - Duration::hours(24), now + Duration::hours(1))
             .await
             .expect("expire"),
-        1
+        2
     );
     assert_eq!(store.session("s3").expect("session"), None);
+    assert_eq!(store.session("s5").expect("session"), None);
     assert_eq!(
         store.session("s4").expect("session"),
         Some(session("viewer", 0))
@@ -605,7 +610,7 @@ async fn every_acknowledged_write_survives_reopen() {
         .set_plugin("p0", enabled(false), Some(event("disabled")))
         .await
         .expect("set_plugin");
-    let now = Utc::now();
+    let now = crate::clock::now();
     store
         .put_token(
             "h",
@@ -661,7 +666,7 @@ async fn every_acknowledged_write_survives_reopen() {
 fn binding(file: &str) -> PluginBinding {
     PluginBinding {
         file: file.into(),
-        since: Utc::now(),
+        since: crate::clock::now(),
     }
 }
 
@@ -1568,7 +1573,7 @@ async fn repair_salvages_readable_rows_and_keeps_the_damaged_file() {
             TokenRecord {
                 name: "t1".into(),
                 role: Role::Viewer,
-                created: Utc::now(),
+                created: crate::clock::now(),
             },
         )
         .await

@@ -4,7 +4,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 use toru_plugin_api::LogLevel;
@@ -87,7 +86,7 @@ impl LogRing {
         }
         lines.push_back(LogLine {
             seq,
-            at: Utc::now(),
+            at: crate::clock::now(),
             level,
             stream,
             message,

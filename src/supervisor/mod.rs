@@ -316,7 +316,7 @@ impl Supervisor {
                 (s.id.clone(), holder)
             })
             .collect();
-        let resolution = discovery::resolve(claims, &bound, &running, chrono::Utc::now());
+        let resolution = discovery::resolve(claims, &bound, &running, crate::clock::now());
         let dir = &ctx.config.plugins_dir;
         for (file, reason) in resolution.refused {
             report.invalid.push(InvalidPlugin {

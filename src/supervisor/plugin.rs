@@ -354,7 +354,7 @@ impl Task {
         *self.shared.last_event.borrow_mut() = Some(Event {
             seq: 0,
             plugin: self.id().to_string(),
-            at: Utc::now(),
+            at: crate::clock::now(),
             kind: ev.kind,
             message: ev.message,
             details: ev.details,
@@ -375,7 +375,7 @@ impl Task {
             details,
         };
         self.remember_event(ev.clone());
-        let _ = self.journal.send(Job::Event(ev, Utc::now()));
+        let _ = self.journal.send(Job::Event(ev, crate::clock::now()));
     }
 
     async fn spawn(&mut self) -> Result<(), String> {
@@ -437,7 +437,7 @@ impl Task {
         match ev {
             ProcEvent::Ready => {
                 self.ctx.descendants.observe();
-                self.shared.ready_since.set(Some(Utc::now()));
+                self.shared.ready_since.set(Some(crate::clock::now()));
                 self.apply(Input::Ready).await;
                 let proto = self.shared.protocol.as_str();
                 self.record(

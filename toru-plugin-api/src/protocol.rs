@@ -626,7 +626,8 @@ impl<M> Frame<M> {
     pub fn new(request_id: Option<String>, message: M) -> Frame<M> {
         Frame {
             request_id,
-            timestamp: Utc::now().fixed_offset(),
+            // Not `Utc::now()`: it panics on a clock set before 1970; this conversion cannot.
+            timestamp: DateTime::<Utc>::from(std::time::SystemTime::now()).fixed_offset(),
             message,
         }
     }
@@ -1100,8 +1101,10 @@ pub fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
+                // Two hex digits, nothing else: `from_str_radix` alone would also take `+5`.
+                let hex = Some(&bytes[i + 1..i + 3])
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {

@@ -431,4 +431,27 @@ fn query_parsing() {
     assert_eq!(req.query_param("flag").as_deref(), Some(""));
     assert_eq!(req.query_param("bad").as_deref(), Some("%zz"));
     assert_eq!(percent_decode("%41%4"), "A%4");
+    // Found by fuzzing the host's path check: `u8::from_str_radix` takes a sign, so `%+5` was
+    // decoded as byte 5. An escape is `%` and two hex digits; anything else stays as written.
+    assert_eq!(
+        percent_decode("%+5%-1%2b"),
+        "% 5%-1+",
+        "`+` is a space, `%2b` a `+`"
+    );
+}
+
+/// Found by fuzz target `envelope`: a KV payload is passed on raw, and a float in it with a long
+/// decimal part (`1044444444444444.444…`) re-encoded to a string that decoded to a neighbouring
+/// float, because serde_json's default parser may be one ULP off. The workspace enables its
+/// `float_roundtrip` parser.
+#[test]
+fn a_float_in_a_raw_payload_survives_a_round_trip() {
+    let frame = br#"{"type":"kv","timestamp":"2025-12-30T12:00:01Z","request_id":"k1","payload":{"type":"kv","action":"list","x":1044444444444444.444444444444444444444444444444444444,"y":0.1,"z":1e-320}}"#;
+    let f = decode_host_frame(frame).expect("decodes");
+    let again = decode_host_frame(&f.encode()).expect("re-encoded frame decodes");
+    assert_eq!(again, f);
+    let HostMessage::Kv(KvPayload(m)) = &f.message else {
+        panic!("{f:?}")
+    };
+    assert_eq!(m["x"].as_f64(), Some(1_044_444_444_444_444.5));
 }
