@@ -764,6 +764,11 @@
     function upload() {
       var file = pkg, sig = signature();
       err.textContent = "";
+      var cap = state.system && state.system.packages && state.system.packages.max_package_bytes;
+      if (typeof cap === "number" && file.size > cap) {
+        err.textContent = file.name + " is " + bytes(file.size) + "; this device takes packages up to " + bytes(cap) + ".";
+        return;
+      }
       (sig ? base64OfFile(sig) : Promise.resolve(null)).then(function (sigB64) {
         var bar = h("progress", { max: "100", value: "0", "data-testid": "install-progress" });
         var label = h("div", { class: "muted", "data-testid": "install-progress-text", text: "0 of " + bytes(file.size) });
@@ -803,7 +808,7 @@
         x.onerror = function () {
           if (xhr !== x) return;
           xhr = null; pickStep();
-          err.textContent = "The upload failed: the connection to the host broke.";
+          err.textContent = "The upload failed: the connection to the host broke (a package over the host's size limit is cut off like this).";
         };
         x.send(file);
       }).catch(function (e) { err.textContent = "Cannot read " + (sig ? sig.name : file.name) + ": " + e.message; });
