@@ -7,19 +7,12 @@
 //
 // Usage: node run.mjs   (after `cargo build --workspace`; TORU_TARGET_DIR overrides target/debug)
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { WAIT, bin, chromiumPath, launchArgs, log, readSetupCode, repo, shot, startHost } from "./lib.mjs";
+import { packageFlows } from "./packages.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, "../..");
-const bin = process.env.TORU_TARGET_DIR || path.join(repo, "target/debug");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-const shots = process.env.TORU_SHOTS || "/tmp/toru-browser-shots";
-const WAIT = 30_000;
 const PASSWORD = "browser password 1";
 
 // A protocol-1.0 plugin that writes a log line every 300 ms and whose name tries to inject HTML.
@@ -53,71 +46,24 @@ while True:
     c.close()
 `;
 
-function log(...a) { console.log("[browser]", ...a); }
-
-async function startHost() {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "tb-"));
-  const dirs = { root, data: path.join(root, "data"), plugins: path.join(root, "plugins"), run: path.join(root, "run") };
-  fs.mkdirSync(dirs.plugins, { recursive: true });
-  fs.copyFileSync(path.join(bin, "hello-rust"), path.join(dirs.plugins, "hello-rust.binary"));
-  fs.chmodSync(path.join(dirs.plugins, "hello-rust.binary"), 0o755);
+// The example plugins and the chatter, unpackaged (plain *.binary files).
+function fillPlugins(plugins) {
+  fs.copyFileSync(path.join(bin, "hello-rust"), path.join(plugins, "hello-rust.binary"));
+  fs.chmodSync(path.join(plugins, "hello-rust.binary"), 0o755);
   const py = path.join(repo, "plugins/hello-python");
   if (fs.existsSync(path.join(py, "hello-python.binary"))) {
     for (const f of ["hello-python.binary", "toru_plugin.py", "bundle.js"]) {
-      fs.copyFileSync(fs.realpathSync(path.join(py, f)), path.join(dirs.plugins, f));
+      fs.copyFileSync(fs.realpathSync(path.join(py, f)), path.join(plugins, f));
     }
-    fs.chmodSync(path.join(dirs.plugins, "hello-python.binary"), 0o755);
+    fs.chmodSync(path.join(plugins, "hello-python.binary"), 0o755);
   }
-  fs.writeFileSync(path.join(dirs.plugins, "chatter.binary"), CHATTER, { mode: 0o755 });
-  const logFile = fs.openSync(path.join(root, "host.log"), "a");
-  const child = spawn(path.join(bin, "toru"), [
-    "--listen", "127.0.0.1:0", "--data-dir", dirs.data, "--plugins-dir", dirs.plugins,
-    "--runtime-dir", dirs.run, "--log-level", "debug",
-  ], { stdio: ["ignore", logFile, logFile] });
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  const deadline = Date.now() + WAIT;
-  let addr = null;
-  while (Date.now() < deadline) {
-    try {
-      addr = fs.readFileSync(path.join(dirs.run, "http.addr"), "utf8").trim();
-      const r = await fetch(`http://${addr}/api/health`);
-      if (r.ok) break;
-    } catch { /* not yet */ }
-    if (child.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!addr || child.exitCode !== null) {
-    throw new Error("toru did not start:\n" + fs.readFileSync(path.join(root, "host.log"), "utf8"));
-  }
-  return { ...dirs, addr, url: `http://${addr}/`, child, exited, log: () => fs.readFileSync(path.join(root, "host.log"), "utf8") };
-}
-
-async function readSetupCode(host) {
-  const file = path.join(host.data, "setup-code");
-  const deadline = Date.now() + WAIT;
-  while (Date.now() < deadline) {
-    if (fs.existsSync(file)) return fs.readFileSync(file, "utf8").trim();
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("no setup code file");
-}
-
-async function shot(page, name) {
-  fs.mkdirSync(shots, { recursive: true });
-  const file = path.join(shots, name + ".png");
-  await page.screenshot({ path: file, fullPage: false });
-  log("screenshot", file);
+  fs.writeFileSync(path.join(plugins, "chatter.binary"), CHATTER, { mode: 0o755 });
 }
 
 async function main() {
-  const host = await startHost();
+  const host = await startHost({ fill: fillPlugins });
   log("toru at", host.url, "dirs in", host.root);
-  const browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: launchArgs() });
   const problems = [];
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -242,17 +188,23 @@ async function main() {
     log("phone: ok");
 
     assert.deepEqual(problems, [], "no console errors or CSP violations");
-    log("all browser flows passed");
+    log("basic flows passed");
   } catch (e) {
     console.error("host log:\n" + host.log().split("\n").slice(-40).join("\n"));
     if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
+    await browser.close();
     throw e;
   } finally {
-    await browser.close();
-    host.child.kill("SIGTERM");
-    await host.exited;
-    fs.rmSync(host.root, { recursive: true, force: true });
+    await host.stop();
   }
+  fs.rmSync(host.root, { recursive: true, force: true });
+  try {
+    // Packages need `toru key generate`, `toru plugin pack` and the package API (not on main yet).
+    if (process.env.TORU_BROWSER_PACKAGES === "1") await packageFlows(browser);
+  } finally {
+    await browser.close();
+  }
+  log("all browser flows passed");
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

@@ -365,16 +365,18 @@
       user: { name: state.me.user, role: state.me.role }
     };
   }
-  function loadBundle(id) {
-    if (state.loaded[id]) return state.loaded[id];
-    state.loaded[id] = new Promise(function (resolve, reject) {
+  // One load per plugin version: an installed update brings its own bundle.
+  function loadBundle(id, version) {
+    var key = id + "@" + version;
+    if (state.loaded[key]) return state.loaded[key];
+    state.loaded[key] = new Promise(function (resolve, reject) {
       var s = document.createElement("script");
       s.src = "/api/plugins/" + encodeURIComponent(id) + "/bundle.js";
       s.onload = function () { resolve(); };
-      s.onerror = function () { delete state.loaded[id]; s.parentNode && s.parentNode.removeChild(s); reject(new Error("the plugin's frontend bundle could not be loaded")); };
+      s.onerror = function () { delete state.loaded[key]; s.parentNode && s.parentNode.removeChild(s); reject(new Error("the plugin's frontend bundle could not be loaded")); };
       document.head.appendChild(s);
     });
-    return state.loaded[id];
+    return state.loaded[key];
   }
   function unmountPlugin() {
     var m = state.mounted;
@@ -396,7 +398,7 @@
         h("span", { class: "state" }, h("span", { class: "dot " + p.state }), h("span", { class: "muted", text: p.state })),
         h("span", { class: "actions" }, h("a", { class: "btn", href: "#/logs/" + encodeURIComponent(p.id), text: "Logs" }))]);
       if (!p.enabled) { status.textContent = "This plugin is disabled. Enable it on the Plugins page."; return; }
-      return loadBundle(p.id).then(function () {
+      return loadBundle(p.id, p.package ? p.package.version : p.version).then(function () {
         if (state.follow !== mySeq) return; // the user left meanwhile
         var reg = window.ToruPlugins && window.ToruPlugins[p.id];
         if (!reg || typeof reg.mount !== "function") throw new Error("the bundle did not register window.ToruPlugins[\"" + p.id + "\"]");
