@@ -92,7 +92,7 @@ ${SETTINGS}`);
 }
 
 // Keys and packages, made with the CLI as an author would.
-function buildPackages(work) {
+export function buildPackages(work) {
   cli(["key", "generate", "publisher"], { cwd: work });
   cli(["key", "generate", "spare"], { cwd: work });
   const out = {};
@@ -104,7 +104,7 @@ function buildPackages(work) {
   }
   // The id a key file names: "untrusted comment: minisign public key <ID>".
   const keyId = (name) => {
-    const m = fs.readFileSync(path.join(work, name + ".pub"), "utf8").match(/public key ([0-9A-F]{16})/i);
+    const m = fs.readFileSync(path.join(work, name + ".pub"), "utf8").match(/public key:? ([0-9A-F]{16})/i);
     assert.ok(m, name + ".pub names its key id");
     return m[1].toUpperCase();
   };
