@@ -7,6 +7,7 @@
 //! main.rs (binary)        arguments, signals, listener, exit code
 //! lib.rs                  prepare + run: wires everything below together
 //! admin · store_cmd       the CLI's commands and the daemon's control socket · `toru store …`
+//! pack_cmd                `toru key generate` · `toru plugin pack` (offline, on package/)
 //! http/                   web UI and REST API (the only module that names hyper), layered
 //!                         resp → conn/request → router → handlers → dispatch (see its doc)
 //! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
@@ -16,6 +17,8 @@
 //!                         descendants (a cgroup per plugin or the host as subreaper)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
+//! package/                the plugin package format (no I/O beyond the files it is given):
+//!                         manifest · archive (streaming extraction) · sign (minisign) · pack
 //! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
 //!                         test faults, which clock answers what
 //! ```
@@ -52,6 +55,7 @@ pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;
 pub(crate) mod http;
+pub(crate) mod package;
 pub mod role;
 pub(crate) mod store;
 pub(crate) mod supervisor;
@@ -67,6 +71,7 @@ pub use crate::app::VERSION;
 
 pub mod admin;
 pub mod notify;
+pub mod pack_cmd;
 pub mod store_cmd;
 pub mod sys;
 
@@ -79,6 +84,31 @@ pub mod internals {
     pub use crate::store::{Store, StoreOptions};
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
+
+    /// The package format's parsers on arbitrary input (fuzz target `package`).
+    pub mod package {
+        use std::path::Path;
+
+        /// `Manifest::parse`: `Ok(id)` or the error's message.
+        pub fn parse_manifest(text: &str) -> Result<String, String> {
+            crate::package::manifest::Manifest::parse(text)
+                .map(|m| m.id)
+                .map_err(|e| e.to_string())
+        }
+
+        /// `archive::extract` of the file `package` into `dest` with small limits (1 MiB
+        /// unpacked, 64 entries, a 16 KiB manifest): `Ok(files written)` or the error's message.
+        pub fn extract_small(package: &Path, dest: &Path) -> Result<Vec<String>, String> {
+            let limits = crate::package::archive::Limits {
+                max_unpacked_bytes: 1024 * 1024,
+                max_entries: 64,
+                max_manifest_bytes: 16 * 1024,
+            };
+            crate::package::archive::extract(package, dest, &limits)
+                .map(|x| x.files)
+                .map_err(|e| crate::error_chain::error_chain(&e))
+        }
+    }
 
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
     pub mod http {

@@ -12,6 +12,7 @@ use toru::RunError;
 use toru::admin::{self, Request};
 use toru::config::{Config, Overrides};
 use toru::error_chain::error_chain;
+use toru::pack_cmd::PackCommand;
 use toru::role::Role;
 
 const USAGE: &str = "\
@@ -24,6 +25,9 @@ usage: toru [OPTIONS]                  run the host
        toru plugins unbind ID             (give ID to the file that claims it at the next scan)
        toru events [PLUGIN] [--limit N]
        toru store status|repair|reset     (with toru stopped: a store the host cannot use)
+       toru key generate NAME             (writes NAME.key and NAME.pub here: a package signing key)
+       toru plugin pack DIR [--key NAME.key] [-o FILE]   (DIR holds manifest.toml; FILE defaults
+                                          to ID-VERSION.toru; without --key it is unsigned)
        toru --version | --help
 
 options (also TORU_* environment variables and the config file; flags win):
@@ -33,7 +37,8 @@ options (also TORU_* environment variables and the config file; flags win):
   --plugins-dir DIR    plugin executables (*.binary) (TORU_PLUGINS_DIR)
   --runtime-dir DIR    sockets, default $RUNTIME_DIRECTORY or /run/toru (TORU_RUNTIME_DIR)
   --log-level LEVEL    error, warn, info, debug, trace (TORU_LOG_LEVEL)
-  --json               administrative commands print JSON";
+  --json               administrative commands print JSON
+  --key FILE, -o FILE  plugin pack: the secret key to sign with, the package to write";
 
 enum Cmd {
     Serve,
@@ -42,6 +47,7 @@ enum Cmd {
     Admin(Request, bool),
     Passwd { user: String, role: Role },
     Store(toru::store_cmd::StoreCommand, bool),
+    Pack(toru::pack_cmd::PackCommand),
 }
 
 fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
@@ -51,6 +57,9 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     let mut user = None;
     let mut limit = None;
     let mut json_out = false;
+    // Plugin packages: `plugin pack` flags.
+    let mut key = None;
+    let mut out = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -75,6 +84,8 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             "--role" => role = Some(value("--role")?),
             "--json" => json_out = true,
             "--user" => user = Some(value("--user")?),
+            "--key" => key = Some(PathBuf::from(value("--key")?)),
+            "-o" | "--out" => out = Some(PathBuf::from(value("-o")?)),
             "--limit" => {
                 let v = value("--limit")?;
                 limit = Some(
@@ -135,8 +146,21 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
         ["store", "status"] => Cmd::Store(toru::store_cmd::StoreCommand::Status, json_out),
         ["store", "repair"] => Cmd::Store(toru::store_cmd::StoreCommand::Repair, json_out),
         ["store", "reset"] => Cmd::Store(toru::store_cmd::StoreCommand::Reset, json_out),
+        // ── Plugin packages ─────────────────────────────────────────────────────────────────
+        ["key", "generate", name] => Cmd::Pack(PackCommand::KeyGenerate {
+            name: name.to_string(),
+        }),
+        ["plugin", "pack", dir] => Cmd::Pack(PackCommand::Pack {
+            dir: PathBuf::from(dir),
+            key: key.take(),
+            out: out.take(),
+        }),
+        // ── end of plugin packages ──────────────────────────────────────────────────────────
         other => return Err(format!("unknown command: {}", other.join(" "))),
     };
+    if key.is_some() || out.is_some() {
+        return Err("--key and -o belong to `toru plugin pack`".into());
+    }
     Ok((cmd, o))
 }
 
@@ -248,6 +272,8 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
+        // Offline: no config, no store, no daemon.
+        Cmd::Pack(cmd) => return toru::pack_cmd::run(cmd),
         _ => {}
     }
     let config = match Config::load(&overrides, &|k| std::env::var(k).ok()) {
@@ -313,7 +339,7 @@ fn main() -> ExitCode {
         }
         Cmd::Admin(req, json) => run_admin(&local, &runtime, &config, req, json),
         Cmd::Store(cmd, json) => toru::store_cmd::run(&config, cmd, json),
-        Cmd::Version | Cmd::Help => ExitCode::SUCCESS,
+        Cmd::Version | Cmd::Help | Cmd::Pack(_) => ExitCode::SUCCESS,
     }
 }
 

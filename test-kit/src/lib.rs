@@ -2,7 +2,8 @@
 //! host: temp dirs, plugin binaries installed as `*.binary`, a `NOTIFY_SOCKET` the kit binds (the
 //! host's `READY=1` is the event waited for, and it carries the bound address as
 //! `X_TORU_LISTEN=ip:port`: the host listens on port 0 and nothing is read from a file), the admin
-//! CLI against the same dirs, stopping, and a small HTTP/1.1 client.
+//! CLI against the same dirs, stopping, a small HTTP/1.1 client, and plugin packages to install
+//! ([`package`]: real ones packed by `toru plugin pack`, broken ones written entry by entry).
 //!
 //! It never links the host library: it runs the binaries cargo built, found beside the running test
 //! or bench executable ([`Bins::locate`]). Fallible calls return [`KitError`] (the bench reports
@@ -13,6 +14,7 @@
 
 mod host;
 mod http;
+pub mod package;
 
 pub use host::{Host, HostOpts, PluginSrc, built, install, plugins_dir, try_install};
 pub use http::{HttpConn, Resp, http, parse_response, try_http};
