@@ -16,8 +16,9 @@
 //!                         descendants (a cgroup per plugin or the host as subreaper)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
-//! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
-//!                         test faults, which clock answers what
+//! config · role · notify · sys · fault · clock · settings    leaves: the host's settings,
+//!                         roles, sd_notify, unsafe, test faults, which clock answers what, plugin
+//!                         settings (schema, validator, secrets)
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
@@ -53,6 +54,7 @@ pub mod error_chain;
 mod fault;
 pub(crate) mod http;
 pub mod role;
+pub(crate) mod settings;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 
@@ -79,6 +81,11 @@ pub mod internals {
     pub use crate::store::{Store, StoreOptions};
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
+
+    /// Plugin settings: the schema subset, its validator and secrets.
+    pub mod settings {
+        pub use crate::settings::{FieldError, MAX_DEPTH, MAX_FIELD_ERRORS, Schema, SchemaError};
+    }
 
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
     pub mod http {
