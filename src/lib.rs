@@ -19,8 +19,9 @@
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
 //! package/                the plugin package format (no I/O beyond the files it is given):
 //!                         manifest · archive (streaming extraction) · sign (minisign) · pack
-//! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
-//!                         test faults, which clock answers what
+//! config · role · notify · sys · fault · clock · settings    leaves: the host's settings,
+//!                         roles, sd_notify, unsafe, test faults, which clock answers what, plugin
+//!                         settings (schema, validator, secrets)
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
@@ -57,6 +58,7 @@ mod fault;
 pub(crate) mod http;
 pub(crate) mod package;
 pub mod role;
+pub(crate) mod settings;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 
@@ -85,29 +87,11 @@ pub mod internals {
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
 
-    /// The package format's parsers on arbitrary input (fuzz target `package`).
-    pub mod package {
-        use std::path::Path;
-
-        /// `Manifest::parse`: `Ok(id)` or the error's message.
-        pub fn parse_manifest(text: &str) -> Result<String, String> {
-            crate::package::manifest::Manifest::parse(text)
-                .map(|m| m.id)
-                .map_err(|e| e.to_string())
-        }
-
-        /// `archive::extract` of the file `package` into `dest` with small limits (1 MiB
-        /// unpacked, 64 entries, a 16 KiB manifest): `Ok(files written)` or the error's message.
-        pub fn extract_small(package: &Path, dest: &Path) -> Result<Vec<String>, String> {
-            let limits = crate::package::archive::Limits {
-                max_unpacked_bytes: 1024 * 1024,
-                max_entries: 64,
-                max_manifest_bytes: 16 * 1024,
-            };
-            crate::package::archive::extract(package, dest, &limits)
-                .map(|x| x.files)
-                .map_err(|e| crate::error_chain::error_chain(&e))
-        }
+//! package/                the plugin package format (no I/O beyond the files it is given):
+//!                         manifest · archive (streaming extraction) · sign (minisign) · pack
+//! config · role · notify · sys · fault · clock · settings    leaves: the host's settings,
+//!                         roles, sd_notify, unsafe, test faults, which clock answers what, plugin
+//!                         settings (schema, validator, secrets)
     }
 
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
