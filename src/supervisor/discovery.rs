@@ -421,6 +421,7 @@ fn resolve_route(
             let bind = w.since.is_none().then(|| PluginBinding {
                 file: w.claim.file.clone(),
                 since: now,
+                key_id: None,
             });
             out.accepted.push(Accepted {
                 claim: w.claim,
@@ -488,6 +489,7 @@ mod tests {
                     PluginBinding {
                         file: file.to_string(),
                         since: at(*since),
+                        key_id: None,
                     },
                 )
             })
