@@ -549,11 +549,18 @@ async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc
 }
 
 /// The settings `init` carries: the plugin's stored settings, `{}` when it has none. Read at each
-/// start, so settings saved while a plugin is stopped reach it when it starts again.
+/// start, so settings saved while a plugin is stopped reach it when it starts again. A plugin
+/// whose settings cannot be read does not start with other ones: the start fails, saying why.
 fn plugin_settings(store: &Store, id: &str) -> Result<serde_json::Value, String> {
-    // The store keeps no settings yet: every plugin has none.
-    let _ = (store, id);
-    Ok(empty_config())
+    match store.plugin_settings(id) {
+        Ok(None) => Ok(empty_config()),
+        Ok(Some(v)) if v.is_object() => Ok(v),
+        Ok(Some(_)) => Err("its stored settings are not a JSON object".into()),
+        Err(e) => Err(format!(
+            "cannot read its settings: {}",
+            crate::error_chain::error_chain(&e)
+        )),
+    }
 }
 
 /// Wait for the socket, deliver init through the link; then watch the link (1.1 heartbeats and

@@ -1,6 +1,6 @@
 //! The supervisor in-process with real plugin processes: the Python example plugin (protocol 1.1,
 //! through the Python SDK) and the 1.0 fixture `tests/plugins/legacy10.binary`, both started from
-//! a temp plugins dir on a real store. Checks what `init` carries and what
+//! a temp plugins dir on a real store. Checks that `init` carries the stored settings and what
 //! [`Supervisor::configure`] does for each kind of plugin and state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -114,17 +114,25 @@ async fn settings_reach_a_running_plugin_or_restart_it() {
     tokio::task::LocalSet::new()
         .run_until(async {
             let sup = supervisor(&dir.0);
+            let store = sup.inner.ctx.store.clone();
+            // As the settings endpoint does: store them, then tell the supervisor.
+            let save = |id: &'static str, v: Value| {
+                let store = store.clone();
+                async move { store.set_plugin_settings(id, v, None).await.unwrap() }
+            };
+            save("hello-python", json!({"greeting": "Bonjour"})).await;
             let report = sup.rescan().await;
             assert_eq!(report.added, ["hello-python", "legacy-ten"], "{report:?}");
             ready_again(&sup, "hello-python", None).await;
             let legacy_pid = ready_again(&sup, "legacy-ten", None).await;
 
-            // No stored settings: init carried {}, so the example shows its default greeting.
+            // Init carried the stored settings.
             let page = get(&sup, "hello-python", "/").await;
-            assert_eq!(page["message"], "Hello from Hello World (Python)!");
+            assert_eq!(page["message"], "Bonjour from Hello World (Python)!");
 
             // 1.1, ready: the plugin applies them at once, no restart.
             let pid = sup.plugin("hello-python").unwrap().pid;
+            save("hello-python", json!({"greeting": "Howdy"})).await;
             let applied = sup
                 .configure("hello-python", json!({"greeting": "Howdy"}))
                 .await
@@ -164,6 +172,7 @@ async fn settings_reach_a_running_plugin_or_restart_it() {
             // Not running: left alone, the settings apply at its next start.
             sup.disable("hello-python").await.unwrap();
             wait_for(&sup, "hello-python", PluginState::Disabled, None).await;
+            save("hello-python", json!({"greeting": "Hi"})).await;
             let parked = sup
                 .configure("hello-python", json!({"greeting": "Hi"}))
                 .await
@@ -173,6 +182,10 @@ async fn settings_reach_a_running_plugin_or_restart_it() {
                 sup.plugin("hello-python").unwrap().state,
                 PluginState::Disabled
             );
+            sup.enable("hello-python").await.unwrap();
+            ready_again(&sup, "hello-python", None).await;
+            let page = get(&sup, "hello-python", "/").await;
+            assert_eq!(page["message"], "Hi from Hello World (Python)!");
 
             let missing = sup.configure("nope", json!({})).await;
             assert!(
