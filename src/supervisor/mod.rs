@@ -14,7 +14,8 @@
 //!   killed at start, by a cgroup per plugin ([`cgroup`]) or the host as child subreaper
 //!   ([`subreaper`], reading [`procfs`]).
 //! - `link`: [`PluginReply`] and the plugin link, which hides 1.0 (a connection per message) vs
-//!   1.1 behind init, request, shutdown and watch; the only place the two are told apart.
+//!   1.1 behind init, request, configure, shutdown and watch; the only place the two are told
+//!   apart.
 //! - [`conn`]: the 1.1 persistent connection on the shared multiplexer; plugin KV served here.
 //! - [`logs`]: the bounded per-plugin log ring.
 //!
@@ -40,6 +41,8 @@ pub(crate) mod policy;
 pub(crate) mod process;
 mod procfs;
 mod subreaper;
+#[cfg(test)]
+mod tests;
 pub(crate) mod view;
 pub(crate) mod watch;
 
@@ -60,8 +63,8 @@ use plugin::{Command, Ctx, Shared};
 
 pub use link::PluginReply;
 pub use view::{
-    ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView, RescanReport,
-    SupervisorError,
+    ConfigOutcome, ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView,
+    RescanReport, SupervisorError,
 };
 
 /// Handle to the supervisor; cheap to clone, used on the runtime thread only.
@@ -219,6 +222,64 @@ impl Supervisor {
     /// Stop and start a plugin again (not counted as a failure).
     pub async fn restart(&self, id: &str) -> Result<PluginView, SupervisorError> {
         self.send(id, Command::Restart).await
+    }
+
+    /// Hand a plugin its new settings (a JSON object; the caller has stored them, so they also
+    /// reach it in `init` at every later start), waiting at most the plugin timeout
+    /// (`[http] plugin_timeout`) for its answer. A ready plugin that takes settings while it
+    /// runs (1.1) answers: [`ConfigOutcome::Applied`] or [`ConfigOutcome::Rejected`]. One that
+    /// takes them only at start (1.0, or a 1.1 plugin answering `unsupported`), or one that is
+    /// starting (its init may hold the previous settings), is restarted:
+    /// [`ConfigOutcome::Restarted`]. A plugin that is not running is left alone:
+    /// [`ConfigOutcome::NotRunning`]. The plugin's log says which, never the values.
+    // Called by the settings endpoint (issue 11), which is not written yet.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub async fn configure(
+        &self,
+        id: &str,
+        config: serde_json::Value,
+    ) -> Result<ConfigOutcome, SupervisorError> {
+        if self.stopping() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| SupervisorError::NotFound(id.into()))?;
+        let note = |level, msg: &str| shared.ring.push(view::LogStream::Host, level, msg);
+        let state = shared.policy.borrow().state();
+        let link = shared.link.borrow().clone();
+        let answer = match (state, link) {
+            (PluginState::Ready, Some(link)) => link
+                .configure(config, self.inner.ctx.config.http.plugin_timeout)
+                .await
+                .map_err(|e| SupervisorError::SettingsNotDelivered {
+                    id: id.into(),
+                    reason: e.to_string(),
+                })?,
+            (PluginState::Starting, _) => link::ConfigAnswer::NeedsRestart,
+            _ => {
+                note(
+                    LogLevel::Info,
+                    "settings changed; they apply at its next start",
+                );
+                return Ok(ConfigOutcome::NotRunning);
+            }
+        };
+        match answer {
+            link::ConfigAnswer::Applied => {
+                note(LogLevel::Info, "new settings applied");
+                Ok(ConfigOutcome::Applied)
+            }
+            link::ConfigAnswer::Rejected(why) => {
+                note(LogLevel::Warn, &format!("new settings refused: {why}"));
+                Ok(ConfigOutcome::Rejected(why))
+            }
+            link::ConfigAnswer::NeedsRestart => {
+                note(LogLevel::Info, "restarting to apply new settings");
+                self.send(id, Command::Restart).await?;
+                Ok(ConfigOutcome::Restarted)
+            }
+        }
     }
 
     /// Release `id` from the file it is bound to (`toru plugins unbind`), so that the next scan
