@@ -87,11 +87,9 @@ pub mod internals {
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
 
-//! package/                the plugin package format (no I/O beyond the files it is given):
-//!                         manifest · archive (streaming extraction) · sign (minisign) · pack
-//! config · role · notify · sys · fault · clock · settings    leaves: the host's settings,
-//!                         roles, sd_notify, unsafe, test faults, which clock answers what, plugin
-//!                         settings (schema, validator, secrets)
+    /// Plugin settings: the schema subset, its validator and secrets.
+    pub mod settings {
+        pub use crate::settings::{FieldError, MAX_DEPTH, MAX_FIELD_ERRORS, Schema, SchemaError};
     }
 
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
