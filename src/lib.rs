@@ -11,7 +11,11 @@
 //! http/                   web UI and REST API (the only module that names hyper), layered
 //!                         resp → conn/request → router → handlers → dispatch (see its doc)
 //! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
-//! app                     App: the handles the above share (config, store, supervisor); VERSION
+//! app                     App: the handles the above share (config, store, supervisor, packages)
+//! install                 package transactions (receive, check, switch, probation, rollback,
+//!                         remove, recovery at start), trusted keys, settings
+//! package · settings      the package format (manifest, archive, signatures, pack) · the
+//!                         settings schema and its validator (leaves)
 //! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
 //!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux),
 //!                         descendants (a cgroup per plugin or the host as subreaper)
@@ -56,6 +60,7 @@ pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;
 pub(crate) mod http;
+pub(crate) mod install;
 pub(crate) mod package;
 pub mod role;
 pub(crate) mod settings;
@@ -300,10 +305,14 @@ pub async fn run(
     };
     let supervisor =
         Supervisor::with_descendants(config.clone(), store.clone(), descendants.clone());
+    // Before any plugin starts: an update the last run left on probation is rolled back.
+    let packages = install::Packages::new(config.clone(), store.clone(), supervisor.clone());
+    packages.recover().await;
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),
         supervisor: supervisor.clone(),
+        packages,
         started: Instant::now(),
         started_at: crate::clock::now(),
     });

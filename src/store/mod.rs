@@ -116,7 +116,6 @@ use serde::{Deserialize, Serialize};
 use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
-#[allow(unused_imports)] // used by the package service, which lands next
 pub use self::packages::{PackageRecord, PackageVersion, PendingUpdate, TrustedKey, UpdateOutcome};
 use self::slot::Shared;
 use self::tables::{Doing, Limits};
