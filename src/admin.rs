@@ -28,6 +28,7 @@ use crate::app::App;
 use crate::auth::{self, ADMIN, Kdf};
 use crate::config::Config;
 use crate::error_chain::error_chain;
+use crate::install::{Expect, PackageError, Packages};
 use crate::role::Role;
 use crate::store::{Event, Store, StoreError, TokenRecord};
 use crate::supervisor::{PluginView, RescanReport, Supervisor, SupervisorError};
@@ -98,6 +99,47 @@ pub enum Request {
         /// How many.
         limit: usize,
     },
+    /// Install or update a package (daemon only). The package's bytes follow the request on the
+    /// control connection as frames of at most 64 KiB, ended by an empty frame.
+    PluginInstall {
+        /// The `.minisig` file's text (`None`: unsigned).
+        signature: Option<String>,
+        /// `install` (refuse an installed id), `update` (refuse one that is not) or `any`.
+        expect: String,
+        /// Accept an older version than the installed one.
+        allow_downgrade: bool,
+    },
+    /// Remove a package (daemon only).
+    PluginRemove {
+        /// Plugin id.
+        id: String,
+        /// Delete its KV data, settings and state too.
+        purge_data: bool,
+    },
+    /// The kept versions of a package.
+    PluginVersions {
+        /// Plugin id.
+        id: String,
+    },
+    /// Make the version before the active one active again (daemon only).
+    PluginRollback {
+        /// Plugin id.
+        id: String,
+    },
+    /// Trust a publisher key.
+    TrustAdd {
+        /// The `.pub` file's text.
+        public_key: String,
+        /// A note.
+        comment: String,
+    },
+    /// The trusted publisher keys.
+    TrustList,
+    /// Stop trusting a publisher key.
+    TrustRemove {
+        /// Its key id.
+        key_id: String,
+    },
 }
 
 /// What a request produced: the `result` of a control reply. Serialised without a tag, as the
@@ -147,6 +189,8 @@ pub enum Reply {
     },
     /// `events`.
     Events(Vec<Event>),
+    /// The package and trust commands: their result as JSON.
+    Json(Value),
 }
 
 /// A plugin as the store remembers it (the daemon does not run, so nothing is running).
@@ -207,6 +251,22 @@ pub enum AdminError {
     /// The store could not be opened.
     #[error("cannot open the store")]
     Open(#[from] crate::store::OpenError),
+    /// A local file (the package, its signature) could not be read.
+    #[error("cannot read {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PackageError> for AdminError {
+    /// A package or trust command was refused: its message (what was wrong, what to do).
+    fn from(e: PackageError) -> AdminError {
+        AdminError::Refused(e.to_string())
+    }
 }
 
 /// One answer on the control socket: `{"ok": true, "result": …}` or `{"ok": false, "error": …}`.
@@ -268,6 +328,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ControlReply<T> {
 pub(crate) async fn execute(
     store: &Store,
     supervisor: Option<&Supervisor>,
+    packages: Option<&Packages>,
     kdf: &Kdf,
     data_dir: &Path,
     req: Request,
@@ -340,19 +401,54 @@ pub(crate) async fn execute(
         Request::Events { plugin, limit } => {
             Reply::Events(store.events(plugin.as_deref(), limit.clamp(1, 10_000))?)
         }
+        Request::PluginInstall { .. } => {
+            // The daemon handles it on the connection (the package follows the request).
+            return Err(AdminError::NotRunning(NOT_RUNNING_PACKAGES));
+        }
+        Request::PluginRemove { id, purge_data } => {
+            let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
+            p.remove(&id, purge_data).await?;
+            Reply::Json(serde_json::json!({"removed": id, "purge_data": purge_data}))
+        }
+        Request::PluginVersions { id } => {
+            let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
+            Reply::Json(serde_json::to_value(p.versions(&id)?)?)
+        }
+        Request::PluginRollback { id } => {
+            let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
+            Reply::Json(serde_json::to_value(p.rollback(&id).await?)?)
+        }
+        Request::TrustAdd {
+            public_key,
+            comment,
+        } => {
+            let key = match packages {
+                Some(p) => p.trust(&public_key, &comment).await?,
+                None => crate::install::trust_stored(store, &public_key, &comment).await?,
+            };
+            Reply::Json(serde_json::to_value(key)?)
+        }
+        Request::TrustList => Reply::Json(serde_json::to_value(
+            store.trusted_keys()?.into_values().collect::<Vec<_>>(),
+        )?),
+        Request::TrustRemove { key_id } => {
+            crate::install::distrust_stored(store, &key_id).await?;
+            Reply::Json(serde_json::json!({"removed": key_id}))
+        }
     })
 }
+
+/// What to do instead of a package command while the daemon is stopped.
+const NOT_RUNNING_PACKAGES: &str =
+    "package commands run through the daemon (they start and watch the plugin): start toru first";
 
 /// What to do instead of enable/disable/restart while the daemon is stopped.
 const NOT_RUNNING_CHANGE: &str =
     "start it, or the change will apply at its next start only through the web UI";
 
-/// The supervisor, or [`AdminError::NotRunning`] with `instead`.
-fn daemon<'a>(
-    supervisor: Option<&'a Supervisor>,
-    instead: &'static str,
-) -> Result<&'a Supervisor, AdminError> {
-    supervisor.ok_or(AdminError::NotRunning(instead))
+/// The daemon's handle, or [`AdminError::NotRunning`] with `instead`.
+fn daemon<'a, T>(handle: Option<&'a T>, instead: &'static str) -> Result<&'a T, AdminError> {
+    handle.ok_or(AdminError::NotRunning(instead))
 }
 
 /// The file in the data dir that names the running daemon's control socket.
@@ -433,9 +529,23 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
         _ => return,
     };
     let result = match serde_json::from_slice::<Request>(&body) {
+        Ok(Request::PluginInstall {
+            signature,
+            expect,
+            allow_downgrade,
+        }) => receive_package(&app, &mut stream, signature, &expect, allow_downgrade).await,
         Ok(req) => {
             let (store, sup) = (&app.store, Some(&app.supervisor));
-            execute(store, sup, &Kdf::shared(), &app.config.data_dir, req).await
+            let packages = Some(&app.packages);
+            execute(
+                store,
+                sup,
+                packages,
+                &Kdf::shared(),
+                &app.config.data_dir,
+                req,
+            )
+            .await
         }
         Err(e) => Err(AdminError::BadMessage(e)),
     };
@@ -448,6 +558,136 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
         return;
     };
     let _ = tokio_codec::write_frame(&mut stream, &body, MAX_CONTROL_FRAME).await;
+}
+
+/// Receive a package on the control connection (frames until an empty one), check it, and
+/// install or update it (see `install`); the reply waits for the probation.
+async fn receive_package(
+    app: &App,
+    stream: &mut UnixStream,
+    signature: Option<String>,
+    expect: &str,
+    allow_downgrade: bool,
+) -> Result<Reply, AdminError> {
+    let expect = match expect {
+        "install" => Expect::Install,
+        "update" => Expect::Update,
+        _ => Expect::Any,
+    };
+    let mut upload = app.packages.begin_upload(signature)?;
+    loop {
+        let frame = tokio::time::timeout(
+            PACKAGE_CHUNK_TIMEOUT,
+            tokio_codec::read_frame(stream, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| AdminError::Closed)?
+        .map_err(|source| AdminError::Control {
+            path: control_path(&app.config.runtime_dir),
+            source,
+        })?
+        .ok_or(AdminError::Closed)?;
+        if frame.is_empty() {
+            break;
+        }
+        upload.write(&frame)?;
+    }
+    let preview = app.packages.finish_upload(upload).await?;
+    let done = app
+        .packages
+        .confirm(&preview.upload, expect, allow_downgrade)
+        .await?;
+    Ok(Reply::Json(serde_json::json!({
+        "result": done.result,
+        "id": done.id,
+        "version": done.version,
+        "action": preview.action,
+        "installed_version": preview.installed_version,
+        "signature": preview.signature,
+    })))
+}
+
+/// A client streaming a package must send each chunk within this time.
+const PACKAGE_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `toru plugin install|update FILE`: stream `file` (and its signature, `FILE.minisig` unless
+/// `signature` names another file or `None` is forced) to the running daemon.
+pub async fn run_install(
+    config: &Config,
+    file: &Path,
+    signature: Option<&Path>,
+    expect: &str,
+    allow_downgrade: bool,
+) -> Result<Value, AdminError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| AdminError::File {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let sig_path = match signature {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let mut p = file.as_os_str().to_owned();
+            p.push(".minisig");
+            let p = PathBuf::from(p);
+            p.exists().then_some(p)
+        }
+    };
+    let signature = sig_path.as_deref().map(read).transpose()?;
+    let mut package = std::fs::File::open(file).map_err(|source| AdminError::File {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let (mut stream, path) = connect_daemon(config)
+        .await
+        .ok_or(AdminError::NotRunning(NOT_RUNNING_PACKAGES))?;
+    let control = |source| AdminError::Control {
+        path: path.clone(),
+        source,
+    };
+    let req = Request::PluginInstall {
+        signature,
+        expect: expect.to_owned(),
+        allow_downgrade,
+    };
+    tokio_codec::write_frame(&mut stream, &serde_json::to_vec(&req)?, MAX_CONTROL_FRAME)
+        .await
+        .map_err(control)?;
+    let mut buf = vec![0u8; MAX_CONTROL_FRAME];
+    loop {
+        use std::io::Read;
+        let n = package.read(&mut buf).map_err(|source| AdminError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        // A refusal mid-way (too large) closes the connection: its reply is read below.
+        if tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
+            .await
+            .is_err()
+            || n == 0
+        {
+            break;
+        }
+    }
+    let reply = tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME)
+        .await
+        .map_err(control)?
+        .ok_or(AdminError::Closed)?;
+    match serde_json::from_slice::<ControlReply<Value>>(&reply)? {
+        ControlReply::Done(v) => Ok(v),
+        ControlReply::Failed(e) => Err(AdminError::Refused(e)),
+    }
+}
+
+/// A connection to the running daemon's control socket, and its path.
+async fn connect_daemon(config: &Config) -> Option<(UnixStream, PathBuf)> {
+    for path in control_candidates(config) {
+        if let Ok(stream) = UnixStream::connect(&path).await {
+            return Some((stream, path));
+        }
+    }
+    None
 }
 
 /// Run one administrative request from the command line: through the daemon if it runs, else on
@@ -489,7 +729,7 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
         }
         Err(e) => return Err(e.into()),
     };
-    let result = execute(&store, None, &Kdf::shared(), &config.data_dir, req).await;
+    let result = execute(&store, None, None, &Kdf::shared(), &config.data_dir, req).await;
     store.close();
     Ok(serde_json::to_value(result?)?)
 }
@@ -557,6 +797,7 @@ mod tests {
         let r = execute(
             &store,
             None,
+            None,
             &kdf,
             dir.path(),
             passwd(ADMIN, "a long password"),
@@ -572,7 +813,7 @@ mod tests {
         ));
         assert_eq!(kdf.runs(), 1);
         assert!(!dir.path().join("setup-code").exists());
-        let weak = execute(&store, None, &kdf, dir.path(), passwd("bob", "short")).await;
+        let weak = execute(&store, None, None, &kdf, dir.path(), passwd("bob", "short")).await;
         assert!(matches!(
             weak,
             Err(AdminError::Auth(AuthError::WeakPassword))
@@ -580,13 +821,14 @@ mod tests {
         let gone = execute(
             &store,
             None,
+            None,
             &kdf,
             dir.path(),
             Request::TokenRevoke { name: "x".into() },
         )
         .await;
         assert!(matches!(gone, Err(AdminError::NoSuchToken(n)) if n == "x"));
-        let offline = execute(&store, None, &kdf, dir.path(), Request::Rescan).await;
+        let offline = execute(&store, None, None, &kdf, dir.path(), Request::Rescan).await;
         let Err(e @ AdminError::NotRunning(_)) = offline else {
             panic!("{offline:?}");
         };

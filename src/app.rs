@@ -8,6 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::install::Packages;
 use crate::store::{OpenError, Store, StoreOptions};
 use crate::supervisor::Supervisor;
 
@@ -34,6 +35,8 @@ pub(crate) struct App {
     pub store: Store,
     /// The supervisor.
     pub supervisor: Supervisor,
+    /// Package transactions, trusted keys and settings.
+    pub packages: Packages,
     /// When the host started (monotonic).
     pub started: Instant,
     /// When the host started (wall clock).

@@ -48,9 +48,36 @@ pub struct Config {
     pub http: HttpConfig,
     /// Supervisor timings.
     pub supervisor: SupervisorConfig,
+    /// Plugin packages: probation, limits, unsigned packages.
+    pub packages: PackagesConfig,
     /// Deprecated config-file keys that were used, one sentence each (file, line, the key to use
     /// instead). `main` logs them once the logger runs.
     pub deprecations: Vec<String>,
+}
+
+/// Plugin packages (`[packages]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackagesConfig {
+    /// A new version must stay ready this long after it became ready, or it is rolled back
+    /// (`probation_secs`, default 30).
+    pub probation: Duration,
+    /// Packages without a signature are accepted (development only; the UI says so on every page).
+    pub allow_unsigned: bool,
+    /// Largest package file accepted (compressed), default 64 MiB.
+    pub max_package_bytes: u64,
+    /// Most bytes a package may expand to, default 256 MiB.
+    pub max_unpacked_bytes: u64,
+}
+
+impl Default for PackagesConfig {
+    fn default() -> Self {
+        PackagesConfig {
+            probation: Duration::from_secs(30),
+            allow_unsigned: false,
+            max_package_bytes: 64 * 1024 * 1024,
+            max_unpacked_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// HTTP limits (all configurable) and auth settings.
@@ -208,6 +235,7 @@ impl Default for Config {
             log_lines_per_sec: 200,
             http: HttpConfig::default(),
             supervisor: SupervisorConfig::default(),
+            packages: PackagesConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -281,6 +309,16 @@ struct FileConfig {
     log_lines_per_sec: Option<i64>,
     http: Option<FileHttp>,
     supervisor: Option<FileSupervisor>,
+    packages: Option<FilePackages>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePackages {
+    probation_secs: Option<i64>,
+    allow_unsigned: Option<bool>,
+    max_package_bytes: Option<i64>,
+    max_unpacked_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -694,6 +732,27 @@ impl Config {
                     ));
                 }
                 d.cgroup = Some(v);
+            }
+        }
+        if let Some(p) = f.packages {
+            let d = &mut self.packages;
+            if let Some(v) = p.probation_secs {
+                d.probation =
+                    Duration::from_secs(rules.int("packages.probation_secs", v, (0, 3600))?);
+            }
+            if let Some(v) = p.allow_unsigned {
+                d.allow_unsigned = v;
+            }
+            if let Some(v) = p.max_package_bytes {
+                d.max_package_bytes =
+                    rules.int("packages.max_package_bytes", v, (1024, 1024 * 1024 * 1024))?;
+            }
+            if let Some(v) = p.max_unpacked_bytes {
+                d.max_unpacked_bytes = rules.int(
+                    "packages.max_unpacked_bytes",
+                    v,
+                    (1024, 16 * 1024 * 1024 * 1024),
+                )?;
             }
         }
         if let Some(h) = f.http {

@@ -11,7 +11,11 @@
 //! http/                   web UI and REST API (the only module that names hyper), layered
 //!                         resp → conn/request → router → handlers → dispatch (see its doc)
 //! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
-//! app                     App: the handles the above share (config, store, supervisor); VERSION
+//! app                     App: the handles the above share (config, store, supervisor, packages)
+//! install                 package transactions (receive, check, switch, probation, rollback,
+//!                         remove, recovery at start), trusted keys, settings
+//! package · settings      the package format (manifest, archive, signatures, pack) · the
+//!                         settings schema and its validator (leaves)
 //! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
 //!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux),
 //!                         descendants (a cgroup per plugin or the host as subreaper)
@@ -19,8 +23,9 @@
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
 //! package/                the plugin package format (no I/O beyond the files it is given):
 //!                         manifest · archive (streaming extraction) · sign (minisign) · pack
-//! config · role · notify · sys · fault · clock    leaves: settings, roles, sd_notify, unsafe,
-//!                         test faults, which clock answers what
+//! config · role · notify · sys · fault · clock · settings    leaves: the host's settings,
+//!                         roles, sd_notify, unsafe, test faults, which clock answers what, plugin
+//!                         settings (schema, validator, secrets)
 //! ```
 //!
 //! Everything is `pub(crate)` unless `main` needs it, so the compiler reports dead code; the
@@ -55,8 +60,10 @@ pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;
 pub(crate) mod http;
+pub(crate) mod install;
 pub(crate) mod package;
 pub mod role;
+pub(crate) mod settings;
 pub(crate) mod store;
 pub(crate) mod supervisor;
 
@@ -85,29 +92,9 @@ pub mod internals {
     pub use crate::supervisor::conn::Conn;
     pub use crate::supervisor::logs::LogRing;
 
-    /// The package format's parsers on arbitrary input (fuzz target `package`).
-    pub mod package {
-        use std::path::Path;
-
-        /// `Manifest::parse`: `Ok(id)` or the error's message.
-        pub fn parse_manifest(text: &str) -> Result<String, String> {
-            crate::package::manifest::Manifest::parse(text)
-                .map(|m| m.id)
-                .map_err(|e| e.to_string())
-        }
-
-        /// `archive::extract` of the file `package` into `dest` with small limits (1 MiB
-        /// unpacked, 64 entries, a 16 KiB manifest): `Ok(files written)` or the error's message.
-        pub fn extract_small(package: &Path, dest: &Path) -> Result<Vec<String>, String> {
-            let limits = crate::package::archive::Limits {
-                max_unpacked_bytes: 1024 * 1024,
-                max_entries: 64,
-                max_manifest_bytes: 16 * 1024,
-            };
-            crate::package::archive::extract(package, dest, &limits)
-                .map(|x| x.files)
-                .map_err(|e| crate::error_chain::error_chain(&e))
-        }
+    /// Plugin settings: the schema subset, its validator and secrets.
+    pub mod settings {
+        pub use crate::settings::{FieldError, MAX_DEPTH, MAX_FIELD_ERRORS, Schema, SchemaError};
     }
 
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
@@ -318,10 +305,14 @@ pub async fn run(
     };
     let supervisor =
         Supervisor::with_descendants(config.clone(), store.clone(), descendants.clone());
+    // Before any plugin starts: an update the last run left on probation is rolled back.
+    let packages = install::Packages::new(config.clone(), store.clone(), supervisor.clone());
+    packages.recover().await;
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),
         supervisor: supervisor.clone(),
+        packages,
         started: Instant::now(),
         started_at: crate::clock::now(),
     });

@@ -26,6 +26,10 @@ usage: toru [OPTIONS]                  run the host
        toru events [PLUGIN] [--limit N]
        toru store status|repair|reset     (with toru stopped: a store the host cannot use)
        toru key generate NAME             (writes NAME.key and NAME.pub here: a package signing key)
+       toru plugin install|update FILE [--sig FILE.minisig] [--allow-downgrade]
+                                          (FILE.minisig beside FILE is used when present)
+       toru plugin remove ID [--purge-data] | toru plugin versions ID | toru plugin rollback ID
+       toru trust add NAME.pub [--comment TEXT] | toru trust list | toru trust remove KEYID
        toru plugin pack DIR [--key NAME.key] [-o FILE]   (DIR holds manifest.toml; FILE defaults
                                           to ID-VERSION.toru; without --key it is unsigned)
        toru --version | --help
@@ -45,9 +49,19 @@ enum Cmd {
     Version,
     Help,
     Admin(Request, bool),
-    Passwd { user: String, role: Role },
+    Passwd {
+        user: String,
+        role: Role,
+    },
     Store(toru::store_cmd::StoreCommand, bool),
     Pack(toru::pack_cmd::PackCommand),
+    Install {
+        file: PathBuf,
+        sig: Option<PathBuf>,
+        expect: &'static str,
+        allow_downgrade: bool,
+        json: bool,
+    },
 }
 
 fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
@@ -60,6 +74,11 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     // Plugin packages: `plugin pack` flags.
     let mut key = None;
     let mut out = None;
+    // `plugin install|update|remove`, `trust add` flags.
+    let mut sig = None;
+    let mut allow_downgrade = false;
+    let mut purge_data = false;
+    let mut comment = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -86,6 +105,10 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             "--user" => user = Some(value("--user")?),
             "--key" => key = Some(PathBuf::from(value("--key")?)),
             "-o" | "--out" => out = Some(PathBuf::from(value("-o")?)),
+            "--sig" => sig = Some(PathBuf::from(value("--sig")?)),
+            "--allow-downgrade" => allow_downgrade = true,
+            "--purge-data" => purge_data = true,
+            "--comment" => comment = Some(value("--comment")?),
             "--limit" => {
                 let v = value("--limit")?;
                 limit = Some(
@@ -155,11 +178,62 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             key: key.take(),
             out: out.take(),
         }),
+        ["plugin", verb @ ("install" | "update"), file] => Cmd::Install {
+            file: PathBuf::from(file),
+            sig: sig.take(),
+            expect: if *verb == "install" {
+                "install"
+            } else {
+                "update"
+            },
+            allow_downgrade: std::mem::take(&mut allow_downgrade),
+            json: json_out,
+        },
+        ["plugin", "remove", id] => Cmd::Admin(
+            Request::PluginRemove {
+                id: id.to_string(),
+                purge_data: std::mem::take(&mut purge_data),
+            },
+            json_out,
+        ),
+        ["plugin", "versions", id] => {
+            Cmd::Admin(Request::PluginVersions { id: id.to_string() }, json_out)
+        }
+        ["plugin", "rollback", id] => {
+            Cmd::Admin(Request::PluginRollback { id: id.to_string() }, json_out)
+        }
+        ["trust", "add", file] => {
+            let public_key =
+                std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            Cmd::Admin(
+                Request::TrustAdd {
+                    public_key,
+                    comment: comment.take().unwrap_or_default(),
+                },
+                json_out,
+            )
+        }
+        ["trust", "list"] => Cmd::Admin(Request::TrustList, json_out),
+        ["trust", "remove", key_id] => Cmd::Admin(
+            Request::TrustRemove {
+                key_id: key_id.to_string(),
+            },
+            json_out,
+        ),
         // ── end of plugin packages ──────────────────────────────────────────────────────────
         other => return Err(format!("unknown command: {}", other.join(" "))),
     };
     if key.is_some() || out.is_some() {
         return Err("--key and -o belong to `toru plugin pack`".into());
+    }
+    if sig.is_some() || allow_downgrade {
+        return Err("--sig and --allow-downgrade belong to `toru plugin install|update`".into());
+    }
+    if purge_data {
+        return Err("--purge-data belongs to `toru plugin remove`".into());
+    }
+    if comment.is_some() {
+        return Err("--comment belongs to `toru trust add`".into());
     }
     Ok((cmd, o))
 }
@@ -249,6 +323,58 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             }
         }
         Request::TokenRevoke { name } => eprintln!("Token {name:?} revoked."),
+        Request::PluginInstall { .. } | Request::PluginRollback { .. } => println!(
+            "{} {}: {}",
+            v["id"].as_str().unwrap_or(""),
+            v["version"].as_str().unwrap_or(""),
+            v["result"].as_str().unwrap_or("")
+        ),
+        Request::PluginRemove { id, purge_data } => eprintln!(
+            "{id} removed{}.",
+            if *purge_data {
+                " with its data"
+            } else {
+                "; its data is kept for a later install by the same publisher"
+            }
+        ),
+        Request::PluginVersions { .. } => {
+            let active = v["active"].as_str().unwrap_or("");
+            for ver in v["versions"].as_array().into_iter().flatten() {
+                let this = ver["version"].as_str().unwrap_or("");
+                println!(
+                    "{}{this}\t{}\t{}",
+                    if this == active { "* " } else { "  " },
+                    ver["installed_at"].as_str().unwrap_or(""),
+                    ver["key_id"].as_str().unwrap_or("unsigned")
+                );
+            }
+            if let Some(u) = v["last_update"].as_object() {
+                println!(
+                    "last update: {} {} -> {}{}",
+                    u.get("result").and_then(|r| r.as_str()).unwrap_or(""),
+                    u.get("from").and_then(|r| r.as_str()).unwrap_or("-"),
+                    u.get("to").and_then(|r| r.as_str()).unwrap_or(""),
+                    u.get("reason")
+                        .and_then(|r| r.as_str())
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Request::TrustAdd { .. } => {
+            eprintln!("Key {} is trusted.", v["key_id"].as_str().unwrap_or(""))
+        }
+        Request::TrustList => {
+            for k in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    k["key_id"].as_str().unwrap_or(""),
+                    k["added_at"].as_str().unwrap_or(""),
+                    k["comment"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::TrustRemove { key_id } => eprintln!("Key {key_id} is no longer trusted."),
         Request::Passwd { user, .. } => {
             eprintln!("Password for {user:?} set; their sessions were ended.")
         }
@@ -339,6 +465,34 @@ fn main() -> ExitCode {
         }
         Cmd::Admin(req, json) => run_admin(&local, &runtime, &config, req, json),
         Cmd::Store(cmd, json) => toru::store_cmd::run(&config, cmd, json),
+        Cmd::Install {
+            file,
+            sig,
+            expect,
+            allow_downgrade,
+            json,
+        } => {
+            let run = admin::run_install(&config, &file, sig.as_deref(), expect, allow_downgrade);
+            match local.block_on(&runtime, run) {
+                Ok(v) if json => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    let req = Request::PluginInstall {
+                        signature: None,
+                        expect: expect.into(),
+                        allow_downgrade,
+                    };
+                    print_result(&req, &v);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("toru: {}", error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Version | Cmd::Help | Cmd::Pack(_) => ExitCode::SUCCESS,
     }
 }

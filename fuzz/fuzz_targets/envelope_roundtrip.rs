@@ -1,12 +1,14 @@
 //! Every message either side may send survives its trip: a frame built from the fuzzer's bytes —
-//! any host message (init, shutdown, ping, HTTP request, KV payload, error) or plugin message
-//! (ready, shutdown ack, pong, HTTP reply, KV request, log, error), with arbitrary strings,
+//! any host message (init with settings, shutdown, ping, HTTP request, KV payload, error,
+//! settings change) or plugin message (ready, shutdown ack, pong, HTTP reply, KV request, log,
+//! error, settings applied), with arbitrary strings,
 //! headers, bodies, numbers and timestamps within the protocol's rules — decodes to exactly the
 //! frame that was encoded: `decode(encode(x)) == x`.
 //!
 //! The rules a sender keeps, and so the generator: a `request_id` is 1 to 128 bytes and present on
 //! every request and reply that needs one; timestamps are RFC 3339 (years 0 to 9999, offsets in
-//! whole minutes); a KV payload carries a known `action` and no `type` of its own.
+//! whole minutes); a KV payload carries a known `action` and no `type` of its own; settings are a
+//! JSON object.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -86,6 +88,15 @@ fn json(u: &mut Unstructured, depth: u32) -> Result<Value> {
     })
 }
 
+/// A plugin's settings: a JSON object of any values but floats.
+fn settings(u: &mut Unstructured) -> Result<Value> {
+    Ok(Value::Object(
+        (0..u.int_in_range(0..=4)?)
+            .map(|_| Ok((string(u)?, json(u, 2)?)))
+            .collect::<Result<_>>()?,
+    ))
+}
+
 fn error_reply(u: &mut Unstructured) -> Result<ErrorReply> {
     let code = *u.choose(&[
         ErrorCode::BadRequest,
@@ -103,7 +114,7 @@ fn error_reply(u: &mut Unstructured) -> Result<ErrorReply> {
 
 /// A host message and whether it needs a `request_id`.
 fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
-    Ok(match u.int_in_range(0..=5)? {
+    Ok(match u.int_in_range(0..=6)? {
         0 => (
             HostMessage::Init(Init {
                 instance_id: string(u)?,
@@ -112,6 +123,7 @@ fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
                 protocol: u.arbitrary()?,
                 heartbeat_interval_ms: u.arbitrary()?,
                 max_frame_len: u.arbitrary()?,
+                config: settings(u)?,
             }),
             false,
         ),
@@ -145,13 +157,14 @@ fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
             m.insert("action".into(), Value::String(action.into()));
             (HostMessage::Kv(KvPayload(m)), true)
         }
+        5 => (HostMessage::Config(settings(u)?), true),
         _ => (HostMessage::Error(error_reply(u)?), true),
     })
 }
 
 /// A plugin message and whether it needs a `request_id`.
 fn plugin_message(u: &mut Unstructured) -> Result<(PluginMessage, bool)> {
-    Ok(match u.int_in_range(0..=6)? {
+    Ok(match u.int_in_range(0..=7)? {
         0 => (PluginMessage::Ready, false),
         1 => (PluginMessage::ShutdownAck, false),
         2 => (
@@ -202,6 +215,7 @@ fn plugin_message(u: &mut Unstructured) -> Result<(PluginMessage, bool)> {
                 false,
             )
         }
+        6 => (PluginMessage::ConfigOk, false),
         _ => (PluginMessage::Error(error_reply(u)?), false),
     })
 }

@@ -178,8 +178,14 @@ pub(crate) mod testing {
         };
         adjust(&mut config);
         let store = Store::open(dir.path(), StoreOptions::default()).expect("open the store");
+        let supervisor = crate::supervisor::Supervisor::new(config.clone(), store.clone());
         App {
-            supervisor: crate::supervisor::Supervisor::new(config.clone(), store.clone()),
+            packages: crate::install::Packages::new(
+                config.clone(),
+                store.clone(),
+                supervisor.clone(),
+            ),
+            supervisor,
             config,
             store,
             started: std::time::Instant::now(),

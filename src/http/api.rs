@@ -102,9 +102,25 @@ pub(crate) fn metrics(srv: &Server) -> Result<Resp, ApiError> {
     ))
 }
 
-/// `GET /api/plugins`.
+/// `GET /api/plugins`: each plugin with its `package` (`null`: an unpackaged `*.binary`).
 pub(crate) fn plugins(srv: &Server) -> Result<Resp, ApiError> {
-    ok_json(&srv.app.supervisor.plugins())
+    let list: Vec<serde_json::Value> = srv
+        .app
+        .supervisor
+        .plugins()
+        .into_iter()
+        .map(|p| with_package(srv, &p))
+        .collect();
+    ok_json(&list)
+}
+
+/// A plugin's view with its `package` summary.
+fn with_package(srv: &Server, p: &crate::supervisor::PluginView) -> serde_json::Value {
+    let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("package".into(), srv.app.packages.summary(&p.id));
+    }
+    v
 }
 
 /// `POST /api/plugins/rescan` (admin).
@@ -116,7 +132,7 @@ pub(crate) async fn rescan(srv: &Server) -> Result<Resp, ApiError> {
 /// `GET /api/plugins/{id}`.
 pub(crate) fn plugin(srv: &Server, id: &str) -> Result<Resp, ApiError> {
     let p = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    ok_json(&p)
+    ok_json(&with_package(srv, &p))
 }
 
 /// `POST /api/plugins/{id}/{enable|disable|restart}` (admin).
@@ -194,6 +210,10 @@ fn system_json(srv: &Server) -> serde_json::Value {
             "auto_disabled": auto_disabled,
         },
         "invalid_plugins": app.supervisor.invalid(),
+        "packages": {
+            "allow_unsigned": app.packages.allow_unsigned(),
+            "max_package_bytes": app.config.packages.max_package_bytes,
+        },
         "http": {
             "connections": srv.connections.active(),
             "max_connections": app.config.http.max_connections,
@@ -320,12 +340,13 @@ fn kv_error(e: StoreError) -> ApiError {
 /// `GET /api/plugins/{id}/bundle.js`: from the plugins dir, else from the plugin.
 pub(crate) async fn bundle(srv: &Server, who: &Identity, id: &str) -> Result<Resp, ApiError> {
     let view = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    let path = srv
-        .app
-        .supervisor
-        .plugins_dir()
-        .join(&view.id)
-        .join("bundle.js");
+    let path = srv.app.packages.frontend(&view.id).unwrap_or_else(|| {
+        srv.app
+            .supervisor
+            .plugins_dir()
+            .join(&view.id)
+            .join("bundle.js")
+    });
     let from_file = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.len() <= MAX_BUNDLE_BYTES => std::fs::read(&path).map(Some),

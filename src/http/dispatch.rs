@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::conn::Handler;
 use super::resp::{ApiError, Resp, add_security_headers, reply_budget_spent};
 use super::router::{Admitted, ApiRoute, OpenRoute, Server, class_of};
-use super::{api, session, ui};
+use super::{api, packages, session, ui};
 
 impl Handler for Server {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -79,6 +79,15 @@ impl Server {
             ApiRoute::Kv(id) => api::kv(self, &who, &id, body).await,
             ApiRoute::Bundle(id) => api::bundle(self, &who, &id).await,
             ApiRoute::Forward(after) => api::forward(self, &ctx, &who, &after, body).await,
+            ApiRoute::PackageUpload => packages::upload(self, &ctx, &who, body).await,
+            ApiRoute::PackageConfirm(t) => packages::confirm(self, &who, &t, body).await,
+            ApiRoute::PackageCancel(t) => packages::cancel(self, &who, &t),
+            ApiRoute::Versions(id) => packages::versions(self, &id),
+            ApiRoute::Rollback(id) => packages::rollback(self, &who, &id).await,
+            ApiRoute::Remove(id) => packages::remove(self, &who, &id, body).await,
+            ApiRoute::Settings(id) => packages::settings(self, &ctx, &who, &id, body).await,
+            ApiRoute::Trust => packages::trust(self, &ctx, &who, body).await,
+            ApiRoute::TrustKey(k) => packages::distrust(self, &who, &k).await,
             ApiRoute::Unknown => api::unknown(&ctx),
         }
     }

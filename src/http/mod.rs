@@ -12,7 +12,7 @@
 //! ```text
 //! mod.rs    serve(): builds the connection registry and the Server, runs conn::serve
 //! dispatch  Server as conn's Handler: gate → the handler of the route; security headers, metrics
-//! api · session · ui
+//! api · session · packages · ui
 //!           handlers: one request → Result<Resp, ApiError>; they never import each other
 //! router    Server (state), the route table (path → Route), the gate (Host, setup, auth, CSRF,
 //!           method, role)
@@ -52,6 +52,7 @@ pub(crate) mod checks;
 mod conn;
 mod dispatch;
 mod metrics;
+mod packages;
 mod request;
 mod resp;
 pub(crate) mod router;

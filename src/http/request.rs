@@ -112,3 +112,15 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     let bytes = read_body(body, limit).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
 }
+
+/// Read a JSON request body; an empty body is `T::default()`.
+pub(crate) async fn read_json_or_default<T: DeserializeOwned + Default>(
+    body: Incoming,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("bad JSON: {e}")))
+}

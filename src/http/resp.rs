@@ -98,6 +98,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// Extra headers (`Retry-After`, `Allow`, `Set-Cookie`).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// More fields for the JSON body (an object), beside `error` and `message`.
+    details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -112,7 +114,14 @@ impl ApiError {
             error,
             message: message.into(),
             headers: Vec::new(),
+            details: None,
         }
+    }
+
+    /// Add the fields of `details` (an object) to the JSON body.
+    pub(crate) fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
     }
 
     /// `404 not_found`.
@@ -179,10 +188,15 @@ impl ApiError {
 
     /// The JSON response.
     pub(crate) fn into_response(self) -> Resp {
-        let mut r = json_response(
-            self.status,
-            &json!({"error": self.error, "message": self.message}),
-        );
+        let mut body = json!({"error": self.error, "message": self.message});
+        if let (Some(serde_json::Value::Object(extra)), Some(o)) =
+            (self.details, body.as_object_mut())
+        {
+            for (k, v) in extra {
+                o.entry(k).or_insert(v);
+            }
+        }
+        let mut r = json_response(self.status, &body);
         for (k, v) in self.headers {
             r.headers_mut().insert(k, v);
         }

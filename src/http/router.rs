@@ -93,6 +93,24 @@ pub enum ApiRoute {
     Bundle(String),
     /// `/api/plugins/route/{route}/{rest}`: what follows `route/`, forwarded to a plugin.
     Forward(String),
+    /// `/api/packages/upload`.
+    PackageUpload,
+    /// `/api/packages/upload/{token}/confirm`.
+    PackageConfirm(String),
+    /// `/api/packages/upload/{token}` (DELETE cancels).
+    PackageCancel(String),
+    /// `/api/plugins/{id}/versions`.
+    Versions(String),
+    /// `/api/plugins/{id}/rollback`.
+    Rollback(String),
+    /// `/api/plugins/{id}/remove`.
+    Remove(String),
+    /// `/api/plugins/{id}/settings` (GET, PUT).
+    Settings(String),
+    /// `/api/trust` (GET, POST).
+    Trust,
+    /// `/api/trust/{key_id}` (DELETE).
+    TrustKey(String),
     /// Any other `/api/` path (`404` once authenticated).
     Unknown,
 }
@@ -165,6 +183,15 @@ impl Route {
             ["plugins", p, "events"] => ApiRoute::PluginEvents(id(p)),
             ["plugins", p, "kv"] => ApiRoute::Kv(id(p)),
             ["plugins", p, "bundle.js"] => ApiRoute::Bundle(id(p)),
+            ["plugins", p, "versions"] => ApiRoute::Versions(id(p)),
+            ["plugins", p, "rollback"] => ApiRoute::Rollback(id(p)),
+            ["plugins", p, "remove"] => ApiRoute::Remove(id(p)),
+            ["plugins", p, "settings"] => ApiRoute::Settings(id(p)),
+            ["packages", "upload"] => ApiRoute::PackageUpload,
+            ["packages", "upload", t, "confirm"] => ApiRoute::PackageConfirm(id(t)),
+            ["packages", "upload", t] => ApiRoute::PackageCancel(id(t)),
+            ["trust"] => ApiRoute::Trust,
+            ["trust", k] => ApiRoute::TrustKey(id(k)),
             _ => ApiRoute::Unknown,
         })
     }
@@ -176,15 +203,27 @@ impl ApiRoute {
         use ApiRoute::*;
         match self {
             Metrics | Me | System | Events | Plugins | Plugin(_) | Logs(_) | FollowLogs(_)
-            | PluginEvents(_) | Bundle(_) => Some(Method::GET),
-            Logout | Password | Rescan | PluginAction(..) | Kv(_) => Some(Method::POST),
-            Forward(_) | Unknown => None,
+            | PluginEvents(_) | Bundle(_) | Versions(_) => Some(Method::GET),
+            Logout | Password | Rescan | PluginAction(..) | Kv(_) | PackageUpload
+            | PackageConfirm(_) | Rollback(_) | Remove(_) => Some(Method::POST),
+            PackageCancel(_) | TrustKey(_) => Some(Method::DELETE),
+            Forward(_) | Unknown | Settings(_) | Trust => None,
         }
     }
 
     /// Only an admin may use the route at all (other routes check roles per operation).
     fn admin_only(&self) -> bool {
-        matches!(self, ApiRoute::Rescan | ApiRoute::PluginAction(..))
+        matches!(
+            self,
+            ApiRoute::Rescan
+                | ApiRoute::PluginAction(..)
+                | ApiRoute::PackageUpload
+                | ApiRoute::PackageConfirm(_)
+                | ApiRoute::PackageCancel(_)
+                | ApiRoute::Rollback(_)
+                | ApiRoute::Remove(_)
+                | ApiRoute::TrustKey(_)
+        )
     }
 }
 

@@ -59,6 +59,9 @@
 //! user_sessions  (user name, session hash) ()     index: a user's sessions
 //! ```
 //!
+//! Packages, trusted publisher keys, plugin settings and the KV snapshot of an update under way
+//! have their own tables, drawn in `packages.rs`.
+//!
 //! Invariants, each kept inside the one transaction that changes the rows involved:
 //! - a plugin id is the first part of every KV key, so namespaces are isolated by construction;
 //! - `kv_usage[p]` equals the bytes of `p`'s kv rows, and never exceeds the quota after a write
@@ -91,6 +94,7 @@
 pub(crate) mod kv;
 mod maintenance;
 mod open;
+mod packages;
 #[cfg(test)]
 mod power_cut_tests;
 mod slot;
@@ -112,6 +116,7 @@ use serde::{Deserialize, Serialize};
 use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
+pub use self::packages::{PackageRecord, PackageVersion, PendingUpdate, TrustedKey, UpdateOutcome};
 use self::slot::Shared;
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
@@ -375,16 +380,20 @@ pub struct PluginRecord {
 /// Whom a plugin id belongs to: the claimant discovery first accepted for it. Another claimant of
 /// the id is refused until an admin removes the binding ([`Store::bind_plugin`] with `None`).
 ///
-/// Today a claimant is a `*.binary` file in the plugins dir, matched by its file name (the name,
-/// not the path, so moving the whole plugins dir keeps every binding). Packages will add their
-/// publisher's key here (a `publisher_key` field, absent in rows written before): a package's
-/// claim then matches by key, whatever its file is called.
+/// A claimant is a `*.binary` file in the plugins dir, matched by its file name (the name, not the
+/// path, so moving the whole plugins dir keeps every binding), or an installed package, named
+/// `package:<id>` and holding its publisher's key id (`None`: unsigned, allowed for development).
+/// Another publisher's package is refused the id until its data is purged
+/// (`toru plugin remove ID --purge-data`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginBinding {
-    /// The file name (`hello-rust.binary`) the id was first registered from.
+    /// The file name (`hello-rust.binary`) the id was first registered from, or `package:<id>`.
     pub file: String,
     /// When the binding was made; of two plugins claiming one route, the older binding keeps it.
     pub since: DateTime<Utc>,
+    /// For a package: the key id of its publisher (absent for files and unsigned packages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// One row of the `plugins` table, one JSON object: the policy's [`PluginRecord`] and the id's
@@ -424,6 +433,20 @@ pub enum EventKind {
     MetadataInvalid,
     /// An admin released the id from the file it was bound to (`toru plugins unbind`).
     Unbound,
+    /// A package was installed (its probation passed).
+    Installed,
+    /// A package was updated (or rolled back by an admin) and its probation passed.
+    Updated,
+    /// A new version did not come up healthy; the previous state was restored.
+    UpdateRolledBack,
+    /// A package was removed.
+    Removed,
+    /// A plugin's settings were changed.
+    SettingsChanged,
+    /// A publisher key was trusted.
+    TrustAdded,
+    /// A publisher key was no longer trusted.
+    TrustRemoved,
     /// A kind this build does not know, as read from the store (a newer build wrote it); kept
     /// as written so reading never fails or changes it.
     Other(String),
@@ -443,6 +466,13 @@ impl EventKind {
             EventKind::Disabled => "disabled",
             EventKind::MetadataInvalid => "metadata-invalid",
             EventKind::Unbound => "unbound",
+            EventKind::Installed => "installed",
+            EventKind::Updated => "updated",
+            EventKind::UpdateRolledBack => "update-rolled-back",
+            EventKind::Removed => "removed",
+            EventKind::SettingsChanged => "settings-changed",
+            EventKind::TrustAdded => "trust-added",
+            EventKind::TrustRemoved => "trust-removed",
             EventKind::Other(s) => s,
         }
     }
@@ -461,6 +491,13 @@ impl From<&str> for EventKind {
             "disabled" => EventKind::Disabled,
             "metadata-invalid" => EventKind::MetadataInvalid,
             "unbound" => EventKind::Unbound,
+            "installed" => EventKind::Installed,
+            "updated" => EventKind::Updated,
+            "update-rolled-back" => EventKind::UpdateRolledBack,
+            "removed" => EventKind::Removed,
+            "settings-changed" => EventKind::SettingsChanged,
+            "trust-added" => EventKind::TrustAdded,
+            "trust-removed" => EventKind::TrustRemoved,
             other => EventKind::Other(other.to_owned()),
         }
     }

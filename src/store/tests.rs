@@ -9,10 +9,10 @@ use tokio::task::LocalSet;
 use super::*;
 
 /// A data dir under the system temp dir, removed on drop.
-pub(super) struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub(super) fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("toru-store-{}-{n}", std::process::id()));
@@ -37,7 +37,7 @@ impl Drop for TempDir {
     }
 }
 
-pub(super) fn open(dir: &TempDir) -> Store {
+pub(crate) fn open(dir: &TempDir) -> Store {
     Store::open(&dir.data(), StoreOptions::default()).expect("open store")
 }
 
@@ -667,6 +667,7 @@ fn binding(file: &str) -> PluginBinding {
     PluginBinding {
         file: file.into(),
         since: crate::clock::now(),
+        key_id: None,
     }
 }
 

@@ -26,9 +26,10 @@
 //!
 //! The accepted claims whose id had no stored binding come back with one to persist.
 //!
-//! Packages (not yet): a package's claim will carry its publisher's key, and a binding made by a
-//! package will match by that key instead of the file name; the hook is [`Claim::file`] and
-//! `PluginBinding`.
+//! An installed package's active executable claims under the name `package:<id>` ([`claim_name`]);
+//! the package transaction binds the id to that name (with the publisher's key) when it switches
+//! versions, so the rules above hold for packages unchanged: a `*.binary` file cannot take a
+//! packaged id, and a package cannot take an id a file holds.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -69,6 +70,27 @@ impl FileStamp {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         })
+    }
+}
+
+/// How the claim of an installed package is named (`package:<id>`): in bindings, refusals and
+/// the running plugins' holders, where a file's claim has its file name.
+pub(crate) const PACKAGE_CLAIM: &str = "package:";
+
+/// The folder, under the plugins dir, that holds the installed packages' versions.
+pub(crate) const PACKAGES_DIR: &str = ".packages";
+
+/// The name `binary`'s claim goes by: `package:<id>` for the executable of an installed package
+/// (`<plugins-dir>/.packages/<id>/<version>/…`), else its file name.
+pub(crate) fn claim_name(plugins_dir: &Path, binary: &Path) -> String {
+    let packaged = binary
+        .strip_prefix(plugins_dir.join(PACKAGES_DIR))
+        .ok()
+        .and_then(|rest| rest.components().next())
+        .map(|id| id.as_os_str().to_string_lossy().into_owned());
+    match packaged {
+        Some(id) => format!("{PACKAGE_CLAIM}{id}"),
+        None => file_name(binary),
     }
 }
 
@@ -421,6 +443,7 @@ fn resolve_route(
             let bind = w.since.is_none().then(|| PluginBinding {
                 file: w.claim.file.clone(),
                 since: now,
+                key_id: None,
             });
             out.accepted.push(Accepted {
                 claim: w.claim,
@@ -488,6 +511,7 @@ mod tests {
                     PluginBinding {
                         file: file.to_string(),
                         since: at(*since),
+                        key_id: None,
                     },
                 )
             })

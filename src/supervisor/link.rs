@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`init`](PluginLink::init) | close the probe connection, deliver `init` on a connection of its own; ready once delivered | keep the probe connection ([`Conn`]), send `init`, wait for `ready` |
 //! | [`request`](PluginLink::request) | one connection per request, never two at once; text bodies only | on the connection, up to 64 in flight |
+//! | [`configure`](PluginLink::configure) | nothing sent: the plugin must be restarted (its settings come with `init`) | `config` on the connection, waits for `ok` or `error`; `error`/`unsupported` means "restart me" |
 //! | [`shutdown`](PluginLink::shutdown) | one connection, no reply | on the connection, waits for `shutdown_ack` |
 //! | [`watch`](PluginLink::watch) | nothing to watch (health is the process's exit) | heartbeats, and the end of the connection |
 //!
@@ -22,7 +23,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use toru_plugin_api::codec::{FrameError, tokio_codec};
 use toru_plugin_api::protocol::{
-    BodyEncoding, Frame, HostMessage, HttpRequest, HttpResponse, Init, PROTOCOL_VERSION,
+    BodyEncoding, ErrorCode, Frame, HostMessage, HttpRequest, HttpResponse, Init, PROTOCOL_VERSION,
     PluginMessage, ProtocolVersion, decode_plugin_frame,
 };
 
@@ -86,6 +87,18 @@ impl PluginReply {
     pub fn into_parts(self) -> (u16, BTreeMap<String, String>, Vec<u8>) {
         (self.status, self.headers, self.body)
     }
+}
+
+/// How a plugin took new settings ([`PluginLink::configure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConfigAnswer {
+    /// It answered `ok`: the settings are in effect.
+    Applied,
+    /// It answered with an `error`; the message says why.
+    Rejected(String),
+    /// It takes settings only in `init` (1.0, or a 1.1 plugin that answered `unsupported`): the
+    /// caller restarts it.
+    NeedsRestart,
 }
 
 /// What [`PluginLink::watch`] saw.
@@ -285,6 +298,35 @@ impl PluginLink {
                 Err(bad_reply(format!("plugin answered with an error: {e}")))
             }
             other => Err(bad_reply(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Hand a running plugin its new settings (a JSON object) and wait for its answer, at most
+    /// `timeout`. Nothing is sent to a 1.0 plugin: the answer is [`ConfigAnswer::NeedsRestart`].
+    pub(crate) async fn configure(
+        &self,
+        config: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<ConfigAnswer, ConnError> {
+        let conn = match &self.kind {
+            Kind::Legacy { .. } => return Ok(ConfigAnswer::NeedsRestart),
+            Kind::Persistent { conn, .. } => conn.borrow().clone().ok_or(ConnError::Closed)?,
+        };
+        let frame = conn.request(HostMessage::Config(config), timeout).await?;
+        match frame.message {
+            PluginMessage::ConfigOk => Ok(ConfigAnswer::Applied),
+            // A plugin written before `config` existed answers `unsupported`, as for any unknown
+            // type; a plugin that cannot apply settings while it runs may say the same.
+            PluginMessage::Error(e) if e.code == ErrorCode::Unsupported => {
+                Ok(ConfigAnswer::NeedsRestart)
+            }
+            PluginMessage::Error(e) if e.message.is_empty() => {
+                Ok(ConfigAnswer::Rejected(e.code.as_str().to_string()))
+            }
+            PluginMessage::Error(e) => Ok(ConfigAnswer::Rejected(e.message)),
+            other => Err(ConnError::Invalid(format!(
+                "unexpected answer to config: {other:?}"
+            ))),
         }
     }
 

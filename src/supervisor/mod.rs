@@ -14,7 +14,8 @@
 //!   killed at start, by a cgroup per plugin ([`cgroup`]) or the host as child subreaper
 //!   ([`subreaper`], reading [`procfs`]).
 //! - `link`: [`PluginReply`] and the plugin link, which hides 1.0 (a connection per message) vs
-//!   1.1 behind init, request, shutdown and watch; the only place the two are told apart.
+//!   1.1 behind init, request, configure, shutdown and watch; the only place the two are told
+//!   apart.
 //! - [`conn`]: the 1.1 persistent connection on the shared multiplexer; plugin KV served here.
 //! - [`logs`]: the bounded per-plugin log ring.
 //!
@@ -40,13 +41,16 @@ pub(crate) mod policy;
 pub(crate) mod process;
 mod procfs;
 mod subreaper;
+#[cfg(test)]
+mod tests;
 pub(crate) mod view;
 pub(crate) mod watch;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -54,14 +58,14 @@ use toru_plugin_api::{HttpRequest, LogLevel};
 
 use crate::config::Config;
 use crate::store::{EventKind, NewEvent, PluginBinding, Store};
-use discovery::{Claim, Holder, Probe, ReadCache, file_name};
+use discovery::{Claim, Holder, Probe, ReadCache, claim_name, file_name};
 use logs::LogRing;
 use plugin::{Command, Ctx, Shared};
 
 pub use link::PluginReply;
 pub use view::{
-    ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView, RescanReport,
-    SupervisorError,
+    ConfigOutcome, ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView,
+    RescanReport, SupervisorError,
 };
 
 /// Handle to the supervisor; cheap to clone, used on the runtime thread only.
@@ -81,6 +85,11 @@ struct Inner {
     /// a scan from starting plugins.
     stopping: tokio::sync::watch::Sender<bool>,
     scanning: tokio::sync::Mutex<()>,
+    /// Package ids a package transaction holds down: scans leave their package out, so the
+    /// plugin stops and does not start until the transaction releases it.
+    held: RefCell<BTreeSet<String>>,
+    /// The log rings of held plugins, handed to the version that starts next.
+    held_rings: RefCell<BTreeMap<String, Rc<LogRing>>>,
 }
 
 impl Supervisor {
@@ -114,6 +123,8 @@ impl Supervisor {
                 read: RefCell::new(BTreeMap::new()),
                 stopping: tokio::sync::watch::Sender::new(false),
                 scanning: tokio::sync::Mutex::new(()),
+                held: RefCell::new(BTreeSet::new()),
+                held_rings: RefCell::new(BTreeMap::new()),
             }),
         }
     }
@@ -147,6 +158,98 @@ impl Supervisor {
             ready_since: s.ready_since.get(),
             last_event: s.last_event.borrow().clone(),
             log_dropped: s.ring.dropped(),
+        }
+    }
+
+    /// Stop plugin `id` and keep it stopped: scans leave its package out until
+    /// [`Supervisor::release`]. Returns once the process is gone. For package transactions.
+    pub(crate) async fn hold(&self, id: &str) {
+        self.inner.held.borrow_mut().insert(id.to_owned());
+        self.rescan().await;
+    }
+
+    /// Let scans see package `id` again and scan: its active version starts (if enabled).
+    pub(crate) async fn release(&self, id: &str) -> RescanReport {
+        self.inner.held.borrow_mut().remove(id);
+        self.rescan().await
+    }
+
+    /// Watch plugin `id`, just started, through its probation: it must become ready (within the
+    /// start timeouts) and then stay ready for `period` — no exit, no missed heartbeats, no
+    /// restart. `Err` says why it did not, with its last stderr lines. A disabled plugin passes
+    /// at once (it is not started; its next start is an ordinary one).
+    pub(crate) async fn probation(&self, id: &str, period: Duration) -> Result<(), String> {
+        let ctx = &self.inner.ctx;
+        let cfg = &ctx.config.supervisor;
+        let start_limit = cfg.socket_timeout + cfg.ready_timeout + Duration::from_secs(1);
+        let ready_by = tokio::time::Instant::now() + start_limit;
+        let mut watching: Option<(tokio::time::Instant, u64)> = None;
+        loop {
+            let changed = ctx.changed.clone();
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping() {
+                return Err("the host is stopping".into());
+            }
+            let Some(s) = self.shared(id) else {
+                let why = self
+                    .inner
+                    .invalid
+                    .borrow()
+                    .iter()
+                    .find(|i| {
+                        let name = claim_name(&ctx.config.plugins_dir, Path::new(&i.binary));
+                        name.strip_prefix(discovery::PACKAGE_CLAIM) == Some(id)
+                            || i.binary.strip_prefix(discovery::PACKAGE_CLAIM) == Some(id)
+                    })
+                    .map(|i| i.reason.clone());
+                return Err(match why {
+                    Some(why) => format!("it was not started: {why}"),
+                    None => "it was not started".into(),
+                });
+            };
+            let (state, enabled, restarts) = {
+                let p = s.policy.borrow();
+                (p.state(), p.enabled(), p.restarts())
+            };
+            if !enabled {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            match (state, watching) {
+                (PluginState::Ready, None) => {
+                    watching = Some((now + period, restarts));
+                    continue;
+                }
+                (PluginState::Ready, Some((until, r0))) if restarts == r0 => {
+                    if now >= until {
+                        return Ok(());
+                    }
+                }
+                (PluginState::Starting | PluginState::Stopped, None) => {
+                    if now >= ready_by {
+                        return Err(failure(
+                            &s,
+                            &format!("it did not become ready within {} s", start_limit.as_secs()),
+                        ));
+                    }
+                }
+                (state, _) => {
+                    let what = match state {
+                        PluginState::Hung => "it stopped answering heartbeats",
+                        PluginState::Ready => "it restarted",
+                        _ if watching.is_some() => "it failed after becoming ready",
+                        _ => "it failed while starting",
+                    };
+                    return Err(failure(&s, what));
+                }
+            }
+            let wake = match watching {
+                Some((until, _)) => until,
+                None => ready_by,
+            };
+            let _ = tokio::time::timeout_at(wake, notified).await;
         }
     }
 
@@ -221,6 +324,63 @@ impl Supervisor {
         self.send(id, Command::Restart).await
     }
 
+    /// Hand a plugin its new settings (a JSON object; the caller has stored them, so they also
+    /// reach it in `init` at every later start), waiting at most the plugin timeout
+    /// (`[http] plugin_timeout`) for its answer. A ready plugin that takes settings while it
+    /// runs (1.1) answers: [`ConfigOutcome::Applied`] or [`ConfigOutcome::Rejected`]. One that
+    /// takes them only at start (1.0, or a 1.1 plugin answering `unsupported`), or one that is
+    /// starting (its init may hold the previous settings), is restarted:
+    /// [`ConfigOutcome::Restarted`]. A plugin that is not running is left alone:
+    /// [`ConfigOutcome::NotRunning`]. The plugin's log says which, never the values.
+    // Called by the settings endpoint (issue 11), which is not written yet.
+    pub async fn configure(
+        &self,
+        id: &str,
+        config: serde_json::Value,
+    ) -> Result<ConfigOutcome, SupervisorError> {
+        if self.stopping() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| SupervisorError::NotFound(id.into()))?;
+        let note = |level, msg: &str| shared.ring.push(view::LogStream::Host, level, msg);
+        let state = shared.policy.borrow().state();
+        let link = shared.link.borrow().clone();
+        let answer = match (state, link) {
+            (PluginState::Ready, Some(link)) => link
+                .configure(config, self.inner.ctx.config.http.plugin_timeout)
+                .await
+                .map_err(|e| SupervisorError::SettingsNotDelivered {
+                    id: id.into(),
+                    reason: e.to_string(),
+                })?,
+            (PluginState::Starting, _) => link::ConfigAnswer::NeedsRestart,
+            _ => {
+                note(
+                    LogLevel::Info,
+                    "settings changed; they apply at its next start",
+                );
+                return Ok(ConfigOutcome::NotRunning);
+            }
+        };
+        match answer {
+            link::ConfigAnswer::Applied => {
+                note(LogLevel::Info, "new settings applied");
+                Ok(ConfigOutcome::Applied)
+            }
+            link::ConfigAnswer::Rejected(why) => {
+                note(LogLevel::Warn, &format!("new settings refused: {why}"));
+                Ok(ConfigOutcome::Rejected(why))
+            }
+            link::ConfigAnswer::NeedsRestart => {
+                note(LogLevel::Info, "restarting to apply new settings");
+                self.send(id, Command::Restart).await?;
+                Ok(ConfigOutcome::Restarted)
+            }
+        }
+    }
+
     /// Release `id` from the file it is bound to (`toru plugins unbind`), so that the next scan
     /// gives it to the file that claims it then, with its state, KV and events. Refused while the
     /// plugin runs from its bound file: remove or rename that file and rescan first. Returns the
@@ -264,12 +424,31 @@ impl Supervisor {
         if let Err(e) = std::fs::create_dir_all(dir) {
             log::error!("cannot create plugins dir {}: {e}", dir.display());
         }
-        let binaries = process::list_binaries(dir).unwrap_or_else(|e| {
+        let mut binaries = process::list_binaries(dir).unwrap_or_else(|e| {
             log::error!("cannot read plugins dir {}: {e}", dir.display());
             Vec::new()
         });
+        binaries.extend(self.package_entries());
         let cache = self.inner.read.borrow().clone();
         discovery::probe(binaries, &cache, ctx.config.supervisor.metadata_timeout).await
+    }
+
+    /// The executables of the installed packages' active versions, except the held ones.
+    fn package_entries(&self) -> Vec<PathBuf> {
+        let ctx = &self.inner.ctx;
+        let packages = ctx.store.packages().unwrap_or_else(|e| {
+            log::error!("cannot read the installed packages: {e}");
+            BTreeMap::new()
+        });
+        let held = self.inner.held.borrow();
+        packages
+            .values()
+            .filter(|p| !held.contains(&p.id))
+            .filter_map(|p| {
+                let v = p.active_version()?;
+                Some(package_dir(&ctx.config.plugins_dir, &p.id, &v.version).join(&v.entry))
+            })
+            .collect()
     }
 
     /// The second half of a scan: decide who gets which id and route, and act on it.
@@ -286,10 +465,27 @@ impl Supervisor {
             })
             .collect();
         let mut claims = Vec::new();
+        let dir = &ctx.config.plugins_dir;
         for p in probes {
+            let file = claim_name(dir, &p.binary);
             match p.result {
+                // A package's executable was checked at install; it still must claim the
+                // package's id.
+                Ok(found)
+                    if file
+                        .strip_prefix(discovery::PACKAGE_CLAIM)
+                        .is_some_and(|id| id != found.metadata.id) =>
+                {
+                    report.invalid.push(InvalidPlugin {
+                        binary: p.binary.display().to_string(),
+                        reason: format!(
+                            "the executable of {file} prints the id {:?}",
+                            found.metadata.id
+                        ),
+                    })
+                }
                 Ok(found) => claims.push(Claim {
-                    file: file_name(&p.binary),
+                    file,
                     found,
                     fresh: p.fresh,
                 }),
@@ -310,19 +506,19 @@ impl Supervisor {
             .values()
             .map(|s| {
                 let holder = Holder {
-                    file: file_name(&s.binary),
+                    file: claim_name(&ctx.config.plugins_dir, &s.binary),
                     route: s.metadata.route.clone(),
                 };
                 (s.id.clone(), holder)
             })
             .collect();
         let resolution = discovery::resolve(claims, &bound, &running, crate::clock::now());
-        let dir = &ctx.config.plugins_dir;
         for (file, reason) in resolution.refused {
-            report.invalid.push(InvalidPlugin {
-                binary: dir.join(file).display().to_string(),
-                reason,
-            });
+            let binary = match file.strip_prefix(discovery::PACKAGE_CLAIM) {
+                Some(_) => file,
+                None => dir.join(file).display().to_string(),
+            };
+            report.invalid.push(InvalidPlugin { binary, reason });
         }
         report.invalid.sort_by(|a, b| a.binary.cmp(&b.binary));
         self.record_invalid(&report.invalid).await;
@@ -374,6 +570,12 @@ impl Supervisor {
                 let _ = rx.await;
             }
             self.inner.plugins.borrow_mut().remove(&s.id);
+            if self.inner.held.borrow().contains(&s.id) {
+                self.inner
+                    .held_rings
+                    .borrow_mut()
+                    .insert(s.id.clone(), s.ring.clone());
+            }
             log::info!("[{}] retired: {why}", s.id);
             if rings.contains_key(&s.id) {
                 report.replaced.push(s.id.clone());
@@ -416,7 +618,8 @@ impl Supervisor {
                 .ok()
                 .and_then(|mut v| v.pop());
             let replaced = rings.remove(&id);
-            let ring = replaced.clone().unwrap_or_else(|| {
+            let kept = self.inner.held_rings.borrow_mut().remove(&id);
+            let ring = replaced.clone().or(kept).unwrap_or_else(|| {
                 Rc::new(LogRing::new(
                     &id,
                     ctx.config.log_ring_lines,
@@ -483,7 +686,10 @@ impl Supervisor {
                 message: inv.reason.clone(),
                 details: json!({ "binary": inv.binary }),
             };
-            let name = file_name(Path::new(&inv.binary));
+            let name = match inv.binary.strip_prefix(discovery::PACKAGE_CLAIM) {
+                Some(id) => id.to_owned(),
+                None => file_name(Path::new(&inv.binary)),
+            };
             if let Err(e) = self.inner.ctx.store.record_event(&name, ev).await {
                 log::error!("cannot store event: {e}");
             }
@@ -612,6 +818,30 @@ impl Supervisor {
             notified.await;
         }
     }
+}
+
+/// Why a plugin failed its probation: `what`, its last event, and its last stderr lines.
+fn failure(s: &Shared, what: &str) -> String {
+    let mut out = what.to_owned();
+    if let Some(ev) = s.last_event.borrow().as_ref()
+        && matches!(ev.kind, EventKind::Crashed | EventKind::Hung)
+    {
+        out.push_str(&format!(" ({})", ev.message));
+    }
+    let tail = s.ring.stderr_tail(5);
+    if !tail.is_empty() {
+        out.push_str("; last stderr: ");
+        out.push_str(&tail.join(" | "));
+    }
+    out
+}
+
+/// The folder of version `version` of package `id`.
+pub(crate) fn package_dir(plugins_dir: &Path, id: &str, version: &str) -> PathBuf {
+    plugins_dir
+        .join(discovery::PACKAGES_DIR)
+        .join(id)
+        .join(version)
 }
 
 /// Release `id` from the file it is bound to, in the store alone (the daemon's

@@ -23,7 +23,7 @@ use tokio::process::Child;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use toru_plugin_api::LogLevel;
-use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion};
+use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion, empty_config};
 
 use super::conn::ConnError;
 use super::descendants::Descendants;
@@ -548,6 +548,21 @@ async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc
     }
 }
 
+/// The settings `init` carries: the plugin's stored settings, `{}` when it has none. Read at each
+/// start, so settings saved while a plugin is stopped reach it when it starts again. A plugin
+/// whose settings cannot be read does not start with other ones: the start fails, saying why.
+fn plugin_settings(store: &Store, id: &str) -> Result<serde_json::Value, String> {
+    match store.plugin_settings(id) {
+        Ok(None) => Ok(empty_config()),
+        Ok(Some(v)) if v.is_object() => Ok(v),
+        Ok(Some(_)) => Err("its stored settings are not a JSON object".into()),
+        Err(e) => Err(format!(
+            "cannot read its settings: {}",
+            crate::error_chain::error_chain(&e)
+        )),
+    }
+}
+
 /// Wait for the socket, deliver init through the link; then watch the link (1.1 heartbeats and
 /// connection).
 async fn start_sequence(
@@ -614,6 +629,13 @@ async fn start_sequence(
         .runtime_dir
         .join("logs")
         .join(format!("{}.log", shared.id));
+    let config = match plugin_settings(&ctx.store, &shared.id) {
+        Ok(config) => config,
+        Err(why) => {
+            report(ProcEvent::StartFailed(why));
+            return;
+        }
+    };
     let init = Init {
         instance_id: ctx.instance_id.clone(),
         plugin_socket: shared.socket.display().to_string(),
@@ -621,6 +643,7 @@ async fn start_sequence(
         protocol: None,
         heartbeat_interval_ms: None,
         max_frame_len: None,
+        config,
     };
     if let Err(why) = link
         .init(stream, init, cfg.heartbeat_interval, cfg.ready_timeout)

@@ -201,4 +201,30 @@ pub enum SupervisorError {
     /// `unbind` of an id that is not bound to any file.
     #[error("plugin id {0:?} is not bound to any file")]
     NotBound(String),
+    /// `configure`: the running plugin did not answer its new settings (no answer in time, the
+    /// connection went away, or a reply that is no answer). It keeps running; it gets the
+    /// settings at its next start.
+    #[error("plugin {id:?} did not take its new settings: {reason}")]
+    SettingsNotDelivered {
+        /// Plugin id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What [`super::Supervisor::configure`] did with a plugin's new settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "message")]
+pub enum ConfigOutcome {
+    /// The running plugin (1.1) answered `ok`: the settings are in effect.
+    Applied,
+    /// The running plugin (1.1) refused them, saying why; it keeps its previous settings.
+    Rejected(String),
+    /// The plugin takes settings only when it starts (protocol 1.0, or it answered
+    /// `unsupported`), or it was starting: it was restarted (not counted as a failure).
+    Restarted,
+    /// It is not running (stopped, disabled, waiting to restart, being stopped): it gets the
+    /// settings at its next start.
+    NotRunning,
 }

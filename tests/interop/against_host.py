@@ -667,6 +667,8 @@ def scenario_10(c, toru, fleet):
                         for k in ("instance_id", "plugin_socket", "log_path")),
                 "§4 1.0: the next connection carries init: request_id null, no protocol field",
                 brief(init))
+        c.check(p.get("config") == {},
+                "§4 1.0: init carries the plugin's settings, {} when it has none", brief(init))
         after, _ = second.recv(deadline, "EOF after init")
         c.check(after is None, "§4 1.0: init gets no reply; the host closes the connection after "
                 "writing it", brief(after))
@@ -768,6 +770,8 @@ def scenario_11(c, toru, fleet):
                 and p.get("max_frame_len") == MAX_FRAME_LEN,
                 "§5.3 1.1: init comes first on the one connection, with a request_id, protocol, "
                 "heartbeat_interval_ms and max_frame_len", brief(init))
+        c.check(p.get("config") == {},
+                "§5.3 1.1: init carries the plugin's settings, {} when it has none", brief(init))
 
         early_set = side.kv(action="set", key="early", value="before ready")
         early_get = side.kv(action="get", key="early")

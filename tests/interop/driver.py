@@ -12,7 +12,9 @@ temp dir, stdin ``/dev/null``), then:
   connection; init → ready; three concurrent HTTP requests (``/sleep`` must be answered after
   ``/``, which proves concurrency without timing thresholds); a heartbeat while a slow request
   runs; KV through the plugin while this driver serves the plugin's ``kv`` requests from a dict;
-  an unknown type and an unknown action (→ ``error``/``unsupported``); ``/bundle.js``; a 404;
+  an unknown type and an unknown action (→ ``error``/``unsupported``); new settings in a
+  ``config`` message (the ``greeting`` the examples show on ``GET /``: ``ok``, then a refused
+  empty one → ``error``, the previous greeting kept); ``/bundle.js``; a 404;
   shutdown → ``shutdown_ack`` → exit status 0.
 - ``--mode 1.0`` (``tests/plugins/legacy10.binary``): one frame per connection, only 1.0 frames
   shaped like ``tests/vectors``: a first connection closed without a frame (as Toru's host does),
@@ -62,7 +64,7 @@ RFC3339_RE = re.compile(
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
     r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 )
-PLUGIN_TYPES = ("lifecycle", "http", "kv", "heartbeat", "log", "error")
+PLUGIN_TYPES = ("lifecycle", "http", "kv", "heartbeat", "log", "error", "config")
 LOG_LEVELS = ("error", "warn", "info", "debug", "trace")
 ERROR_CODES = ("bad_request", "unsupported", "not_found", "too_large", "quota_exceeded", "busy",
                "unavailable", "internal")
@@ -499,7 +501,7 @@ def run_11(checks, meta, plugin):
     host.send(envelope("lifecycle", {
         "type": "lifecycle", "action": "init", "instance_id": instance_id,
         "plugin_socket": plugin.socket_path, "log_path": plugin.log_path, "protocol": "1.1",
-        "heartbeat_interval_ms": 5000, "max_frame_len": MAX_FRAME_LEN}, rid))
+        "heartbeat_interval_ms": 5000, "max_frame_len": MAX_FRAME_LEN, "config": {}}, rid))
     _, msg = host.reply_to(rid, "ready", READY_TIMEOUT_S)
     c.check(msg.get("type") == "lifecycle" and msg["payload"].get("action") == "ready",
             "init is answered with lifecycle/ready (same request_id)", repr(msg))
@@ -605,6 +607,28 @@ def run_11(checks, meta, plugin):
     _, msg = host.reply_to(r_act, "error for an unknown action")
     c.check(msg.get("type") == "error" and msg["payload"].get("code") == "unsupported",
             "unknown lifecycle action with request_id -> error/unsupported", repr(msg))
+
+    # settings: a new greeting is applied, an empty one refused (the previous one stays)
+    def configure(config, what):
+        r = host.rid()
+        host.send(envelope("config", {"type": "config", "action": "set", "config": config}, r))
+        return host.reply_to(r, what)[1]
+
+    msg = configure({"greeting": "Howdy"}, "config/ok")
+    c.check(msg.get("type") == "config" and msg["payload"].get("action") == "ok",
+            "config {greeting: Howdy} -> config/ok (same request_id)", repr(msg))
+    form, status, headers, body = host.http("GET", "/")
+    c.check(status == 200 and (json_body(body) or {}).get("message") == "Howdy from %s!"
+            % meta["name"], "GET / after config -> the new greeting",
+            "status %r body %r" % (status, body))
+    msg = configure({"greeting": ""}, "error for an empty greeting")
+    c.check(msg.get("type") == "error" and msg["payload"].get("code") == "bad_request"
+            and "greeting" in msg["payload"].get("message", ""),
+            "config {greeting: ''} -> error/bad_request naming the greeting", repr(msg))
+    form, status, headers, body = host.http("GET", "/")
+    c.check(status == 200 and (json_body(body) or {}).get("message") == "Howdy from %s!"
+            % meta["name"], "GET / after a refused config -> the previous greeting",
+            "status %r body %r" % (status, body))
 
     # bundle and 404
     form, status, headers, body = host.http("GET", "/bundle.js")

@@ -28,6 +28,7 @@ import toru_plugin as tp  # noqa: E402
 from toru_plugin import (  # noqa: E402
     BadJSON,
     CleanEOF,
+    ConfigError,
     EmptyFrame,
     HTTPError,
     KVError,
@@ -216,6 +217,7 @@ class VectorTest(unittest.TestCase):
         self.assertEqual(ctx.instance_id, "5f0c6c2e-8a3b-4d7e-9c1a-2b3c4d5e6f70")
         self.assertEqual(ctx.protocol, "1.0")
         self.assertEqual(ctx.log_path, "/run/toru/logs/hello-plugin-python.log")
+        self.assertEqual(ctx.config, {})  # the original host sent no settings
 
     def test_host_http_request(self):
         msg = self.decode("host-http-request.json")
@@ -543,6 +545,20 @@ class DispatchTest(unittest.TestCase):
             ctx.log("warn", "careful")
             return {}
 
+        @p.route("GET", "/config")
+        def config(req, ctx):
+            return ctx.config
+
+        self.seen_configs = []
+
+        @p.on_config
+        def settings(ctx, config):
+            self.seen_configs.append(ctx.config)  # already the new settings
+            if config.get("greeting") == "":
+                raise ConfigError("greeting must not be empty")
+            if config.get("greeting") == "crash":
+                raise RuntimeError("kaput")
+
         @p.on_shutdown
         def bye(ctx):
             self.shutdown_ran.set()
@@ -574,6 +590,38 @@ class DispatchTest(unittest.TestCase):
         self.ready()
         rid = self.host.http("GET", "/")
         self.assertEqual(self.http_json(rid), (200, {"instance_id": "inst-1", "protocol": "1.1"}))
+
+    def config(self, config, action="set"):
+        rid = self.host.request("config", {"type": "config", "action": action, "config": config})
+        return self.reply(rid)
+
+    def test_settings_come_with_init_and_follow_config_messages(self):
+        rid = self.host.init(config={"greeting": "hello"})
+        self.assertEqual(self.reply(rid)["payload"]["action"], "ready")
+        self.assertEqual(self.http_json(self.host.http("GET", "/config")),
+                         (200, {"greeting": "hello"}))
+        new = {"greeting": "howdy", "nested": {"list": [1, 2]}}
+        ok = self.config(new)
+        self.assertEqual((ok["type"], ok["payload"]), ("config", {"type": "config",
+                                                                 "action": "ok"}))
+        self.assertEqual(self.http_json(self.host.http("GET", "/config")), (200, new))
+        for refused, code, words in (({"greeting": ""}, "bad_request", "must not be empty"),
+                                     ({"greeting": "crash"}, "internal", "kaput")):
+            msg = self.config(refused)
+            self.assertEqual((msg["type"], msg["payload"]["code"]), ("error", code), msg)
+            self.assertIn(words, msg["payload"]["message"])
+            self.assertEqual(self.http_json(self.host.http("GET", "/config")), (200, new),
+                             "a refused change is not kept")
+        self.assertEqual(self.seen_configs, [new, {"greeting": ""}, {"greeting": "crash"}])
+
+    def test_settings_default_to_empty_and_bad_config_messages_are_answered(self):
+        early = self.config({"greeting": "too soon"})
+        self.assertEqual(early["payload"]["code"], "unavailable")
+        self.ready()
+        self.assertEqual(self.http_json(self.host.http("GET", "/config")), (200, {}))
+        self.assertEqual(self.config([1])["payload"]["code"], "bad_request")
+        self.assertEqual(self.config({}, action="merge")["payload"]["code"], "unsupported")
+        self.assertEqual(self.seen_configs, [])
 
     def test_pong_and_other_requests_while_a_handler_blocks(self):
         self.ready()
@@ -846,6 +894,15 @@ class InitTest(unittest.TestCase):
         self.assertIn("no config", msg["payload"]["message"])
         self.assertEqual(host.wait_exit(), 1)
 
+    def test_init_with_settings_that_are_not_an_object_is_refused(self):
+        host = FakeHost(Plugin(id="f", name="F", version="1", route="/f"))
+        self.addCleanup(host.close)
+        rid = host.init(config=["not", "an", "object"])
+        msg = host.recv()
+        self.assertEqual((msg["type"], msg["request_id"]), ("error", rid))
+        self.assertEqual(msg["payload"]["code"], "bad_request")
+        self.assertEqual(host.wait_exit(), 1)
+
     def test_init_can_use_kv_and_pings_are_answered_meanwhile(self):
         p = Plugin(id="k", name="K", version="1", route="/k")
         got = []
@@ -941,6 +998,10 @@ class LegacyHostTest(unittest.TestCase):
         def boom(req, ctx):
             raise RuntimeError("kaput")
 
+        @p.route("GET", "/config")
+        def config(req, ctx):
+            return ctx.config
+
         listener = tp.bind_socket(self.path)
         self.code = []
         self.thread = threading.Thread(
@@ -984,6 +1045,38 @@ class LegacyHostTest(unittest.TestCase):
         self.thread.join(WAIT_S)
         self.assertEqual(self.code, [0])
         self.assertFalse(os.path.exists(self.path), "socket file removed on exit")
+
+    def test_settings_under_a_legacy_host(self):
+        # An original host sends no settings; Toru's 1.0 init carries them, and restarts a 1.0
+        # plugin instead of sending `config` (a stray one is ignored: 1.0 has no error frame).
+        init = json.loads(vector("host-init.json").decode())
+        init["payload"]["config"] = {"greeting": "hi"}
+        self.one(frame(json.dumps(init).encode()), reply=False)
+        change = tp.make_envelope("config", {"type": "config", "action": "set",
+                                             "config": {"greeting": "no"}}, "h1")
+        self.assertIsNone(self.one_or_none(tp.encode_frame(change)))
+        req = json.loads(vector("host-http-request.json").decode())
+        req["payload"]["payload"]["path"] = "/config"
+        msg = self.one(frame(json.dumps(req).encode()), reply=True)
+        self.assertEqual(json.loads(msg["payload"]["body"]), {"greeting": "hi"})
+        self.one(frame(vector("host-shutdown.json")), reply=False)
+        self.thread.join(WAIT_S)
+        self.assertEqual(self.code, [0])
+
+    def one_or_none(self, data):
+        """Send one frame, close our side; the frame the plugin wrote back, or None at EOF."""
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(WAIT_S)
+        c.connect(self.path)
+        try:
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            try:
+                return tp.read_message(c)
+            except CleanEOF:
+                return None
+        finally:
+            c.close()
 
     def test_connection_without_a_frame_before_init_is_not_the_end(self):
         # Toru's host opens one connection without a frame before init to a 1.0 plugin.

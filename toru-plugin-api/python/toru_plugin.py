@@ -9,7 +9,7 @@ This module does all of that; a plugin only declares its metadata and its handle
     #!/usr/bin/env python3
     import os, sys
     sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-    from toru_plugin import Plugin, Response
+    from toru_plugin import ConfigError, Plugin, Response
 
     plugin = Plugin(id="hello-python", name="Hello World (Python)", version="0.1.0",
                     author="ToruAI", icon="\\U0001F40D", route="/hello-python")
@@ -17,6 +17,11 @@ This module does all of that; a plugin only declares its metadata and its handle
     @plugin.on_init
     def init(ctx):
         ctx.log("info", "starting on instance " + ctx.instance_id)
+
+    @plugin.on_config
+    def settings(ctx, config):                                       # ctx.config is config now
+        if config.get("greeting") == "":
+            raise ConfigError("greeting must not be empty")          # refused: ctx.config reverts
 
     @plugin.route("GET", "/")
     def index(req, ctx):
@@ -44,6 +49,11 @@ runs user code, so heartbeats are answered and KV replies delivered while handle
 every HTTP handler and the shutdown hooks run in their own daemon threads; writes are serialised
 by one lock, so frames are never interleaved. Handlers may block (``time.sleep``, KV calls).
 
+Settings: ``ctx.config`` is the plugin's settings object (``{}`` when it has none), from ``init``
+and then from each ``config`` message the plugin accepted; :meth:`Plugin.on_config` hooks run for
+each one (one at a time, in order) and may refuse it by raising. A 1.0 host restarts the plugin
+instead.
+
 Protocol versions: the metadata announces ``"protocol": "1.1"``. If the host's first ``init``
 has no ``protocol`` field (an original 1.0 host), the plugin behaves like a 1.0 plugin: every
 connection carries one message, handlers run one at a time, KV and ``log`` frames are
@@ -57,6 +67,7 @@ import binascii
 import itertools
 import json
 import os
+import queue
 import re
 import socket
 import stat
@@ -90,6 +101,7 @@ __all__ = [
     "KVError",
     "KVTimeout",
     "HTTPError",
+    "ConfigError",
     "read_frame",
     "read_message",
     "encode_frame",
@@ -254,6 +266,22 @@ class HTTPError(ToruError):
     def to_response(self) -> "Response":
         """The :class:`Response` this error stands for."""
         return Response(self.status, self.headers, self.body)
+
+
+class ConfigError(ToruError):
+    """Raise from an :meth:`Plugin.on_config` hook to refuse new settings.
+
+    The host gets an ``error`` frame with ``code`` (default ``bad_request``) and ``message``, and
+    reports the message; ``ctx.config`` keeps the previous settings. ``code="unsupported"`` asks
+    the host to restart the plugin instead, which then gets the settings in ``init``.
+    """
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        #: The error code sent to the host.
+        self.code = code
+        #: A human sentence.
+        self.message = message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,8 +758,10 @@ class Context:
 
     Attributes: ``instance_id`` (the device's id from ``init``), ``plugin_socket``,
     ``log_path``, ``protocol`` (``"1.1"``, or ``"1.0"`` under a legacy host),
-    ``heartbeat_interval_ms`` and ``max_frame_len`` (the host's reading limit), ``init``
-    (the whole init payload), ``kv`` (:class:`KVClient`) and ``plugin`` (the :class:`Plugin`).
+    ``heartbeat_interval_ms`` and ``max_frame_len`` (the host's reading limit), ``config`` (the
+    plugin's current settings, a dict: ``init``'s, then each accepted ``config`` message's; ``{}``
+    when it has none), ``init`` (the whole init payload), ``kv`` (:class:`KVClient`) and
+    ``plugin`` (the :class:`Plugin`).
     """
 
     def __init__(self, plugin: "Plugin", session: "Optional[_Session]",
@@ -746,6 +776,10 @@ class Context:
         self.heartbeat_interval_ms = init.get("heartbeat_interval_ms")  # type: Optional[int]
         mfl = init.get("max_frame_len")
         self.max_frame_len = mfl if isinstance(mfl, int) and mfl > 0 else MAX_FRAME_LEN
+        config = init.get("config")
+        # Replaced as a whole (never mutated) when settings change, so a handler that reads it
+        # once sees one consistent version.
+        self.config = config if isinstance(config, dict) else {}  # type: Dict[str, Any]
         self.kv = KVClient(session)
         self._session = session
 
@@ -809,6 +843,9 @@ class _Session:
         self._exit_code = None  # type: Optional[int]
         self._peer_limit = MAX_FRAME_LEN
         self._reader_thread = None  # type: Optional[threading.Thread]
+        # `config` messages, applied one at a time, in arrival order, by one worker thread.
+        self._configs = queue.Queue()  # type: queue.Queue
+        self._config_worker = None  # type: Optional[threading.Thread]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -1012,6 +1049,7 @@ class _Session:
             "http": self._on_http,
             "kv": self._on_kv_reply,
             "error": self._on_error,
+            "config": self._on_config,
         }.get(mtype)
         if handler is None:
             if not self.legacy:
@@ -1058,6 +1096,13 @@ class _Session:
             self.send_error(rid, "bad_request", "already initialised")
             return
         version = payload.get("protocol")
+        if "config" in payload and not isinstance(payload["config"], dict):
+            if version is None or version == "1.0":  # no error frame to say it with
+                self._log_local("warn", "init.config is not a JSON object; ignored")
+            else:
+                self.send_error(rid, "bad_request", "init.config must be a JSON object")
+                self._finish(1)
+                return
         if version is None or version == "1.0":
             self.legacy = True
             payload = dict(payload, protocol="1.0")
@@ -1099,6 +1144,54 @@ class _Session:
         self._ready = True
         self._initialising = False
         self.send(make_envelope("lifecycle", {"type": "lifecycle", "action": "ready"}, rid))
+
+    def _on_config(self, rid: Optional[str], payload: Dict[str, Any]) -> None:
+        if self.legacy:  # 1.0 has no config message, nor an error frame to refuse it with
+            self._log_local("warn", "ignored a config frame from a 1.0 host")
+            return
+        if payload.get("action") != "set":
+            self.send_error(rid, "unsupported", "unsupported config action %r"
+                            % (payload.get("action"),))
+            return
+        if rid is None:
+            self._log_local("warn", "dropped a config request without request_id")
+            return
+        config = payload.get("config")
+        if not isinstance(config, dict):
+            self.send_error(rid, "bad_request", "config must be a JSON object")
+            return
+        if self.ctx is None or not self._ready:
+            self.send_error(rid, "unavailable", "the plugin is not ready yet")
+            return
+        self._configs.put((rid, config))
+        if self._config_worker is None:
+            self._config_worker = threading.Thread(target=self._apply_configs,
+                                                   name="toru-config", daemon=True)
+            self._config_worker.start()
+
+    def _apply_configs(self) -> None:
+        """The config worker: apply each queued ``config`` message, in order, forever."""
+        while True:
+            rid, config = self._configs.get()
+            self._apply_config(rid, config)
+
+    def _apply_config(self, rid: str, config: Dict[str, Any]) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        previous = ctx.config
+        ctx.config = config
+        try:
+            self.plugin.configure(ctx, config)
+        except ConfigError as e:
+            ctx.config = previous
+            self.send_error(rid, e.code, e.message)
+            return
+        except Exception as e:
+            ctx.config = previous
+            self._log_local("error", "on_config failed: %s\n%s" % (e, traceback.format_exc()))
+            self.send_error(rid, "internal", "on_config failed: %s" % e)
+            return
+        self.send(make_envelope("config", {"type": "config", "action": "ok"}, rid))
 
     def _on_shutdown(self, rid: Optional[str]) -> None:
         if self.legacy:
@@ -1250,16 +1343,18 @@ class _Session:
 
 Handler = Callable[[Request, Context], Any]
 Hook = Callable[[Context], None]
+ConfigHook = Callable[[Context, Dict[str, Any]], None]
 
 
 class Plugin:
     """A Toru plugin: metadata, handlers and the runner.
 
     Decorator style: create one, register handlers with :meth:`route` (or :meth:`get`,
-    :meth:`post`, :meth:`put`, :meth:`delete`), hooks with :meth:`on_init` and
-    :meth:`on_shutdown`, then call :meth:`run`.
+    :meth:`post`, :meth:`put`, :meth:`delete`), hooks with :meth:`on_init`, :meth:`on_config`
+    and :meth:`on_shutdown`, then call :meth:`run`.
 
-    Class style: subclass and override :meth:`init`, :meth:`handle` and/or :meth:`shutdown`::
+    Class style: subclass and override :meth:`init`, :meth:`handle`, :meth:`configure` and/or
+    :meth:`shutdown`::
 
         class Hello(Plugin):
             def __init__(self):
@@ -1306,6 +1401,7 @@ class Plugin:
         self.max_concurrency = max_concurrency
         self._routes = []  # type: List[_Route]
         self._init_hooks = []  # type: List[Hook]
+        self._config_hooks = []  # type: List[ConfigHook]
         self._shutdown_hooks = []  # type: List[Hook]
         self._not_found = None  # type: Optional[Handler]
 
@@ -1332,6 +1428,18 @@ class Plugin:
         and the plugin exits with status 1.
         """
         self._init_hooks.append(fn)
+        return fn
+
+    def on_config(self, fn: ConfigHook) -> ConfigHook:
+        """Decorator: ``fn(ctx, config)`` runs when the host sends new settings (protocol 1.1;
+        a 1.0 host restarts the plugin instead, and the settings arrive in ``init``).
+
+        ``config`` is the whole new settings dict, already in ``ctx.config``. Changes are applied
+        one at a time, in order, in a worker thread (KV calls are fine). Raise
+        :class:`ConfigError` (or any exception) to refuse them: the host reports the message and
+        ``ctx.config`` goes back to the previous settings. Without hooks every change is accepted.
+        """
+        self._config_hooks.append(fn)
         return fn
 
     def on_shutdown(self, fn: Hook) -> Hook:
@@ -1390,6 +1498,11 @@ class Plugin:
         """Run the :meth:`on_init` hooks in order. Override in a subclass to do more."""
         for hook in self._init_hooks:
             hook(ctx)
+
+    def configure(self, ctx: Context, config: Dict[str, Any]) -> None:
+        """Run the :meth:`on_config` hooks in order. Override in a subclass to do more."""
+        for hook in self._config_hooks:
+            hook(ctx, config)
 
     def shutdown(self, ctx: Context) -> None:
         """Run the :meth:`on_shutdown` hooks in order. Override in a subclass to do more."""

@@ -226,6 +226,32 @@ pub struct Init {
     /// The host's frame reading limit (1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame_len: Option<u64>,
+    /// The plugin's settings: a JSON object, `{}` when it has none. Sent under both versions
+    /// (a 1.0 plugin ignores it); absent from an original 1.0 host, read as `{}`.
+    #[serde(default = "empty_config", deserialize_with = "config_object")]
+    pub config: Value,
+}
+
+/// The settings of a plugin that has none.
+pub fn empty_config() -> Value {
+    Value::Object(Map::new())
+}
+
+/// A `config` field: a JSON object, anything else is refused.
+fn config_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    match Value::deserialize(d)? {
+        v @ Value::Object(_) => Ok(v),
+        other => Err(serde::de::Error::custom(format!(
+            "config must be a JSON object, not {other}"
+        ))),
+    }
+}
+
+/// The payload of a `config` request (1.1): the plugin's new settings.
+#[derive(Deserialize)]
+struct ConfigPayload {
+    #[serde(deserialize_with = "config_object")]
+    config: Value,
 }
 
 /// An HTTP request forwarded to a plugin.
@@ -586,6 +612,9 @@ pub enum HostMessage {
     Kv(KvPayload),
     /// `error` reply to a plugin's request (1.1).
     Error(ErrorReply),
+    /// `config`/`set` (1.1): the plugin's settings changed; the payload's `config`, a JSON
+    /// object. Answered with [`PluginMessage::ConfigOk`] or an `error`.
+    Config(Value),
 }
 
 /// A message from a plugin to the host.
@@ -608,6 +637,8 @@ pub enum PluginMessage {
     Log(LogRecord),
     /// `error` reply to a host request (1.1).
     Error(ErrorReply),
+    /// `config`/`ok` (1.1): the plugin applied the settings of a [`HostMessage::Config`].
+    ConfigOk,
 }
 
 /// A message with its envelope fields.
@@ -856,6 +887,13 @@ pub fn decode_host_frame(bytes: &[u8]) -> Result<Frame<HostMessage>, DecodeError
             p.require_id()?;
             HostMessage::Error(p.whole_payload("error")?)
         }
+        "config" => match p.action()? {
+            "set" => {
+                p.require_id()?;
+                HostMessage::Config(p.whole_payload::<ConfigPayload>("config")?.config)
+            }
+            other => return Err(p.unsupported("action", other)),
+        },
         other => return Err(p.unsupported("type", other)),
     };
     Ok(p.frame(msg))
@@ -894,6 +932,10 @@ pub fn decode_plugin_frame(bytes: &[u8]) -> Result<Frame<PluginMessage>, DecodeE
             PluginMessage::Log(p.whole_payload("log")?)
         }
         "error" => PluginMessage::Error(p.whole_payload("error")?),
+        "config" => match p.action()? {
+            "ok" => PluginMessage::ConfigOk,
+            other => return Err(p.unsupported("action", other)),
+        },
         other => return Err(p.unsupported("type", other)),
     };
     Ok(p.frame(msg))
@@ -990,6 +1032,13 @@ impl Frame<HostMessage> {
             ),
             HostMessage::Kv(p) => ("kv", tagged("kv", Value::Object(p.0.clone()))),
             HostMessage::Error(e) => ("error", tagged("error", to_value(e))),
+            HostMessage::Config(config) => (
+                "config",
+                tagged(
+                    "config",
+                    serde_json::json!({"action": "set", "config": config}),
+                ),
+            ),
         };
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }
@@ -1060,6 +1109,10 @@ impl Frame<PluginMessage> {
             PluginMessage::Kv(r) => ("kv", tagged("kv", to_value(r))),
             PluginMessage::Log(r) => ("log", tagged("log", to_value(r))),
             PluginMessage::Error(e) => ("error", tagged("error", to_value(e))),
+            PluginMessage::ConfigOk => (
+                "config",
+                tagged("config", serde_json::json!({"action": "ok"})),
+            ),
         };
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }

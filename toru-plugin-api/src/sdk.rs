@@ -9,6 +9,10 @@
 //! A 1.1 host keeps one connection; when it closes, the host is gone and the plugin exits. A legacy
 //! 1.0 host connects once per message; the runner notices (init without `protocol`) and accepts
 //! again after each connection.
+//!
+//! Settings: [`PluginContext::config`] starts as `init`'s `config` and follows each 1.1 `config`
+//! message. Those are handled one at a time, in arrival order: the new settings are put in place,
+//! [`ToruPlugin::on_config`] runs, and if it refuses them the previous ones are put back.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -26,6 +30,7 @@ use crate::mux::{Mux, MuxConfig, MuxError, PluginMux};
 use crate::protocol::{
     ErrorCode, ErrorReply, HostMessage, HttpRequest, HttpResponse, Init, KvReply, KvRequest,
     LogLevel, LogRecord, PROTOCOL_VERSION, PluginMessage, PluginMetadata, decode_host_frame,
+    empty_config,
 };
 
 /// The environment variable holding the socket path (defined in [`crate::protocol`]).
@@ -48,6 +53,22 @@ pub trait ToruPlugin: 'static {
 
     /// Answer one HTTP request. `req.path` is the part after the plugin's route, query included.
     async fn handle_http(&self, ctx: &PluginContext, req: HttpRequest) -> HttpResponse;
+
+    /// The plugin's settings changed (a 1.1 `config` message; a 1.0 host restarts the plugin
+    /// instead). `config` is the whole new settings object, already in [`PluginContext::config`]
+    /// when this runs. Return an error to refuse them: the host reports its message, and
+    /// [`PluginContext::config`] goes back to the previous settings. An error with code
+    /// [`ErrorCode::Unsupported`] asks the host to restart the plugin, which then gets the new
+    /// settings in `init`. The default accepts every change (handlers read
+    /// [`PluginContext::config`] when they need a setting).
+    async fn on_config(
+        &self,
+        ctx: &PluginContext,
+        config: serde_json::Value,
+    ) -> Result<(), PluginError> {
+        let _ = (ctx, config);
+        Ok(())
+    }
 
     /// Answer a KV request from a legacy 1.0 host, which could ask plugins for values. Toru keeps
     /// KV in the host (see [`PluginContext::kv`]), so the default answers `unsupported`.
@@ -162,6 +183,8 @@ pub struct PluginContext {
     /// A client of the host's KV store, scoped to this plugin.
     pub kv: KvClient,
     log: Logger,
+    /// The current settings, shared by every clone of this context.
+    config: Rc<RefCell<serde_json::Value>>,
 }
 
 impl fmt::Debug for PluginContext {
@@ -176,6 +199,12 @@ impl PluginContext {
     /// Send a log record to the host (stderr under a 1.0 host).
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         self.log.log(level, message.into());
+    }
+
+    /// The plugin's current settings, a JSON object (`{}` when it has none): those of `init`,
+    /// replaced by each `config` message the plugin accepted (see [`ToruPlugin::on_config`]).
+    pub fn config(&self) -> serde_json::Value {
+        self.config.borrow().clone()
     }
 }
 
@@ -386,6 +415,9 @@ enum ConnEnd {
 struct Shared<P> {
     plugin: P,
     ctx: RefCell<Option<PluginContext>>,
+    /// Held while one `config` message is applied, so they apply one at a time, in order (the
+    /// lock is fair, and the tasks first run in the order they were spawned).
+    config_turn: tokio::sync::Mutex<()>,
 }
 
 /// Serve the host on an already bound listener until shutdown or until a 1.1 host goes away.
@@ -394,6 +426,7 @@ pub async fn serve<P: ToruPlugin>(plugin: P, listener: UnixListener) -> Result<(
     let shared = Rc::new(Shared {
         plugin,
         ctx: RefCell::new(None),
+        config_turn: tokio::sync::Mutex::new(()),
     });
     loop {
         let (stream, _) = listener.accept().await.map_err(RunError::Accept)?;
@@ -463,6 +496,7 @@ async fn serve_connection<P: ToruPlugin>(
                 let live = modern.then(|| link.clone());
                 let ctx = PluginContext {
                     instance_id: init.instance_id.clone(),
+                    config: Rc::new(RefCell::new(init.config.clone())),
                     init: Rc::new(init),
                     kv: KvClient { link: live.clone() },
                     log: Logger { link: live },
@@ -528,10 +562,47 @@ async fn serve_connection<P: ToruPlugin>(
                 });
             }
             HostMessage::Error(reply) => eprintln!("plugin: error from host: {reply}"),
+            HostMessage::Config(config) => {
+                if !modern {
+                    // 1.0 has no `config` message (nor an `error` frame to refuse it with).
+                    eprintln!("plugin: ignored a config message from a 1.0 host");
+                    continue;
+                }
+                let shared = shared.clone();
+                let link = link.clone();
+                tokio::task::spawn_local(async move {
+                    let msg = match apply_config(&shared, config).await {
+                        Ok(()) => PluginMessage::ConfigOk,
+                        Err(e) => PluginMessage::Error(ErrorReply::new(e.code, e.message)),
+                    };
+                    let _ = link.send(id, msg).await;
+                });
+            }
         }
     };
     finish(&link).await;
     Ok(end)
+}
+
+/// Apply a `config` message: put the settings in place, run [`ToruPlugin::on_config`], put the
+/// previous ones back if it refuses. One at a time.
+async fn apply_config<P: ToruPlugin>(
+    shared: &Shared<P>,
+    config: serde_json::Value,
+) -> Result<(), PluginError> {
+    let _turn = shared.config_turn.lock().await;
+    let Some(ctx) = shared.ctx.borrow().clone() else {
+        return Err(PluginError::new(
+            ErrorCode::Unavailable,
+            "settings arrived before init",
+        ));
+    };
+    let previous = ctx.config.replace(config.clone());
+    let result = shared.plugin.on_config(&ctx, config).await;
+    if result.is_err() {
+        *ctx.config.borrow_mut() = previous;
+    }
+    result
 }
 
 /// End a connection: fail every KV call still waiting (its reply can no longer arrive), write
@@ -578,9 +649,11 @@ fn context<P>(shared: &Rc<Shared<P>>) -> PluginContext {
             protocol: None,
             heartbeat_interval_ms: None,
             max_frame_len: None,
+            config: empty_config(),
         }),
         kv: KvClient { link: None },
         log: Logger { link: None },
+        config: Rc::new(RefCell::new(empty_config())),
     }
 }
 
@@ -590,6 +663,204 @@ mod tests {
 
     use super::*;
     use crate::protocol::decode_plugin_frame;
+    use tokio::io::AsyncWriteExt;
+
+    /// A plugin whose page shows its settings and which refuses an empty `greeting`.
+    struct Settings {
+        seen: Rc<RefCell<Vec<serde_json::Value>>>,
+    }
+
+    impl ToruPlugin for Settings {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata {
+                id: "settings".into(),
+                name: "Settings".into(),
+                version: "0".into(),
+                author: None,
+                icon: String::new(),
+                route: "/settings".into(),
+                protocol: None,
+            }
+        }
+
+        async fn handle_http(&self, ctx: &PluginContext, _req: HttpRequest) -> HttpResponse {
+            HttpResponse::json(200, &ctx.config())
+        }
+
+        async fn on_config(
+            &self,
+            ctx: &PluginContext,
+            config: serde_json::Value,
+        ) -> Result<(), PluginError> {
+            // What the context says while the callback runs: already the new settings.
+            self.seen.borrow_mut().push(ctx.config());
+            if config["greeting"] == "" {
+                return Err(PluginError::new(
+                    ErrorCode::BadRequest,
+                    "greeting must not be empty",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// Plays the host on the socket of a plugin served by [`serve`].
+    struct Host {
+        stream: UnixStream,
+        next: u64,
+    }
+
+    impl Host {
+        async fn request(&mut self, msg: HostMessage) -> crate::protocol::Frame<PluginMessage> {
+            self.next += 1;
+            let id = format!("h{}", self.next);
+            let frame = crate::protocol::Frame::new(Some(id.clone()), msg);
+            tokio_codec::write_frame(&mut self.stream, &frame.encode(), MAX_FRAME_LEN)
+                .await
+                .unwrap();
+            loop {
+                let body = tokio_codec::read_frame(&mut self.stream, MAX_FRAME_LEN)
+                    .await
+                    .unwrap()
+                    .expect("a reply");
+                let reply = decode_plugin_frame(&body).unwrap();
+                if reply.request_id.as_deref() == Some(id.as_str()) {
+                    return reply;
+                }
+            }
+        }
+
+        async fn page(&mut self) -> serde_json::Value {
+            let req = HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                headers: Default::default(),
+                body: None,
+                body_encoding: Default::default(),
+            };
+            match self.request(HostMessage::Http(req)).await.message {
+                PluginMessage::HttpReply(r) => serde_json::from_str(&r.body.unwrap()).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn init(config: serde_json::Value) -> HostMessage {
+        HostMessage::Init(Init {
+            instance_id: "i".into(),
+            plugin_socket: String::new(),
+            log_path: String::new(),
+            protocol: Some(PROTOCOL_VERSION.into()),
+            heartbeat_interval_ms: Some(5000),
+            max_frame_len: Some(MAX_FRAME_LEN as u64),
+            config,
+        })
+    }
+
+    /// Settings come with init and change with each `config` message: the context follows them,
+    /// `on_config` sees the new ones, a refusal is answered with an `error` and changes nothing.
+    #[test]
+    fn settings_arrive_in_init_and_follow_config_messages() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("toru-sdk-cfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.sock");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = bind(&path).unwrap();
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let served = tokio::task::spawn_local(serve(Settings { seen: seen.clone() }, listener));
+            let mut host = Host {
+                stream: UnixStream::connect(&path).await.unwrap(),
+                next: 0,
+            };
+            let ready = host
+                .request(init(serde_json::json!({"greeting": "hello"})))
+                .await;
+            assert_eq!(ready.message, PluginMessage::Ready);
+            assert_eq!(host.page().await, serde_json::json!({"greeting": "hello"}));
+
+            let new = serde_json::json!({"greeting": "howdy", "nested": {"n": [1, 2]}});
+            let ok = host.request(HostMessage::Config(new.clone())).await;
+            assert_eq!(ok.message, PluginMessage::ConfigOk);
+            assert_eq!(host.page().await, new);
+
+            let refused = host
+                .request(HostMessage::Config(serde_json::json!({"greeting": ""})))
+                .await;
+            match refused.message {
+                PluginMessage::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::BadRequest);
+                    assert_eq!(e.message, "greeting must not be empty");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(host.page().await, new, "a refused change is not kept");
+            assert_eq!(
+                *seen.borrow(),
+                vec![new.clone(), serde_json::json!({"greeting": ""})]
+            );
+
+            let bye = host.request(HostMessage::Shutdown).await;
+            assert_eq!(bye.message, PluginMessage::ShutdownAck);
+            served.await.unwrap().unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Under a legacy host (init without `protocol` or `config`) the settings are `{}`, and a
+    /// `config` frame is ignored (1.0 has neither it nor an `error` frame to answer with).
+    #[test]
+    fn a_legacy_host_gives_empty_settings() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("toru-sdk-cfg10-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.sock");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = bind(&path).unwrap();
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let served = tokio::task::spawn_local(serve(
+                Settings { seen: seen.clone() },
+                listener,
+            ));
+            // One message per connection, as a 1.0 host sends them.
+            let legacy_init = br#"{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z","request_id":null,"payload":{"type":"lifecycle","action":"init","instance_id":"i","plugin_socket":"s","log_path":"l"}}"#;
+            let config = crate::protocol::Frame::new(
+                Some("h1".into()),
+                HostMessage::Config(serde_json::json!({"greeting": "no"})),
+            )
+            .encode();
+            for body in [&legacy_init[..], &config] {
+                let mut s = UnixStream::connect(&path).await.unwrap();
+                tokio_codec::write_frame(&mut s, body, MAX_FRAME_LEN)
+                    .await
+                    .unwrap();
+                s.shutdown().await.unwrap();
+                // The plugin writes nothing back and closes its side when done.
+                let none = tokio_codec::read_frame(&mut s, MAX_FRAME_LEN).await.unwrap();
+                assert!(none.is_none(), "{none:?}");
+            }
+            let mut host = Host {
+                stream: UnixStream::connect(&path).await.unwrap(),
+                next: 0,
+            };
+            assert_eq!(host.page().await, serde_json::json!({}));
+            drop(host);
+            assert!(seen.borrow().is_empty());
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            let bye = crate::protocol::Frame::new(None, HostMessage::Shutdown).encode();
+            tokio_codec::write_frame(&mut s, &bye, MAX_FRAME_LEN)
+                .await
+                .unwrap();
+            served.await.unwrap().unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A handler's reply over the frame limit would break the connection if written: it is
     /// answered `too_large` instead (an `error` frame under 1.1, a 413 reply under 1.0), and the

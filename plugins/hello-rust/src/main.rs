@@ -1,19 +1,22 @@
 //! Example Toru plugin in Rust. Third parties copy this: it uses only the public SDK.
 //!
-//! Routes (after the plugin's route `/hello-rust`): `GET /` greeting, `GET /bundle.js` frontend,
+//! Routes (after the plugin's route `/hello-rust`): `GET /` greeting (the `greeting` setting,
+//! default `Hello`), `GET /bundle.js` frontend,
 //! `GET|PUT|DELETE /kv/<key>` and `GET /kv?prefix=` on the host's store, `GET|POST /counter`,
 //! `/echo…` echoes the request, `GET /sleep?ms=N` answers after N ms (to show concurrency).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use toru_plugin_api::{
-    HttpRequest, HttpResponse, KvError, PluginContext, PluginMetadata, ToruPlugin,
+    ErrorCode, HttpRequest, HttpResponse, KvError, PluginContext, PluginError, PluginMetadata,
+    ToruPlugin,
 };
 
 const BUNDLE: &str = include_str!("../bundle.js");
 const MAX_SLEEP_MS: u64 = 10_000;
+const DEFAULT_GREETING: &str = "Hello";
 
 struct Hello;
 
@@ -30,12 +33,27 @@ impl ToruPlugin for Hello {
         }
     }
 
+    /// The host validated the settings against the package's schema; refuse what it cannot know.
+    async fn on_config(&self, _ctx: &PluginContext, config: Value) -> Result<(), PluginError> {
+        match config.get("greeting") {
+            None => Ok(()),
+            Some(Value::String(g)) if !g.trim().is_empty() => Ok(()),
+            Some(_) => Err(PluginError::new(
+                ErrorCode::BadRequest,
+                "greeting must be a non-empty string",
+            )),
+        }
+    }
+
     async fn handle_http(&self, ctx: &PluginContext, req: HttpRequest) -> HttpResponse {
         let path = req.path_only().to_string();
         let result = match (req.method.as_str(), path.as_str()) {
             ("GET", "/") => Ok(HttpResponse::json(
                 200,
-                &json!({"message": "Hello from Hello World (Rust)!", "instance_id": ctx.instance_id}),
+                &json!({
+                    "message": format!("{} from Hello World (Rust)!", greeting(ctx)),
+                    "instance_id": ctx.instance_id,
+                }),
             )),
             ("GET", "/bundle.js") => Ok(HttpResponse::text(200, "application/javascript", BUNDLE)),
             ("GET", "/counter") => counter(ctx, false).await,
@@ -70,6 +88,16 @@ impl ToruPlugin for Hello {
             HttpResponse::json(502, &json!({"error": "kv", "message": e.to_string()}))
         })
     }
+}
+
+/// The `greeting` setting, read at each request: `ctx.config()` follows every change.
+fn greeting(ctx: &PluginContext) -> String {
+    ctx.config()
+        .get("greeting")
+        .and_then(Value::as_str)
+        .filter(|g| !g.trim().is_empty())
+        .unwrap_or(DEFAULT_GREETING)
+        .to_string()
 }
 
 async fn counter(ctx: &PluginContext, increment: bool) -> Result<HttpResponse, KvError> {

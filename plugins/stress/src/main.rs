@@ -21,6 +21,9 @@
 //! | `bad-metadata` | prints metadata with an invalid id |
 //! | `kvloop` | writes KV keys in a loop; appends each acknowledged key to `kvloop.acked` (fsync'd); if `kvloop.verify` exists, instead lists every key into `kvloop.present` |
 //!
+//! Every mode answers a `config` message (new settings) with `error`/`unsupported`, as a 1.1
+//! plugin written before that message existed does; the host restarts it to apply them.
+//!
 //! Every mode writes its environment to `<stem>.env` and its pid to `<stem>.pid` in its working
 //! directory (the host runs plugins in the plugins dir) so tests can check what the host passed.
 
@@ -34,8 +37,8 @@ use std::time::Duration;
 use serde_json::json;
 use toru_plugin_api::codec::{MAX_FRAME_LEN, read_frame, write_frame};
 use toru_plugin_api::protocol::{
-    Frame, HostMessage, HttpResponse, KvPayload, KvReply, KvRequest, PluginMessage,
-    decode_host_frame,
+    ErrorCode, ErrorReply, Frame, HostMessage, HttpResponse, KvPayload, KvReply, KvRequest,
+    PluginMessage, decode_host_frame,
 };
 
 type Writer = Arc<Mutex<UnixStream>>;
@@ -218,6 +221,10 @@ fn serve(
                 if let Some(tx) = id.as_ref().and_then(|i| waiters.lock().ok()?.remove(i)) {
                     drop(tx);
                 }
+            }
+            HostMessage::Config(_) => {
+                let e = ErrorReply::new(ErrorCode::Unsupported, "unsupported message type config");
+                send(&writer, id, PluginMessage::Error(e));
             }
             HostMessage::Http(req) => {
                 requests += 1;

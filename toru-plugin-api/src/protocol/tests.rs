@@ -21,6 +21,8 @@ fn vector_host_init() {
     );
     assert_eq!(init.log_path, "/run/toru/logs/hello-plugin-python.log");
     assert_eq!(init.protocol, None);
+    // The original host sent no settings: read as none.
+    assert_eq!(init.config, serde_json::json!({}));
 }
 
 #[test]
@@ -92,7 +94,8 @@ fn vector_metadata_pretty() {
 
 #[test]
 fn host_frames_encode_like_the_vectors() {
-    // Our encoder produces the same JSON value as the recorded frames.
+    // Our encoder produces the same JSON value as the recorded frames; init adds `config`, the
+    // plugin's settings (`{}` here), which the original plugins ignore as an unknown field.
     for name in [
         "host-init.json",
         "host-shutdown.json",
@@ -101,7 +104,10 @@ fn host_frames_encode_like_the_vectors() {
         let bytes = vector(name);
         let f = decode_host_frame(&bytes).unwrap();
         let ours = f.to_value();
-        let theirs: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut theirs: Value = serde_json::from_slice(&bytes).unwrap();
+        if name == "host-init.json" {
+            theirs["payload"]["config"] = serde_json::json!({});
+        }
         assert_eq!(ours, theirs, "{name}");
     }
 }
@@ -146,8 +152,14 @@ fn every_message_round_trips() {
         protocol: Some("1.1".into()),
         heartbeat_interval_ms: Some(5000),
         max_frame_len: Some(8 << 20),
+        config: serde_json::json!({"greeting": "hi", "mqtt": {"port": 1883, "tls": true}}),
     };
     round_trip_host(HostMessage::Init(init), Some("h1"));
+    round_trip_host(
+        HostMessage::Config(serde_json::json!({"greeting": "hello", "list": [1, 2.5, null]})),
+        Some("h7"),
+    );
+    round_trip_host(HostMessage::Config(serde_json::json!({})), Some("h8"));
     round_trip_host(HostMessage::Shutdown, Some("h2"));
     round_trip_host(HostMessage::Ping { seq: 9 }, Some("h3"));
     let mut headers = BTreeMap::new();
@@ -233,6 +245,79 @@ fn every_message_round_trips() {
         PluginMessage::Error(ErrorReply::new(ErrorCode::NotFound, "no")),
         Some("h6"),
     );
+    round_trip_plugin(PluginMessage::ConfigOk, Some("h7"));
+}
+
+/// The `config` request and its answer, as PROTOCOL.md §5.3 shows them.
+#[test]
+fn config_request_and_answer_on_the_wire() {
+    let f = br#"{"type":"config","timestamp":"2025-12-30T12:00:00Z","request_id":"h7","payload":{"type":"config","action":"set","config":{"greeting":"Hi","type":"x"}}}"#;
+    let got = decode_host_frame(f).unwrap();
+    assert_eq!(got.request_id.as_deref(), Some("h7"));
+    // A setting may be called `type`: the settings sit one level down, under `config`.
+    assert_eq!(
+        got.message,
+        HostMessage::Config(serde_json::json!({"greeting": "Hi", "type": "x"}))
+    );
+    let theirs: Value = serde_json::from_slice(f).unwrap();
+    assert_eq!(got.to_value(), theirs);
+
+    let ok = Frame::new(Some("h7".into()), PluginMessage::ConfigOk).to_value();
+    assert_eq!(ok["type"], "config");
+    assert_eq!(ok["request_id"], "h7");
+    assert_eq!(
+        ok["payload"],
+        serde_json::json!({"type": "config", "action": "ok"})
+    );
+}
+
+#[test]
+fn config_must_be_an_object_and_a_request() {
+    let frame = |payload: &str, id: &str| {
+        format!(
+            r#"{{"type":"config","timestamp":"2025-12-30T12:00:00Z","request_id":{id},"payload":{payload}}}"#
+        )
+    };
+    // Not an object, missing: a payload error that keeps the id, so it is answered bad_request.
+    for payload in [
+        r#"{"action":"set","config":[1]}"#,
+        r#"{"action":"set","config":"greeting=hi"}"#,
+        r#"{"action":"set","config":null}"#,
+        r#"{"action":"set"}"#,
+    ] {
+        let e = decode_host_frame(frame(payload, r#""h1""#).as_bytes()).unwrap_err();
+        assert_eq!(e.request_id(), Some("h1"), "{payload}");
+        assert_eq!(e.to_reply().code, ErrorCode::BadRequest, "{payload}");
+    }
+    // A request needs an id; an unknown action is unsupported, in both directions.
+    let e = decode_host_frame(frame(r#"{"action":"set","config":{}}"#, "null").as_bytes());
+    assert!(matches!(e, Err(DecodeError::Invalid { .. })), "{e:?}");
+    let e = decode_host_frame(frame(r#"{"action":"merge","config":{}}"#, r#""h2""#).as_bytes());
+    assert!(
+        matches!(
+            e,
+            Err(DecodeError::Unsupported {
+                field: "action",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    let e = decode_plugin_frame(frame(r#"{"action":"set","config":{}}"#, r#""h3""#).as_bytes());
+    assert!(
+        matches!(
+            e,
+            Err(DecodeError::Unsupported {
+                field: "action",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // An init's settings are an object too.
+    let init = br#"{"type":"lifecycle","timestamp":"2025-12-30T12:00:00Z","request_id":"h1","payload":{"type":"lifecycle","action":"init","instance_id":"i","plugin_socket":"s","log_path":"l","config":7}}"#;
+    let e = decode_host_frame(init).unwrap_err();
+    assert_eq!(e.to_reply().code, ErrorCode::BadRequest);
 }
 
 #[test]
