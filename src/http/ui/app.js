@@ -557,7 +557,12 @@
     var u = pkg.update;
     if (u && u.state) {
       line.appendChild(h("span", { class: "badge " + (u.state === "probation" ? "warn" : ""), "data-testid": "plugin-update-" + p.id,
-        text: (u.from ? u.from + " \u2192 " : "") + (u.to || "") + ": " + (u.state === "probation" ? "on probation" : u.state) }));
+        text: (u.kind ? u.kind + " " : "") + (u.from ? u.from + " \u2192 " : "") + (u.to || "") + ": " + (u.state === "probation" ? "on probation" : u.state) }));
+    }
+    var lu = pkg.last_update;
+    if (!u && lu && (lu.result === "rolled-back" || lu.result === "install-failed")) {
+      line.appendChild(h("span", { class: "badge bad", title: lu.reason || "", "data-testid": "plugin-last-update-" + p.id,
+        text: (lu.result === "rolled-back" ? lu.to + " rolled back" : lu.to + " failed to install") }));
     }
     return line;
   }
@@ -650,12 +655,15 @@
         h("div", null, "Waiting: ", counter.el))]));
     dlg.buttons(h("button", { disabled: true, text: "Working\u2026" }));
     dlg.busy = true;
-    function done(kind, result, content) {
+    // data-outcome: ok, rolled-back (probation failed, the version before runs), refused, error;
+    // data-result: what the host answered on success (installed, updated, rolled-back).
+    function done(kind, outcome, result, content) {
       counter.stop();
       dlg.busy = false;
       clear(dlg.body);
       var n = note(kind, "result", content);
-      n.setAttribute("data-result", result);
+      n.setAttribute("data-outcome", outcome);
+      if (result) n.setAttribute("data-result", result);
       dlg.body.appendChild(n);
       var close = h("button", { class: "primary", "data-testid": "dialog-close", text: "Close", onclick: function () { dlg.close(); } });
       dlg.buttons(close);
@@ -664,20 +672,20 @@
     }
     return request().then(function (r) {
       var verb = what.verb || (r.result === "installed" ? "Installed" : r.result === "updated" ? "Updated" : r.result || "Done");
-      done("ok", r.result || "ok", [h("strong", { text: verb + ": " }), (r.id || what.name) + " " + (r.version || what.version) + " is running and passed its probation."]);
+      done("ok", "ok", r.result || "ok", [h("strong", { text: verb + ": " }), (r.id || what.name) + " " + (r.version || what.version) + " is running and passed its probation."]);
     }, function (e) {
       if (e.status === 409 && e.code === "rolled_back") {
-        done("bad", "rolled-back", [h("strong", { text: "Rolled back: " }), h("span", { class: "pre", text: e.message })]);
+        done("bad", "rolled-back", null, [h("strong", { text: "Rolled back: " }), h("span", { class: "pre", text: e.message.replace(/^rolled back:\s*/i, "") })]);
       } else if (e.status === 422) {
-        done("bad", "refused", h("span", { class: "pre", text: e.message }));
+        done("bad", "refused", null, h("span", { class: "pre", text: e.message }));
       } else {
-        done("bad", "error", [h("strong", { text: "Failed: " }), h("span", { class: "pre", text: e.message })]);
+        done("bad", "error", null, [h("strong", { text: "Failed: " }), h("span", { class: "pre", text: e.message })]);
       }
     });
   }
 
   // ---------------------------------------------------------------- install
-  var MAX_SIGNATURE_BYTES = 8192; // a .minisig is about 300 bytes; the header must fit in the request head
+  var MAX_SIGNATURE_BYTES = 4096; // the host's limit; a .minisig is about 300 bytes
   function base64OfFile(file) {
     return file.arrayBuffer().then(function (buf) {
       var b = new Uint8Array(buf), s = "";
@@ -841,7 +849,9 @@
         ["Web page", m.frontend ? "yes" : "no"],
         ["Settings", m.has_settings ? "yes" : "none"],
         ["Permissions", valueList(m.permissions), "install-permissions"],
-        ["Limits", valueList(m.limits), "install-limits"]
+        ["Limits", valueList(m.limits), "install-limits"],
+        m.skipped && m.skipped.length ? ["Not installed", h("span", { text: "the archive also holds " + m.skipped.join(", ") + " (not named by the manifest, so skipped)" }), "install-skipped"] : null,
+        ["Size", bytes(up.bytes)]
       ], "install-manifest")]);
       var confirm = h("button", { class: up.action === "downgrade" ? "danger" : "primary", "data-testid": "install-confirm",
         text: { install: "Install", update: "Update", downgrade: "Downgrade", reinstall: "Reinstall" }[up.action] || "Confirm" });
@@ -912,12 +922,17 @@
           })));
         body.appendChild(facts([["Active version", h("strong", { text: v.active || "none" }), "versions-active"]]));
         body.appendChild(table);
+        if (v.pending) {
+          body.appendChild(note("info", "versions-pending", [h("strong", { text: "On probation: " }),
+            (v.pending.kind || "update") + " " + (v.pending.from ? v.pending.from + " \u2192 " : "") + v.pending.to]));
+        }
         var lu = v.last_update;
         if (lu) {
-          var bad = lu.result === "rolled-back";
-          body.appendChild(h("h2", { text: "Last update" }));
+          var bad = lu.result === "rolled-back" || lu.result === "install-failed";
+          var labels = { "rolled-back": "Rolled back", "install-failed": "Install failed", updated: "Updated", installed: "Installed" };
+          body.appendChild(h("h2", { text: "Last change" }));
           var n = note(bad ? "bad" : "ok", "last-update", [
-            h("strong", { text: (bad ? "Rolled back" : lu.result === "updated" ? "Updated" : lu.result) + ": " }),
+            h("strong", { text: (labels[lu.result] || lu.result) + ": " }),
             (lu.from ? lu.from + " \u2192 " : "") + (lu.to || ""),
             lu.at ? h("span", { class: "muted", title: lu.at, text: " \u00b7 " + new Date(lu.at).toLocaleString() }) : null,
             lu.reason ? h("div", { class: "pre", "data-testid": "last-update-reason", text: lu.reason }) : null]);
@@ -966,7 +981,7 @@
   }
   function saveSettings(id, values) {
     return call("PUT", pluginUrl(id, "settings"), values).then(function (r) {
-      toast("Settings saved");
+      toast("Settings saved" + (r.delivery ? " (" + ({ applied: "the plugin applied them", restarted: "the plugin restarted with them", "at-next-start": "the plugin gets them when it starts" }[r.delivery] || r.delivery) + ")" : ""));
       return { ok: true, values: r.values || {}, secretsSet: r.secrets_set || [] };
     }, function (e) {
       var errs = e.body && Array.isArray(e.body.errors) ? e.body.errors : [];
@@ -980,8 +995,8 @@
     m.appendChild(h("h1", null, h("span", { text: "Settings: " + pluginName(id) }),
       h("span", { class: "actions" }, h("a", { class: "btn", href: "#/versions/" + encodeURIComponent(id), text: "Versions" }),
         h("a", { class: "btn", href: "#/", text: "Plugins" }))));
-    var status = h("p", { class: "muted", "data-testid": "settings-status", text: "Loading\u2026" });
-    var container = h("div", { class: "settings-form", "data-testid": "settings" });
+    var status = h("p", { class: "muted", "data-testid": "settings-page-status", text: "Loading\u2026" });
+    var container = h("div", { class: "settings-page", "data-testid": "settings" });
     m.appendChild(status);
     // A viewer sees the form, but a disabled fieldset disables every control in it, also those added later.
     m.appendChild(isAdmin ? container : h("fieldset", { class: "readonly", disabled: true }, container));
