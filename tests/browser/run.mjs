@@ -3,7 +3,8 @@
 // example plugins, then walks the flows a person uses: first-start setup with the setup code, log
 // out and in, toggle a plugin and see its state change, open plugin views and see what their
 // bundles mounted, read and follow logs, events and system pages — on a desktop and a phone
-// viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots).
+// viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots). The plugin
+// settings form is driven on the served page with a schema of its own (settingsForm).
 //
 // Usage: node run.mjs   (after `cargo build --workspace`; TORU_TARGET_DIR overrides target/debug)
 import assert from "node:assert/strict";
