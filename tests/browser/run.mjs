@@ -360,8 +360,7 @@ async function main() {
   }
   fs.rmSync(host.root, { recursive: true, force: true });
   try {
-    // Packages need `toru key generate`, `toru plugin pack` and the package API (not on main yet).
-    if (process.env.TORU_BROWSER_PACKAGES === "1") await packageFlows(browser);
+    await packageFlows(browser);
   } finally {
     await browser.close();
   }
