@@ -174,6 +174,33 @@ async function trustFlow(page, pk) {
   log("trust: ok");
 }
 
+// A large upload under a throttled network shows its progress; what is not a package is refused
+// with the host's own message.
+async function progressFlow(page, work) {
+  const junk = path.join(work, "junk.toru");
+  fs.writeFileSync(junk, Buffer.alloc(3 * 1024 * 1024, 7));
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 1024 * 1024 });
+  try {
+    await page.evaluate(() => { location.hash = "#/"; });
+    await page.getByTestId("install-open").click();
+    await page.getByTestId("install-files").setInputFiles(junk);
+    await page.getByTestId("install-upload").click();
+    await page.waitForFunction(() => {
+      const p = document.querySelector('[data-testid="install-progress"]');
+      return p && p.value > 0 && p.value < 100;
+    });
+    assert.match(await page.getByTestId("install-progress-text").innerText(), /^[\d.]+ (KiB|MiB) of 3\.0 MiB \(\d+%\)$/);
+    await shot(page, "21-upload-progress");
+    await page.getByTestId("install-error").filter({ hasText: /^Refused: / }).waitFor();
+  } finally {
+    await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await cdp.detach();
+  }
+  log("upload progress, refused package: ok (" + (await page.getByTestId("install-error").innerText()) + ")");
+  await page.getByTestId("install-cancel").click();
+}
+
 async function installFlow(page, pk) {
   // Unsigned: refused with the host's message, nothing installed.
   await upload(page, [pk.files["0.1.0"]]);
@@ -198,10 +225,10 @@ async function installFlow(page, pk) {
   assert.match(await dlg.getByTestId("install-limits").innerText(), /memory_mb: 64/);
   assert.equal(await dlg.getByTestId("install-allow-downgrade").count(), 0, "no downgrade box for an install");
   assert.equal(await dlg.getByTestId("install-unsigned").count(), 0);
-  await shot(page, "21-install-manifest");
+  await shot(page, "22-install-manifest");
   await dlg.getByTestId("install-confirm").click();
   await dlg.getByTestId("probation").filter({ hasText: "0.1.0 is on probation" }).waitFor();
-  await shot(page, "22-install-probation");
+  await shot(page, "23-install-probation");
   await result(page, "installed");
   await page.getByTestId("dialog-close").click();
   const card = page.getByTestId("plugin-card-" + ID);
@@ -228,7 +255,7 @@ async function installFlow(page, pk) {
   const text = await outcome(page, "rolled-back");
   assert.match(text, /^Rolled back: /);
   assert.ok(text.includes(CRASH_LINE) || /exit code 3/.test(text), "the reason names the crash: " + text);
-  await shot(page, "23-update-rolled-back");
+  await shot(page, "24-update-rolled-back");
   await page.getByTestId("dialog-close").click();
   await page.getByTestId("plugin-package-" + ID).filter({ hasText: "package 0.2.0" }).waitFor();
   await page.waitForFunction((id) => document.querySelector(`[data-testid="plugin-state-${id}"]`)?.dataset.state === "ready", ID);
@@ -241,7 +268,7 @@ async function installFlow(page, pk) {
   const last = page.getByTestId("last-update");
   assert.equal(await last.getAttribute("data-result"), "rolled-back");
   assert.match(await last.innerText(), /0\.2\.0 → 0\.3\.0/);
-  await shot(page, "24-versions");
+  await shot(page, "25-versions");
   // Roll back by hand to 0.1.0: confirm, probation, result; the page follows.
   await page.getByTestId("rollback").click();
   await page.getByTestId("rollback-dialog").filter({ hasText: "back to 0.1.0" }).waitFor();
@@ -289,7 +316,7 @@ async function removeFlow(page, pk) {
   await page.evaluate(() => { location.hash = "#/"; });
   await page.getByTestId("plugin-remove-" + ID).click();
   await page.getByTestId("remove-purge").check();
-  await shot(page, "27-remove");
+  await shot(page, "28-remove");
   await page.getByTestId("remove-confirm").click();
   await page.getByTestId("toast").filter({ hasText: "removed with its data" }).first().waitFor();
   await page.getByTestId("plugin-card-" + ID).waitFor({ state: "detached" });
@@ -340,12 +367,12 @@ async function unsignedFlow(browser, pk, problems) {
     await upload(page, [pk.files["0.1.0"]]);
     await page.getByTestId("install-unsigned").waitFor();
     assert.equal(await page.getByTestId("install-key-id").count(), 0);
-    await shot(page, "28-unsigned-manifest");
+    await shot(page, "29-unsigned-manifest");
     await page.getByTestId("install-confirm").click();
     await result(page, "installed");
     await page.getByTestId("dialog-close").click();
     await page.getByTestId("plugin-package-" + ID).filter({ hasText: "unsigned" }).waitFor();
-    await shot(page, "29-unsigned-banner");
+    await shot(page, "30-unsigned-banner");
     await ctx.close();
     log("unsigned banner and package: ok");
   } catch (e) {
@@ -384,7 +411,7 @@ async function settingsFlow(page) {
   await form.getByTestId("settings-save").click();
   await errorAt("mqtt.topics[1]").filter({ hasText: "must match" }).waitFor();
   assert.equal(await errorAt("mqtt.topics[0]").innerText(), "", "only the bad item is marked");
-  await shot(page, "25-settings-error");
+  await shot(page, "26-settings-error");
   // Remove the bad item and save.
   await form.locator('[data-testid="settings-remove"][data-path="mqtt.topics[1]"]').click();
   await form.getByTestId("settings-save").click();
@@ -406,7 +433,7 @@ async function settingsFlow(page) {
   assert.equal(await field("mqtt.topics[1]").count(), 0);
   assert.equal(await field("mqtt.password").inputValue(), "");
   assert.ok(!(await page.content()).includes(SECRET), "the secret never reaches the page");
-  await shot(page, "26-settings");
+  await shot(page, "27-settings");
   log("settings: ok");
 }
 
@@ -425,6 +452,7 @@ export async function packageFlows(browser) {
     await setupAdmin(page, host, PASSWORD);
     assert.equal(await page.getByTestId("banner-unsigned").count(), 0, "no unsigned banner by default");
     await trustFlow(page, pk);
+    await progressFlow(page, work);
     await installFlow(page, pk);
     await settingsFlow(page);
     await viewerFlow(browser, host, pk, problems);
