@@ -201,7 +201,28 @@ async function progressFlow(page, work) {
   await page.getByTestId("install-cancel").click();
 }
 
-async function installFlow(page, pk) {
+// Drops `files` on the plugin list as a file manager would (a drop event carrying them).
+async function dropOnPlugins(page, files) {
+  await page.evaluate(() => { location.hash = "#/"; });
+  const list = page.getByTestId("plugins-page");
+  await list.waitFor();
+  const data = files.map((f) => ({ name: path.basename(f), b64: fs.readFileSync(f).toString("base64") }));
+  const dt = await page.evaluateHandle((data) => {
+    const dt = new DataTransfer();
+    for (const f of data) {
+      const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+      dt.items.add(new File([bytes], f.name));
+    }
+    return dt;
+  }, data);
+  await list.dispatchEvent("dragenter", { dataTransfer: dt });
+  assert.ok(await list.evaluate((el) => el.classList.contains("dropping")), "the list shows it takes the drop");
+  await list.dispatchEvent("drop", { dataTransfer: dt });
+  await page.getByTestId("install-dialog").waitFor();
+  assert.ok(!(await list.evaluate((el) => el.classList.contains("dropping"))));
+}
+
+async function installFlow(page, host, pk) {
   // Unsigned: refused with the host's message, nothing installed.
   await upload(page, [pk.files["0.1.0"]]);
   await page.getByTestId("install-error").filter({ hasText: /not signed|unsigned/i }).waitFor();
@@ -239,9 +260,20 @@ async function installFlow(page, pk) {
   await page.locator(`[data-plugin="${ID}"]`).getByTestId("hello-message").filter({ hasText: "Hello from" }).waitFor();
   log("install: ok");
 
-  // An update that passes its probation.
-  await upload(page, [pk.files["0.2.0"], pk.files["0.2.0"] + ".minisig"]);
+  // An update, dropped on the plugin list: reviewed, then cancelled (the host drops the upload).
+  await dropOnPlugins(page, [pk.files["0.2.0"], pk.files["0.2.0"] + ".minisig"]);
+  assert.equal(await page.getByTestId("install-chosen-signature").innerText(), "hello-python-0.2.0.toru.minisig");
+  await page.getByTestId("install-upload").click();
+  await page.getByTestId("install-manifest").waitFor();
   assert.match(await page.getByTestId("install-action").innerText(), /Update hello-python from 0\.1\.0 to 0\.2\.0/);
+  assert.equal(await page.getByTestId("install-allow-downgrade").count(), 0, "no downgrade box for an update");
+  const cancelled = page.waitForResponse((r) => r.request().method() === "DELETE" && r.url().includes("/api/packages/upload/"));
+  await page.getByTestId("install-cancel").click();
+  assert.equal((await cancelled).status(), 200);
+  assert.deepEqual(fs.readdirSync(path.join(host.plugins, ".staging")), [], "the staged upload is gone");
+  assert.ok((await page.getByTestId("plugin-package-" + ID).innerText()).includes("package 0.1.0"));
+  // The same update, confirmed: it passes its probation.
+  await upload(page, [pk.files["0.2.0"], pk.files["0.2.0"] + ".minisig"]);
   await page.getByTestId("install-confirm").click();
   await result(page, "updated");
   await page.getByTestId("dialog-close").click();
@@ -323,6 +355,16 @@ async function removeFlow(page, pk) {
   await install(page, pk.files["0.4.0"], "installed");
   assert.equal(await counterValue(page), 0, "the purged data is gone");
   log("remove (keep, purge): ok");
+  // A downgrade needs the box ticked.
+  await upload(page, [pk.files["0.1.0"], pk.files["0.1.0"] + ".minisig"]);
+  assert.match(await page.getByTestId("install-action").innerText(), /Downgrade hello-python from 0\.4\.0 to 0\.1\.0/);
+  assert.ok(await page.getByTestId("install-confirm").isDisabled(), "not without allowing it");
+  await page.getByTestId("install-allow-downgrade").check();
+  await page.getByTestId("install-confirm").click();
+  await result(page);
+  await page.getByTestId("dialog-close").click();
+  await page.getByTestId("plugin-package-" + ID).filter({ hasText: "package 0.1.0" }).waitFor();
+  log("downgrade: ok");
 }
 
 // A viewer sees packages, versions, settings and keys, and no control that changes them.
@@ -453,7 +495,7 @@ export async function packageFlows(browser) {
     assert.equal(await page.getByTestId("banner-unsigned").count(), 0, "no unsigned banner by default");
     await trustFlow(page, pk);
     await progressFlow(page, work);
-    await installFlow(page, pk);
+    await installFlow(page, host, pk);
     await settingsFlow(page);
     await viewerFlow(browser, host, pk, problems);
     await removeFlow(page, pk);
