@@ -16,6 +16,7 @@
 //! | `crash-start` | exits 3 before binding its socket |
 //! | `crash-after-<n>` | exits 4 while handling its n-th HTTP request |
 //! | `hang` | becomes ready, then blocks: stops answering heartbeats |
+//! | `no-ready` | binds its socket and reads init, but never answers `ready` |
 //! | `ignore-term` | ignores SIGTERM and shutdown, forks a grandchild that does too |
 //! | `setsid` | well behaved itself, but forks a grandchild that calls `setsid()` (leaving the plugin's process group and session) and ignores SIGTERM |
 //! | `garbage` | answers each HTTP request with a frame that is not JSON, then a valid reply |
@@ -230,6 +231,9 @@ fn serve(
         };
         let id = frame.request_id;
         match frame.message {
+            HostMessage::Init(_) if mode == "no-ready" => {
+                eprintln!("never answering init on purpose");
+            }
             HostMessage::Init(_) => {
                 send(&writer, id, PluginMessage::Ready);
                 match mode {
