@@ -99,9 +99,11 @@ pub enum Request {
         /// How many.
         limit: usize,
     },
-    /// Install or update a package (daemon only). The package's bytes follow the request on the
-    /// control connection as frames of at most 64 KiB, ended by an empty frame.
+    /// Install or update a package (daemon only). The package's `size` bytes follow the request
+    /// on the control connection as frames of at most 64 KiB.
     PluginInstall {
+        /// The package's length in bytes.
+        size: u64,
         /// The `.minisig` file's text (`None`: unsigned).
         signature: Option<String>,
         /// `install` (refuse an installed id), `update` (refuse one that is not) or `any`.
@@ -530,10 +532,11 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
     };
     let result = match serde_json::from_slice::<Request>(&body) {
         Ok(Request::PluginInstall {
+            size,
             signature,
             expect,
             allow_downgrade,
-        }) => receive_package(&app, &mut stream, signature, &expect, allow_downgrade).await,
+        }) => receive_package(&app, &mut stream, size, signature, &expect, allow_downgrade).await,
         Ok(req) => {
             let (store, sup) = (&app.store, Some(&app.supervisor));
             let packages = Some(&app.packages);
@@ -560,11 +563,12 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
     let _ = tokio_codec::write_frame(&mut stream, &body, MAX_CONTROL_FRAME).await;
 }
 
-/// Receive a package on the control connection (frames until an empty one), check it, and
-/// install or update it (see `install`); the reply waits for the probation.
+/// Receive a package of `size` bytes on the control connection, check it, and install or update
+/// it (see `install`); the reply waits for the probation.
 async fn receive_package(
     app: &App,
     stream: &mut UnixStream,
+    size: u64,
     signature: Option<String>,
     expect: &str,
     allow_downgrade: bool,
@@ -574,8 +578,13 @@ async fn receive_package(
         "update" => Expect::Update,
         _ => Expect::Any,
     };
+    let limit = app.config.packages.max_package_bytes;
+    if size > limit {
+        return Err(PackageError::TooLarge(limit).into());
+    }
     let mut upload = app.packages.begin_upload(signature)?;
-    loop {
+    let mut got = 0u64;
+    while got < size {
         let frame = tokio::time::timeout(
             PACKAGE_CHUNK_TIMEOUT,
             tokio_codec::read_frame(stream, MAX_CONTROL_FRAME),
@@ -587,9 +596,7 @@ async fn receive_package(
             source,
         })?
         .ok_or(AdminError::Closed)?;
-        if frame.is_empty() {
-            break;
-        }
+        got += frame.len() as u64;
         upload.write(&frame)?;
     }
     let preview = app.packages.finish_upload(upload).await?;
@@ -646,7 +653,15 @@ pub async fn run_install(
         path: path.clone(),
         source,
     };
+    let size = package
+        .metadata()
+        .map_err(|source| AdminError::File {
+            path: file.to_path_buf(),
+            source,
+        })?
+        .len();
     let req = Request::PluginInstall {
+        size,
         signature,
         expect: expect.to_owned(),
         allow_downgrade,
@@ -662,10 +677,10 @@ pub async fn run_install(
             source,
         })?;
         // A refusal mid-way (too large) closes the connection: its reply is read below.
-        if tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
-            .await
-            .is_err()
-            || n == 0
+        if n == 0
+            || tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
+                .await
+                .is_err()
         {
             break;
         }

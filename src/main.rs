@@ -480,6 +480,7 @@ fn main() -> ExitCode {
                 }
                 Ok(v) => {
                     let req = Request::PluginInstall {
+                        size: 0,
                         signature: None,
                         expect: expect.into(),
                         allow_downgrade,

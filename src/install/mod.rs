@@ -573,14 +573,14 @@ impl Packages {
         let from = before.as_ref().map(|r| r.active.clone());
         let to = new.version.clone();
         let settings_before = store.plugin_settings(id)?;
-        // A plugin with a schema and no settings yet starts with the defaults.
-        if settings_before.is_none()
-            && let Some(schema) = schema_of(&new)?
-        {
-            store
-                .set_plugin_settings(id, schema.defaults(), None)
-                .await?;
-        }
+        // The new version's schema decides what its settings may hold (written with the switch).
+        let settings_after = match schema_of(&new)? {
+            Some(schema) => {
+                let fitted = fit_settings(&schema, settings_before.as_ref());
+                (Some(&fitted) != settings_before.as_ref()).then_some(fitted)
+            }
+            None => None,
+        };
 
         // Step 3: the running version stops.
         supervisor.hold(id).await;
@@ -605,7 +605,10 @@ impl Packages {
             }),
             last_update: before.as_ref().and_then(|b| b.last_update.clone()),
         };
-        if let Err(e) = store.begin_package_switch(rec.clone(), None).await {
+        if let Err(e) = store
+            .begin_package_switch(rec.clone(), settings_after, None)
+            .await
+        {
             // Nothing changed: the old version starts again.
             supervisor.release(id).await;
             if before.as_ref().is_none_or(|b| b.version(&to).is_none()) {
@@ -1074,6 +1077,48 @@ fn schema_of(v: &PackageVersion) -> Result<Option<Schema>, PackageError> {
                 message: e.to_string(),
             }),
     }
+}
+
+/// Settings fit for `schema`: the stored ones (`None`: the defaults) as its validator normalises
+/// them; failing that, without the fields the schema does not know (a version that dropped or
+/// renamed a setting — a secret among them must not stay stored where nothing redacts it) and
+/// without those whose values it refuses (they take their defaults); failing that, the defaults.
+/// Logged when settings are dropped.
+fn fit_settings(schema: &Schema, stored: Option<&Value>) -> Value {
+    let Some(stored) = stored else {
+        return schema.defaults();
+    };
+    if let Ok(v) = schema.validate(stored) {
+        return v;
+    }
+    let known = schema
+        .as_json()
+        .get("properties")
+        .and_then(Value::as_object);
+    if let (Value::Object(values), Some(known)) = (stored, known) {
+        let mut kept: serde_json::Map<String, Value> = values
+            .iter()
+            .filter(|(k, _)| known.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Then without the settings whose values the new version refuses (they take defaults).
+        for _ in 0..2 {
+            match schema.validate(&Value::Object(kept.clone())) {
+                Ok(v) => {
+                    log::warn!("settings the new version does not accept were reset");
+                    return v;
+                }
+                Err(errors) => {
+                    for e in errors {
+                        let top = e.path.split(['.', '[']).next().unwrap_or_default();
+                        kept.remove(top);
+                    }
+                }
+            }
+        }
+    }
+    log::warn!("the stored settings do not fit the new version's schema; using its defaults");
+    schema.defaults()
 }
 
 /// What installing `m` does given the installed `record`, and the installed version.

@@ -25,3 +25,6 @@ pub(crate) mod archive;
 pub(crate) mod manifest;
 pub(crate) mod pack;
 pub(crate) mod sign;
+
+#[cfg(test)]
+mod interop_tests;

@@ -2,6 +2,11 @@
 //!
 //! The host starts plugins with an empty environment, so the mode comes from the executable's name:
 //! `stress-<mode>[-<n>].binary`. The metadata id is the file stem, so several modes can run at once.
+//!
+//! In a package the executable's name is fixed, so a `stress.json` beside the executable overrides
+//! what the name says: `{"id": "s1", "version": "0.2.0", "mode": "crash-start", "route": "/s1"}`
+//! (every field optional; `route` defaults to `/<id>`, `version` to `0.0.0`, `mode` to the name's).
+//! The files below are then named after the id instead of the stem.
 //! It speaks the protocol with blocking std I/O and the SDK's codec, not the SDK runner, because it
 //! needs to write frames the runner never would.
 //!
@@ -11,6 +16,7 @@
 //! | `crash-start` | exits 3 before binding its socket |
 //! | `crash-after-<n>` | exits 4 while handling its n-th HTTP request |
 //! | `hang` | becomes ready, then blocks: stops answering heartbeats |
+//! | `no-ready` | binds its socket and reads init, but never answers `ready` |
 //! | `ignore-term` | ignores SIGTERM and shutdown, forks a grandchild that does too |
 //! | `setsid` | well behaved itself, but forks a grandchild that calls `setsid()` (leaving the plugin's process group and session) and ignores SIGTERM |
 //! | `garbage` | answers each HTTP request with a frame that is not JSON, then a valid reply |
@@ -53,6 +59,52 @@ fn stem() -> String {
     name.strip_suffix(".binary").unwrap_or(&name).to_string()
 }
 
+/// Who this run is: from the executable's name, overridden by a `stress.json` beside it.
+struct Identity {
+    /// Prefix of the files this run writes (`<name>.pid`, …): the stem, or the id from the file.
+    name: String,
+    id: String,
+    version: String,
+    mode: String,
+    route: String,
+}
+
+fn identity() -> Identity {
+    let stem = stem();
+    let mut me = Identity {
+        mode: stem.strip_prefix("stress-").unwrap_or("ok").to_string(),
+        id: stem.clone(),
+        version: "0.0.0".into(),
+        route: format!("/{stem}"),
+        name: stem,
+    };
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("stress.json")));
+    let Some(cfg) = beside
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return me;
+    };
+    let text = |k: &str| cfg.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    if let Some(id) = text("id") {
+        me.route = format!("/{id}");
+        me.name = id.clone();
+        me.id = id;
+    }
+    if let Some(v) = text("version") {
+        me.version = v;
+    }
+    if let Some(m) = text("mode") {
+        me.mode = m;
+    }
+    if let Some(r) = text("route") {
+        me.route = r;
+    }
+    me
+}
+
 fn send(w: &Writer, id: Option<String>, msg: PluginMessage) {
     let body = Frame::new(id, msg).encode();
     if let Ok(mut s) = w.lock() {
@@ -61,17 +113,17 @@ fn send(w: &Writer, id: Option<String>, msg: PluginMessage) {
 }
 
 fn main() -> ExitCode {
-    let stem = stem();
-    let mode = stem.strip_prefix("stress-").unwrap_or("ok").to_string();
+    let me = identity();
+    let (stem, mode) = (me.name.clone(), me.mode.clone());
     if std::env::args().nth(1).as_deref() == Some("--metadata") {
         let id = if mode == "bad-metadata" {
             "Bad Id!".to_string()
         } else {
-            stem.clone()
+            me.id.clone()
         };
         let meta = json!({
-            "id": id, "name": format!("Stress ({mode})"), "version": "0.0.0",
-            "author": "tests", "icon": "🧪", "route": format!("/{stem}"), "protocol": "1.1",
+            "id": id, "name": format!("Stress ({mode})"), "version": me.version,
+            "author": "tests", "icon": "🧪", "route": me.route, "protocol": "1.1",
         });
         println!("{meta}");
         return ExitCode::SUCCESS;
@@ -179,6 +231,9 @@ fn serve(
         };
         let id = frame.request_id;
         match frame.message {
+            HostMessage::Init(_) if mode == "no-ready" => {
+                eprintln!("never answering init on purpose");
+            }
             HostMessage::Init(_) => {
                 send(&writer, id, PluginMessage::Ready);
                 match mode {
