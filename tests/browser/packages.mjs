@@ -18,15 +18,9 @@ const CRASH_LINE = "crash-on-purpose: version 0.3.0 refuses to start";
 // A secret setting; it must never come back to the page.
 const SECRET = "s3cret-broker-password";
 
-// The settings schema every test version declares: a nested group, a list, a secret, a range.
-const SETTINGS = `
-[settings]
-type = "object"
-[settings.properties.greeting]
-type = "string"
-title = "Greeting"
-default = "hello"
-maxLength = 40
+// Added to the example's manifest (which has a `greeting` setting): a nested group with a secret,
+// a range and a list, and requested permissions and limits.
+const EXTRA_MANIFEST = `
 [settings.properties.mqtt]
 type = "object"
 title = "MQTT"
@@ -49,10 +43,17 @@ type = "array"
 title = "Topics"
 maxItems = 5
 items = { type = "string", title = "Topic", pattern = "(?i)^[a-z0-9/+#]+$" }
+
+[permissions]
+groups = ["gpio"]
+
+[limits]
+memory_mb = 64
 `;
 
-// A folder `toru plugin pack` takes: the example's files (the SDK copied, not linked), a manifest,
-// the version patched into the script; `crash` makes the script exit 3 at start (not for --metadata).
+// A folder `toru plugin pack` takes: the example's files (the SDK copied, not linked), its manifest
+// with EXTRA_MANIFEST, the version patched into both; `crash` makes the script exit 3 at start (not
+// for --metadata).
 function variantDir(work, version, { crash = false } = {}) {
   const src = path.join(repo, "plugins/hello-python");
   const dir = path.join(work, `${ID}-${version}`);
@@ -69,27 +70,11 @@ function variantDir(work, version, { crash = false } = {}) {
     assert.ok(code.includes(CRASH_LINE), "crash inserted");
   }
   fs.writeFileSync(script, code, { mode: 0o755 });
-  fs.writeFileSync(path.join(dir, "manifest.toml"), `id = "${ID}"
-name = "Hello World (Python)"
-version = "${version}"
-author = "ToruAI"
-description = "The Python example plugin, packaged by the browser test"
-icon = "\u{1F40D}"
-route = "/hello-python"
-protocol = "1.1"
-min_host = ">=0.1"
-frontend = "bundle.js"
-files = ["toru_plugin.py"]
-
-[entry]
-any = "hello-python.binary"
-
-[permissions]
-groups = ["gpio"]
-
-[limits]
-memory_mb = 64
-${SETTINGS}`);
+  let manifest = fs.readFileSync(path.join(src, "manifest.toml"), "utf8");
+  assert.ok(/^version = "0\.1\.0"$/m.test(manifest) && /^\[settings\]$/m.test(manifest) && !/^\[(permissions|limits)\]$/m.test(manifest),
+    "the example's manifest is as the test expects");
+  manifest = manifest.replace(/^version = "0\.1\.0"$/m, `version = "${version}"`);
+  fs.writeFileSync(path.join(dir, "manifest.toml"), manifest + EXTRA_MANIFEST);
   return dir;
 }
 
@@ -410,6 +395,12 @@ async function unsignedFlow(browser, pk, problems) {
     await page.getByTestId("install-unsigned").waitFor();
     assert.equal(await page.getByTestId("install-key-id").count(), 0);
     await shot(page, "29-unsigned-manifest");
+    // On a phone the review fits the screen's width.
+    await page.setViewportSize({ width: 390, height: 844 });
+    const over = await page.getByTestId("install-dialog").evaluate((d) => d.scrollWidth - d.clientWidth);
+    assert.ok(over <= 1, "the review needs no sideways scrolling on a phone (" + over + " px)");
+    await shot(page, "29-unsigned-manifest-phone");
+    await page.setViewportSize({ width: 1280, height: 860 });
     await page.getByTestId("install-confirm").click();
     await result(page, "installed");
     await page.getByTestId("dialog-close").click();
@@ -435,7 +426,7 @@ async function settingsFlow(page) {
   const field = (p) => form.locator(`[name="${p}"]`);
   const errorAt = (p) => form.locator(`[data-path="${p}"] > [data-testid="field-error"]`);
   // Defaults from the schema.
-  assert.equal(await field("greeting").inputValue(), "hello");
+  assert.equal(await field("greeting").inputValue(), "Hello");
   assert.equal(await field("mqtt.host").inputValue(), "localhost");
   assert.equal(await field("mqtt.port").inputValue(), "1883");
   // Edit the nested group, set the secret, add two list items.
@@ -476,6 +467,9 @@ async function settingsFlow(page) {
   assert.equal(await field("mqtt.password").inputValue(), "");
   assert.ok(!(await page.content()).includes(SECRET), "the secret never reaches the page");
   await shot(page, "27-settings");
+  // The plugin has them: its page greets with the new greeting.
+  await page.evaluate((id) => { location.hash = "#/p/" + id; }, ID);
+  await page.locator(`[data-plugin="${ID}"]`).getByTestId("hello-message").filter({ hasText: "hi there from Hello World (Python)!" }).waitFor();
   log("settings: ok");
 }
 
