@@ -1030,7 +1030,6 @@ mod tests {
         }
         let _unmount = Unmount(mnt.clone());
         let pkg = t.join("p.toru");
-        std::fs::write(&pkg, good_with(|t| t).as_slice()).unwrap();
         let bytes = RawTar::new()
             .file("manifest.toml", MANIFEST.as_bytes())
             .exe("bin/run", b"x")
