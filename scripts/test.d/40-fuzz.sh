@@ -31,8 +31,8 @@ cargo +nightly fuzz build "${mode[@]}"
 
 # Each target's share of the total, in parts (the frame codec is the smallest surface). Shares
 # are cut from the running total, so they add up to exactly the total.
-targets=(frame_decoder envelope envelope_roundtrip http_path config settings)
-parts=(2 3 2 3 3 3)
+targets=(frame_decoder envelope envelope_roundtrip http_path config settings package)
+parts=(2 3 2 3 3 3 3)
 sum=0
 for p in "${parts[@]}"; do sum=$((sum + p)); done
 summary=()

@@ -500,7 +500,7 @@ fn toml_to_json(path: &str, v: toml::Value) -> Result<Value, ManifestError> {
 mod tests {
     use super::*;
 
-    pub(crate) const GOOD: &str = r#"
+    const GOOD: &str = r#"
 id = "hello-rust"
 name = "Hello (Rust)"
 version = "0.2.0"
