@@ -161,7 +161,7 @@ fn events(h: &Host, tok: &str, id: &str) -> Vec<Value> {
 }
 
 fn version_dirs(h: &Host, id: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(h.plugins_dir.join(".packages").join(id))
+    let mut v: Vec<String> = std::fs::read_dir(h.data_dir.join("packages").join(id))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -173,7 +173,7 @@ fn version_dirs(h: &Host, id: &str) -> Vec<String> {
 }
 
 fn staging_is_empty(h: &Host) -> bool {
-    std::fs::read_dir(h.plugins_dir.join(".staging")).map_or(true, |mut d| d.next().is_none())
+    std::fs::read_dir(h.data_dir.join("packages/.staging")).map_or(true, |mut d| d.next().is_none())
 }
 
 /// One bad update of a running v1.0.0 in `mode`: the CLI fails and names the cause, v1.0.0 runs
@@ -208,7 +208,7 @@ fn bad_update_rolls_back(mode: &str, cause: &str) {
     let pid = ready(&h, &tok, "demo", "1.0.0");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert!(
-        exe.starts_with(h.plugins_dir.join(".packages/demo/1.0.0")),
+        exe.starts_with(h.data_dir.join("packages/demo/1.0.0")),
         "{}",
         exe.display()
     );
@@ -400,7 +400,7 @@ fn remove_keeps_data_for_the_same_publisher_and_purge_frees_the_id() {
         (get(&h, &tok, "/api/plugins/demo").status == 404).then_some(())
     });
     assert!(!support::alive(pid as u32));
-    assert!(!h.plugins_dir.join(".packages/demo").exists());
+    assert!(!h.data_dir.join("packages/demo").exists());
 
     // Another publisher is refused, naming the way out.
     let theirs = stress(&work, &other_key, "demo", "1.0.0", "ok");

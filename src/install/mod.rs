@@ -8,12 +8,16 @@
 //! through [`Packages`], which `App` holds; it imports neither.
 //!
 //! ## One transaction, step by step
+//! Packages live in the packages dir (`<data-dir>/packages` unless `[packages] dir` says otherwise:
+//! on the device the data dir is the writable, persistent place):
+//! `<packages-dir>/<id>/<version>/` per kept version and `.staging/<token>/` per upload.
+//!
 //! 1. **Receive** ([`Packages::begin_upload`], [`Upload::write`], [`Packages::finish_upload`]): the
-//!    package is streamed to `<plugins-dir>/.staging/<token>/package.toru` (size cap while it
+//!    package is streamed to `<packages-dir>/.staging/<token>/package.toru` (size cap while it
 //!    arrives), its signature checked against the trusted keys before anything in it is parsed,
 //!    then extracted with caps into `files/`; manifest, target, `min_host`, publisher, downgrade and
 //!    the entry's `--metadata` are checked. The result is a [`Preview`] held under a token.
-//! 2. **Confirm** ([`Packages::confirm`]): the files move to `.packages/<id>/<version>/`.
+//! 2. **Confirm** ([`Packages::confirm`]): the files move to `<packages-dir>/<id>/<version>/`.
 //! 3. The running version is stopped (the supervisor holds the id down).
 //! 4. **Switch**, one store commit: the KV namespace is copied into the snapshot, the new version
 //!    is active, the update is pending (with the settings before it), the id is bound to the
@@ -54,7 +58,7 @@ use crate::store::{
     EventKind, NewEvent, PackageRecord, PackageVersion, PendingUpdate, Store, TrustedKey,
     UpdateOutcome,
 };
-use crate::supervisor::discovery::{self, PACKAGE_CLAIM, PACKAGES_DIR};
+use crate::supervisor::discovery::{self, PACKAGE_CLAIM};
 use crate::supervisor::{ConfigOutcome, Supervisor, package_dir};
 
 pub(crate) use error::PackageError;
@@ -63,7 +67,7 @@ pub(crate) use error::PackageError;
 const UPLOAD_TTL: Duration = Duration::from_secs(600);
 /// Uploads staged at once (each may be as large as the package limit).
 const MAX_STAGED: usize = 4;
-/// The folder under the plugins dir that holds uploads being checked.
+/// The folder under the packages dir that holds uploads being checked.
 const STAGING_DIR: &str = ".staging";
 
 /// The package service; cheap to clone, runtime thread only.
@@ -227,12 +231,13 @@ impl Packages {
         }
     }
 
-    fn plugins_dir(&self) -> &Path {
-        &self.inner.config.plugins_dir
+    /// `<packages-dir>`: `<id>/<version>/` per kept version, and `.staging/`.
+    fn root(&self) -> PathBuf {
+        self.inner.config.packages_dir()
     }
 
     fn staging_root(&self) -> PathBuf {
-        self.plugins_dir().join(STAGING_DIR)
+        self.root().join(STAGING_DIR)
     }
 
     /// Whether unsigned packages are accepted (development).
@@ -517,7 +522,7 @@ impl Packages {
             _ => {}
         }
         // Step 2: the files move into place.
-        let target = package_dir(self.plugins_dir(), &id, &version);
+        let target = package_dir(&self.root(), &id, &version);
         if target.exists() {
             std::fs::remove_dir_all(&target)
                 .map_err(|e| PackageError::io("replacing an old copy of this version", e))?;
@@ -612,7 +617,7 @@ impl Packages {
             // Nothing changed: the old version starts again.
             supervisor.release(id).await;
             if before.as_ref().is_none_or(|b| b.version(&to).is_none()) {
-                remove_dir(&package_dir(self.plugins_dir(), id, &to));
+                remove_dir(&package_dir(&self.root(), id, &to));
             }
             return Err(e.into());
         }
@@ -656,7 +661,7 @@ impl Packages {
                     )
                     .await?;
                 for v in pruned {
-                    remove_dir(&package_dir(self.plugins_dir(), id, &v));
+                    remove_dir(&package_dir(&self.root(), id, &v));
                 }
                 Ok(Done {
                     result: if kind == "rollback" {
@@ -721,10 +726,10 @@ impl Packages {
             )
             .await?;
         if !keeps_new {
-            remove_dir(&package_dir(self.plugins_dir(), id, to));
+            remove_dir(&package_dir(&self.root(), id, to));
         }
         if from.is_none() {
-            remove_empty_dir(&self.plugins_dir().join(PACKAGES_DIR).join(id));
+            remove_empty_dir(&self.root().join(id));
         }
         Ok(())
     }
@@ -771,12 +776,15 @@ impl Packages {
         }
         // Version folders no record names (a host stopped between moving files and the switch).
         let records = self.inner.store.packages().unwrap_or_default();
-        let root = self.plugins_dir().join(PACKAGES_DIR);
+        let root = self.root();
         let Ok(ids) = std::fs::read_dir(&root) else {
             return;
         };
         for id_dir in ids.flatten() {
             let id = id_dir.file_name().to_string_lossy().into_owned();
+            if id.starts_with('.') {
+                continue;
+            }
             let kept: Vec<&str> = records
                 .get(&id)
                 .map(|r| r.versions.iter().map(|v| v.version.as_str()).collect())
@@ -819,7 +827,7 @@ impl Packages {
             )
             .await;
         if result.is_ok() {
-            remove_dir(&self.plugins_dir().join(PACKAGES_DIR).join(id));
+            remove_dir(&self.root().join(id));
         }
         self.inner.supervisor.release(id).await;
         result.map_err(Into::into)
@@ -882,7 +890,7 @@ impl Packages {
         let rec = self.inner.store.package(id).ok()??;
         let v = rec.active_version()?;
         let bundle = v.manifest.get("frontend")?.as_str()?;
-        Some(package_dir(self.plugins_dir(), id, &v.version).join(bundle))
+        Some(package_dir(&self.root(), id, &v.version).join(bundle))
     }
 
     // ── trust ────────────────────────────────────────────────────────────────────────────────

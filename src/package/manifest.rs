@@ -31,7 +31,7 @@ pub(crate) const ANY_TARGET: &str = "any";
 pub(crate) const MANIFEST_NAME: &str = "manifest.toml";
 /// Longest path the manifest may name (and the archive may hold), in bytes.
 pub(crate) const MAX_PATH_BYTES: usize = 255;
-/// Longest `version`, in bytes (it names a directory: `.packages/<id>/<version>/`).
+/// Longest `version`, in bytes (it names a directory: `<packages-dir>/<id>/<version>/`).
 pub(crate) const MAX_VERSION_BYTES: usize = 64;
 /// Longest `description`, in characters.
 pub(crate) const MAX_DESCRIPTION_CHARS: usize = 2000;

@@ -255,7 +255,7 @@ async function installFlow(page, host, pk) {
   const cancelled = page.waitForResponse((r) => r.request().method() === "DELETE" && r.url().includes("/api/packages/upload/"));
   await page.getByTestId("install-cancel").click();
   assert.equal((await cancelled).status(), 200);
-  assert.deepEqual(fs.readdirSync(path.join(host.plugins, ".staging")), [], "the staged upload is gone");
+  assert.deepEqual(fs.readdirSync(path.join(host.data, "packages", ".staging")), [], "the staged upload is gone");
   assert.ok((await page.getByTestId("plugin-package-" + ID).innerText()).includes("package 0.1.0"));
   // The same update, confirmed: it passes its probation.
   await upload(page, [pk.files["0.2.0"], pk.files["0.2.0"] + ".minisig"]);
