@@ -59,7 +59,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackagesConfig {
     /// A new version must stay ready this long after it became ready, or it is rolled back
-    /// (`probation_secs`, default 30).
+    /// (`probation_secs`, default 30, at most 90: an install answers once its probation is over,
+    /// within the HTTP server's request time limit of 120 s).
     pub probation: Duration,
     /// Packages without a signature are accepted (development only; the UI says so on every page).
     pub allow_unsigned: bool,

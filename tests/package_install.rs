@@ -548,3 +548,51 @@ fn http_upload_preview_confirm_and_settings() {
     );
     assert_eq!(plugin(&h, &tok, "hello-rust")["state"], "ready");
 }
+
+/// A client that goes away during the confirmation (a closed page) does not stop the transaction
+/// half-way: it used to be dropped with the request, leaving the plugin held down (stopped, not
+/// listed) until the host restarted.
+#[test]
+fn a_client_that_leaves_during_the_probation_does_not_stop_the_update() {
+    use std::io::Write;
+    let (h, work) = start("pkg-leave");
+    let tok = token(&h);
+    let key = trusted_key(&h, &work, "pub");
+    let v1 = stress(&work, &key, "demo", "1.0.0", "ok");
+    ok(&h.cli(&["plugin", "install", v1.to_str().unwrap()], None));
+    ready(&h, &tok, "demo", "1.0.0");
+    let v2 = stress(&work, &key, "demo", "2.0.0", "ok");
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(format!("{}.minisig", v2.display())).unwrap());
+    let auth = format!("Bearer {tok}");
+    let r = h.http(
+        "POST",
+        "/api/packages/upload",
+        &[("Authorization", &auth), ("X-Toru-Signature", &sig)],
+        Some(&std::fs::read(&v2).unwrap()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let upload = r.json()["upload"].as_str().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+    write!(
+        s,
+        "POST /api/packages/upload/{upload}/confirm HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .unwrap();
+    // Gone as soon as the update is under way (the old version stopped).
+    eventually("the update under way", || {
+        (get(&h, &tok, "/api/plugins/demo").status == 404
+            || plugin(&h, &tok, "demo")["version"] == "2.0.0")
+            .then_some(())
+    });
+    drop(s);
+    ready(&h, &tok, "demo", "2.0.0");
+    let v = eventually("the update's result", || {
+        let v = get(&h, &tok, "/api/plugins/demo/versions").json();
+        v["pending"].is_null().then_some(v)
+    });
+    assert_eq!(v["last_update"]["result"], "updated", "{v}");
+    assert_eq!(v["active"], "2.0.0");
+}

@@ -33,7 +33,9 @@
 //! plugin starts), either no pending update (the switch never committed: the old version runs;
 //! or it finished: the new one runs) or a pending one, which it rolls back exactly as step 6
 //! would, "the host stopped during the probation" being the reason. Staging folders and version
-//! folders no record names are removed then too. Operations run one at a time.
+//! folders no record names are removed then too. Operations run one at a time, each on its own
+//! task: a caller that stops waiting (a closed page, an interrupted CLI) does not stop one
+//! half-way.
 
 mod error;
 #[cfg(test)]
@@ -471,6 +473,16 @@ impl Packages {
         expect: Expect,
         allow_downgrade: bool,
     ) -> Result<Done, PackageError> {
+        let (this, token) = (self.clone(), token.to_owned());
+        detached(async move { this.confirm_now(&token, expect, allow_downgrade).await }).await
+    }
+
+    async fn confirm_now(
+        &self,
+        token: &str,
+        expect: Expect,
+        allow_downgrade: bool,
+    ) -> Result<Done, PackageError> {
         let staged = self
             .inner
             .staged
@@ -553,6 +565,11 @@ impl Packages {
 
     /// Make the version before the active one active again, through the same probation.
     pub(crate) async fn rollback(&self, id: &str) -> Result<Done, PackageError> {
+        let (this, id) = (self.clone(), id.to_owned());
+        detached(async move { this.rollback_now(&id).await }).await
+    }
+
+    async fn rollback_now(&self, id: &str) -> Result<Done, PackageError> {
         let _busy = self.inner.busy.lock().await;
         let record = self.installed(id)?;
         let Some(previous) = record.versions.iter().find(|v| v.version != record.active) else {
@@ -805,6 +822,11 @@ impl Packages {
     /// Remove package `id`: stop it, forget it, delete its files; with `purge`, its KV data,
     /// settings and state too (else they wait for the same publisher's package).
     pub(crate) async fn remove(&self, id: &str, purge: bool) -> Result<(), PackageError> {
+        let (this, id) = (self.clone(), id.to_owned());
+        detached(async move { this.remove_now(&id, purge).await }).await
+    }
+
+    async fn remove_now(&self, id: &str, purge: bool) -> Result<(), PackageError> {
         let _busy = self.inner.busy.lock().await;
         let rec = self.installed(id)?;
         self.inner.supervisor.hold(id).await;
@@ -958,6 +980,15 @@ impl Packages {
         id: &str,
         values: Value,
     ) -> Result<SettingsView, PackageError> {
+        let (this, id) = (self.clone(), id.to_owned());
+        detached(async move { this.set_settings_now(&id, values).await }).await
+    }
+
+    async fn set_settings_now(
+        &self,
+        id: &str,
+        values: Value,
+    ) -> Result<SettingsView, PackageError> {
         let Some(schema) = self.schema(id)? else {
             return Err(PackageError::Refused {
                 code: "no_settings",
@@ -1072,6 +1103,17 @@ pub(crate) async fn distrust_stored(store: &Store, key_id: &str) -> Result<(), P
     } else {
         Err(PackageError::NotTrusted(key_id.to_owned()))
     }
+}
+
+/// Run `work` on its own task and wait for it: a caller that goes away (an HTTP client that
+/// closed the page, a CLI interrupted, a request over the server's time limit) stops waiting, but
+/// never stops a transaction half-way — it runs to its end, its result recorded in the store.
+async fn detached<T: 'static>(
+    work: impl std::future::Future<Output = Result<T, PackageError>> + 'static,
+) -> Result<T, PackageError> {
+    tokio::task::spawn_local(work)
+        .await
+        .map_err(|e| PackageError::Io(format!("the package operation failed: {e}")))?
 }
 
 /// The settings schema in a version's manifest.
