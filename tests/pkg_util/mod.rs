@@ -9,7 +9,7 @@ use std::process::Output;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::support::package::{PackageDir, generate_key};
+use crate::support::package::{HOST_TRIPLE, PackageDir, RawTar, generate_key};
 use crate::support::{Bins, Host, HostOpts, Resp, TempDir, eventually};
 
 /// The config of a package test host: a short probation, plus `extra` lines in `[packages]`.
@@ -44,6 +44,60 @@ impl Key {
         let o = h.cli(&["trust", "add", self.public.to_str().unwrap()], None);
         assert!(o.status.success(), "trust add: {}", stderr(&o));
     }
+
+    /// Its key id, as the `.pub` file's comment gives it (`minisign public key: KEYID`).
+    pub fn id(&self) -> String {
+        let text = std::fs::read_to_string(&self.public).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        first
+            .rsplit(' ')
+            .next()
+            .filter(|id| id.len() == 16)
+            .unwrap_or_else(|| panic!("no key id in {first:?}"))
+            .to_string()
+    }
+
+    /// A `.minisig` text over `bytes`, as `minisign -S` writes it (prehashed).
+    pub fn sign(&self, bytes: &[u8]) -> String {
+        let text = std::fs::read_to_string(&self.secret).unwrap();
+        let sk = minisign::SecretKeyBox::from_string(&text)
+            .unwrap()
+            .into_unencrypted_secret_key()
+            .unwrap();
+        let pk = minisign::PublicKey::from_secret_key(&sk).unwrap();
+        minisign::sign(Some(&pk), &sk, bytes, Some("file:test.toru"), None)
+            .unwrap()
+            .into_string()
+    }
+}
+
+/// The `manifest.toml` of a stress package as `PackageDir::stress` writes it (entry `stress` for
+/// this machine, `files = ["stress.json"]`); tests edit it with `replace`.
+pub fn stress_manifest(id: &str, version: &str) -> String {
+    format!(
+        "id = \"{id}\"\nname = \"Stress (ok)\"\nversion = \"{version}\"\nauthor = \"tests\"\n\
+         icon = \"🧪\"\nroute = \"/{id}\"\nprotocol = \"1.1\"\nmin_host = \">=0.1\"\n\
+         files = [\"stress.json\"]\n\n[entry]\n{HOST_TRIPLE} = \"stress\"\n"
+    )
+}
+
+/// A package written entry by entry: `manifest.toml` first, then what `rest` adds.
+pub fn raw_package(manifest: &str, rest: impl FnOnce(RawTar) -> RawTar) -> Vec<u8> {
+    rest(RawTar::new().file("manifest.toml", manifest.as_bytes())).finish()
+}
+
+/// `n` bytes that do not compress (xorshift64*, seeded).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 /// A stress package `id` `version` in `mode` (see `plugins/stress`), packed in `dir` and signed by
