@@ -1,0 +1,219 @@
+//! `kill -9` of the host at every step of a package update leaves, after a restart, exactly one
+//! version running — the old one, since the update never finished — with every KV write that was
+//! acknowledged before the update, nothing left in `.staging` or `.packages` that no record names,
+//! and a device that takes the same update afterwards.
+//!
+//! The debug build aborts (no destructors, no flush: what `kill -9` does) when a transaction
+//! reaches the step `TORU_FAULT_PACKAGE_STEP` names (`moved`, `held`, `switched`, `probation`,
+//! `rolling-back`; see `src/install/mod.rs`). Each test installs v1.0.0 of a stress package on a
+//! host started without the variable, writes KV through the API and through the plugin, restarts
+//! the host with the variable, runs `toru plugin update` of v2.0.0 (which fails because the host
+//! died), restarts without it and checks what runs, what the store holds and what is on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod pkg_util;
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use pkg_util::*;
+use support::{Bins, Host, TempDir, eventually};
+
+/// The plugin id (and route) of the package under test.
+const ID: &str = "pf";
+
+/// KV written before the update, acknowledged: (key, value, written through the plugin).
+const KV: [(&str, &str, bool); 4] = [
+    ("api-1", "written through the API", false),
+    ("api-2", "ünïcode value", false),
+    ("plugin-1", "written by the plugin", true),
+    ("plugin-2", "also by the plugin", true),
+];
+
+/// Processes whose executable lies under `dir` (their pid and executable).
+fn processes_under(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !support::alive(pid) {
+            continue;
+        }
+        if let Ok(exe) = std::fs::read_link(e.path().join("exe"))
+            && exe.starts_with(dir)
+        {
+            found.push((pid, exe));
+        }
+    }
+    found
+}
+
+/// What must hold after the restart that follows a kill: v1 alone runs, the KV data is as it was,
+/// nothing is left over. Returns the plugin's pid.
+fn assert_v1_alone(h: &Host, token: &str, rolled_back: bool) -> u32 {
+    let p = wait_ready(h, token, ID);
+    assert_eq!(p["version"], "1.0.0", "{p}");
+    assert_eq!(p["package"]["version"], "1.0.0", "{p}");
+    assert_eq!(
+        p["package"]["versions"],
+        serde_json::json!(["1.0.0"]),
+        "{p}"
+    );
+    assert!(
+        p["package"]["update"].is_null(),
+        "an update is pending: {p}"
+    );
+    let pid = pid_of(&p);
+    let v1_exe = h
+        .plugins_dir
+        .join(".packages")
+        .join(ID)
+        .join("1.0.0")
+        .join("stress");
+    assert_eq!(exe_of(pid), v1_exe.canonicalize().unwrap());
+    // Never a mix: the only plugin process from the plugins dir is that one. (A plugin of the
+    // killed host dies by its parent-death signal, a moment after the host.)
+    let plugins = h.plugins_dir.canonicalize().unwrap();
+    let procs = eventually("one plugin process from the plugins dir", || {
+        let p = processes_under(&plugins);
+        (p.len() == 1).then_some(p)
+    });
+    assert_eq!(procs[0].0, pid, "{procs:?}");
+
+    let o = h.cli(&["plugin", "versions", ID], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let listed: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("last update"))
+        .collect();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert!(listed[0].starts_with("* 1.0.0\t"), "{out}");
+
+    for (k, v, _) in KV {
+        assert_eq!(kv_get(h, token, ID, k).as_deref(), Some(v), "KV {k} lost");
+    }
+    assert_eq!(staging(h), Vec::<String>::new(), ".staging is not empty");
+    assert_eq!(packages_on_disk(h), [ID]);
+    assert_eq!(versions_on_disk(h, ID), ["1.0.0"]);
+
+    let rolled: Vec<serde_json::Value> = events(h, token, ID)
+        .into_iter()
+        .filter(|e| e["kind"] == "update-rolled-back")
+        .collect();
+    if rolled_back {
+        assert_eq!(rolled.len(), 1, "{rolled:?}");
+        let msg = rolled[0]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("the host stopped during the probation"),
+            "{msg}"
+        );
+        assert!(msg.contains("2.0.0"), "{msg}");
+        assert!(
+            out.contains("last update: rolled-back 1.0.0 -> 2.0.0: the host stopped during"),
+            "{out}"
+        );
+    } else {
+        assert!(rolled.is_empty(), "nothing was switched, yet: {rolled:?}");
+    }
+    pid
+}
+
+/// The whole scenario for one step (see the module doc).
+fn kill_at(step: &str) {
+    let bins = Bins::locate().unwrap();
+    let t = TempDir::new("pf").unwrap();
+    let key = Key::new(&bins, "publisher");
+    let v1 = stress(&bins, &t.0, ID, "1.0.0", "ok", Some(&key));
+    let v2_ok = stress(&bins, &t.0, ID, "2.0.0", "ok", Some(&key));
+    let v2 = if step == "rolling-back" {
+        // Only a failed probation rolls back by itself.
+        stress(&bins, &t.0, ID, "2.0.0", "crash-start", Some(&key))
+    } else {
+        v2_ok.clone()
+    };
+    let cfg = config("");
+
+    let mut h = start(None, &cfg, &[]);
+    key.trust(&h);
+    let token = admin_token(&h);
+    cli_install_ok(&h, "install", &v1);
+    wait_ready(&h, &token, ID);
+    for (k, v, through_plugin) in KV {
+        if through_plugin {
+            plugin_kv_set(&h, &token, ID, k, v);
+        } else {
+            kv_set(&h, &token, ID, k, v);
+        }
+    }
+
+    // Killed (SIGKILL) and started again with the fault armed.
+    h.restart(opts(None, &cfg, &[("TORU_FAULT_PACKAGE_STEP", step)]));
+    wait_ready(&h, &token, ID);
+    let o = cli_install(&h, "update", &v2, &[]);
+    assert!(
+        !o.status.success(),
+        "the update at step {step} succeeded: {}",
+        stdout(&o)
+    );
+    let status = eventually("the host to exit", || h.child.try_wait().unwrap());
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert!(
+        h.log()
+            .contains(&format!("fault injection: aborting at package step {step}")),
+        "the host did not stop at {step}: {}",
+        h.log()
+    );
+    let err = stderr(&o);
+    assert!(err.contains("closed the control connection"), "{err}");
+
+    h.restart(opts(None, &cfg, &[]));
+    let rolled_back = matches!(step, "switched" | "probation" | "rolling-back");
+    let old_pid = assert_v1_alone(&h, &token, rolled_back);
+
+    // The device is not stuck: the update goes through now, the data with it.
+    cli_install_ok(&h, "update", &v2_ok);
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(p["version"], "2.0.0", "{p}");
+    let pid = pid_of(&p);
+    assert_ne!(pid, old_pid);
+    let v2_exe = h
+        .plugins_dir
+        .join(".packages")
+        .join(ID)
+        .join("2.0.0")
+        .join("stress");
+    assert_eq!(exe_of(pid), v2_exe.canonicalize().unwrap());
+    for (k, v, _) in KV {
+        assert_eq!(kv_get(&h, &token, ID, k).as_deref(), Some(v), "KV {k} lost");
+    }
+    assert_eq!(versions_on_disk(&h, ID), ["1.0.0", "2.0.0"]);
+    assert_eq!(staging(&h), Vec::<String>::new());
+}
+
+#[test]
+fn killed_after_the_files_moved_the_old_version_runs() {
+    kill_at("moved");
+}
+
+#[test]
+fn killed_with_the_old_version_held_down_it_runs_again() {
+    kill_at("held");
+}
+
+#[test]
+fn killed_right_after_the_switch_the_update_is_rolled_back() {
+    kill_at("switched");
+}
+
+#[test]
+fn killed_at_the_end_of_the_probation_the_update_is_rolled_back() {
+    kill_at("probation");
+}
+
+#[test]
+fn killed_while_rolling_back_the_rollback_completes_at_start() {
+    kill_at("rolling-back");
+}
