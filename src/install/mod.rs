@@ -216,7 +216,8 @@ fn event(kind: EventKind, message: String, details: Value) -> Option<NewEvent> {
 
 /// This host's version as semver (`CARGO_PKG_VERSION` always is).
 fn host_version() -> semver::Version {
-    semver::Version::parse(crate::app::VERSION).unwrap_or_else(|_| semver::Version::new(0, 0, 0))
+    semver::Version::parse(env!("CARGO_PKG_VERSION"))
+        .unwrap_or_else(|_| semver::Version::new(0, 0, 0))
 }
 
 impl Packages {
