@@ -1,6 +1,7 @@
 //! Package transactions: receive a package, check it, install or update it with a probation that
-//! rolls a bad version back by itself, roll back on request, remove; plus the trusted publisher
-//! keys and the plugins' settings, which the same admin surfaces manage.
+//! rolls a bad version back by itself, roll back on request, remove. Beside them, on the same
+//! [`Packages`] handle: the trusted publisher keys (`trust`) and the plugins' settings
+//! (`settings`), which the same admin surfaces manage.
 //!
 //! Uses the package format (`package`: manifest, archive, signatures), the settings schema
 //! (`settings`), the store (records, the KV snapshot) and the supervisor (hold a plugin down,
@@ -38,8 +39,10 @@
 //! half-way.
 
 mod error;
+mod settings;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -55,15 +58,15 @@ use crate::config::Config;
 use crate::package::archive::{self, Limits};
 use crate::package::manifest::{HOST_TRIPLE, Manifest};
 use crate::package::sign::{self, PublicKey};
-use crate::settings::Schema;
 use crate::store::{
-    EventKind, NewEvent, PackageRecord, PackageVersion, PendingUpdate, Store, TrustedKey,
-    UpdateOutcome,
+    EventKind, NewEvent, PackageRecord, PackageVersion, PendingUpdate, Store, UpdateOutcome,
 };
 use crate::supervisor::discovery::{self, PACKAGE_CLAIM};
-use crate::supervisor::{ConfigOutcome, Supervisor, package_dir};
+use crate::supervisor::{Supervisor, package_dir};
 
 pub(crate) use error::PackageError;
+use settings::{fit_settings, schema_of};
+pub(crate) use trust::{distrust_stored, trust_stored};
 
 /// An upload not confirmed within this time is dropped.
 const UPLOAD_TTL: Duration = Duration::from_secs(600);
@@ -175,20 +178,6 @@ pub(crate) struct Done {
     pub id: String,
     /// The version that runs now.
     pub version: String,
-}
-
-/// A plugin's settings as the API shows them: secrets replaced by `null`.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct SettingsView {
-    /// The schema (`null`: the plugin has no settings).
-    pub schema: Option<Value>,
-    /// The values, secrets redacted.
-    pub values: Value,
-    /// Paths of the secrets that are set.
-    pub secrets_set: Vec<String>,
-    /// What the running plugin did with a change (`applied`, `restarted`, …); absent on reads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<String>,
 }
 
 /// The kept versions of a package, for `toru plugin versions` and the API.
@@ -915,195 +904,6 @@ impl Packages {
         let bundle = v.manifest.get("frontend")?.as_str()?;
         Some(package_dir(&self.root(), id, &v.version).join(bundle))
     }
-
-    // ── trust ────────────────────────────────────────────────────────────────────────────────
-
-    /// The trusted keys.
-    pub(crate) fn trusted(&self) -> Result<Vec<TrustedKey>, PackageError> {
-        Ok(self.inner.store.trusted_keys()?.into_values().collect())
-    }
-
-    /// Trust the key in `text` (a `.pub` file's text or its base64 line).
-    pub(crate) async fn trust(
-        &self,
-        text: &str,
-        comment: &str,
-    ) -> Result<TrustedKey, PackageError> {
-        trust_stored(&self.inner.store, text, comment).await
-    }
-
-    /// Stop trusting `key_id`; installed packages it signed keep running.
-    pub(crate) async fn distrust(&self, key_id: &str) -> Result<(), PackageError> {
-        distrust_stored(&self.inner.store, key_id).await
-    }
-
-    // ── settings ─────────────────────────────────────────────────────────────────────────────
-
-    fn schema(&self, id: &str) -> Result<Option<Schema>, PackageError> {
-        match self.inner.store.package(id)? {
-            Some(rec) => match rec.active_version() {
-                Some(v) => schema_of(v),
-                None => Ok(None),
-            },
-            None if self.inner.supervisor.plugin(id).is_some() => Ok(None),
-            None => Err(PackageError::NotInstalled(id.to_owned())),
-        }
-    }
-
-    /// Plugin `id`'s settings, secrets redacted.
-    pub(crate) fn settings(&self, id: &str) -> Result<SettingsView, PackageError> {
-        let schema = self.schema(id)?;
-        let stored = self.inner.store.plugin_settings(id)?;
-        Ok(match schema {
-            None => SettingsView {
-                schema: None,
-                values: stored.unwrap_or_else(|| json!({})),
-                secrets_set: Vec::new(),
-                delivery: None,
-            },
-            Some(s) => {
-                let values = stored.unwrap_or_else(|| s.defaults());
-                let (values, secrets_set) = s.redact(&values);
-                SettingsView {
-                    schema: Some(s.as_json().clone()),
-                    values,
-                    secrets_set,
-                    delivery: None,
-                }
-            }
-        })
-    }
-
-    /// Validate and store plugin `id`'s settings (a secret left `null` keeps its value), then
-    /// hand them to the running plugin.
-    pub(crate) async fn set_settings(
-        &self,
-        id: &str,
-        values: Value,
-    ) -> Result<SettingsView, PackageError> {
-        let (this, id) = (self.clone(), id.to_owned());
-        detached(async move { this.set_settings_now(&id, values).await }).await
-    }
-
-    async fn set_settings_now(
-        &self,
-        id: &str,
-        values: Value,
-    ) -> Result<SettingsView, PackageError> {
-        let Some(schema) = self.schema(id)? else {
-            return Err(PackageError::Refused {
-                code: "no_settings",
-                message: format!("{id} has no settings"),
-            });
-        };
-        let stored = self
-            .inner
-            .store
-            .plugin_settings(id)?
-            .unwrap_or_else(|| schema.defaults());
-        let merged = schema.merge_secrets(&values, &stored);
-        let valid = schema
-            .validate(&merged)
-            .map_err(PackageError::InvalidSettings)?;
-        let changed: Vec<String> = match (&valid, &stored) {
-            (Value::Object(new), Value::Object(old)) => new
-                .iter()
-                .filter(|(k, v)| old.get(*k) != Some(*v))
-                .map(|(k, _)| k.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.inner
-            .store
-            .set_plugin_settings(
-                id,
-                valid.clone(),
-                event(
-                    EventKind::SettingsChanged,
-                    if changed.is_empty() {
-                        "settings saved unchanged".into()
-                    } else {
-                        format!("settings changed: {}", changed.join(", "))
-                    },
-                    json!({"changed": changed}),
-                ),
-            )
-            .await?;
-        let delivery = match self.inner.supervisor.configure(id, valid.clone()).await {
-            Ok(ConfigOutcome::Applied) => "applied".to_string(),
-            Ok(ConfigOutcome::Restarted) => "restarted".to_string(),
-            Ok(ConfigOutcome::NotRunning) => "at-next-start".to_string(),
-            Ok(ConfigOutcome::Rejected(why)) => {
-                // The plugin keeps its previous settings: so does the store.
-                self.inner
-                    .store
-                    .set_plugin_settings(id, stored, None)
-                    .await?;
-                return Err(PackageError::Refused {
-                    code: "settings_rejected",
-                    message: format!("{id} refused the settings: {why}"),
-                });
-            }
-            Err(e) => format!("not delivered: {e}"),
-        };
-        let (values, secrets_set) = schema.redact(&valid);
-        Ok(SettingsView {
-            schema: Some(schema.as_json().clone()),
-            values,
-            secrets_set,
-            delivery: Some(delivery),
-        })
-    }
-}
-
-/// Trust the key in `text` (a `.pub` file's text or its base64 line), in `store` (also with the
-/// daemon stopped).
-pub(crate) async fn trust_stored(
-    store: &Store,
-    text: &str,
-    comment: &str,
-) -> Result<TrustedKey, PackageError> {
-    let key = PublicKey::parse(text).map_err(|e| PackageError::Refused {
-        code: "bad_key",
-        message: format!("not a minisign public key: {e}"),
-    })?;
-    let comment: String = comment.chars().take(200).collect();
-    let rec = TrustedKey {
-        key_id: key.key_id.clone(),
-        public_key: key.base64.clone(),
-        comment,
-        added_at: crate::clock::now(),
-    };
-    store
-        .add_trusted_key(
-            rec.clone(),
-            event(
-                EventKind::TrustAdded,
-                format!("publisher key {} is trusted", rec.key_id),
-                json!({"key_id": rec.key_id}),
-            ),
-        )
-        .await?;
-    Ok(rec)
-}
-
-/// Stop trusting `key_id` in `store`; installed packages it signed keep running.
-pub(crate) async fn distrust_stored(store: &Store, key_id: &str) -> Result<(), PackageError> {
-    let removed = store
-        .remove_trusted_key(
-            key_id,
-            event(
-                EventKind::TrustRemoved,
-                format!("publisher key {key_id} is no longer trusted"),
-                json!({"key_id": key_id}),
-            ),
-        )
-        .await?;
-    if removed {
-        Ok(())
-    } else {
-        Err(PackageError::NotTrusted(key_id.to_owned()))
-    }
 }
 
 /// Run `work` on its own task and wait for it: a caller that goes away (an HTTP client that
@@ -1115,61 +915,6 @@ async fn detached<T: 'static>(
     tokio::task::spawn_local(work)
         .await
         .map_err(|e| PackageError::Io(format!("the package operation failed: {e}")))?
-}
-
-/// The settings schema in a version's manifest.
-fn schema_of(v: &PackageVersion) -> Result<Option<Schema>, PackageError> {
-    match v.manifest.get("settings") {
-        None | Some(Value::Null) => Ok(None),
-        Some(s) => Schema::parse(s)
-            .map(Some)
-            .map_err(|e| PackageError::Refused {
-                code: "bad_settings_schema",
-                message: e.to_string(),
-            }),
-    }
-}
-
-/// Settings fit for `schema`: the stored ones (`None`: the defaults) as its validator normalises
-/// them; failing that, without the fields the schema does not know (a version that dropped or
-/// renamed a setting — a secret among them must not stay stored where nothing redacts it) and
-/// without those whose values it refuses (they take their defaults); failing that, the defaults.
-/// Logged when settings are dropped.
-fn fit_settings(schema: &Schema, stored: Option<&Value>) -> Value {
-    let Some(stored) = stored else {
-        return schema.defaults();
-    };
-    if let Ok(v) = schema.validate(stored) {
-        return v;
-    }
-    let known = schema
-        .as_json()
-        .get("properties")
-        .and_then(Value::as_object);
-    if let (Value::Object(values), Some(known)) = (stored, known) {
-        let mut kept: serde_json::Map<String, Value> = values
-            .iter()
-            .filter(|(k, _)| known.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        // Then without the settings whose values the new version refuses (they take defaults).
-        for _ in 0..2 {
-            match schema.validate(&Value::Object(kept.clone())) {
-                Ok(v) => {
-                    log::warn!("settings the new version does not accept were reset");
-                    return v;
-                }
-                Err(errors) => {
-                    for e in errors {
-                        let top = e.path.split(['.', '[']).next().unwrap_or_default();
-                        kept.remove(top);
-                    }
-                }
-            }
-        }
-    }
-    log::warn!("the stored settings do not fit the new version's schema; using its defaults");
-    schema.defaults()
 }
 
 /// What installing `m` does given the installed `record`, and the installed version.

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::settings::Schema;
 
 fn version(v: &str) -> PackageVersion {
     PackageVersion {
