@@ -16,13 +16,15 @@ use serde_json::{Value, json};
 use support::package::{Example, PackageDir, generate_key, pack_example};
 use support::{Bins, Host, HostOpts, TempDir, eventually};
 
-/// A host with a short probation and quick heartbeats, so that a hang shows within seconds.
+/// A host with a short probation and quick heartbeats, so that a hang shows within seconds: three
+/// pings missed 500 ms apart (1.5 s, not so tight that a busy machine or qemu misses them by
+/// accident) within a probation of 4 s.
 fn start(tag: &str) -> (Host, TempDir) {
     let work = TempDir::new(tag).unwrap();
     let h = Host::start(HostOpts {
         config: Some(
-            "[packages]\nprobation_secs = 2\n[supervisor]\nheartbeat_interval_ms = 200\n\
-             heartbeat_misses = 2\nbackoff_base_ms = 50\n"
+            "[packages]\nprobation_secs = 4\n[supervisor]\nheartbeat_interval_ms = 500\n\
+             heartbeat_misses = 3\nbackoff_base_ms = 50\n"
                 .into(),
         ),
         ..Default::default()

@@ -41,6 +41,15 @@ fn render(r: &ApiRoute) -> Option<String> {
         Kv(id) => format!("/api/plugins/{id}/kv"),
         Bundle(id) => format!("/api/plugins/{id}/bundle.js"),
         Forward(after) => format!("/api/plugins/route/{after}"),
+        PackageUpload => "/api/packages/upload".into(),
+        PackageConfirm(t) => format!("/api/packages/upload/{t}/confirm"),
+        PackageCancel(t) => format!("/api/packages/upload/{t}"),
+        Versions(id) => format!("/api/plugins/{id}/versions"),
+        Rollback(id) => format!("/api/plugins/{id}/rollback"),
+        Remove(id) => format!("/api/plugins/{id}/remove"),
+        Settings(id) => format!("/api/plugins/{id}/settings"),
+        Trust => "/api/trust".into(),
+        TrustKey(k) => format!("/api/trust/{k}"),
         Unknown => return None,
     })
 }
@@ -68,7 +77,14 @@ fn check_route(path: &str) {
                 | FollowLogs(id)
                 | PluginEvents(id)
                 | Kv(id)
-                | Bundle(id) => assert!(!id.contains('/'), "{r:?}"),
+                | Bundle(id)
+                | PackageConfirm(id)
+                | PackageCancel(id)
+                | Versions(id)
+                | Rollback(id)
+                | Remove(id)
+                | Settings(id)
+                | TrustKey(id) => assert!(!id.contains('/'), "{r:?}"),
                 _ => {}
             }
             let want = match r {
