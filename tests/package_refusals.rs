@@ -619,6 +619,31 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
         "{p}"
     );
 
+    // Fuller still: the upload itself does not fit.
+    std::fs::remove_file(&ballast).unwrap();
+    let fill = free_bytes(&tmpfs.0).saturating_sub(1 << 20);
+    std::fs::write(&ballast, vec![0u8; usize::try_from(fill).unwrap()]).unwrap();
+    let r = upload(&h, &token, &bytes, Some(&signature_of(&v2)));
+    refusal(
+        "disk full (upload)",
+        &r,
+        507,
+        "storage_full",
+        &["disk is full", "upload"],
+    );
+    assert_eq!(
+        staging(&h),
+        Vec::<String>::new(),
+        ".staging after a full disk"
+    );
+    assert_eq!(versions_on_disk(&h, ID), ["1.0.0"]);
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(
+        (&p["version"], pid_of(&p)),
+        (&json!("1.0.0"), before),
+        "{p}"
+    );
+
     // Space back: the same package goes in.
     std::fs::remove_file(&ballast).unwrap();
     let r = install_http(&h, &token, &v2, false);
