@@ -169,6 +169,42 @@ while [ "$(now)" -lt "$soak_end" ]; do
 done
 say "$machine: host pid $pid unchanged after a 75 s soak"
 
+# A signed package installed over HTTP as the UI does it: trust a throwaway publisher key, upload
+# (streamed, signature in X-Toru-Signature), confirm; it must pass its probation and run from the
+# data partition (the plugins dir is read-only under ProtectSystem=strict). The package is the
+# Python example under another id (the image runs the example itself as an unpackaged plugin).
+pkg="$run/pkg"
+mkdir -p "$pkg"
+cp "$REPO_DIR/plugins/hello-python/toru_plugin.py" "$REPO_DIR/plugins/hello-python/bundle.js" "$pkg/"
+sed 's/hello-python/hello-pkg/g' "$REPO_DIR/plugins/hello-python/hello-python.binary" > "$pkg/hello-pkg.binary"
+chmod 755 "$pkg/hello-pkg.binary"
+sed 's/hello-python/hello-pkg/g; s/"hello-pkg.binary"/"hello-pkg.binary"/' \
+    "$REPO_DIR/plugins/hello-python/manifest.toml" > "$pkg/manifest.toml"
+(cd "$REPO_DIR" && cargo build -q -p toru)
+host_toru="$REPO_DIR/target/debug/toru"
+(cd "$run" && "$host_toru" key generate boot >/dev/null && "$host_toru" plugin pack "$pkg" --key boot.key -o hello-pkg.toru >/dev/null) ||
+    fail "toru plugin pack of the test package failed"
+api() { curl -s --max-time "${2:-30}" -H "Authorization: Bearer $token" "${@:3}" "http://127.0.0.1:$port$1"; }
+pub=$(python3 -c 'import json,sys; print(json.dumps({"public_key": open(sys.argv[1]).read()}))' "$run/boot.pub")
+api /api/trust 30 -X POST -H "Content-Type: application/json" --data "$pub" > "$run/trust.json"
+grep -q key_id "$run/trust.json" || fail "POST /api/trust: $(cat "$run/trust.json")"
+t_pkg=$(now)
+api /api/packages/upload 300 -X POST -H "Content-Type: application/octet-stream" \
+    -H "X-Toru-Signature: $(base64 -w0 "$run/hello-pkg.toru.minisig")" \
+    --data-binary "@$run/hello-pkg.toru" > "$run/upload.json"
+upload=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["upload"])' "$run/upload.json") ||
+    fail "package upload refused: $(cat "$run/upload.json")"
+api "/api/packages/upload/$upload/confirm" 600 -X POST -H "Content-Type: application/json" --data '{}' > "$run/confirm.json"
+grep -q '"installed"' "$run/confirm.json" || fail "package install: $(cat "$run/confirm.json")"
+api /api/plugins/hello-pkg 30 > "$run/pkg-plugin.json"
+python3 - "$run/pkg-plugin.json" <<'PY' || fail "the installed package: $(cat "$run/pkg-plugin.json")"
+import json, sys
+p = json.load(open(sys.argv[1]))
+assert p["state"] == "ready" and p["package"]["version"] == "0.1.0", p
+assert p["binary"].startswith("/var/lib/toru/packages/hello-pkg/0.1.0/"), p["binary"]
+PY
+say "$machine: signed package installed over HTTP and through its probation in $(( $(now) - t_pkg )) s"
+
 # Kill the host inside the guest; systemd must restart it. The connection stays open until the
 # hook reports, so QEMU delivers the command whenever the guest reads the port.
 exec 3<>"/dev/tcp/127.0.0.1/$ctl"

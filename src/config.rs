@@ -59,7 +59,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackagesConfig {
     /// A new version must stay ready this long after it became ready, or it is rolled back
-    /// (`probation_secs`, default 30).
+    /// (`probation_secs`, default 30, at most 90: an install answers once its probation is over,
+    /// within the HTTP server's request time limit of 120 s).
     pub probation: Duration,
     /// Packages without a signature are accepted (development only; the UI says so on every page).
     pub allow_unsigned: bool,
@@ -67,6 +68,9 @@ pub struct PackagesConfig {
     pub max_package_bytes: u64,
     /// Most bytes a package may expand to, default 256 MiB.
     pub max_unpacked_bytes: u64,
+    /// Where installed packages live (`dir`); `None`: `<data-dir>/packages` (see
+    /// [`Config::packages_dir`]). On the device the data dir is the writable, persistent place.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for PackagesConfig {
@@ -76,6 +80,7 @@ impl Default for PackagesConfig {
             allow_unsigned: false,
             max_package_bytes: 64 * 1024 * 1024,
             max_unpacked_bytes: 256 * 1024 * 1024,
+            dir: None,
         }
     }
 }
@@ -319,6 +324,7 @@ struct FilePackages {
     allow_unsigned: Option<bool>,
     max_package_bytes: Option<i64>,
     max_unpacked_bytes: Option<i64>,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -611,6 +617,15 @@ impl Config {
         Ok(c)
     }
 
+    /// Where installed packages live: `[packages] dir`, else `<data-dir>/packages`. Holds one
+    /// folder per package id with one per kept version, and `.staging/` for uploads being checked.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.packages
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("packages"))
+    }
+
     /// Apply a config file's `text` over `self` (`path` names the file in errors), and add the
     /// deprecated keys it used to [`Config::deprecations`]. Every refusal names its line: a syntax
     /// error is [`ConfigError::Parse`] (`line N: …`); an unknown key, a value of the wrong type or
@@ -746,6 +761,16 @@ impl Config {
             if let Some(v) = p.max_package_bytes {
                 d.max_package_bytes =
                     rules.int("packages.max_package_bytes", v, (1024, 1024 * 1024 * 1024))?;
+            }
+            if let Some(v) = p.dir {
+                if !v.is_absolute() {
+                    return Err(rules.refuse(
+                        "packages.dir",
+                        format!("{:?}", v.display().to_string()),
+                        "an absolute path",
+                    ));
+                }
+                d.dir = Some(v);
             }
             if let Some(v) = p.max_unpacked_bytes {
                 d.max_unpacked_bytes = rules.int(

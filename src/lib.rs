@@ -97,6 +97,47 @@ pub mod internals {
         pub use crate::settings::{FieldError, MAX_DEPTH, MAX_FIELD_ERRORS, Schema, SchemaError};
     }
 
+    /// The package format's parsers on arbitrary input (fuzz target `package`): the manifest, the
+    /// archive extractor and the signature reader.
+    pub mod package {
+        use std::path::Path;
+
+        /// `Manifest::parse`: `Ok(id)` or the error's message.
+        pub fn parse_manifest(text: &str) -> Result<String, String> {
+            crate::package::manifest::Manifest::parse(text)
+                .map(|m| m.id)
+                .map_err(|e| e.to_string())
+        }
+
+        /// `archive::extract` of the file `package` into `dest` with small limits (1 MiB
+        /// unpacked, 64 entries, a 16 KiB manifest): `Ok(files written)` or the error's message.
+        pub fn extract_small(package: &Path, dest: &Path) -> Result<Vec<String>, String> {
+            let limits = crate::package::archive::Limits {
+                max_unpacked_bytes: 1024 * 1024,
+                max_entries: 64,
+                max_manifest_bytes: 16 * 1024,
+            };
+            crate::package::archive::extract(package, dest, &limits)
+                .map(|x| x.files)
+                .map_err(|e| crate::error_chain::error_chain(&e))
+        }
+
+        /// `sign::signature_key_id`, then `sign::verify` of `file` against the one key
+        /// `public_key` (a `.pub` file's text): `Ok(key id)` or the error's message.
+        pub fn verify_signature(
+            file: &Path,
+            sig_text: &str,
+            public_key: &str,
+        ) -> Result<String, String> {
+            use crate::package::sign;
+            sign::signature_key_id(sig_text).map_err(|e| e.to_string())?;
+            let key = sign::PublicKey::parse(public_key).map_err(|e| e.to_string())?;
+            sign::verify(file, sig_text, &[key])
+                .map(|v| v.key_id)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     /// The HTTP gate's pure parts: the route table and the path, Host, origin and client checks.
     pub mod http {
         pub use crate::http::checks::{

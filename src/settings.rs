@@ -6,7 +6,8 @@
 //! it). The package service parses a manifest's schema with [`Schema::parse`] (a [`SchemaError`]
 //! refuses the package); the settings handlers answer a read with [`Schema::redact`] and a save
 //! with [`Schema::merge_secrets`] then [`Schema::validate`]; the UI draws its form from
-//! [`Schema::as_json`] (`src/http/ui/settings.js`).
+//! [`Schema::as_json`] (`src/http/ui/settings.js`). `docs/SETTINGS.md` says the same for plugin
+//! authors.
 //!
 //! ## The subset
 //! ```text

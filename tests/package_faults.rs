@@ -69,17 +69,12 @@ fn assert_v1_alone(h: &Host, token: &str, rolled_back: bool) -> u32 {
         "an update is pending: {p}"
     );
     let pid = pid_of(&p);
-    let v1_exe = h
-        .plugins_dir
-        .join(".packages")
-        .join(ID)
-        .join("1.0.0")
-        .join("stress");
+    let v1_exe = packages_dir(h).join(ID).join("1.0.0").join("stress");
     assert_eq!(exe_of(pid), v1_exe.canonicalize().unwrap());
-    // Never a mix: the only plugin process from the plugins dir is that one. (A plugin of the
+    // Never a mix: the only plugin process from the packages dir is that one. (A plugin of the
     // killed host dies by its parent-death signal, a moment after the host.)
-    let plugins = h.plugins_dir.canonicalize().unwrap();
-    let procs = eventually("one plugin process from the plugins dir", || {
+    let plugins = packages_dir(h).canonicalize().unwrap();
+    let procs = eventually("one plugin process from the packages dir", || {
         let p = processes_under(&plugins);
         (p.len() == 1).then_some(p)
     });
@@ -182,12 +177,7 @@ fn kill_at(step: &str) {
     assert_eq!(p["version"], "2.0.0", "{p}");
     let pid = pid_of(&p);
     assert_ne!(pid, old_pid);
-    let v2_exe = h
-        .plugins_dir
-        .join(".packages")
-        .join(ID)
-        .join("2.0.0")
-        .join("stress");
+    let v2_exe = packages_dir(&h).join(ID).join("2.0.0").join("stress");
     assert_eq!(exe_of(pid), v2_exe.canonicalize().unwrap());
     for (k, v, _) in KV {
         assert_eq!(kv_get(&h, &token, ID, k).as_deref(), Some(v), "KV {k} lost");

@@ -586,7 +586,7 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
     if !is_root() {
         eprintln!(
             "SKIPPED a_disk_that_fills_while_extracting_is_507…: needs root to mount a tmpfs for \
-             the plugins dir"
+             the packages dir"
         );
         return;
     }
@@ -594,7 +594,8 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
     let t = TempDir::new("pr").unwrap();
     let key = Key::new(&bins, "publisher");
     let root = support::temp_dir("prfull");
-    let tmpfs = Tmpfs::mount(&support::plugins_dir(&root), "64m");
+    // The packages dir (the default, `<data-dir>/packages`) on its own small filesystem.
+    let tmpfs = Tmpfs::mount(&root.join("data").join("packages"), "64m");
     let h = start(Some(root.clone()), &config(""), &[]);
     key.trust(&h);
     let token = admin_token(&h);
@@ -606,7 +607,7 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
     // Room for the upload (~5.4 MB) but not for the ~18 MB executable it expands to.
     let v2 = stress(&bins, &t.0, ID, "2.0.0", "ok", Some(&key));
     let bytes = std::fs::read(&v2).unwrap();
-    let ballast = tmpfs.0.join("ballast");
+    let ballast = tmpfs.0.join(".ballast");
     let keep = bytes.len() as u64 + (4 << 20);
     let fill = free_bytes(&tmpfs.0).saturating_sub(keep);
     std::fs::write(&ballast, vec![0u8; usize::try_from(fill).unwrap()]).unwrap();

@@ -14,7 +14,11 @@ use support::{Bins, TempDir};
 
 fn tar_list(pkg: &std::path::Path) -> Vec<String> {
     let out = Command::new("tar").arg("tzf").arg(pkg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -46,7 +50,10 @@ fn the_examples_pack_signed_with_a_generated_key() {
     let t = TempDir::new("pk").unwrap();
     let (key, public) = generate_key(&bins, &t.0, "author").unwrap();
     let pub_text = std::fs::read_to_string(&public).unwrap();
-    assert!(pub_text.starts_with("untrusted comment: minisign public key: "), "{pub_text}");
+    assert!(
+        pub_text.starts_with("untrusted comment: minisign public key: "),
+        "{pub_text}"
+    );
 
     let rust = t.join("hello-rust.toru");
     pack_example(&bins, Example::HelloRust, &t.join("r"), Some(&key), &rust).unwrap();
@@ -59,10 +66,22 @@ fn the_examples_pack_signed_with_a_generated_key() {
     assert!(t.join("hello-rust.toru.minisig").exists());
 
     let python = t.join("hello-python.toru");
-    pack_example(&bins, Example::HelloPython, &t.join("p"), Some(&key), &python).unwrap();
+    pack_example(
+        &bins,
+        Example::HelloPython,
+        &t.join("p"),
+        Some(&key),
+        &python,
+    )
+    .unwrap();
     assert_eq!(
         tar_list(&python),
-        ["manifest.toml", "bundle.js", "hello-python.binary", "toru_plugin.py"]
+        [
+            "manifest.toml",
+            "bundle.js",
+            "hello-python.binary",
+            "toru_plugin.py"
+        ]
     );
     for pkg in [&rust, &python] {
         if let Some(ok) = minisign_verifies(pkg, &public) {
@@ -76,7 +95,10 @@ fn a_manifest_that_disagrees_with_metadata_is_refused_naming_both_values() {
     let bins = Bins::locate().unwrap();
     let t = TempDir::new("pk").unwrap();
     let p = PackageDir::stress(&bins, &t.join("s"), "st", "0.2.0", "ok").unwrap();
-    let manifest = p.manifest().unwrap().replace("version = \"0.2.0\"", "version = \"0.3.0\"");
+    let manifest = p
+        .manifest()
+        .unwrap()
+        .replace("version = \"0.2.0\"", "version = \"0.3.0\"");
     p.file("manifest.toml", manifest.as_bytes()).unwrap();
     let out = t.join("st.toru");
     let o = p.pack(&bins, None, &out).unwrap();
@@ -103,6 +125,9 @@ fn pack_names_its_output_after_the_manifest_and_warns_when_unsigned() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("warning: unsigned"), "{err}");
-    assert_eq!(tar_list(&t.join("st-1.0.0.toru")), ["manifest.toml", "stress", "stress.json"]);
+    assert_eq!(
+        tar_list(&t.join("st-1.0.0.toru")),
+        ["manifest.toml", "stress", "stress.json"]
+    );
     assert!(!t.join("st-1.0.0.toru.minisig").exists());
 }

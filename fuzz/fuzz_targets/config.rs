@@ -104,6 +104,9 @@ fn render(c: &Config) -> String {
     let _ = writeln!(o, "allow_unsigned = {}", p.allow_unsigned);
     let _ = writeln!(o, "max_package_bytes = {}", p.max_package_bytes);
     let _ = writeln!(o, "max_unpacked_bytes = {}", p.max_unpacked_bytes);
+    if let Some(d) = &p.dir {
+        let _ = writeln!(o, "dir = {}", path(d));
+    }
     o
 }
 

@@ -29,17 +29,20 @@ mode=(--dev --sanitizer none)
 [ "${TORU_FUZZ_RELEASE:-}" = 1 ] && mode=(--release --debug-assertions --sanitizer none)
 cargo +nightly fuzz build "${mode[@]}"
 
-# Each target's share of the total, in parts (the frame codec is the smallest surface).
-targets=(frame_decoder envelope envelope_roundtrip http_path config)
-parts=(2 3 2 3 3)
+# Each target's share of the total, in parts (the frame codec is the smallest surface). Shares
+# are cut from the running total, so they add up to exactly the total.
+targets=(frame_decoder envelope envelope_roundtrip http_path config settings package)
+parts=(2 3 2 3 3 3 3)
 sum=0
 for p in "${parts[@]}"; do sum=$((sum + p)); done
 summary=()
 failed=()
 ran=0
+cum=0
 for i in "${!targets[@]}"; do
     t=${targets[$i]}
-    secs=$(( (total * parts[i] + sum - 1) / sum ))
+    cum=$((cum + parts[i]))
+    secs=$(( total * cum / sum - ran ))
     ran=$((ran + secs))
     mkdir -p "$corpus_root/$t"
     dict=()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Browser tests of the web UI in real headless Chromium: Debian's chromium, driven by playwright-core
 # from npm (no browser download). Starts the real `toru` with the example plugins and walks setup,
-# login, plugin toggle, plugin views, logs (tests/browser/run.mjs). Screenshots: $TORU_SHOTS.
+# login, plugin toggle, plugin views, logs, the settings form (tests/browser/run.mjs); then plugin
+# packages on hosts of their own: trust, install, update, a rolled-back update, versions and
+# rollback, settings, remove, a viewer, the unsigned banner (tests/browser/packages.mjs).
+# Screenshots: $TORU_SHOTS.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 cd "$(toru_root)"

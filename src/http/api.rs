@@ -213,6 +213,7 @@ fn system_json(srv: &Server) -> serde_json::Value {
         "packages": {
             "allow_unsigned": app.packages.allow_unsigned(),
             "max_package_bytes": app.config.packages.max_package_bytes,
+            "probation_secs": app.config.packages.probation.as_secs(),
         },
         "http": {
             "connections": srv.connections.active(),

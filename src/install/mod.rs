@@ -1,6 +1,7 @@
 //! Package transactions: receive a package, check it, install or update it with a probation that
-//! rolls a bad version back by itself, roll back on request, remove; plus the trusted publisher
-//! keys and the plugins' settings, which the same admin surfaces manage.
+//! rolls a bad version back by itself, roll back on request, remove. Beside them, on the same
+//! [`Packages`] handle: the trusted publisher keys (`trust`) and the plugins' settings
+//! (`settings`), which the same admin surfaces manage.
 //!
 //! Uses the package format (`package`: manifest, archive, signatures), the settings schema
 //! (`settings`), the store (records, the KV snapshot) and the supervisor (hold a plugin down,
@@ -8,12 +9,16 @@
 //! through [`Packages`], which `App` holds; it imports neither.
 //!
 //! ## One transaction, step by step
+//! Packages live in the packages dir (`<data-dir>/packages` unless `[packages] dir` says otherwise:
+//! on the device the data dir is the writable, persistent place):
+//! `<packages-dir>/<id>/<version>/` per kept version and `.staging/<token>/` per upload.
+//!
 //! 1. **Receive** ([`Packages::begin_upload`], [`Upload::write`], [`Packages::finish_upload`]): the
-//!    package is streamed to `<plugins-dir>/.staging/<token>/package.toru` (size cap while it
+//!    package is streamed to `<packages-dir>/.staging/<token>/package.toru` (size cap while it
 //!    arrives), its signature checked against the trusted keys before anything in it is parsed,
 //!    then extracted with caps into `files/`; manifest, target, `min_host`, publisher, downgrade and
 //!    the entry's `--metadata` are checked. The result is a [`Preview`] held under a token.
-//! 2. **Confirm** ([`Packages::confirm`]): the files move to `.packages/<id>/<version>/`.
+//! 2. **Confirm** ([`Packages::confirm`]): the files move to `<packages-dir>/<id>/<version>/`.
 //! 3. The running version is stopped (the supervisor holds the id down).
 //! 4. **Switch**, one store commit: the KV namespace is copied into the snapshot, the new version
 //!    is active, the update is pending (with the settings before it), the id is bound to the
@@ -29,11 +34,15 @@
 //! plugin starts), either no pending update (the switch never committed: the old version runs;
 //! or it finished: the new one runs) or a pending one, which it rolls back exactly as step 6
 //! would, "the host stopped during the probation" being the reason. Staging folders and version
-//! folders no record names are removed then too. Operations run one at a time.
+//! folders no record names are removed then too. Operations run one at a time, each on its own
+//! task: a caller that stops waiting (a closed page, an interrupted CLI) does not stop one
+//! half-way.
 
 mod error;
+mod settings;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -49,21 +58,21 @@ use crate::config::Config;
 use crate::package::archive::{self, Limits};
 use crate::package::manifest::{HOST_TRIPLE, Manifest};
 use crate::package::sign::{self, PublicKey};
-use crate::settings::Schema;
 use crate::store::{
-    EventKind, NewEvent, PackageRecord, PackageVersion, PendingUpdate, Store, TrustedKey,
-    UpdateOutcome,
+    EventKind, NewEvent, PackageRecord, PackageVersion, PendingUpdate, Store, UpdateOutcome,
 };
-use crate::supervisor::discovery::{self, PACKAGE_CLAIM, PACKAGES_DIR};
-use crate::supervisor::{ConfigOutcome, Supervisor, package_dir};
+use crate::supervisor::discovery::{self, PACKAGE_CLAIM};
+use crate::supervisor::{Supervisor, package_dir};
 
 pub(crate) use error::PackageError;
+use settings::{fit_settings, schema_of};
+pub(crate) use trust::{distrust_stored, trust_stored};
 
 /// An upload not confirmed within this time is dropped.
 const UPLOAD_TTL: Duration = Duration::from_secs(600);
 /// Uploads staged at once (each may be as large as the package limit).
 const MAX_STAGED: usize = 4;
-/// The folder under the plugins dir that holds uploads being checked.
+/// The folder under the packages dir that holds uploads being checked.
 const STAGING_DIR: &str = ".staging";
 
 /// The package service; cheap to clone, runtime thread only.
@@ -171,20 +180,6 @@ pub(crate) struct Done {
     pub version: String,
 }
 
-/// A plugin's settings as the API shows them: secrets replaced by `null`.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct SettingsView {
-    /// The schema (`null`: the plugin has no settings).
-    pub schema: Option<Value>,
-    /// The values, secrets redacted.
-    pub values: Value,
-    /// Paths of the secrets that are set.
-    pub secrets_set: Vec<String>,
-    /// What the running plugin did with a change (`applied`, `restarted`, …); absent on reads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<String>,
-}
-
 /// The kept versions of a package, for `toru plugin versions` and the API.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Versions {
@@ -210,7 +205,8 @@ fn event(kind: EventKind, message: String, details: Value) -> Option<NewEvent> {
 
 /// This host's version as semver (`CARGO_PKG_VERSION` always is).
 fn host_version() -> semver::Version {
-    semver::Version::parse(crate::app::VERSION).unwrap_or_else(|_| semver::Version::new(0, 0, 0))
+    semver::Version::parse(env!("CARGO_PKG_VERSION"))
+        .unwrap_or_else(|_| semver::Version::new(0, 0, 0))
 }
 
 impl Packages {
@@ -227,12 +223,13 @@ impl Packages {
         }
     }
 
-    fn plugins_dir(&self) -> &Path {
-        &self.inner.config.plugins_dir
+    /// `<packages-dir>`: `<id>/<version>/` per kept version, and `.staging/`.
+    fn root(&self) -> PathBuf {
+        self.inner.config.packages_dir()
     }
 
     fn staging_root(&self) -> PathBuf {
-        self.plugins_dir().join(STAGING_DIR)
+        self.root().join(STAGING_DIR)
     }
 
     /// Whether unsigned packages are accepted (development).
@@ -466,6 +463,16 @@ impl Packages {
         expect: Expect,
         allow_downgrade: bool,
     ) -> Result<Done, PackageError> {
+        let (this, token) = (self.clone(), token.to_owned());
+        detached(async move { this.confirm_now(&token, expect, allow_downgrade).await }).await
+    }
+
+    async fn confirm_now(
+        &self,
+        token: &str,
+        expect: Expect,
+        allow_downgrade: bool,
+    ) -> Result<Done, PackageError> {
         let staged = self
             .inner
             .staged
@@ -517,7 +524,7 @@ impl Packages {
             _ => {}
         }
         // Step 2: the files move into place.
-        let target = package_dir(self.plugins_dir(), &id, &version);
+        let target = package_dir(&self.root(), &id, &version);
         if target.exists() {
             std::fs::remove_dir_all(&target)
                 .map_err(|e| PackageError::io("replacing an old copy of this version", e))?;
@@ -548,6 +555,11 @@ impl Packages {
 
     /// Make the version before the active one active again, through the same probation.
     pub(crate) async fn rollback(&self, id: &str) -> Result<Done, PackageError> {
+        let (this, id) = (self.clone(), id.to_owned());
+        detached(async move { this.rollback_now(&id).await }).await
+    }
+
+    async fn rollback_now(&self, id: &str) -> Result<Done, PackageError> {
         let _busy = self.inner.busy.lock().await;
         let record = self.installed(id)?;
         let Some(previous) = record.versions.iter().find(|v| v.version != record.active) else {
@@ -573,14 +585,14 @@ impl Packages {
         let from = before.as_ref().map(|r| r.active.clone());
         let to = new.version.clone();
         let settings_before = store.plugin_settings(id)?;
-        // A plugin with a schema and no settings yet starts with the defaults.
-        if settings_before.is_none()
-            && let Some(schema) = schema_of(&new)?
-        {
-            store
-                .set_plugin_settings(id, schema.defaults(), None)
-                .await?;
-        }
+        // The new version's schema decides what its settings may hold (written with the switch).
+        let settings_after = match schema_of(&new)? {
+            Some(schema) => {
+                let fitted = fit_settings(&schema, settings_before.as_ref());
+                (Some(&fitted) != settings_before.as_ref()).then_some(fitted)
+            }
+            None => None,
+        };
 
         // Step 3: the running version stops.
         supervisor.hold(id).await;
@@ -605,11 +617,14 @@ impl Packages {
             }),
             last_update: before.as_ref().and_then(|b| b.last_update.clone()),
         };
-        if let Err(e) = store.begin_package_switch(rec.clone(), None).await {
+        if let Err(e) = store
+            .begin_package_switch(rec.clone(), settings_after, None)
+            .await
+        {
             // Nothing changed: the old version starts again.
             supervisor.release(id).await;
             if before.as_ref().is_none_or(|b| b.version(&to).is_none()) {
-                remove_dir(&package_dir(self.plugins_dir(), id, &to));
+                remove_dir(&package_dir(&self.root(), id, &to));
             }
             return Err(e.into());
         }
@@ -653,7 +668,7 @@ impl Packages {
                     )
                     .await?;
                 for v in pruned {
-                    remove_dir(&package_dir(self.plugins_dir(), id, &v));
+                    remove_dir(&package_dir(&self.root(), id, &v));
                 }
                 Ok(Done {
                     result: if kind == "rollback" {
@@ -718,10 +733,10 @@ impl Packages {
             )
             .await?;
         if !keeps_new {
-            remove_dir(&package_dir(self.plugins_dir(), id, to));
+            remove_dir(&package_dir(&self.root(), id, to));
         }
         if from.is_none() {
-            remove_empty_dir(&self.plugins_dir().join(PACKAGES_DIR).join(id));
+            remove_empty_dir(&self.root().join(id));
         }
         Ok(())
     }
@@ -768,12 +783,15 @@ impl Packages {
         }
         // Version folders no record names (a host stopped between moving files and the switch).
         let records = self.inner.store.packages().unwrap_or_default();
-        let root = self.plugins_dir().join(PACKAGES_DIR);
+        let root = self.root();
         let Ok(ids) = std::fs::read_dir(&root) else {
             return;
         };
         for id_dir in ids.flatten() {
             let id = id_dir.file_name().to_string_lossy().into_owned();
+            if id.starts_with('.') {
+                continue;
+            }
             let kept: Vec<&str> = records
                 .get(&id)
                 .map(|r| r.versions.iter().map(|v| v.version.as_str()).collect())
@@ -794,6 +812,11 @@ impl Packages {
     /// Remove package `id`: stop it, forget it, delete its files; with `purge`, its KV data,
     /// settings and state too (else they wait for the same publisher's package).
     pub(crate) async fn remove(&self, id: &str, purge: bool) -> Result<(), PackageError> {
+        let (this, id) = (self.clone(), id.to_owned());
+        detached(async move { this.remove_now(&id, purge).await }).await
+    }
+
+    async fn remove_now(&self, id: &str, purge: bool) -> Result<(), PackageError> {
         let _busy = self.inner.busy.lock().await;
         let rec = self.installed(id)?;
         self.inner.supervisor.hold(id).await;
@@ -816,7 +839,7 @@ impl Packages {
             )
             .await;
         if result.is_ok() {
-            remove_dir(&self.plugins_dir().join(PACKAGES_DIR).join(id));
+            remove_dir(&self.root().join(id));
         }
         self.inner.supervisor.release(id).await;
         result.map_err(Into::into)
@@ -879,201 +902,19 @@ impl Packages {
         let rec = self.inner.store.package(id).ok()??;
         let v = rec.active_version()?;
         let bundle = v.manifest.get("frontend")?.as_str()?;
-        Some(package_dir(self.plugins_dir(), id, &v.version).join(bundle))
-    }
-
-    // ── trust ────────────────────────────────────────────────────────────────────────────────
-
-    /// The trusted keys.
-    pub(crate) fn trusted(&self) -> Result<Vec<TrustedKey>, PackageError> {
-        Ok(self.inner.store.trusted_keys()?.into_values().collect())
-    }
-
-    /// Trust the key in `text` (a `.pub` file's text or its base64 line).
-    pub(crate) async fn trust(
-        &self,
-        text: &str,
-        comment: &str,
-    ) -> Result<TrustedKey, PackageError> {
-        trust_stored(&self.inner.store, text, comment).await
-    }
-
-    /// Stop trusting `key_id`; installed packages it signed keep running.
-    pub(crate) async fn distrust(&self, key_id: &str) -> Result<(), PackageError> {
-        distrust_stored(&self.inner.store, key_id).await
-    }
-
-    // ── settings ─────────────────────────────────────────────────────────────────────────────
-
-    fn schema(&self, id: &str) -> Result<Option<Schema>, PackageError> {
-        match self.inner.store.package(id)? {
-            Some(rec) => match rec.active_version() {
-                Some(v) => schema_of(v),
-                None => Ok(None),
-            },
-            None if self.inner.supervisor.plugin(id).is_some() => Ok(None),
-            None => Err(PackageError::NotInstalled(id.to_owned())),
-        }
-    }
-
-    /// Plugin `id`'s settings, secrets redacted.
-    pub(crate) fn settings(&self, id: &str) -> Result<SettingsView, PackageError> {
-        let schema = self.schema(id)?;
-        let stored = self.inner.store.plugin_settings(id)?;
-        Ok(match schema {
-            None => SettingsView {
-                schema: None,
-                values: stored.unwrap_or_else(|| json!({})),
-                secrets_set: Vec::new(),
-                delivery: None,
-            },
-            Some(s) => {
-                let values = stored.unwrap_or_else(|| s.defaults());
-                let (values, secrets_set) = s.redact(&values);
-                SettingsView {
-                    schema: Some(s.as_json().clone()),
-                    values,
-                    secrets_set,
-                    delivery: None,
-                }
-            }
-        })
-    }
-
-    /// Validate and store plugin `id`'s settings (a secret left `null` keeps its value), then
-    /// hand them to the running plugin.
-    pub(crate) async fn set_settings(
-        &self,
-        id: &str,
-        values: Value,
-    ) -> Result<SettingsView, PackageError> {
-        let Some(schema) = self.schema(id)? else {
-            return Err(PackageError::Refused {
-                code: "no_settings",
-                message: format!("{id} has no settings"),
-            });
-        };
-        let stored = self
-            .inner
-            .store
-            .plugin_settings(id)?
-            .unwrap_or_else(|| schema.defaults());
-        let merged = schema.merge_secrets(&values, &stored);
-        let valid = schema
-            .validate(&merged)
-            .map_err(PackageError::InvalidSettings)?;
-        let changed: Vec<String> = match (&valid, &stored) {
-            (Value::Object(new), Value::Object(old)) => new
-                .iter()
-                .filter(|(k, v)| old.get(*k) != Some(*v))
-                .map(|(k, _)| k.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.inner
-            .store
-            .set_plugin_settings(
-                id,
-                valid.clone(),
-                event(
-                    EventKind::SettingsChanged,
-                    if changed.is_empty() {
-                        "settings saved unchanged".into()
-                    } else {
-                        format!("settings changed: {}", changed.join(", "))
-                    },
-                    json!({"changed": changed}),
-                ),
-            )
-            .await?;
-        let delivery = match self.inner.supervisor.configure(id, valid.clone()).await {
-            Ok(ConfigOutcome::Applied) => "applied".to_string(),
-            Ok(ConfigOutcome::Restarted) => "restarted".to_string(),
-            Ok(ConfigOutcome::NotRunning) => "at-next-start".to_string(),
-            Ok(ConfigOutcome::Rejected(why)) => {
-                // The plugin keeps its previous settings: so does the store.
-                self.inner
-                    .store
-                    .set_plugin_settings(id, stored, None)
-                    .await?;
-                return Err(PackageError::Refused {
-                    code: "settings_rejected",
-                    message: format!("{id} refused the settings: {why}"),
-                });
-            }
-            Err(e) => format!("not delivered: {e}"),
-        };
-        let (values, secrets_set) = schema.redact(&valid);
-        Ok(SettingsView {
-            schema: Some(schema.as_json().clone()),
-            values,
-            secrets_set,
-            delivery: Some(delivery),
-        })
+        Some(package_dir(&self.root(), id, &v.version).join(bundle))
     }
 }
 
-/// Trust the key in `text` (a `.pub` file's text or its base64 line), in `store` (also with the
-/// daemon stopped).
-pub(crate) async fn trust_stored(
-    store: &Store,
-    text: &str,
-    comment: &str,
-) -> Result<TrustedKey, PackageError> {
-    let key = PublicKey::parse(text).map_err(|e| PackageError::Refused {
-        code: "bad_key",
-        message: format!("not a minisign public key: {e}"),
-    })?;
-    let comment: String = comment.chars().take(200).collect();
-    let rec = TrustedKey {
-        key_id: key.key_id.clone(),
-        public_key: key.base64.clone(),
-        comment,
-        added_at: crate::clock::now(),
-    };
-    store
-        .add_trusted_key(
-            rec.clone(),
-            event(
-                EventKind::TrustAdded,
-                format!("publisher key {} is trusted", rec.key_id),
-                json!({"key_id": rec.key_id}),
-            ),
-        )
-        .await?;
-    Ok(rec)
-}
-
-/// Stop trusting `key_id` in `store`; installed packages it signed keep running.
-pub(crate) async fn distrust_stored(store: &Store, key_id: &str) -> Result<(), PackageError> {
-    let removed = store
-        .remove_trusted_key(
-            key_id,
-            event(
-                EventKind::TrustRemoved,
-                format!("publisher key {key_id} is no longer trusted"),
-                json!({"key_id": key_id}),
-            ),
-        )
-        .await?;
-    if removed {
-        Ok(())
-    } else {
-        Err(PackageError::NotTrusted(key_id.to_owned()))
-    }
-}
-
-/// The settings schema in a version's manifest.
-fn schema_of(v: &PackageVersion) -> Result<Option<Schema>, PackageError> {
-    match v.manifest.get("settings") {
-        None | Some(Value::Null) => Ok(None),
-        Some(s) => Schema::parse(s)
-            .map(Some)
-            .map_err(|e| PackageError::Refused {
-                code: "bad_settings_schema",
-                message: e.to_string(),
-            }),
-    }
+/// Run `work` on its own task and wait for it: a caller that goes away (an HTTP client that
+/// closed the page, a CLI interrupted, a request over the server's time limit) stops waiting, but
+/// never stops a transaction half-way — it runs to its end, its result recorded in the store.
+async fn detached<T: 'static>(
+    work: impl std::future::Future<Output = Result<T, PackageError>> + 'static,
+) -> Result<T, PackageError> {
+    tokio::task::spawn_local(work)
+        .await
+        .map_err(|e| PackageError::Io(format!("the package operation failed: {e}")))?
 }
 
 /// What installing `m` does given the installed `record`, and the installed version.

@@ -19,7 +19,9 @@
 //!   repeat an earlier name. Symlinks, hard links, devices, FIFOs, sparse files and other types are
 //!   refused ([`ArchiveError::Unsafe`]). At most `max_entries` entries (directories and skipped
 //!   files count).
-//! - The first entry is `manifest.toml` (at most `max_manifest_bytes`), parsed and checked at once.
+//! - The first entry is `manifest.toml`, a regular file of at most `max_manifest_bytes`, parsed and
+//!   checked at once (anything else first is [`ArchiveError::ManifestNotFirst`], before any other
+//!   check of that entry).
 //! - An entry the manifest names is written below `dest` (executables `0755`, other files `0644`,
 //!   directories `0755` created as needed, never through a symlink; each file created new with
 //!   `O_CREAT|O_EXCL|O_NOFOLLOW`, its contents fsync'd). Anything else is skipped and listed.
@@ -491,6 +493,14 @@ impl Extractor<'_> {
         } else {
             &name
         };
+        if self.manifest.is_none() {
+            if path != MANIFEST_NAME {
+                return Err(ArchiveError::ManifestNotFirst { first: shown });
+            }
+            if !matches!(kind, EntryType::Regular | EntryType::Continuous) {
+                return Err(unsafe_entry("manifest.toml must be a regular file"));
+            }
+        }
         check_relative_path(path).map_err(|why| unsafe_entry(&format!("its name {why}")))?;
         if let Some(why) = refused_type(kind) {
             return Err(unsafe_entry(&why));
@@ -499,9 +509,6 @@ impl Extractor<'_> {
             return Err(unsafe_entry("it appears twice in the archive"));
         }
         let Some((manifest, _)) = &self.manifest else {
-            if path != MANIFEST_NAME || is_dir {
-                return Err(ArchiveError::ManifestNotFirst { first: shown });
-            }
             let text = self.read_manifest(entry)?;
             let manifest = Manifest::parse(&text)?;
             self.named = manifest.named_files();
@@ -844,6 +851,14 @@ mod tests {
             refused(&RawTar::new().finish()),
             ArchiveError::MissingManifest
         ));
+        let (_, why) = unsafe_why(refused(
+            &RawTar::new()
+                .symlink("manifest.toml", "/etc/passwd")
+                .finish(),
+        ));
+        assert_eq!(why, "manifest.toml must be a regular file");
+        let e = refused(&RawTar::new().dir("./").file("manifest.toml", b"").finish());
+        assert!(matches!(e, ArchiveError::ManifestNotFirst { first } if first == "./"));
         let e = refused(&RawTar::new().file("manifest.toml", b"id = 3").finish());
         assert!(
             matches!(e, ArchiveError::Manifest(ManifestError::Toml(_))),
@@ -1015,7 +1030,6 @@ mod tests {
         }
         let _unmount = Unmount(mnt.clone());
         let pkg = t.join("p.toru");
-        std::fs::write(&pkg, good_with(|t| t).as_slice()).unwrap();
         let bytes = RawTar::new()
             .file("manifest.toml", MANIFEST.as_bytes())
             .exe("bin/run", b"x")

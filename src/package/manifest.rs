@@ -31,7 +31,7 @@ pub(crate) const ANY_TARGET: &str = "any";
 pub(crate) const MANIFEST_NAME: &str = "manifest.toml";
 /// Longest path the manifest may name (and the archive may hold), in bytes.
 pub(crate) const MAX_PATH_BYTES: usize = 255;
-/// Longest `version`, in bytes (it names a directory: `.packages/<id>/<version>/`).
+/// Longest `version`, in bytes (it names a directory: `<packages-dir>/<id>/<version>/`).
 pub(crate) const MAX_VERSION_BYTES: usize = 64;
 /// Longest `description`, in characters.
 pub(crate) const MAX_DESCRIPTION_CHARS: usize = 2000;
@@ -500,7 +500,7 @@ fn toml_to_json(path: &str, v: toml::Value) -> Result<Value, ManifestError> {
 mod tests {
     use super::*;
 
-    pub(crate) const GOOD: &str = r#"
+    const GOOD: &str = r#"
 id = "hello-rust"
 name = "Hello (Rust)"
 version = "0.2.0"

@@ -15,6 +15,7 @@
 //!   no links/devices/traversal, a compression bomb stops at the cap.
 //! - [`sign`]: minisign public keys, signature verification against trusted keys, key generation
 //!   and signing.
+//! - [`atomic`]: a file written whole or not at all (temporary file, fsync, rename).
 //! - [`pack`]: a directory with a `manifest.toml` → a reproducible `.toru` (+ signature), after
 //!   checking the files and the executable's `--metadata`.
 //!
@@ -22,6 +23,7 @@
 //! Nothing here imports another module of the host except the leaves `sys` and `error_chain`.
 
 pub(crate) mod archive;
+pub(crate) mod atomic;
 pub(crate) mod manifest;
 pub(crate) mod pack;
 pub(crate) mod sign;

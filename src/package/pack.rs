@@ -9,7 +9,7 @@
 //! and renamed into place, then signed (`OUT.minisig`) when a key is given.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -119,7 +119,7 @@ pub(crate) fn pack(dir: &Path, key: Option<&Path>, out: &Path) -> Result<PackRep
         sign::public_key_of(key).map_err(PackError::Sign)?;
     }
 
-    write_atomically(out, |w| {
+    super::atomic::write_atomically(out, |w| {
         write_archive(w, dir, &manifest_text, &manifest, &files)
     })
     .map_err(|source| PackError::Io {
@@ -211,42 +211,6 @@ fn write_archive(
         tar.append_data(&mut header(size, mode), f, file.take(size))?;
     }
     tar.into_inner()?.finish()?.flush()
-}
-
-/// Write `path` through `fill` into a temporary file beside it, fsync, rename into place and fsync
-/// the directory. On error the temporary file is removed and `path` is untouched.
-pub(crate) fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Run `DIR/ENTRY --metadata` in `dir` with the plugins' environment (only `PATH` and `LANG`),

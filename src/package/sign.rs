@@ -421,7 +421,7 @@ pub(crate) fn sign_file(
     let mut out = file.as_os_str().to_owned();
     out.push(".minisig");
     let out = PathBuf::from(out);
-    super::pack::write_atomically(&out, |w| w.write_all(sig.into_string().as_bytes())).map_err(
+    super::atomic::write_atomically(&out, |w| w.write_all(sig.into_string().as_bytes())).map_err(
         |source| SignError::Io {
             what: format!("cannot write {}", out.display()),
             source,

@@ -347,11 +347,13 @@ impl Store {
     }
 
     /// The switch to a new version, in one commit: `id`'s KV namespace is copied into the
-    /// snapshot, `rec` (with `active` the new version and `pending` set) is written, and the id is
-    /// bound to the package (`package:<id>`, with its publisher's key).
+    /// snapshot, `rec` (with `active` the new version and `pending` set) is written, the id is
+    /// bound to the package (`package:<id>`, with its publisher's key), and with `Some`, the
+    /// plugin's settings are replaced (made fit for the new version's schema).
     pub async fn begin_package_switch(
         &self,
         rec: PackageRecord,
+        settings: Option<Value>,
         event: Option<NewEvent>,
     ) -> Result<(), StoreError> {
         let (event, bytes) = stamp(event);
@@ -379,6 +381,9 @@ impl Store {
             snapshot_kv(txn, &rec.id)?;
             put_package(txn, &rec.id, Some(&rec))?;
             set_binding(txn, &rec.id, Some(&binding))?;
+            if let Some(v) = &settings {
+                put_settings(txn, &rec.id, Some(v))?;
+            }
             append(txn, limits, &rec.id, &event)
         })
         .await
@@ -589,7 +594,7 @@ mod tests {
             .unwrap();
         let usage = store.kv_usage("demo").unwrap();
         store
-            .begin_package_switch(record("2.0.0", Some("1.0.0")), None)
+            .begin_package_switch(record("2.0.0", Some("1.0.0")), None, None)
             .await
             .unwrap();
         let bound = store.plugin_bindings().unwrap().remove("demo").unwrap();
@@ -631,7 +636,7 @@ mod tests {
         let dir = TempDir::new();
         let store = open(&dir);
         store
-            .begin_package_switch(record("2.0.0", None), None)
+            .begin_package_switch(record("2.0.0", None), None, None)
             .await
             .unwrap();
         store.kv_set("demo", "junk", "1").await.unwrap();
@@ -651,7 +656,7 @@ mod tests {
         let store = open(&dir);
         store.kv_set("demo", "a", "1").await.unwrap();
         store
-            .begin_package_switch(record("2.0.0", Some("1.0.0")), None)
+            .begin_package_switch(record("2.0.0", Some("1.0.0")), None, None)
             .await
             .unwrap();
         store.kv_set("demo", "c", "3").await.unwrap();

@@ -77,14 +77,11 @@ impl FileStamp {
 /// the running plugins' holders, where a file's claim has its file name.
 pub(crate) const PACKAGE_CLAIM: &str = "package:";
 
-/// The folder, under the plugins dir, that holds the installed packages' versions.
-pub(crate) const PACKAGES_DIR: &str = ".packages";
-
 /// The name `binary`'s claim goes by: `package:<id>` for the executable of an installed package
-/// (`<plugins-dir>/.packages/<id>/<version>/…`), else its file name.
-pub(crate) fn claim_name(plugins_dir: &Path, binary: &Path) -> String {
+/// (`<packages-dir>/<id>/<version>/…`), else its file name.
+pub(crate) fn claim_name(packages_dir: &Path, binary: &Path) -> String {
     let packaged = binary
-        .strip_prefix(plugins_dir.join(PACKAGES_DIR))
+        .strip_prefix(packages_dir)
         .ok()
         .and_then(|rest| rest.components().next())
         .map(|id| id.as_os_str().to_string_lossy().into_owned());

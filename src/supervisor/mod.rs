@@ -199,7 +199,7 @@ impl Supervisor {
                     .borrow()
                     .iter()
                     .find(|i| {
-                        let name = claim_name(&ctx.config.plugins_dir, Path::new(&i.binary));
+                        let name = claim_name(&ctx.config.packages_dir(), Path::new(&i.binary));
                         name.strip_prefix(discovery::PACKAGE_CLAIM) == Some(id)
                             || i.binary.strip_prefix(discovery::PACKAGE_CLAIM) == Some(id)
                     })
@@ -441,12 +441,13 @@ impl Supervisor {
             BTreeMap::new()
         });
         let held = self.inner.held.borrow();
+        let root = ctx.config.packages_dir();
         packages
             .values()
             .filter(|p| !held.contains(&p.id))
             .filter_map(|p| {
                 let v = p.active_version()?;
-                Some(package_dir(&ctx.config.plugins_dir, &p.id, &v.version).join(&v.entry))
+                Some(package_dir(&root, &p.id, &v.version).join(&v.entry))
             })
             .collect()
     }
@@ -466,8 +467,9 @@ impl Supervisor {
             .collect();
         let mut claims = Vec::new();
         let dir = &ctx.config.plugins_dir;
+        let packages_root = ctx.config.packages_dir();
         for p in probes {
-            let file = claim_name(dir, &p.binary);
+            let file = claim_name(&packages_root, &p.binary);
             match p.result {
                 // A package's executable was checked at install; it still must claim the
                 // package's id.
@@ -506,7 +508,7 @@ impl Supervisor {
             .values()
             .map(|s| {
                 let holder = Holder {
-                    file: claim_name(&ctx.config.plugins_dir, &s.binary),
+                    file: claim_name(&packages_root, &s.binary),
                     route: s.metadata.route.clone(),
                 };
                 (s.id.clone(), holder)
@@ -836,12 +838,9 @@ fn failure(s: &Shared, what: &str) -> String {
     out
 }
 
-/// The folder of version `version` of package `id`.
-pub(crate) fn package_dir(plugins_dir: &Path, id: &str, version: &str) -> PathBuf {
-    plugins_dir
-        .join(discovery::PACKAGES_DIR)
-        .join(id)
-        .join(version)
+/// The folder of version `version` of package `id` under the packages dir.
+pub(crate) fn package_dir(packages_dir: &Path, id: &str, version: &str) -> PathBuf {
+    packages_dir.join(id).join(version)
 }
 
 /// Release `id` from the file it is bound to, in the store alone (the daemon's

@@ -3,23 +3,18 @@
 // example plugins, then walks the flows a person uses: first-start setup with the setup code, log
 // out and in, toggle a plugin and see its state change, open plugin views and see what their
 // bundles mounted, read and follow logs, events and system pages — on a desktop and a phone
-// viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots).
+// viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots). The plugin
+// settings form is driven on the served page with a schema of its own (settingsForm). Then
+// packages.mjs walks plugin packages on hosts of their own.
 //
 // Usage: node run.mjs   (after `cargo build --workspace`; TORU_TARGET_DIR overrides target/debug)
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { WAIT, bin, chromiumPath, launchArgs, log, readSetupCode, repo, shot, startHost } from "./lib.mjs";
+import { packageFlows } from "./packages.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, "../..");
-const bin = process.env.TORU_TARGET_DIR || path.join(repo, "target/debug");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-const shots = process.env.TORU_SHOTS || "/tmp/toru-browser-shots";
-const WAIT = 30_000;
 const PASSWORD = "browser password 1";
 
 // A protocol-1.0 plugin that writes a log line every 300 ms and whose name tries to inject HTML.
@@ -53,71 +48,179 @@ while True:
     c.close()
 `;
 
-function log(...a) { console.log("[browser]", ...a); }
+// The settings form (src/http/ui/settings.js) on the real served page, without the settings API:
+// a schema with nested groups, a list of objects holding a secret, every kind of field, and a
+// title that tries to inject HTML. `onSave` is answered by the test (see settingsForm).
+const SETTINGS_SCHEMA = {
+  type: "object",
+  properties: {
+    name: { type: "string", title: "Name <img src=x onerror=window.__xss=2>", description: "<b>shown</b> as text",
+      pattern: "^[a-z]+$", maxLength: 12, default: "kitchen" },
+    interval: { type: "number", title: "Interval (s)", minimum: 0.5, maximum: 60, default: 5 },
+    level: { type: "string", enum: ["debug", "info", "warn"], default: "info" },
+    verbose: { type: "boolean", default: false },
+    mqtt: {
+      type: "object", title: "MQTT", description: "The broker", required: ["host"],
+      properties: {
+        host: { type: "string", minLength: 1 },
+        port: { type: "integer", minimum: 1, maximum: 65535, default: 1883 },
+        password: { type: "string", format: "secret" },
+        brokers: {
+          type: "array", title: "Brokers", minItems: 1, maxItems: 2,
+          items: {
+            type: "object", title: "Broker", required: ["url"],
+            properties: {
+              url: { type: "string", pattern: "^mqtts?://" },
+              port: { type: "integer", maximum: 65535, default: 8883 },
+              token: { type: "string", format: "secret" },
+            },
+          },
+        },
+      },
+    },
+  },
+};
+// What GET /api/plugins/{id}/settings would answer: normalised values, secrets null.
+const SETTINGS_VALUES = {
+  name: "kitchen", interval: 5, level: "info", verbose: false,
+  mqtt: { host: "broker.lan", port: 1883, password: null,
+    brokers: [{ url: "mqtt://a", port: 8883, token: null }] },
+};
 
-async function startHost() {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "tb-"));
-  const dirs = { root, data: path.join(root, "data"), plugins: path.join(root, "plugins"), run: path.join(root, "run") };
-  fs.mkdirSync(dirs.plugins, { recursive: true });
-  fs.copyFileSync(path.join(bin, "hello-rust"), path.join(dirs.plugins, "hello-rust.binary"));
-  fs.chmodSync(path.join(dirs.plugins, "hello-rust.binary"), 0o755);
+async function settingsForm(page) {
+  await page.evaluate(([schema, values]) => {
+    const box = document.createElement("div");
+    box.id = "settings-harness";
+    box.style.cssText = "position:fixed;inset:0;overflow:auto;background:var(--bg);padding:1rem;z-index:30";
+    document.body.appendChild(box);
+    window.__saves = [];
+    window.__form = window.ToruSettings.render(box, schema, values, ["mqtt.password", "mqtt.brokers[0].token"], (v) => {
+      window.__saves.push(v);
+      return new Promise((resolve) => { window.__answer = resolve; });
+    });
+  }, [SETTINGS_SCHEMA, SETTINGS_VALUES]);
+  const form = page.getByTestId("settings-form");
+  const field = (path) => form.locator(`[data-path="${path}"]`);
+  const input = (path) => field(path).locator("input, select").first();
+  const saves = () => page.evaluate(() => window.__saves.length);
+
+  // Titles and descriptions are text; secrets are never filled in, and say whether they are set.
+  assert.equal(await form.locator("img, b").count(), 0, "no HTML from a schema");
+  assert.ok((await field("name").innerText()).includes("Name <img src=x"), "the title is shown as text");
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  assert.equal(await input("name").inputValue(), "kitchen");
+  assert.equal(await input("mqtt.password").getAttribute("type"), "password");
+  assert.equal(await input("mqtt.password").inputValue(), "");
+  assert.equal(await input("mqtt.password").getAttribute("placeholder"), "set \u2014 leave empty to keep");
+  assert.equal(await input("mqtt.brokers[0].token").getAttribute("placeholder"), "set \u2014 leave empty to keep");
+  assert.equal(await form.locator("legend", { hasText: "MQTT" }).count(), 1);
+  // minItems 1: the only broker cannot be removed.
+  assert.ok(await form.locator('[data-testid="settings-remove"][data-path="mqtt.brokers[0]"]').isDisabled());
+
+  // Add a broker: it starts with the item's defaults; maxItems 2 disables Add; its secret is not set.
+  const addBroker = form.locator('[data-testid="settings-add"][data-path="mqtt.brokers"]');
+  await addBroker.click();
+  assert.equal(await input("mqtt.brokers[1].port").inputValue(), "8883");
+  assert.ok(await addBroker.isDisabled(), "at most 2 brokers");
+  assert.ok(!(await form.locator('[data-testid="settings-remove"][data-path="mqtt.brokers[0]"]').isDisabled()));
+  // Items were added: the host no longer matches the list's secrets by index.
+  assert.equal(await input("mqtt.brokers[0].token").getAttribute("placeholder"), "not set");
+  await page.evaluate(() => { document.getElementById("settings-harness").scrollTop = 0; });
+  await shot(page, "09-settings-form");
+
+  // Client-side checks: nothing is sent, each error is next to its field and in the summary.
+  await input("interval").fill("61");
+  await input("name").fill("Kitchen");
+  await form.getByTestId("settings-save").click();
+  await field("interval").getByTestId("field-error").filter({ hasText: "must be at most 60" }).waitFor();
+  assert.equal(await field("name").getByTestId("field-error").innerText(), "must match ^[a-z]+$");
+  assert.equal(await field("mqtt.brokers[1].url").getByTestId("field-error").innerText(), "required");
+  const summary = await form.getByTestId("settings-summary").innerText();
+  assert.ok(summary.includes("interval: must be at most 60") && summary.includes("mqtt.brokers[1].url: required"), summary);
+  assert.equal(await saves(), 0, "nothing sent while the form finds errors");
+  await page.evaluate(() => { document.getElementById("settings-harness").scrollTop = 0; });
+  await shot(page, "10-settings-client-errors");
+
+  // Fixed: Save sends typed values, secrets left empty as null; Save is disabled while it saves.
+  await input("interval").fill("2.5");
+  await input("name").fill("hall");
+  await input("level").selectOption({ label: "warn" });
+  await input("verbose").check();
+  await input("mqtt.brokers[1].url").fill("mqtts://b");
+  await input("mqtt.brokers[1].token").fill("tok-1");
+  await form.getByTestId("settings-save").click();
+  await page.waitForFunction(() => window.__saves.length === 1);
+  assert.ok(await form.getByTestId("settings-save").isDisabled(), "disabled while saving");
+  assert.equal(await form.getByTestId("field-error").filter({ hasText: /./ }).count(), 0, "client errors cleared");
+  assert.deepEqual(await page.evaluate(() => window.__saves[0]), {
+    name: "hall", interval: 2.5, level: "warn", verbose: true,
+    mqtt: { host: "broker.lan", port: 1883, password: null,
+      brokers: [{ url: "mqtt://a", port: 8883, token: null }, { url: "mqtts://b", port: 8883, token: "tok-1" }] },
+  });
+
+  // The host refuses: its errors show next to their fields (by path) and in the summary.
+  await page.evaluate(() => window.__answer({ ok: false, message: "The settings are not valid.", errors: [
+    { path: "mqtt.brokers[1].url", message: "cannot reach the broker" },
+    { path: "mqtt.colour", message: "unknown setting" },
+  ] }));
+  await field("mqtt.brokers[1].url").getByTestId("field-error").filter({ hasText: "cannot reach the broker" }).waitFor();
+  const hostSummary = await form.getByTestId("settings-summary").innerText();
+  assert.ok(hostSummary.includes("The settings are not valid.") && hostSummary.includes("mqtt.colour: unknown setting"), hostSummary);
+  assert.ok(!(await form.getByTestId("settings-save").isDisabled()), "enabled again");
+  await page.evaluate(() => { document.getElementById("settings-harness").scrollTop = 0; });
+  await shot(page, "11-settings-host-errors");
+
+  // Remove the first broker: the second takes its place (paths and labels follow).
+  await form.locator('[data-testid="settings-remove"][data-path="mqtt.brokers[0]"]').click();
+  assert.equal(await input("mqtt.brokers[0].url").inputValue(), "mqtts://b");
+  assert.ok((await field("mqtt.brokers[0]").locator("legend").first().innerText()).startsWith("Broker 1"));
+  assert.equal(await field("mqtt.brokers[1]").count(), 0);
+  assert.ok(await form.locator('[data-testid="settings-remove"][data-path="mqtt.brokers[0]"]').isDisabled(), "minItems 1");
+  assert.ok(!(await addBroker.isDisabled()));
+  await input("mqtt.password").fill("new password");
+  await form.getByTestId("settings-save").click();
+  await page.waitForFunction(() => window.__saves.length === 2);
+  const second = await page.evaluate(() => window.__saves[1]);
+  assert.deepEqual(second.mqtt, { host: "broker.lan", port: 1883, password: "new password",
+    brokers: [{ url: "mqtts://b", port: 8883, token: "tok-1" }] });
+
+  // The host accepts: the form redraws from what it answered.
+  await page.evaluate((mqtt) => window.__answer({ ok: true, secretsSet: ["mqtt.password", "mqtt.brokers[0].token"],
+    values: { name: "hall", interval: 2.5, level: "warn", verbose: true,
+      mqtt: { ...mqtt, password: null, brokers: [{ url: "mqtts://b", port: 8883, token: null }] } } }), second.mqtt);
+  await form.getByTestId("settings-status").filter({ hasText: "Saved." }).waitFor();
+  assert.equal(await input("mqtt.password").inputValue(), "");
+  assert.equal(await input("mqtt.brokers[0].token").getAttribute("placeholder"), "set \u2014 leave empty to keep");
+  assert.equal(await form.getByTestId("settings-summary").isVisible(), false);
+  // Add a broker and remove the first: same length, so the host would match the new item to the
+  // stored item's secret by index; the form sends its empty secret as "" instead of null.
+  await form.locator('[data-testid="settings-add"][data-path="mqtt.brokers"]').click();
+  await input("mqtt.brokers[1].url").fill("mqtt://c");
+  await form.locator('[data-testid="settings-remove"][data-path="mqtt.brokers[0]"]').click();
+  assert.equal(await input("mqtt.brokers[0].token").getAttribute("placeholder"), "not set");
+  assert.deepEqual(await page.evaluate(() => window.__form.values().mqtt.brokers),
+    [{ url: "mqtt://c", port: 8883, token: "" }]);
+  await page.evaluate(() => document.getElementById("settings-harness").remove());
+}
+
+// The example plugins and the chatter, unpackaged (plain *.binary files).
+function fillPlugins(plugins) {
+  fs.copyFileSync(path.join(bin, "hello-rust"), path.join(plugins, "hello-rust.binary"));
+  fs.chmodSync(path.join(plugins, "hello-rust.binary"), 0o755);
   const py = path.join(repo, "plugins/hello-python");
   if (fs.existsSync(path.join(py, "hello-python.binary"))) {
     for (const f of ["hello-python.binary", "toru_plugin.py", "bundle.js"]) {
-      fs.copyFileSync(fs.realpathSync(path.join(py, f)), path.join(dirs.plugins, f));
+      fs.copyFileSync(fs.realpathSync(path.join(py, f)), path.join(plugins, f));
     }
-    fs.chmodSync(path.join(dirs.plugins, "hello-python.binary"), 0o755);
+    fs.chmodSync(path.join(plugins, "hello-python.binary"), 0o755);
   }
-  fs.writeFileSync(path.join(dirs.plugins, "chatter.binary"), CHATTER, { mode: 0o755 });
-  const logFile = fs.openSync(path.join(root, "host.log"), "a");
-  const child = spawn(path.join(bin, "toru"), [
-    "--listen", "127.0.0.1:0", "--data-dir", dirs.data, "--plugins-dir", dirs.plugins,
-    "--runtime-dir", dirs.run, "--log-level", "debug",
-  ], { stdio: ["ignore", logFile, logFile] });
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  const deadline = Date.now() + WAIT;
-  let addr = null;
-  while (Date.now() < deadline) {
-    try {
-      addr = fs.readFileSync(path.join(dirs.run, "http.addr"), "utf8").trim();
-      const r = await fetch(`http://${addr}/api/health`);
-      if (r.ok) break;
-    } catch { /* not yet */ }
-    if (child.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!addr || child.exitCode !== null) {
-    throw new Error("toru did not start:\n" + fs.readFileSync(path.join(root, "host.log"), "utf8"));
-  }
-  return { ...dirs, addr, url: `http://${addr}/`, child, exited, log: () => fs.readFileSync(path.join(root, "host.log"), "utf8") };
-}
-
-async function readSetupCode(host) {
-  const file = path.join(host.data, "setup-code");
-  const deadline = Date.now() + WAIT;
-  while (Date.now() < deadline) {
-    if (fs.existsSync(file)) return fs.readFileSync(file, "utf8").trim();
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("no setup code file");
-}
-
-async function shot(page, name) {
-  fs.mkdirSync(shots, { recursive: true });
-  const file = path.join(shots, name + ".png");
-  await page.screenshot({ path: file, fullPage: false });
-  log("screenshot", file);
+  fs.writeFileSync(path.join(plugins, "chatter.binary"), CHATTER, { mode: 0o755 });
 }
 
 async function main() {
-  const host = await startHost();
+  const host = await startHost({ fill: fillPlugins });
   log("toru at", host.url, "dirs in", host.root);
-  const browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: launchArgs() });
   const problems = [];
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -220,6 +323,10 @@ async function main() {
     await shot(page, "05-system-desktop");
     log("events/system: ok");
 
+    // --- the settings form, on the served page (no settings API needed)
+    await settingsForm(page);
+    log("settings form: ok");
+
     // --- phone
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
     const p2 = await phone.newPage();
@@ -242,17 +349,22 @@ async function main() {
     log("phone: ok");
 
     assert.deepEqual(problems, [], "no console errors or CSP violations");
-    log("all browser flows passed");
+    log("basic flows passed");
   } catch (e) {
     console.error("host log:\n" + host.log().split("\n").slice(-40).join("\n"));
     if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
+    await browser.close();
     throw e;
   } finally {
-    await browser.close();
-    host.child.kill("SIGTERM");
-    await host.exited;
-    fs.rmSync(host.root, { recursive: true, force: true });
+    await host.stop();
   }
+  fs.rmSync(host.root, { recursive: true, force: true });
+  try {
+    await packageFlows(browser);
+  } finally {
+    await browser.close();
+  }
+  log("all browser flows passed");
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

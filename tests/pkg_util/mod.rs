@@ -298,19 +298,27 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The version folders of package `id` on disk.
-pub fn versions_on_disk(h: &Host, id: &str) -> Vec<String> {
-    entries(&h.plugins_dir.join(".packages").join(id))
+/// The packages dir of `h` (`<data-dir>/packages`, the default).
+pub fn packages_dir(h: &Host) -> PathBuf {
+    h.data_dir.join("packages")
 }
 
-/// The plugin ids that have a folder under `.packages`.
+/// The version folders of package `id` on disk.
+pub fn versions_on_disk(h: &Host, id: &str) -> Vec<String> {
+    entries(&packages_dir(h).join(id))
+}
+
+/// The plugin ids that have a folder in the packages dir (`.staging` is not one).
 pub fn packages_on_disk(h: &Host) -> Vec<String> {
-    entries(&h.plugins_dir.join(".packages"))
+    entries(&packages_dir(h))
+        .into_iter()
+        .filter(|e| !e.starts_with('.'))
+        .collect()
 }
 
 /// What is left in `.staging`.
 pub fn staging(h: &Host) -> Vec<String> {
-    entries(&h.plugins_dir.join(".staging"))
+    entries(&packages_dir(h).join(".staging"))
 }
 
 /// The events of plugin `id`, newest first.

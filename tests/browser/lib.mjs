@@ -1,0 +1,98 @@
+// Shared by the browser tests: start the real `toru` on temp dirs, read its setup code, take
+// screenshots, run the CLI.
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repo = path.resolve(here, "../..");
+export const bin = process.env.TORU_TARGET_DIR || path.join(repo, "target/debug");
+export const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+export const shots = process.env.TORU_SHOTS || "/tmp/toru-browser-shots";
+export const WAIT = 30_000;
+
+export function log(...a) { console.log("[browser]", ...a); }
+
+// Starts `toru` on loopback port 0 with its own temp dirs. `fill(pluginsDir)` puts plugins in place
+// before it starts; `config` (TOML text) is passed with --config.
+export async function startHost({ fill, config, prefix = "tb-" } = {}) {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dirs = { root, data: path.join(root, "data"), plugins: path.join(root, "plugins"), run: path.join(root, "run") };
+  fs.mkdirSync(dirs.plugins, { recursive: true });
+  if (fill) fill(dirs.plugins);
+  const args = ["--listen", "127.0.0.1:0", "--data-dir", dirs.data, "--plugins-dir", dirs.plugins,
+    "--runtime-dir", dirs.run, "--log-level", "debug"];
+  if (config) {
+    fs.writeFileSync(path.join(root, "config.toml"), config);
+    args.push("--config", path.join(root, "config.toml"));
+  }
+  const logFile = fs.openSync(path.join(root, "host.log"), "a");
+  const child = spawn(path.join(bin, "toru"), args, { stdio: ["ignore", logFile, logFile] });
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  const deadline = Date.now() + WAIT;
+  let addr = null;
+  while (Date.now() < deadline) {
+    try {
+      addr = fs.readFileSync(path.join(dirs.run, "http.addr"), "utf8").trim();
+      const r = await fetch(`http://${addr}/api/health`);
+      if (r.ok) break;
+    } catch { /* not yet */ }
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!addr || child.exitCode !== null) {
+    throw new Error("toru did not start:\n" + fs.readFileSync(path.join(root, "host.log"), "utf8"));
+  }
+  const host = {
+    ...dirs, addr, url: `http://${addr}/`, child, exited,
+    log: () => fs.readFileSync(path.join(root, "host.log"), "utf8"),
+    // `toru` subcommands against this host (its runtime dir holds the control socket).
+    cli: (args, input) => cli(args, { input, env: { TORU_RUNTIME_DIR: dirs.run, TORU_DATA_DIR: dirs.data, TORU_PLUGINS_DIR: dirs.plugins } }),
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+  return host;
+}
+
+// Runs `toru ARGS…`; returns stdout, throws with stderr if it fails.
+export function cli(args, { cwd, input, env } = {}) {
+  const r = spawnSync(path.join(bin, "toru"), args, { cwd, input, env: { ...process.env, ...(env || {}) }, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`toru ${args.join(" ")} failed (${r.status}): ${r.stderr}${r.error || ""}`);
+  return r.stdout;
+}
+
+export async function readSetupCode(host) {
+  const file = path.join(host.data, "setup-code");
+  const deadline = Date.now() + WAIT;
+  while (Date.now() < deadline) {
+    if (fs.existsSync(file)) return fs.readFileSync(file, "utf8").trim();
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("no setup code file");
+}
+
+// First-start setup through the UI; ends on the plugin manager.
+export async function setupAdmin(page, host, password) {
+  await page.goto(host.url);
+  await page.getByTestId("setup-code").fill(await readSetupCode(host));
+  await page.getByTestId("setup-password").fill(password);
+  await page.getByTestId("setup-password2").fill(password);
+  await page.getByTestId("setup-submit").click();
+  await page.getByTestId("plugin-cards").waitFor();
+}
+
+export async function shot(page, name) {
+  fs.mkdirSync(shots, { recursive: true });
+  const file = path.join(shots, name + ".png");
+  await page.screenshot({ path: file, fullPage: false });
+  log("screenshot", file);
+}
+
+export function launchArgs() {
+  return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+}
