@@ -1,7 +1,7 @@
 //! `kill -9` of the host at every step of a package update leaves, after a restart, exactly one
 //! version running — the old one, since the update never finished — with every KV write that was
-//! acknowledged before the update, nothing left in `.staging` or `.packages` that no record names,
-//! and a device that takes the same update afterwards.
+//! acknowledged before the update, nothing left in `.staging` or in the packages dir that no record
+//! names, and a device that takes the same update afterwards.
 //!
 //! The debug build aborts (no destructors, no flush: what `kill -9` does) when a transaction
 //! reaches the step `TORU_FAULT_PACKAGE_STEP` names (`moved`, `held`, `switched`, `probation`,
@@ -233,8 +233,11 @@ fn a_first_install_killed_during_its_probation_is_forgotten() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(packages_on_disk(&h), Vec::<String>::new());
     assert_eq!(staging(&h), Vec::<String>::new());
-    let plugins = h.plugins_dir.canonicalize().unwrap();
-    assert_eq!(processes_under(&plugins), Vec::new());
+    // Nothing runs from the packages dir (or its parent, where the store is).
+    assert_eq!(
+        processes_under(&h.data_dir.canonicalize().unwrap()),
+        Vec::new()
+    );
     let undone = api(&h, &token, "GET", "/api/events?limit=200", None).json();
     let undone: Vec<&serde_json::Value> = undone
         .as_array()
@@ -288,8 +291,7 @@ fn a_host_killed_mid_upload_leaves_no_staging_behind() {
     s.write_all(&bytes[..bytes.len() / 2]).unwrap();
     let staged = eventually("the upload to reach .staging", || {
         let dirs = staging(&h);
-        let file = h
-            .plugins_dir
+        let file = packages_dir(&h)
             .join(".staging")
             .join(dirs.first()?)
             .join("package.toru");

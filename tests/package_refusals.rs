@@ -1,7 +1,7 @@
 //! Bad input gets a clear error and changes nothing. Each package below is refused — through
 //! `POST /api/packages/upload` (and, for a few, through `toru plugin install|update`: non-zero
 //! exit, the reason on stderr) — with a status and a code or message that names the problem; and
-//! afterwards `.staging` is empty, nothing new is in `.packages`, and the version installed first
+//! afterwards `.staging` is empty, nothing new is in the packages dir, and the version installed first
 //! (v1.0.0 of a stress package) is untouched: still ready, same pid, same versions.
 //!
 //! The packages: corrupt bytes, a truncated package, entries `../x` and `/abs`, a symlink and a
@@ -103,7 +103,7 @@ impl Fixture {
     /// Nothing changed since the fixture was made: see the module doc.
     fn assert_unchanged(&self, case: &str) {
         assert_eq!(staging(&self.h), Vec::<String>::new(), "{case}: .staging");
-        assert_eq!(packages_on_disk(&self.h), [ID], "{case}: .packages");
+        assert_eq!(packages_on_disk(&self.h), [ID], "{case}: packages dir");
         assert_eq!(versions_on_disk(&self.h, ID), ["1.0.0"], "{case}: versions");
         let p = plugin(&self.h, &self.token, ID);
         assert_eq!(
