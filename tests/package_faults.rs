@@ -1,7 +1,7 @@
 //! `kill -9` of the host at every step of a package update leaves, after a restart, exactly one
 //! version running — the old one, since the update never finished — with every KV write that was
-//! acknowledged before the update, nothing left in `.staging` or `.packages` that no record names,
-//! and a device that takes the same update afterwards.
+//! acknowledged before the update, nothing left in `.staging` or in the packages dir that no record
+//! names, and a device that takes the same update afterwards.
 //!
 //! The debug build aborts (no destructors, no flush: what `kill -9` does) when a transaction
 //! reaches the step `TORU_FAULT_PACKAGE_STEP` names (`moved`, `held`, `switched`, `probation`,
@@ -9,6 +9,9 @@
 //! host started without the variable, writes KV through the API and through the plugin, restarts
 //! the host with the variable, runs `toru plugin update` of v2.0.0 (which fails because the host
 //! died), restarts without it and checks what runs, what the store holds and what is on disk.
+//! Two more: a first install killed during its probation is forgotten (no plugin, no files, the
+//! same install works), and a host killed (plain SIGKILL) while an upload arrives leaves a staging
+//! folder that its next start removes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod pkg_util;
@@ -206,4 +209,108 @@ fn killed_at_the_end_of_the_probation_the_update_is_rolled_back() {
 #[test]
 fn killed_while_rolling_back_the_rollback_completes_at_start() {
     kill_at("rolling-back");
+}
+
+/// A first install (no version before it) killed after its switch is forgotten at the next start:
+/// no plugin, no files, no binding that would refuse the same package later.
+#[test]
+fn a_first_install_killed_during_its_probation_is_forgotten() {
+    let bins = Bins::locate().unwrap();
+    let t = TempDir::new("pf").unwrap();
+    let key = Key::new(&bins, "publisher");
+    let v1 = stress(&bins, &t.0, ID, "1.0.0", "ok", Some(&key));
+    let cfg = config("");
+    let mut h = start(None, &cfg, &[("TORU_FAULT_PACKAGE_STEP", "probation")]);
+    key.trust(&h);
+    let token = admin_token(&h);
+    let o = cli_install(&h, "install", &v1, &[]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let status = eventually("the host to exit", || h.child.try_wait().unwrap());
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+
+    h.restart(opts(None, &cfg, &[]));
+    let r = api(&h, &token, "GET", &format!("/api/plugins/{ID}"), None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(packages_on_disk(&h), Vec::<String>::new());
+    assert_eq!(staging(&h), Vec::<String>::new());
+    // Nothing runs from the packages dir (or its parent, where the store is).
+    assert_eq!(
+        processes_under(&h.data_dir.canonicalize().unwrap()),
+        Vec::new()
+    );
+    let undone = api(&h, &token, "GET", "/api/events?limit=200", None).json();
+    let undone: Vec<&serde_json::Value> = undone
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["plugin"] == ID && e["kind"] == "update-rolled-back")
+        .collect();
+    assert_eq!(undone.len(), 1, "{undone:?}");
+    let msg = undone[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the host stopped during the probation"),
+        "{msg}"
+    );
+
+    cli_install_ok(&h, "install", &v1);
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(p["version"], "1.0.0", "{p}");
+}
+
+/// A host killed (SIGKILL, no hook) while a package is still arriving leaves its staging folder
+/// behind; the next start removes it, and the installed version runs on.
+#[test]
+fn a_host_killed_mid_upload_leaves_no_staging_behind() {
+    use std::io::Write;
+    let bins = Bins::locate().unwrap();
+    let t = TempDir::new("pf").unwrap();
+    let key = Key::new(&bins, "publisher");
+    let v1 = stress(&bins, &t.0, ID, "1.0.0", "ok", Some(&key));
+    let v2 = stress(&bins, &t.0, ID, "2.0.0", "ok", Some(&key));
+    let cfg = config("");
+    let mut h = start(None, &cfg, &[]);
+    key.trust(&h);
+    let token = admin_token(&h);
+    cli_install_ok(&h, "install", &v1);
+    wait_ready(&h, &token, ID);
+    kv_set(&h, &token, ID, "before", "the upload");
+
+    let bytes = std::fs::read(&v2).unwrap();
+    let sig = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(signature_of(&v2))
+    };
+    let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+    let head = format!(
+        "POST /api/packages/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Toru-Csrf: 1\r\nContent-Type: application/octet-stream\r\nX-Toru-Signature: {sig}\r\n\
+         Content-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    let staged = eventually("the upload to reach .staging", || {
+        let dirs = staging(&h);
+        let file = packages_dir(&h)
+            .join(".staging")
+            .join(dirs.first()?)
+            .join("package.toru");
+        (std::fs::metadata(&file).ok()?.len() > 0).then_some(dirs)
+    });
+    assert_eq!(staged.len(), 1, "{staged:?}");
+
+    h.restart(opts(None, &cfg, &[]));
+    drop(s);
+    assert_eq!(staging(&h), Vec::<String>::new());
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(p["version"], "1.0.0", "{p}");
+    assert_eq!(versions_on_disk(&h, ID), ["1.0.0"]);
+    assert_eq!(packages_on_disk(&h), [ID]);
+    cli_install_ok(&h, "update", &v2);
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(p["version"], "2.0.0", "{p}");
+    assert_eq!(
+        kv_get(&h, &token, ID, "before").as_deref(),
+        Some("the upload")
+    );
 }

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error and changes nothing. Each package below is refused — through
 //! `POST /api/packages/upload` (and, for a few, through `toru plugin install|update`: non-zero
 //! exit, the reason on stderr) — with a status and a code or message that names the problem; and
-//! afterwards `.staging` is empty, nothing new is in `.packages`, and the version installed first
+//! afterwards `.staging` is empty, nothing new is in the packages dir, and the version installed first
 //! (v1.0.0 of a stress package) is untouched: still ready, same pid, same versions.
 //!
 //! The packages: corrupt bytes, a truncated package, entries `../x` and `/abs`, a symlink and a
@@ -103,7 +103,7 @@ impl Fixture {
     /// Nothing changed since the fixture was made: see the module doc.
     fn assert_unchanged(&self, case: &str) {
         assert_eq!(staging(&self.h), Vec::<String>::new(), "{case}: .staging");
-        assert_eq!(packages_on_disk(&self.h), [ID], "{case}: .packages");
+        assert_eq!(packages_on_disk(&self.h), [ID], "{case}: packages dir");
         assert_eq!(versions_on_disk(&self.h, ID), ["1.0.0"], "{case}: versions");
         let p = plugin(&self.h, &self.token, ID);
         assert_eq!(
@@ -391,6 +391,19 @@ fn raw_request(h: &Host, head: &str, body: &[u8]) -> Resp {
     parse_response(&raw)
 }
 
+/// `POST /api/packages/upload` of `bytes` signed by `sig`, as [`raw_request`] sends it.
+fn raw_upload(h: &Host, token: &str, bytes: &[u8], sig: &str) -> Resp {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sig);
+    let head = format!(
+        "POST /api/packages/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Toru-Csrf: 1\r\nContent-Type: application/octet-stream\r\nX-Toru-Signature: {b64}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
+    );
+    raw_request(h, &head, bytes)
+}
+
 #[test]
 fn a_package_over_the_size_limit_is_413() {
     let f = Fixture::new(LIMITS, vec![]);
@@ -612,6 +625,32 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
         ".staging after a full disk"
     );
     assert_eq!(packages_on_disk(&h), [ID]);
+    assert_eq!(versions_on_disk(&h, ID), ["1.0.0"]);
+    let p = wait_ready(&h, &token, ID);
+    assert_eq!(
+        (&p["version"], pid_of(&p)),
+        (&json!("1.0.0"), before),
+        "{p}"
+    );
+
+    // Fuller still: the upload itself does not fit.
+    std::fs::remove_file(&ballast).unwrap();
+    let fill = free_bytes(&tmpfs.0).saturating_sub(1 << 20);
+    std::fs::write(&ballast, vec![0u8; usize::try_from(fill).unwrap()]).unwrap();
+    // The host answers as soon as a write fails, before the rest of the body arrives.
+    let r = raw_upload(&h, &token, &bytes, &signature_of(&v2));
+    refusal(
+        "disk full (upload)",
+        &r,
+        507,
+        "storage_full",
+        &["disk is full", "upload"],
+    );
+    assert_eq!(
+        staging(&h),
+        Vec::<String>::new(),
+        ".staging after a full disk"
+    );
     assert_eq!(versions_on_disk(&h, ID), ["1.0.0"]);
     let p = wait_ready(&h, &token, ID);
     assert_eq!(

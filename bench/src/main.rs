@@ -8,9 +8,9 @@
 //! options: --rounds N (3) --kill-rounds N (5) --http-secs S (10) --http-rounds N (3)
 //!          --out FILE  --no-build
 //! ```
-//! Groups: memory, login, restart, http, protocol, kv, start, size, stress, profile. `scripts/bench.sh`
-//! installs the peers first. Every load loop is bounded in count and time; everything started is
-//! stopped by PID or process group (guards in `util`), also on errors.
+//! Groups: memory, login, restart, http, protocol, kv, start, size, stress, packages, profile.
+//! `scripts/bench.sh` installs the peers first. Every load loop is bounded in count and time;
+//! everything started is stopped by PID or process group (guards in `util`), also on errors.
 
 #![deny(unsafe_code)] // Only `sys` may: it says `allow`.
 
@@ -19,6 +19,7 @@ mod http;
 mod kv;
 mod login;
 mod memory;
+mod packages;
 mod peers;
 mod profile;
 mod protocol;
@@ -104,7 +105,7 @@ impl Report {
 
 type Group = fn(&Bins, &Opts, &mut Report) -> Result<()>;
 
-const GROUPS: [(&str, Group); 10] = [
+const GROUPS: [(&str, Group); 11] = [
     ("memory", memory::run),
     ("login", login::run),
     ("restart", restart::run),
@@ -113,6 +114,7 @@ const GROUPS: [(&str, Group); 10] = [
     ("kv", kv::run),
     ("start", start::run),
     ("stress", stress::run),
+    ("packages", packages::run),
     ("profile", profile::run),
     // After `profile`: it reads the symbols of the build `profile` makes.
     ("size", size::run),
