@@ -440,6 +440,31 @@ fn a_package_over_the_size_limit_is_413() {
     let r = raw_request(&f.h, &head, &chunked);
     refusal("streamed too large", &r, 413, "too_large", &["8388608"]);
     f.assert_unchanged("streamed too large");
+    // A client that writes its whole body before it reads (as a browser does) gets the answer
+    // too: it used to be lost in a reset connection (the host closed with 12 MiB unread).
+    let bigger = noise(20 << 20, 12);
+    let mut chunked = Vec::new();
+    for c in bigger.chunks(256 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut s = TcpStream::connect(f.h.addr).unwrap();
+    s.set_read_timeout(Some(support::WAIT)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&chunked)
+        .expect("the host reads on after refusing, so the whole body can be sent");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    refusal(
+        "streamed, read after",
+        &parse_response(&raw),
+        413,
+        "too_large",
+        &["8388608"],
+    );
+    f.assert_unchanged("streamed, read after");
     // The CLI says it too.
     let file = f.t.join("big.toru");
     std::fs::write(&file, &big).unwrap();

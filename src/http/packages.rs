@@ -86,12 +86,41 @@ pub(crate) async fn upload(
         })?;
         let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            up.write(&data).map_err(package_error)?;
+        if let Ok(data) = frame.into_data()
+            && let Err(e) = up.write(&data)
+        {
+            // Refused part-way (too large, disk full): the upload and its staging folder go at
+            // once, but the client is still sending. Read on a little before answering, so that
+            // the answer reaches a client that writes its whole body before reading (a browser):
+            // closing with unread data would reset the connection and lose the reason.
+            drop(up);
+            drain(&mut body).await;
+            return Err(package_error(e));
         }
     }
     let preview = packages.finish_upload(up).await.map_err(package_error)?;
     Ok(json_response(StatusCode::CREATED, &preview))
+}
+
+/// After a refusal, at most this much more of an upload is read and thrown away (or for at most
+/// [`DRAIN_TIME`]) so the answer is not lost in a reset connection.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// See [`DRAIN_BYTES`].
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Read and discard what is left of `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(body: &mut Incoming) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n >= left {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }
 
 #[derive(Debug, Default, Deserialize)]
