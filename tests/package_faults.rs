@@ -44,7 +44,7 @@ fn processes_under(dir: &Path) -> Vec<(u32, PathBuf)> {
         if !support::alive(pid) {
             continue;
         }
-        if let Ok(exe) = std::fs::read_link(e.path().join("exe"))
+        if let Some(exe) = try_exe_of(pid)
             && exe.starts_with(dir)
         {
             found.push((pid, exe));

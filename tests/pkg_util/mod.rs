@@ -237,9 +237,29 @@ pub fn pid_of(p: &Value) -> u32 {
     u32::try_from(p["pid"].as_u64().unwrap_or_else(|| panic!("no pid in {p}"))).unwrap()
 }
 
-/// The executable process `pid` runs (`/proc/PID/exe`).
+/// The executable process `pid` runs (`/proc/PID/exe`); under qemu-user (the `aarch64` stage)
+/// that is the emulator, so the program is the first file named on its command line after it.
 pub fn exe_of(pid: u32) -> PathBuf {
-    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+    try_exe_of(pid).unwrap()
+}
+
+/// [`exe_of`], `None` for a process that is gone.
+pub fn try_exe_of(pid: u32) -> Option<PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let emulated = exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-"));
+    if !emulated {
+        return Some(exe);
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline
+        .split(|b| *b == 0)
+        .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
+        .filter(|a| a.is_absolute() && a.is_file())
+        .filter_map(|a| a.canonicalize().ok())
+        // The emulator is named first, by a link (binfmt_misc's interpreter path).
+        .find(|a| *a != exe)
 }
 
 /// `POST /api/plugins/{id}/kv` set, acknowledged (200).
