@@ -20,12 +20,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pkg_util::*;
 use serde_json::{Value, json};
 use support::package::HOST_TRIPLE;
-use support::{Bins, Host, PluginSrc, Resp, TempDir, parse_response};
+use support::{Bins, Host, PluginSrc, Resp, TempDir, Tmpfs, free_bytes, parse_response};
 
 /// The installed package's id (and route).
 const ID: &str = "pr";
@@ -569,43 +568,6 @@ fn is_root() -> bool {
 }
 
 /// A tmpfs mounted for the test's life (as in `store_faults`).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
-}
-
 #[test]
 fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
     if !is_root() {
@@ -620,7 +582,7 @@ fn a_disk_that_fills_while_extracting_is_507_and_changes_nothing() {
     let key = Key::new(&bins, "publisher");
     let root = support::temp_dir("prfull");
     // The packages dir (the default, `<data-dir>/packages`) on its own small filesystem.
-    let tmpfs = Tmpfs::mount(&root.join("data").join("packages"), "64m");
+    let tmpfs = Tmpfs::mount(&root.join("data").join("packages"), "64m", "0755");
     let h = start(Some(root.clone()), &config(""), &[]);
     key.trust(&h);
     let token = admin_token(&h);

@@ -13,54 +13,13 @@
 mod http_util;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use http_util::{login, post, setup_admin, wait_state};
 use serde_json::json;
-use support::{Host, HostOpts, built, eventually, temp_dir};
+use support::{Host, HostOpts, Tmpfs, built, eventually, free_bytes, temp_dir};
 
 fn is_root() -> bool {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() == 0 }
-}
-
-/// A tmpfs mounted for the test's life.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
 }
 
 fn kv(h: &Host, cookie: &str, body: serde_json::Value) -> support::Resp {
@@ -74,7 +33,7 @@ fn a_full_disk_degrades_the_store_and_it_recovers_when_space_is_freed() {
         return;
     }
     let root = temp_dir("full");
-    let tmpfs = Tmpfs::mount(&root.join("data"), "2m");
+    let tmpfs = Tmpfs::mount(&root.join("data"), "2m", "0700");
     let mut h = Host::start(HostOpts {
         plugins: vec![built("hello-rust")],
         root: Some(root.clone()),

@@ -13,6 +13,7 @@ use super::resp::{ApiError, Resp, bytes_response, method_not_allowed};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
+const DOM_JS: &str = include_str!("ui/dom.js");
 const SETTINGS_JS: &str = include_str!("ui/settings.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 const ICON_SVG: &str = include_str!("ui/icon.svg");
@@ -22,6 +23,7 @@ pub(crate) fn serve(ctx: &Ctx) -> Result<Resp, ApiError> {
     let (content_type, body) = match ctx.path.as_str() {
         "/" | "/index.html" => ("text/html; charset=utf-8", INDEX_HTML),
         "/ui/app.js" => ("application/javascript; charset=utf-8", APP_JS),
+        "/ui/dom.js" => ("application/javascript; charset=utf-8", DOM_JS),
         "/ui/settings.js" => ("application/javascript; charset=utf-8", SETTINGS_JS),
         "/ui/app.css" => ("text/css; charset=utf-8", APP_CSS),
         "/ui/icon.svg" | "/favicon.ico" => ("image/svg+xml", ICON_SVG),

@@ -15,9 +15,11 @@
 mod host;
 mod http;
 pub mod package;
+mod tmpfs;
 
 pub use host::{Host, HostOpts, PluginSrc, built, install, plugins_dir, try_install};
 pub use http::{HttpConn, Resp, http, parse_response, try_http};
+pub use tmpfs::{Tmpfs, free_bytes};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

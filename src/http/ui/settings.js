@@ -23,29 +23,8 @@
 
   var seq = 0;
 
-  // ---------------------------------------------------------------- helpers (as in app.js)
-  function h(tag, attrs) {
-    var el = document.createElement(tag);
-    if (attrs) {
-      Object.keys(attrs).forEach(function (k) {
-        var v = attrs[k];
-        if (v === null || v === undefined || v === false) return;
-        if (k === "text") el.textContent = String(v);
-        else if (k === "class") el.className = v;
-        else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
-        else if (k === "checked" || k === "disabled" || k === "value") el[k] = v;
-        else el.setAttribute(k, v === true ? "" : String(v));
-      });
-    }
-    for (var i = 2; i < arguments.length; i++) add(el, arguments[i]);
-    return el;
-  }
-  function add(el, child) {
-    if (child === null || child === undefined || child === false) return;
-    if (Array.isArray(child)) { child.forEach(function (c) { add(el, c); }); return; }
-    el.appendChild(typeof child === "object" ? child : document.createTextNode(String(child)));
-  }
-  function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
+  // ---------------------------------------------------------------- helpers (DOM ones: dom.js)
+  var h = window.ToruDom.h, add = window.ToruDom.add, clear = window.ToruDom.clear;
   function isObj(v) { return v !== null && typeof v === "object" && !Array.isArray(v); }
   function has(o, k) { return isObj(o) && Object.prototype.hasOwnProperty.call(o, k); }
   function text(v) { return typeof v === "string" ? v : ""; }
