@@ -8,6 +8,7 @@
 //! update, the old version running again, and an `update-rolled-back` event that says why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod pkg_util;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -162,27 +163,6 @@ fn events(h: &Host, tok: &str, id: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// The program process `pid` runs: `/proc/PID/exe`, or under qemu-user (the `aarch64` stage,
-/// where that is the emulator) the first file its command line names after the emulator.
-fn program_of(pid: u32) -> PathBuf {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    if !exe
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-"))
-    {
-        return exe;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    cmdline
-        .split(|b| *b == 0)
-        .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
-        .filter(|a| a.is_absolute() && a.is_file())
-        .filter_map(|a| a.canonicalize().ok())
-        // The emulator is named first, by a link (binfmt_misc's interpreter path).
-        .find(|a| *a != exe)
-        .unwrap_or(exe)
-}
-
 fn version_dirs(h: &Host, id: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(h.data_dir.join("packages").join(id))
         .map(|d| {
@@ -229,7 +209,7 @@ fn bad_update_rolls_back(mode: &str, cause: &str) {
     assert!(stderr.contains(cause), "expected {cause:?} in: {stderr}");
 
     let pid = ready(&h, &tok, "demo", "1.0.0");
-    let exe = program_of(pid as u32);
+    let exe = pkg_util::exe_of(pid as u32);
     assert!(
         exe.starts_with(
             h.data_dir

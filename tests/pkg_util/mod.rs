@@ -1,4 +1,4 @@
-//! Helpers shared by the package fault and refusal tests (`package_faults`, `package_refusals`):
+//! Helpers shared by the package tests (`package_faults`, `package_refusals`, `package_install`):
 //! a host with a trusted key and an admin token, stress packages signed by that key, the upload
 //! endpoint, and what the disk and the API say about an installed package.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
