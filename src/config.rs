@@ -143,6 +143,8 @@ pub struct SupervisorConfig {
     /// The cgroup under which the plugins' cgroups are made (`cgroup`, a directory of the cgroup2
     /// hierarchy); `None`: the host's own cgroup.
     pub cgroup: Option<PathBuf>,
+    /// Open files each plugin process may have (`RLIMIT_NOFILE`, `max_open_files`, default 1024).
+    pub max_open_files: u64,
 }
 
 /// How the host finds every descendant of a plugin (`[supervisor] descendants`), so that none
@@ -219,6 +221,7 @@ impl Default for SupervisorConfig {
             healthy_after: Duration::from_secs(60),
             descendants: DescendantTracking::Auto,
             cgroup: None,
+            max_open_files: 1024,
         }
     }
 }
@@ -341,6 +344,7 @@ struct FileSupervisor {
     healthy_after_ms: Option<i64>,
     descendants: Option<String>,
     cgroup: Option<PathBuf>,
+    max_open_files: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -725,6 +729,9 @@ impl Config {
                     let key = format!("supervisor.{key}");
                     *slot = Duration::from_millis(rules.int(&key, v, TIMING_MS)?);
                 }
+            }
+            if let Some(v) = sv.max_open_files {
+                d.max_open_files = rules.int("supervisor.max_open_files", v, (16, 1 << 20))?;
             }
             if let Some(v) = sv.heartbeat_misses {
                 d.heartbeat_misses = rules.int("supervisor.heartbeat_misses", v, POSITIVE_U32)?;

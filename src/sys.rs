@@ -3,7 +3,8 @@
 //! write `unsafe` themselves.
 //!
 //! Callers: `main` (password prompt without echo: the only public item), `supervisor::process` (plugin process group,
-//! parent-death signal, signalling the group, joining a cgroup before exec), `supervisor::watch`
+//! parent-death signal, signalling the group, joining a cgroup before exec, the confinement every
+//! plugin process gets: no new privileges, no core dumps, an open-files limit), `supervisor::watch`
 //! and `supervisor::cgroup` (inotify), `supervisor::subreaper` (child subreaper, reaping, signalling
 //! and awaiting single processes), `auth::password` (the argon2 buffer: `PageBuffer`). Nothing here
 //! keeps state, logs or touches the environment.
@@ -39,6 +40,49 @@ pub(crate) fn own_group_dying_with_parent(cmd: &mut tokio::process::Command, par
             // The parent may have died between fork and prctl: then nobody would kill us.
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Confine `cmd`'s child, between fork and exec, the same for every plugin process (its runs and
+/// its `--metadata` runs): no new privileges (`PR_SET_NO_NEW_PRIVS`: no setuid/setgid or file
+/// capabilities gained by exec, for it and everything it starts), no core dumps (`RLIMIT_CORE` 0:
+/// a crashing plugin cannot write its memory to disk) and at most `max_open_files` descriptors
+/// (`RLIMIT_NOFILE`, soft and hard, never raised above what the host itself may have).
+pub(crate) fn confine_before_exec(cmd: &mut tokio::process::Command, max_open_files: u64) {
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // syscalls (prctl, getrlimit, setrlimit) on stack values; it allocates nothing and takes no
+    // locks (`io::Error::last_os_error` only reads errno).
+    unsafe {
+        cmd.pre_exec(move || {
+            let on: libc::c_ulong = 1;
+            let zero: libc::c_ulong = 0;
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, on, zero, zero, zero) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let files = (max_open_files as libc::rlim_t).min(now.rlim_max);
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });

@@ -98,6 +98,7 @@ fn render(c: &Config) -> String {
     let _ = writeln!(o, "term_grace_ms = {}", ms(s.term_grace));
     let _ = writeln!(o, "backoff_base_ms = {}", ms(s.backoff_base));
     let _ = writeln!(o, "healthy_after_ms = {}", ms(s.healthy_after));
+    let _ = writeln!(o, "max_open_files = {}", s.max_open_files);
     let p = &c.packages;
     let _ = writeln!(o, "[packages]");
     let _ = writeln!(o, "probation_secs = {}", p.probation.as_secs());

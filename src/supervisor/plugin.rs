@@ -394,9 +394,14 @@ impl Task {
             .parent()
             .zip(socket.file_name())
             .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
-        let mut child = process::spawn(&self.shared.binary, &socket, cgroup.as_deref())
-            .await
-            .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
+        let mut child = process::spawn(
+            &self.shared.binary,
+            &socket,
+            cgroup.as_deref(),
+            self.ctx.config.supervisor.max_open_files,
+        )
+        .await
+        .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
         let pid = child.id().unwrap_or(0);
         self.shared.pid.set(Some(pid));
         self.ctx.descendants.started(&self.shared.id, pid, &socket);

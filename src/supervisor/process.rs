@@ -29,6 +29,10 @@ const BUSY_ATTEMPTS: u32 = 5;
 /// Pause between those attempts.
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
+/// Open files a `--metadata` run may have (it prints a few lines and exits; an interpreter such as
+/// Python needs a few dozen).
+const METADATA_MAX_OPEN_FILES: u64 = 256;
+
 fn is_busy(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETXTBSY)
 }
@@ -39,10 +43,11 @@ pub async fn spawn(
     binary: &Path,
     socket: &Path,
     cgroup_procs: Option<&Path>,
+    max_open_files: u64,
 ) -> std::io::Result<Child> {
     let mut attempt = 1;
     loop {
-        match spawn_once(binary, socket, cgroup_procs) {
+        match spawn_once(binary, socket, cgroup_procs, max_open_files) {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(BUSY_PAUSE).await;
@@ -52,7 +57,12 @@ pub async fn spawn(
     }
 }
 
-fn spawn_once(binary: &Path, socket: &Path, cgroup_procs: Option<&Path>) -> std::io::Result<Child> {
+fn spawn_once(
+    binary: &Path,
+    socket: &Path,
+    cgroup_procs: Option<&Path>,
+    max_open_files: u64,
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", PLUGIN_PATH)
@@ -66,6 +76,7 @@ fn spawn_once(binary: &Path, socket: &Path, cgroup_procs: Option<&Path>) -> std:
         cmd.current_dir(dir);
     }
     crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
+    crate::sys::confine_before_exec(&mut cmd, max_open_files);
     if let Some(procs) = cgroup_procs {
         let procs = std::fs::OpenOptions::new()
             .write(true)
@@ -180,6 +191,7 @@ pub async fn spawn_metadata(binary: &Path) -> std::io::Result<Child> {
             .stderr(Stdio::null())
             .kill_on_drop(true);
         crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
+        crate::sys::confine_before_exec(&mut cmd, METADATA_MAX_OPEN_FILES);
         match cmd.spawn() {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;

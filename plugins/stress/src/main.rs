@@ -17,6 +17,7 @@
 //! | `crash-after-<n>` | exits 4 while handling its n-th HTTP request |
 //! | `hang` | becomes ready, then blocks: stops answering heartbeats |
 //! | `no-ready` | binds its socket and reads init, but never answers `ready` |
+//! | `open-files` | after `ready`, opens `/dev/null` until refused (at most 100 000), keeps them, writes the count to `<stem>.opened` |
 //! | `ignore-term` | ignores SIGTERM and shutdown, forks a grandchild that does too |
 //! | `setsid` | well behaved itself, but forks a grandchild that calls `setsid()` (leaving the plugin's process group and session) and ignores SIGTERM |
 //! | `garbage` | answers each HTTP request with a frame that is not JSON, then a valid reply |
@@ -30,7 +31,8 @@
 //! Every mode answers a `config` message (new settings) with `error`/`unsupported`, as a 1.1
 //! plugin written before that message existed does; the host restarts it to apply them.
 //!
-//! Every mode writes its environment to `<stem>.env` and its pid to `<stem>.pid` in its working
+//! Every mode writes its environment to `<stem>.env`, its `NoNewPrivs` line and resource limits
+//! (`/proc/self/limits`) to `<stem>.limits` and its pid to `<stem>.pid` in its working
 //! directory (the host runs plugins in the plugins dir) so tests can check what the host passed.
 
 use std::collections::HashMap;
@@ -131,6 +133,15 @@ fn main() -> ExitCode {
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = std::fs::write(format!("{stem}.env"), env.join("\n"));
     let _ = std::fs::write(format!("{stem}.pid"), std::process::id().to_string());
+    // What the host confined this process to: `NoNewPrivs` and the resource limits.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let confined: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("NoNewPrivs"))
+        .chain(limits.lines())
+        .collect();
+    let _ = std::fs::write(format!("{stem}.limits"), confined.join("\n"));
     eprintln!("stress plugin starting in mode {mode}");
     if mode == "crash-start" {
         eprintln!("crashing at start on purpose");
@@ -248,6 +259,26 @@ fn serve(
                             let _ = s.write_all(&0xFFFF_FFF0u32.to_be_bytes());
                             let _ = s.write_all(b"{\"type\":\"http\"");
                         }
+                    }
+                    "open-files" => {
+                        // Hold as many descriptors as the host lets it open (at most 100 000).
+                        let mut held = Vec::new();
+                        let mut why = String::from("none refused");
+                        while held.len() < 100_000 {
+                            match std::fs::File::open("/dev/null") {
+                                Ok(f) => held.push(f),
+                                Err(e) => {
+                                    why = e.to_string();
+                                    break;
+                                }
+                            }
+                        }
+                        let opened = held.len();
+                        // Give a few back: writing the report needs descriptors too.
+                        held.truncate(opened.saturating_sub(8));
+                        eprintln!("opened {opened} files; then: {why}");
+                        let _ = std::fs::write(format!("{stem}.opened"), opened.to_string());
+                        std::mem::forget(held);
                     }
                     "kvloop" => {
                         let (w, wt) = (writer.clone(), waiters.clone());
