@@ -104,21 +104,28 @@ pub(crate) fn metrics(srv: &Server) -> Result<Resp, ApiError> {
 
 /// `GET /api/plugins`: each plugin with its `package` (`null`: an unpackaged `*.binary`).
 pub(crate) fn plugins(srv: &Server) -> Result<Resp, ApiError> {
+    let mut packages = srv.app.packages.summaries();
     let list: Vec<serde_json::Value> = srv
         .app
         .supervisor
         .plugins()
         .into_iter()
-        .map(|p| with_package(srv, &p))
+        .map(|p| {
+            let package = packages.remove(&p.id).unwrap_or(serde_json::Value::Null);
+            with_package(&p, package)
+        })
         .collect();
     ok_json(&list)
 }
 
-/// A plugin's view with its `package` summary.
-fn with_package(srv: &Server, p: &crate::supervisor::PluginView) -> serde_json::Value {
+/// A plugin's view with its `package` summary (`null`: unpackaged).
+fn with_package(
+    p: &crate::supervisor::PluginView,
+    package: serde_json::Value,
+) -> serde_json::Value {
     let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
-        o.insert("package".into(), srv.app.packages.summary(&p.id));
+        o.insert("package".into(), package);
     }
     v
 }
@@ -132,7 +139,7 @@ pub(crate) async fn rescan(srv: &Server) -> Result<Resp, ApiError> {
 /// `GET /api/plugins/{id}`.
 pub(crate) fn plugin(srv: &Server, id: &str) -> Result<Resp, ApiError> {
     let p = srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;
-    ok_json(&with_package(srv, &p))
+    ok_json(&with_package(&p, srv.app.packages.summary(id)))
 }
 
 /// `POST /api/plugins/{id}/{enable|disable|restart}` (admin).

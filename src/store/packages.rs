@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::tables::{self, Doing, KV, KV_USAGE, Limits, PLUGINS};
-use super::{NewEvent, PluginBinding, PluginRecord, PluginRow, Store, StoreError, bound_event};
+use super::{NewEvent, PluginBinding, Store, StoreError, bound_event};
 
 const PACKAGES: TableDefinition<&str, &str> = TableDefinition::new("packages");
 const TRUSTED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("trusted_keys");
@@ -181,35 +181,6 @@ fn append(
     if let Some((ev, at)) = event {
         tables::append_event(txn, limits, plugin, ev, *at)?;
     }
-    Ok(())
-}
-
-/// Set (or with `None` release) `id`'s binding, keeping its plugin state.
-fn set_binding(
-    txn: &WriteTransaction,
-    id: &str,
-    binding: Option<&PluginBinding>,
-) -> Result<(), StoreError> {
-    const WHAT: &str = "binding a package's id";
-    let mut plugins = txn.open_table(PLUGINS).doing(WHAT)?;
-    let old: Option<PluginRow> = plugins
-        .get(id)
-        .doing(WHAT)?
-        .and_then(|j| serde_json::from_str(j.value()).ok());
-    if old.is_none() && binding.is_none() {
-        return Ok(());
-    }
-    let row = PluginRow {
-        record: old.map_or(
-            PluginRecord {
-                enabled: true,
-                auto_disabled: None,
-            },
-            |r| r.record,
-        ),
-        binding: binding.cloned(),
-    };
-    plugins.insert(id, to_json(&row).as_str()).doing(WHAT)?;
     Ok(())
 }
 
@@ -365,22 +336,20 @@ impl Store {
         };
         self.write(payload, move |txn, limits| {
             // Keep the date of an existing package binding: it decides route conflicts.
-            let since = txn
-                .open_table(PLUGINS)
-                .doing("reading a package's binding")?
-                .get(rec.id.as_str())
-                .doing("reading a package's binding")?
-                .and_then(|j| serde_json::from_str::<PluginRow>(j.value()).ok())
+            const WHAT: &str = "reading a package's binding";
+            let plugins = txn.open_table(PLUGINS).doing(WHAT)?;
+            let since = tables::plugin_row(&plugins, &rec.id, WHAT)?
                 .and_then(|r| r.binding)
                 .filter(|b| b.file == binding.file)
                 .map(|b| b.since);
+            drop(plugins);
             let binding = PluginBinding {
                 since: since.unwrap_or(binding.since),
                 ..binding.clone()
             };
             snapshot_kv(txn, &rec.id)?;
             put_package(txn, &rec.id, Some(&rec))?;
-            set_binding(txn, &rec.id, Some(&binding))?;
+            tables::bind_plugin(txn, limits, &rec.id, Some(&binding), None)?;
             if let Some(v) = &settings {
                 put_settings(txn, &rec.id, Some(v))?;
             }
@@ -424,7 +393,7 @@ impl Store {
             put_settings(txn, &id, settings.as_ref())?;
             put_package(txn, &id, rec.as_ref())?;
             if rec.is_none() {
-                set_binding(txn, &id, None)?;
+                tables::bind_plugin(txn, limits, &id, None, None)?;
             }
             append(txn, limits, &id, &event)
         })

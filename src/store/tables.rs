@@ -132,7 +132,7 @@ pub(super) fn plugin_rows(
 
 /// The row of `id` as stored, `None` when there is none. A row that does not decode counts as
 /// none, so that writing the plugin's state repairs it instead of failing forever.
-fn plugin_row(
+pub(super) fn plugin_row(
     plugins: &redb::Table<'_, &str, &str>,
     id: &str,
     what: &'static str,
