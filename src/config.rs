@@ -50,6 +50,11 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// Plugin packages: probation, limits, unsigned packages.
     pub packages: PackagesConfig,
+    /// How plugins are confined (`[isolation]`).
+    pub isolation: IsolationConfig,
+    /// Every plugin's resource limits unless its manifest or the admin says otherwise
+    /// (`[limits]`, see `crate::limits`).
+    pub limits: crate::limits::Limits,
     /// Deprecated config-file keys that were used, one sentence each (file, line, the key to use
     /// instead). `main` logs them once the logger runs.
     pub deprecations: Vec<String>,
@@ -81,6 +86,31 @@ impl Default for PackagesConfig {
             max_package_bytes: 64 * 1024 * 1024,
             max_unpacked_bytes: 256 * 1024 * 1024,
             dir: None,
+        }
+    }
+}
+
+/// How plugins are confined (`[isolation]`; docs/ISOLATION.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IsolationConfig {
+    /// The uids (and gids) plugins get when the host runs as root: `uid_min` runs `--metadata`,
+    /// each plugin id gets one of `uid_min + 1 ..= uid_max`, kept in the store.
+    pub uid_min: u32,
+    /// See `uid_min`.
+    pub uid_max: u32,
+    /// Restrict each plugin's file access with Landlock where the kernel offers it.
+    pub landlock: bool,
+    /// Refuse the system calls no plugin needs (seccomp).
+    pub seccomp: bool,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            uid_min: 70000,
+            uid_max: 79999,
+            landlock: true,
+            seccomp: true,
         }
     }
 }
@@ -244,6 +274,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             supervisor: SupervisorConfig::default(),
             packages: PackagesConfig::default(),
+            isolation: IsolationConfig::default(),
+            limits: crate::limits::builtin_defaults(),
             deprecations: Vec::new(),
         }
     }
@@ -318,6 +350,17 @@ struct FileConfig {
     http: Option<FileHttp>,
     supervisor: Option<FileSupervisor>,
     packages: Option<FilePackages>,
+    isolation: Option<FileIsolation>,
+    limits: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIsolation {
+    uid_min: Option<i64>,
+    uid_max: Option<i64>,
+    landlock: Option<bool>,
+    seccomp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -732,6 +775,17 @@ impl Config {
             }
             if let Some(v) = sv.max_open_files {
                 d.max_open_files = rules.int("supervisor.max_open_files", v, (16, 1 << 20))?;
+                self.limits.set(
+                    crate::limits::Key::OpenFiles,
+                    Some(crate::limits::LimitValue::Num(d.max_open_files)),
+                );
+                rules.deprecations.push(format!(
+                    "{}, line {}: supervisor.max_open_files is deprecated: write [limits] \
+                     open_files = {}",
+                    rules.path.display(),
+                    rules.line("supervisor.max_open_files"),
+                    d.max_open_files
+                ));
             }
             if let Some(v) = sv.heartbeat_misses {
                 d.heartbeat_misses = rules.int("supervisor.heartbeat_misses", v, POSITIVE_U32)?;
@@ -754,6 +808,48 @@ impl Config {
                     ));
                 }
                 d.cgroup = Some(v);
+            }
+        }
+        if let Some(i) = f.isolation {
+            let d = &mut self.isolation;
+            if let Some(v) = i.uid_min {
+                d.uid_min = rules.int("isolation.uid_min", v, (1000, i64::from(u32::MAX - 2)))?;
+            }
+            if let Some(v) = i.uid_max {
+                d.uid_max = rules.int("isolation.uid_max", v, (1001, i64::from(u32::MAX - 1)))?;
+            }
+            if d.uid_max <= d.uid_min {
+                return Err(rules.refuse(
+                    "isolation.uid_max",
+                    d.uid_max,
+                    format!("greater than isolation.uid_min ({})", d.uid_min),
+                ));
+            }
+            if let Some(v) = i.landlock {
+                d.landlock = v;
+            }
+            if let Some(v) = i.seccomp {
+                d.seccomp = v;
+            }
+        }
+        if let Some(l) = f.limits {
+            for (k, v) in l {
+                let full = format!("limits.{k}");
+                let key = crate::limits::Key::parse(&k).ok_or_else(|| {
+                    rules.refuse(
+                        &full,
+                        v.to_string(),
+                        "one of open_files, processes, address_space, memory, cpu",
+                    )
+                })?;
+                let value = crate::limits::parse(key, &v)
+                    .map_err(|e| rules.refuse(&full, e.shown, e.expected))?;
+                if let (crate::limits::Key::OpenFiles, crate::limits::LimitValue::Num(n)) =
+                    (key, value)
+                {
+                    self.supervisor.max_open_files = n;
+                }
+                self.limits.set(key, Some(value));
             }
         }
         if let Some(p) = f.packages {

@@ -61,6 +61,7 @@ pub mod error_chain;
 mod fault;
 pub(crate) mod http;
 pub(crate) mod install;
+pub mod limits;
 pub(crate) mod package;
 pub mod role;
 pub(crate) mod settings;

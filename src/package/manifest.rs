@@ -195,10 +195,30 @@ impl Manifest {
         };
         m.check_identity()?;
         m.check_paths()?;
+        m.check_isolation()?;
         Ok(m)
     }
 
     /// The identity fields, by the host's own metadata rules.
+    /// `[limits]` and `[permissions]` hold only what the host understands (`crate::limits`).
+    fn check_isolation(&self) -> Result<(), ManifestError> {
+        let refused = |e: crate::limits::LimitError| {
+            let key = if e.key.starts_with("permissions.") {
+                e.key.clone()
+            } else {
+                format!("limits.{}", e.key)
+            };
+            field(key, format!("{} is not {}", e.shown, e.expected))
+        };
+        if let Some(l) = &self.limits {
+            crate::limits::Limits::from_json(l).map_err(refused)?;
+        }
+        if let Some(p) = &self.permissions {
+            crate::limits::Permissions::from_json(p).map_err(refused)?;
+        }
+        Ok(())
+    }
+
     fn check_identity(&self) -> Result<(), ManifestError> {
         self.to_metadata().validate().map_err(|e| match e {
             MetadataError::Id(_) => field("id", e.to_string()),
@@ -701,6 +721,13 @@ groups = ["gpio"]
 
     #[test]
     fn a_settings_float_without_a_json_form_is_refused() {
+        let e = refused(&format!("{GOOD}\n[limits]\nmemory = \"lots\"\n"));
+        assert!(e.contains("limits.memory"), "{e}");
+        let e = refused(&GOOD.replace("groups = [\"gpio\"]", "network = \"lan\""));
+        assert!(e.contains("permissions.network"), "{e}");
+        let m = Manifest::parse(&format!("{GOOD}\n[limits]\nmemory = \"64M\"\ncpu = 0.5\n"))
+            .unwrap();
+        assert_eq!(m.limits.unwrap()["cpu"], 0.5);
         let e = refused(&format!("{GOOD}\n[limits]\ncpu = nan\n"));
         assert!(e.contains("limits.cpu: NaN has no JSON form"), "{e}");
     }

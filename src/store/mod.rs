@@ -92,6 +92,7 @@
 //!   as `toru.redb.new` and renamed into place once initialised, so an empty `toru.redb` is damage.
 
 pub(crate) mod kv;
+mod isolation;
 mod maintenance;
 mod open;
 mod packages;
@@ -115,6 +116,7 @@ use redb::{ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
+pub use self::isolation::SecurityOverrides;
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
 pub use self::packages::{PackageRecord, PackageVersion, PendingUpdate, TrustedKey, UpdateOutcome};
 use self::slot::Shared;
@@ -447,6 +449,12 @@ pub enum EventKind {
     TrustAdded,
     /// A publisher key was no longer trusted.
     TrustRemoved,
+    /// A plugin was killed for exceeding its memory limit (details: `limit_bytes`, `peak_bytes`).
+    Oom,
+    /// A plugin reached another limit (processes) and was stopped (details: `limit`, `value`).
+    Limit,
+    /// An admin changed a plugin's limits or granted permissions.
+    SecurityChanged,
     /// A kind this build does not know, as read from the store (a newer build wrote it); kept
     /// as written so reading never fails or changes it.
     Other(String),
@@ -473,6 +481,9 @@ impl EventKind {
             EventKind::SettingsChanged => "settings-changed",
             EventKind::TrustAdded => "trust-added",
             EventKind::TrustRemoved => "trust-removed",
+            EventKind::Oom => "oom",
+            EventKind::Limit => "limit",
+            EventKind::SecurityChanged => "security-changed",
             EventKind::Other(s) => s,
         }
     }
@@ -496,6 +507,9 @@ impl From<&str> for EventKind {
             "update-rolled-back" => EventKind::UpdateRolledBack,
             "removed" => EventKind::Removed,
             "settings-changed" => EventKind::SettingsChanged,
+            "oom" => EventKind::Oom,
+            "limit" => EventKind::Limit,
+            "security-changed" => EventKind::SecurityChanged,
             "trust-added" => EventKind::TrustAdded,
             "trust-removed" => EventKind::TrustRemoved,
             other => EventKind::Other(other.to_owned()),
