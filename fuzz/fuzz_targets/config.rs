@@ -98,7 +98,23 @@ fn render(c: &Config) -> String {
     let _ = writeln!(o, "term_grace_ms = {}", ms(s.term_grace));
     let _ = writeln!(o, "backoff_base_ms = {}", ms(s.backoff_base));
     let _ = writeln!(o, "healthy_after_ms = {}", ms(s.healthy_after));
-    let _ = writeln!(o, "max_open_files = {}", s.max_open_files);
+    let i = &c.isolation;
+    let _ = writeln!(o, "[isolation]");
+    let _ = writeln!(o, "uid_min = {}", i.uid_min);
+    let _ = writeln!(o, "uid_max = {}", i.uid_max);
+    let _ = writeln!(o, "landlock = {}", i.landlock);
+    let _ = writeln!(o, "seccomp = {}", i.seccomp);
+    let _ = writeln!(o, "[limits]");
+    for key in toru::limits::Key::ALL {
+        let value = match c.limits.get(key) {
+            None => continue,
+            Some(toru::limits::LimitValue::Num(n)) => n.to_string(),
+            Some(toru::limits::LimitValue::Percent(p)) => format!("\"{p}%\""),
+            Some(toru::limits::LimitValue::Unlimited) => "\"unlimited\"".to_string(),
+            Some(toru::limits::LimitValue::Cores(c)) => format!("\"{c}\""),
+        };
+        let _ = writeln!(o, "{key} = {value}");
+    }
     let p = &c.packages;
     let _ = writeln!(o, "[packages]");
     let _ = writeln!(o, "probation_secs = {}", p.probation.as_secs());
