@@ -286,6 +286,12 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     if let store::StoreHealth::Degraded { reason, .. } = store.health() {
         log::error!("store degraded: {reason}");
     }
+    supervisor::isolation::HostIsolation::new(&config)
+        .prepare_host_dirs()
+        .map_err(|source| RunError::Dir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let descendants = supervisor::descendants::Descendants::setup(&config, &store.instance_id())
         .map_err(RunError::Descendants)?;
     Ok(Prepared {
@@ -337,7 +343,7 @@ pub async fn run(
     let descendants = Rc::new(descendants);
     log::info!("{}", descendants.describe());
     descendants.clean_leftovers().await;
-    let stale = supervisor::process::remove_sockets(&config.runtime_dir.join("plugins"));
+    let stale = supervisor::isolation::remove_stale_sockets(&config.runtime_dir);
     if stale > 0 {
         log::info!("removed {stale} stale plugin socket(s)");
     }

@@ -68,8 +68,12 @@ impl Key {
         match self {
             Key::OpenFiles => "a count between 16 and 1048576",
             Key::Processes => "a count between 1 and 1000000, or \"unlimited\"",
-            Key::AddressSpace => "bytes (at least 16M) like 536870912, \"512M\" or \"2G\", or \"unlimited\"",
-            Key::Memory => "bytes (at least 4M) like \"256M\", a share of the device's memory like \"50%\", or \"unlimited\"",
+            Key::AddressSpace => {
+                "bytes (at least 16M) like 536870912, \"512M\" or \"2G\", or \"unlimited\""
+            }
+            Key::Memory => {
+                "bytes (at least 4M) like \"256M\", a share of the device's memory like \"50%\", or \"unlimited\""
+            }
             Key::Cpu => "cores between 0.01 and 1024 like 0.5 or \"2\", or \"unlimited\"",
         }
     }
@@ -173,7 +177,11 @@ pub fn parse(key: Key, v: &Value) -> Result<LimitValue, LimitError> {
                     .map(LimitValue::Percent)
                     .ok_or_else(bad);
             }
-            let floor = if key == Key::Memory { 4 << 20 } else { 16 << 20 };
+            let floor = if key == Key::Memory {
+                4 << 20
+            } else {
+                16 << 20
+            };
             v.as_u64()
                 .or_else(|| v.as_str().and_then(bytes))
                 .filter(|n| *n >= floor)
@@ -228,10 +236,7 @@ impl Limits {
             let key = Key::parse(k).ok_or_else(|| LimitError {
                 key: k.clone(),
                 shown: v.to_string(),
-                expected: format!(
-                    "a known limit ({})",
-                    Key::ALL.map(Key::as_str).join(", ")
-                ),
+                expected: format!("a known limit ({})", Key::ALL.map(Key::as_str).join(", ")),
             })?;
             if !v.is_null() {
                 out.set(key, Some(parse(key, v)?));
@@ -396,8 +401,7 @@ pub struct Permissions {
 fn plain_name(s: &str) -> bool {
     (1..=32).contains(&s.len())
         && !s.starts_with('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -498,14 +502,29 @@ mod tests {
 
     #[test]
     fn values_are_read_with_units_and_refused_with_the_key() {
-        assert_eq!(parse(Key::Memory, &json!("256M")), Ok(LimitValue::Num(256 << 20)));
-        assert_eq!(parse(Key::Memory, &json!("1GiB")), Ok(LimitValue::Num(1 << 30)));
-        assert_eq!(parse(Key::Memory, &json!("50%")), Ok(LimitValue::Percent(50)));
-        assert_eq!(parse(Key::Memory, &json!("unlimited")), Ok(LimitValue::Unlimited));
+        assert_eq!(
+            parse(Key::Memory, &json!("256M")),
+            Ok(LimitValue::Num(256 << 20))
+        );
+        assert_eq!(
+            parse(Key::Memory, &json!("1GiB")),
+            Ok(LimitValue::Num(1 << 30))
+        );
+        assert_eq!(
+            parse(Key::Memory, &json!("50%")),
+            Ok(LimitValue::Percent(50))
+        );
+        assert_eq!(
+            parse(Key::Memory, &json!("unlimited")),
+            Ok(LimitValue::Unlimited)
+        );
         assert_eq!(parse(Key::Cpu, &json!(0.5)), Ok(LimitValue::Cores(0.5)));
         assert_eq!(parse(Key::Cpu, &json!("2")), Ok(LimitValue::Cores(2.0)));
         assert_eq!(parse(Key::Processes, &json!(64)), Ok(LimitValue::Num(64)));
-        assert_eq!(parse(Key::AddressSpace, &json!(1 << 30)), Ok(LimitValue::Num(1 << 30)));
+        assert_eq!(
+            parse(Key::AddressSpace, &json!(1 << 30)),
+            Ok(LimitValue::Num(1 << 30))
+        );
         for (k, v) in [
             (Key::Memory, json!("1M")),
             (Key::Memory, json!("0%")),

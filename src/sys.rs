@@ -107,6 +107,18 @@ pub(crate) fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: 
     }
 }
 
+/// Whether the host runs as root (effective uid 0).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The host's effective uid and gid.
+pub(crate) fn own_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// Mark the calling process a child subreaper: orphaned descendants are reparented to it instead
 /// of to init, so it sees (and must reap) them.
 pub(crate) fn set_child_subreaper() -> io::Result<()> {

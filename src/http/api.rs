@@ -166,6 +166,41 @@ pub(crate) async fn plugin_action(
     }
 }
 
+/// `GET` (anyone) and `PUT` (admin) `/api/plugins/{id}/security`: what the plugin gets and
+/// what protects it; a change of limits or grants restarts it.
+pub(crate) async fn security(
+    srv: &Server,
+    ctx: &Ctx,
+    who: &Identity,
+    id: &str,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
+    let sup = &srv.app.supervisor;
+    let r = match ctx.method {
+        Method::GET | Method::HEAD => sup.security(id).await,
+        Method::PUT => {
+            need_admin(who)?;
+            let change: crate::supervisor::SecurityChange =
+                read_json(body, srv.app.config.http.max_api_body_bytes).await?;
+            sup.set_security(id, change).await
+        }
+        _ => return Err(method_not_allowed("GET, PUT")),
+    };
+    match r {
+        Ok(v) => ok_json(&v),
+        Err(SupervisorError::NotFound(_)) => Err(no_plugin(id)),
+        Err(SupervisorError::InvalidLimit(m)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", m))
+        }
+        Err(SupervisorError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the host is shutting down",
+        )),
+        Err(e) => Err(ApiError::internal("the security change", &e)),
+    }
+}
+
 /// `GET /api/plugins/{id}/events`.
 pub(crate) fn plugin_events(srv: &Server, ctx: &Ctx, id: &str) -> Result<Resp, ApiError> {
     srv.app.supervisor.plugin(id).ok_or_else(|| no_plugin(id))?;

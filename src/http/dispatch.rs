@@ -86,6 +86,7 @@ impl Server {
             ApiRoute::Rollback(id) => packages::rollback(self, &who, &id).await,
             ApiRoute::Remove(id) => packages::remove(self, &who, &id, body).await,
             ApiRoute::Settings(id) => packages::settings(self, &ctx, &who, &id, body).await,
+            ApiRoute::Security(id) => api::security(self, &ctx, &who, &id, body).await,
             ApiRoute::Trust => packages::trust(self, &ctx, &who, body).await,
             ApiRoute::TrustKey(k) => packages::distrust(self, &who, &k).await,
             ApiRoute::Unknown => api::unknown(&ctx),

@@ -107,6 +107,8 @@ pub enum ApiRoute {
     Remove(String),
     /// `/api/plugins/{id}/settings` (GET, PUT).
     Settings(String),
+    /// `/api/plugins/{id}/security` (GET, PUT).
+    Security(String),
     /// `/api/trust` (GET, POST).
     Trust,
     /// `/api/trust/{key_id}` (DELETE).
@@ -187,6 +189,7 @@ impl Route {
             ["plugins", p, "rollback"] => ApiRoute::Rollback(id(p)),
             ["plugins", p, "remove"] => ApiRoute::Remove(id(p)),
             ["plugins", p, "settings"] => ApiRoute::Settings(id(p)),
+            ["plugins", p, "security"] => ApiRoute::Security(id(p)),
             ["packages", "upload"] => ApiRoute::PackageUpload,
             ["packages", "upload", t, "confirm"] => ApiRoute::PackageConfirm(id(t)),
             ["packages", "upload", t] => ApiRoute::PackageCancel(id(t)),
@@ -207,7 +210,7 @@ impl ApiRoute {
             Logout | Password | Rescan | PluginAction(..) | Kv(_) | PackageUpload
             | PackageConfirm(_) | Rollback(_) | Remove(_) => Some(Method::POST),
             PackageCancel(_) | TrustKey(_) => Some(Method::DELETE),
-            Forward(_) | Unknown | Settings(_) | Trust => None,
+            Forward(_) | Unknown | Settings(_) | Security(_) | Trust => None,
         }
     }
 

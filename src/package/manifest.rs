@@ -725,8 +725,8 @@ groups = ["gpio"]
         assert!(e.contains("limits.memory"), "{e}");
         let e = refused(&GOOD.replace("groups = [\"gpio\"]", "network = \"lan\""));
         assert!(e.contains("permissions.network"), "{e}");
-        let m = Manifest::parse(&format!("{GOOD}\n[limits]\nmemory = \"64M\"\ncpu = 0.5\n"))
-            .unwrap();
+        let m =
+            Manifest::parse(&format!("{GOOD}\n[limits]\nmemory = \"64M\"\ncpu = 0.5\n")).unwrap();
         assert_eq!(m.limits.unwrap()["cpu"], 0.5);
         let e = refused(&format!("{GOOD}\n[limits]\ncpu = nan\n"));
         assert!(e.contains("limits.cpu: NaN has no JSON form"), "{e}");

@@ -84,6 +84,24 @@ impl Store {
         .await
     }
 
+    /// Every allocated plugin uid, by plugin id.
+    pub fn plugin_uids(&self) -> Result<std::collections::BTreeMap<String, u32>, StoreError> {
+        self.read(|txn| {
+            const WHAT: &str = "reading plugin uids";
+            let mut out = std::collections::BTreeMap::new();
+            let t = match txn.open_table(PLUGIN_UIDS) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(out),
+                Err(e) => return Err(StoreError::Storage(super::StorageFailure::new(WHAT, e))),
+            };
+            for row in t.iter().doing(WHAT)? {
+                let (k, v) = row.doing(WHAT)?;
+                out.insert(k.value().to_owned(), v.value());
+            }
+            Ok(out)
+        })
+    }
+
     /// Forget the uid of plugin `id` (its files are gone: a purge).
     pub async fn release_plugin_uid(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_owned();
@@ -156,26 +174,50 @@ mod tests {
     async fn uids_are_allocated_once_per_id_skipping_taken_ones() {
         let (_d, s) = store();
         let taken = BTreeSet::from([100]);
-        let a = s.allocate_plugin_uid("a", 100, 102, taken.clone()).await.unwrap();
-        let b = s.allocate_plugin_uid("b", 100, 102, taken.clone()).await.unwrap();
+        let a = s
+            .allocate_plugin_uid("a", 100, 102, taken.clone())
+            .await
+            .unwrap();
+        let b = s
+            .allocate_plugin_uid("b", 100, 102, taken.clone())
+            .await
+            .unwrap();
         assert_eq!((a, b), (Some(101), Some(102)));
-        assert_eq!(s.allocate_plugin_uid("a", 100, 102, taken.clone()).await.unwrap(), Some(101));
-        assert_eq!(s.allocate_plugin_uid("c", 100, 102, taken.clone()).await.unwrap(), None);
+        assert_eq!(
+            s.allocate_plugin_uid("a", 100, 102, taken.clone())
+                .await
+                .unwrap(),
+            Some(101)
+        );
+        assert_eq!(
+            s.allocate_plugin_uid("c", 100, 102, taken.clone())
+                .await
+                .unwrap(),
+            None
+        );
         s.release_plugin_uid("a").await.unwrap();
         assert_eq!(s.plugin_uid("a").unwrap(), None);
-        assert_eq!(s.allocate_plugin_uid("c", 100, 102, taken).await.unwrap(), Some(101));
+        assert_eq!(
+            s.allocate_plugin_uid("c", 100, 102, taken).await.unwrap(),
+            Some(101)
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn overrides_round_trip() {
         let (_d, s) = store();
-        assert_eq!(s.security_overrides("x").unwrap(), SecurityOverrides::default());
+        assert_eq!(
+            s.security_overrides("x").unwrap(),
+            SecurityOverrides::default()
+        );
         let o = SecurityOverrides {
             limits: serde_json::json!({"memory": 1048576}),
             groups: BTreeSet::from(["gpio".to_string()]),
             syscalls: BTreeSet::new(),
         };
-        s.set_security_overrides("x", o.clone(), None).await.unwrap();
+        s.set_security_overrides("x", o.clone(), None)
+            .await
+            .unwrap();
         assert_eq!(s.security_overrides("x").unwrap(), o);
     }
 }

@@ -91,8 +91,8 @@
 //!   checksums), so corruption is reported as an error rather than trusted. A new file is created
 //!   as `toru.redb.new` and renamed into place once initialised, so an empty `toru.redb` is damage.
 
-pub(crate) mod kv;
 mod isolation;
+pub(crate) mod kv;
 mod maintenance;
 mod open;
 mod packages;

@@ -34,6 +34,7 @@ mod cgroup;
 pub(crate) mod conn;
 pub(crate) mod descendants;
 pub(crate) mod discovery;
+pub(crate) mod isolation;
 mod link;
 pub(crate) mod logs;
 pub(crate) mod plugin;
@@ -65,7 +66,7 @@ use plugin::{Command, Ctx, Shared};
 pub use link::PluginReply;
 pub use view::{
     ConfigOutcome, ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView,
-    RescanReport, SupervisorError,
+    RescanReport, SecurityChange, SupervisorError,
 };
 
 /// Handle to the supervisor; cheap to clone, used on the runtime thread only.
@@ -112,10 +113,11 @@ impl Supervisor {
         Supervisor {
             inner: Rc::new(Inner {
                 ctx: Rc::new(Ctx {
-                    config,
                     store,
                     instance_id,
                     changed: Rc::new(Notify::new()),
+                    isolation: isolation::HostIsolation::new(&config),
+                    config,
                     descendants,
                 }),
                 plugins: RefCell::new(BTreeMap::new()),
@@ -317,6 +319,108 @@ impl Supervisor {
     /// Stop and disable a plugin (persisted, `disabled` event).
     pub async fn disable(&self, id: &str) -> Result<PluginView, SupervisorError> {
         self.send(id, Command::Disable).await
+    }
+
+    /// What plugin `id` gets and what protects it (`GET /api/plugins/{id}/security`, the
+    /// `security` of `toru plugins --json`): docs/API.md.
+    pub async fn security(&self, id: &str) -> Result<serde_json::Value, SupervisorError> {
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| SupervisorError::NotFound(id.into()))?;
+        let ctx = &self.inner.ctx;
+        let sec = ctx
+            .isolation
+            .resolve(&ctx.store, id, &shared.binary)
+            .await
+            .map_err(SupervisorError::Isolation)?;
+        let protections = plugin::protections(&shared, ctx, &sec);
+        Ok(sec.to_json(ctx.isolation.off_reason(), protections))
+    }
+
+    /// Change plugin `id`'s limits and grants (admin), recorded as a `security-changed` event;
+    /// a running plugin is restarted to apply them. Returns [`Supervisor::security`] afterwards.
+    pub async fn set_security(
+        &self,
+        id: &str,
+        change: SecurityChange,
+    ) -> Result<serde_json::Value, SupervisorError> {
+        use crate::limits::{Key, Limits, parse};
+        let shared = self
+            .shared(id)
+            .ok_or_else(|| SupervisorError::NotFound(id.into()))?;
+        let store = &self.inner.ctx.store;
+        let mut overrides = store.security_overrides(id)?;
+        let mut limits = if overrides.limits.is_null() {
+            Limits::default()
+        } else {
+            Limits::from_json(&overrides.limits).unwrap_or_default()
+        };
+        let mut said = Vec::new();
+        for (k, v) in &change.limits {
+            let key = Key::parse(k).ok_or_else(|| {
+                SupervisorError::InvalidLimit(format!(
+                    "limits.{k}: not a limit (one of {})",
+                    Key::ALL.map(Key::as_str).join(", ")
+                ))
+            })?;
+            if v.is_null() {
+                limits.set(key, None);
+                said.push(format!("{key} back to the default"));
+            } else {
+                let value = parse(key, v)
+                    .map_err(|e| SupervisorError::InvalidLimit(format!("limits.{e}")))?;
+                limits.set(key, Some(value));
+                said.push(format!("{key} = {}", value.to_json()));
+            }
+        }
+        overrides.limits = limits.to_json();
+        if let Some(g) = &change.grants {
+            let check = |what: &str, names: &[String]| {
+                names.iter().try_for_each(|n| {
+                    let ok = (1..=32).contains(&n.len())
+                        && n.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                        });
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(SupervisorError::InvalidLimit(format!(
+                            "grants.{what}: {n:?} is not a name like \"gpio\""
+                        )))
+                    }
+                })
+            };
+            check("groups", &g.groups)?;
+            check("syscalls", &g.syscalls)?;
+            overrides.groups = g.groups.iter().cloned().collect();
+            overrides.syscalls = g.syscalls.iter().cloned().collect();
+            said.push(format!(
+                "granted groups [{}], system calls [{}]",
+                g.groups.join(", "),
+                g.syscalls.join(", ")
+            ));
+        }
+        let message = if said.is_empty() {
+            "security unchanged".to_string()
+        } else {
+            format!("security changed: {}", said.join("; "))
+        };
+        store
+            .set_security_overrides(
+                id,
+                overrides,
+                Some(NewEvent {
+                    kind: EventKind::SecurityChanged,
+                    message,
+                    details: json!({"limits": change.limits}),
+                }),
+            )
+            .await?;
+        let running = shared.pid.get().is_some();
+        if running {
+            self.restart(id).await?;
+        }
+        self.security(id).await
     }
 
     /// Stop and start a plugin again (not counted as a failure).
@@ -591,7 +695,6 @@ impl Supervisor {
             log::error!("cannot read plugin states: {e}");
             BTreeMap::new()
         });
-        let sockets = ctx.config.runtime_dir.join("plugins");
         let cfg = &ctx.config.supervisor;
         let timing = policy::Timing {
             backoff_base: cfg.backoff_base,
@@ -632,7 +735,7 @@ impl Supervisor {
                 id: id.clone(),
                 protocol: d.protocol,
                 binary: d.binary.clone(),
-                socket: sockets.join(format!("{id}.sock")),
+                socket: isolation::socket_path(&ctx.config.runtime_dir, &id),
                 policy: RefCell::new(policy::Policy::new(
                     timing,
                     enabled,
@@ -644,6 +747,7 @@ impl Supervisor {
                 ring,
                 last_event: RefCell::new(last_event),
                 commands: tx,
+                security: RefCell::new(None),
                 metadata: d.metadata,
             });
             self.inner

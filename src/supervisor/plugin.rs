@@ -27,6 +27,7 @@ use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion, empty_con
 
 use super::conn::ConnError;
 use super::descendants::Descendants;
+use super::isolation::Security;
 use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
 use super::policy::{Action, Exit, Input, Policy, Signal};
@@ -76,6 +77,8 @@ pub struct Shared {
     pub last_event: RefCell<Option<Event>>,
     /// Commands to the plugin task.
     pub commands: mpsc::Sender<Command>,
+    /// Its confinement as worked out for its newest start.
+    pub(crate) security: RefCell<Option<Security>>,
 }
 
 /// Host-wide things every plugin task needs.
@@ -91,6 +94,8 @@ pub struct Ctx {
     pub changed: Rc<Notify>,
     /// Finds and stops every descendant of a plugin.
     pub(crate) descendants: Rc<Descendants>,
+    /// Works out each plugin's confinement.
+    pub(crate) isolation: super::isolation::HostIsolation,
 }
 
 /// Events from helper tasks of one process generation.
@@ -382,6 +387,13 @@ impl Task {
         self.generation += 1;
         let generation = self.generation;
         let socket = self.shared.socket.clone();
+        let isolation = &self.ctx.isolation;
+        let sec = isolation
+            .resolve(&self.ctx.store, &self.shared.id, &self.shared.binary)
+            .await?;
+        isolation
+            .prepare_dirs(&sec)
+            .map_err(|e| format!("cannot prepare the plugin's folders: {e}"))?;
         process::remove_socket(&socket);
         let cgroup = self
             .ctx
@@ -403,6 +415,7 @@ impl Task {
         .await
         .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
         let pid = child.id().unwrap_or(0);
+        *self.shared.security.borrow_mut() = Some(sec);
         self.shared.pid.set(Some(pid));
         self.ctx.descendants.started(&self.shared.id, pid, &socket);
         self.spawned_at = Some(Instant::now());
@@ -524,6 +537,47 @@ impl Task {
         };
         self.apply(Input::Exited(exit)).await;
     }
+}
+
+/// What protects plugin `shared` (resolved as `sec`), one entry per protection:
+/// `{"name", "state": "enforced"|"degraded"|"off", "detail"}` (docs/API.md).
+pub(crate) fn protections(shared: &Shared, ctx: &Ctx, sec: &Security) -> serde_json::Value {
+    let _ = shared;
+    let entry = |name: &str, state: &str, detail: String| json!({"name": name, "state": state, "detail": detail});
+    let user = if sec.isolated {
+        entry(
+            "user",
+            "enforced",
+            format!("uid {}, gid {}", sec.uid, sec.gid),
+        )
+    } else {
+        entry(
+            "user",
+            "off",
+            ctx.isolation.off_reason().unwrap_or_default().to_string(),
+        )
+    };
+    let l = &sec.limits;
+    let rlimits = entry(
+        "rlimits",
+        "enforced",
+        format!(
+            "open files {}, processes {}, address space {}, no core dumps",
+            l.open_files,
+            match (l.processes, sec.isolated) {
+                (Some(n), true) => n.to_string(),
+                (Some(_), false) => "not limited per plugin (shared uid)".into(),
+                (None, _) => "unlimited".into(),
+            },
+            l.address_space
+                .map_or("unlimited".into(), crate::limits::human_bytes)
+        ),
+    );
+    json!([
+        user,
+        entry("no_new_privs", "enforced", "PR_SET_NO_NEW_PRIVS".into()),
+        rlimits
+    ])
 }
 
 /// Copy a child's output into the ring, line by line, cutting over-long lines.

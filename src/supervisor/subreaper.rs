@@ -391,7 +391,7 @@ impl Judge<'_> {
             && let Some(socket) = procfs::env_var(p.pid, toru_plugin_api::protocol::SOCKET_ENV)
         {
             let socket = PathBuf::from(socket);
-            if socket.parent() == Some(r.sockets_dir.as_path()) {
+            if socket.parent().and_then(Path::parent) == Some(r.sockets_dir.as_path()) {
                 let newest = self
                     .gens
                     .iter()
@@ -468,7 +468,7 @@ mod tests {
     fn generation(root: u32, start: u64, running: bool) -> Generation {
         Generation {
             plugin: "p".into(),
-            socket: PathBuf::from("/run/toru/plugins/p.sock"),
+            socket: PathBuf::from("/run/toru/plugins/p/plugin.sock"),
             root: Proc { pid: root, start },
             running,
             known: BTreeSet::new(),

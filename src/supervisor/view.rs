@@ -211,6 +211,36 @@ pub enum SupervisorError {
         /// What went wrong.
         reason: String,
     },
+    /// A limit or a grant that is not acceptable (`limits.memory: "lots" is not bytes …`).
+    #[error("{0}")]
+    InvalidLimit(String),
+    /// The plugin's confinement cannot be worked out (its uid range is used up, …).
+    #[error("cannot work out the plugin's confinement: {0}")]
+    Isolation(String),
+}
+
+/// A change to a plugin's limits or grants ([`super::Supervisor::set_security`]).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityChange {
+    /// Limits to set; `null` clears the admin's override (back to the manifest or the default).
+    #[serde(default)]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    /// Granted permissions, replacing the previous grants when present.
+    #[serde(default)]
+    pub grants: Option<Grants>,
+}
+
+/// What the admin grants a plugin.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// System calls lifted from the deny list.
+    #[serde(default)]
+    pub syscalls: Vec<String>,
 }
 
 /// What [`super::Supervisor::configure`] did with a plugin's new settings.
