@@ -128,6 +128,28 @@ pub enum Request {
         /// Plugin id.
         id: String,
     },
+    /// What a plugin gets and what protects it (daemon only).
+    PluginSecurity {
+        /// Plugin id.
+        id: String,
+    },
+    /// Set or clear (`null`) limits of a plugin; restarts it if it runs (daemon only).
+    PluginLimits {
+        /// Plugin id.
+        id: String,
+        /// `{"memory": "128M", "cpu": null, …}`.
+        limits: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Grant or revoke a requested permission (`group:NAME`, `syscall:NAME`); restarts the
+    /// plugin if it runs (daemon only).
+    PluginGrant {
+        /// Plugin id.
+        id: String,
+        /// `group:gpio` or `syscall:ptrace`.
+        permission: String,
+        /// Grant (`true`) or revoke.
+        grant: bool,
+    },
     /// Trust a publisher key.
     TrustAdd {
         /// The `.pub` file's text.
@@ -359,7 +381,16 @@ pub(crate) async fn execute(
             Reply::PasswordSet { role, user }
         }
         Request::Plugins => match supervisor {
-            Some(s) => Reply::Plugins(s.plugins()),
+            Some(s) => {
+                let mut out = Vec::new();
+                for view in s.plugins() {
+                    let security = s.security(&view.id).await.unwrap_or_default();
+                    let mut v = serde_json::to_value(&view)?;
+                    v["security"] = security;
+                    out.push(v);
+                }
+                Reply::Json(serde_json::Value::Array(out))
+            }
             None => Reply::StoredPlugins(
                 store
                     .plugin_records()?
@@ -420,6 +451,50 @@ pub(crate) async fn execute(
             let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
             Reply::Json(serde_json::to_value(p.rollback(&id).await?)?)
         }
+        Request::PluginSecurity { id } => {
+            let s = daemon(supervisor, NOT_RUNNING_SECURITY)?;
+            Reply::Json(s.security(&id).await?)
+        }
+        Request::PluginLimits { id, limits } => {
+            let s = daemon(supervisor, NOT_RUNNING_SECURITY)?;
+            let change = crate::supervisor::SecurityChange {
+                limits,
+                grants: None,
+            };
+            Reply::Json(s.set_security(&id, change).await?)
+        }
+        Request::PluginGrant {
+            id,
+            permission,
+            grant,
+        } => {
+            let s = daemon(supervisor, NOT_RUNNING_SECURITY)?;
+            let now = store.security_overrides(&id)?;
+            let (mut groups, mut syscalls) = (now.groups, now.syscalls);
+            let set = match permission.split_once(':') {
+                Some(("group", name)) => (&mut groups, name),
+                Some(("syscall", name)) => (&mut syscalls, name),
+                _ => {
+                    return Err(SupervisorError::InvalidLimit(format!(
+                        "{permission:?} is not group:NAME or syscall:NAME"
+                    ))
+                    .into());
+                }
+            };
+            if grant {
+                set.0.insert(set.1.to_string());
+            } else {
+                set.0.remove(set.1);
+            }
+            let change = crate::supervisor::SecurityChange {
+                limits: serde_json::Map::new(),
+                grants: Some(crate::supervisor::Grants {
+                    groups: groups.into_iter().collect(),
+                    syscalls: syscalls.into_iter().collect(),
+                }),
+            };
+            Reply::Json(s.set_security(&id, change).await?)
+        }
         Request::TrustAdd {
             public_key,
             comment,
@@ -449,6 +524,10 @@ const NOT_RUNNING_CHANGE: &str =
     "start it, or the change will apply at its next start only through the web UI";
 
 /// The daemon's handle, or [`AdminError::NotRunning`] with `instead`.
+/// Why a security command needs the daemon.
+const NOT_RUNNING_SECURITY: &str =
+    "a plugin's confinement is worked out and applied by the running host; start toru first";
+
 fn daemon<'a, T>(handle: Option<&'a T>, instead: &'static str) -> Result<&'a T, AdminError> {
     handle.ok_or(AdminError::NotRunning(instead))
 }

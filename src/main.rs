@@ -29,6 +29,10 @@ usage: toru [OPTIONS]                  run the host
        toru plugin install|update FILE [--sig FILE.minisig] [--allow-downgrade]
                                           (FILE.minisig beside FILE is used when present)
        toru plugin remove ID [--purge-data] | toru plugin versions ID | toru plugin rollback ID
+       toru plugin security ID            (its user, folders, limits and what protects it)
+       toru plugin limit ID KEY=VALUE...  (open_files, processes, address_space, memory, cpu;
+                                          VALUE `default` clears; restarts the plugin)
+       toru plugin grant|revoke ID group:NAME|syscall:NAME   (a permission its manifest asks)
        toru trust add NAME.pub [--comment TEXT] | toru trust list | toru trust remove KEYID
        toru plugin pack DIR [--key NAME.key] [-o FILE]   (DIR holds manifest.toml; FILE defaults
                                           to ID-VERSION.toru; without --key it is unsigned)
@@ -202,6 +206,40 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
         ["plugin", "rollback", id] => {
             Cmd::Admin(Request::PluginRollback { id: id.to_string() }, json_out)
         }
+        ["plugin", "security", id] => {
+            Cmd::Admin(Request::PluginSecurity { id: id.to_string() }, json_out)
+        }
+        ["plugin", "limit", id, settings @ ..] if !settings.is_empty() => {
+            let mut limits = serde_json::Map::new();
+            for s in settings {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| format!("{s:?}: write KEY=VALUE, e.g. memory=128M"))?;
+                let value = match v {
+                    "default" => serde_json::Value::Null,
+                    v => v
+                        .parse::<u64>()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_else(|_| serde_json::Value::from(v)),
+                };
+                limits.insert(k.to_string(), value);
+            }
+            Cmd::Admin(
+                Request::PluginLimits {
+                    id: id.to_string(),
+                    limits,
+                },
+                json_out,
+            )
+        }
+        ["plugin", verb @ ("grant" | "revoke"), id, permission] => Cmd::Admin(
+            Request::PluginGrant {
+                id: id.to_string(),
+                permission: permission.to_string(),
+                grant: *verb == "grant",
+            },
+            json_out,
+        ),
         ["trust", "add", file] => {
             let public_key =
                 std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
@@ -329,6 +367,9 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             v["version"].as_str().unwrap_or(""),
             v["result"].as_str().unwrap_or("")
         ),
+        Request::PluginSecurity { .. }
+        | Request::PluginLimits { .. }
+        | Request::PluginGrant { .. } => print_security(v),
         Request::PluginRemove { id, purge_data } => eprintln!(
             "{id} removed{}.",
             if *purge_data {
@@ -571,5 +612,57 @@ fn run_admin(
             eprintln!("toru: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A plugin's security (`toru plugin security ID`) for people.
+fn print_security(v: &serde_json::Value) {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let u = &v["user"];
+    println!(
+        "isolation {}{}",
+        s(&v["isolation"]),
+        v["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "user      uid {} gid {} groups [{}]",
+        s(&u["uid"]),
+        s(&u["gid"]),
+        u["groups"]
+            .as_array()
+            .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    for f in ["data", "install", "socket"] {
+        println!("{f:<9} {}", s(&v["folders"][f]));
+    }
+    println!("network   {}", s(&v["network"]));
+    if let Some(limits) = v["limits"].as_object() {
+        for (k, l) in limits {
+            let value = match (&l["value"], k.as_str()) {
+                (serde_json::Value::Null, _) => "unlimited".to_string(),
+                (n, "memory" | "address_space") => {
+                    n.as_u64().map_or_else(|| s(n), toru::limits::human_bytes)
+                }
+                (n, "cpu") => format!("{} cores", s(n)),
+                (n, _) => s(n),
+            };
+            println!("limit     {k:<14} {value:<14} ({})", s(&l["source"]));
+        }
+    }
+    for p in v["protections"].as_array().into_iter().flatten() {
+        println!(
+            "{:<9} {:<9} {}",
+            s(&p["name"]),
+            s(&p["state"]),
+            s(&p["detail"])
+        );
     }
 }

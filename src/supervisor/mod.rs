@@ -65,7 +65,7 @@ use plugin::{Command, Ctx, Shared};
 
 pub use link::PluginReply;
 pub use view::{
-    ConfigOutcome, ForwardError, InvalidPlugin, LogLine, LogPage, PluginState, PluginView,
+    ConfigOutcome, ForwardError, Grants, InvalidPlugin, LogLine, LogPage, PluginState, PluginView,
     RescanReport, SecurityChange, SupervisorError,
 };
 
