@@ -84,8 +84,8 @@ else
 fi
 install -D -m 0644 "$BOARD_DIR/README.md" "$tree/usr/share/doc/toru/README.md"
 
-# Inside the image (arm64 binaries through binfmt): the toru account, and the units.
-chroot "$tree" systemd-sysusers /usr/lib/sysusers.d/toru.conf
+# Inside the image (arm64 binaries through binfmt): the units. The host runs as root with a few
+# capabilities; plugins get uids of their own from [isolation] (no accounts to create).
 chroot "$tree" systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
     toru.service toru-setup-code.path toru-setup-code.service toru-growroot.service \
     toru-boot-test.service

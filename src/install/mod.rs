@@ -810,7 +810,8 @@ impl Packages {
     }
 
     /// Remove package `id`: stop it, forget it, delete its files; with `purge`, its KV data,
-    /// settings and state too (else they wait for the same publisher's package).
+    /// settings, state, private folder (`TORU_PLUGIN_DATA`) and uid too (else they wait for the
+    /// same publisher's package).
     pub(crate) async fn remove(&self, id: &str, purge: bool) -> Result<(), PackageError> {
         let (this, id) = (self.clone(), id.to_owned());
         detached(async move { this.remove_now(&id, purge).await }).await
@@ -840,6 +841,14 @@ impl Packages {
             .await;
         if result.is_ok() {
             remove_dir(&self.root().join(id));
+            if purge {
+                // Its private folder goes with its data, and its uid is free again.
+                let data = crate::supervisor::isolation::data_root(&self.inner.config.data_dir);
+                remove_dir(&data.join(id));
+                if let Err(e) = self.inner.store.release_plugin_uid(id).await {
+                    log::warn!("plugin {id}: its uid stays allocated: {e}");
+                }
+            }
         }
         self.inner.supervisor.release(id).await;
         result.map_err(Into::into)
