@@ -93,6 +93,10 @@ impl Default for PackagesConfig {
 /// How plugins are confined (`[isolation]`; docs/ISOLATION.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IsolationConfig {
+    /// Confine plugins (`enabled`, default true). `false`: plugins run as the host's user without
+    /// Landlock, seccomp or network namespaces (rlimits and cgroup limits stay), for debugging
+    /// and for measuring what confinement costs.
+    pub enabled: bool,
     /// The uids (and gids) plugins get when the host runs as root: `uid_min` runs `--metadata`,
     /// each plugin id gets one of `uid_min + 1 ..= uid_max`, kept in the store.
     pub uid_min: u32,
@@ -107,6 +111,7 @@ pub struct IsolationConfig {
 impl Default for IsolationConfig {
     fn default() -> Self {
         IsolationConfig {
+            enabled: true,
             uid_min: 70000,
             uid_max: 79999,
             landlock: true,
@@ -357,6 +362,7 @@ struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileIsolation {
+    enabled: Option<bool>,
     uid_min: Option<i64>,
     uid_max: Option<i64>,
     landlock: Option<bool>,
@@ -827,6 +833,9 @@ impl Config {
             }
             if let Some(v) = i.landlock {
                 d.landlock = v;
+            }
+            if let Some(v) = i.enabled {
+                d.enabled = v;
             }
             if let Some(v) = i.seccomp {
                 d.seccomp = v;

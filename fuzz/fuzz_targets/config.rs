@@ -100,6 +100,7 @@ fn render(c: &Config) -> String {
     let _ = writeln!(o, "healthy_after_ms = {}", ms(s.healthy_after));
     let i = &c.isolation;
     let _ = writeln!(o, "[isolation]");
+    let _ = writeln!(o, "enabled = {}", i.enabled);
     let _ = writeln!(o, "uid_min = {}", i.uid_min);
     let _ = writeln!(o, "uid_max = {}", i.uid_max);
     let _ = writeln!(o, "landlock = {}", i.landlock);

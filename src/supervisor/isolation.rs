@@ -21,6 +21,8 @@ use crate::store::{SecurityOverrides, Store};
 
 /// Why isolation is off when the host is not root.
 pub(crate) const NOT_ROOT: &str = "the host does not run as root";
+/// Why isolation is off when the config turns it off.
+pub(crate) const DISABLED: &str = "[isolation] enabled = false in the config";
 /// Most entries a change of owner walks in a plugin's data folder.
 const CHOWN_MAX_ENTRIES: usize = 100_000;
 
@@ -30,6 +32,8 @@ const CHOWN_MAX_ENTRIES: usize = 100_000;
 pub(crate) struct HostIsolation {
     /// The host runs as root: plugins get their own uids.
     pub(crate) root: bool,
+    /// `[isolation] enabled`.
+    pub(crate) enabled: bool,
     uid_min: u32,
     uid_max: u32,
     pub(crate) landlock: bool,
@@ -144,6 +148,7 @@ impl HostIsolation {
     pub(crate) fn new(config: &Config) -> HostIsolation {
         HostIsolation {
             root: crate::sys::is_root(),
+            enabled: config.isolation.enabled,
             uid_min: config.isolation.uid_min,
             uid_max: config.isolation.uid_max,
             landlock: config.isolation.landlock,
@@ -160,12 +165,23 @@ impl HostIsolation {
     /// The user `--metadata` runs as (root host only).
     #[allow(dead_code)] // used by the confinement plan (next commit)
     pub(crate) fn metadata_uid(&self) -> Option<u32> {
-        self.root.then_some(self.uid_min)
+        self.own_uids().then_some(self.uid_min)
+    }
+
+    /// Plugins get uids of their own.
+    pub(crate) fn own_uids(&self) -> bool {
+        self.root && self.enabled
     }
 
     /// Why isolation is off, or `None` when it is on.
     pub(crate) fn off_reason(&self) -> Option<&'static str> {
-        (!self.root).then_some(NOT_ROOT)
+        if !self.enabled {
+            Some(DISABLED)
+        } else if !self.root {
+            Some(NOT_ROOT)
+        } else {
+            None
+        }
     }
 
     /// Work out what plugin `id` (running `binary`) gets. Allocates its uid on first use.
@@ -229,7 +245,7 @@ impl HostIsolation {
         };
         let groups = in_force(&granted.groups, asked.as_ref().map(|p| &p.groups));
         let syscalls = in_force(&granted.syscalls, asked.as_ref().map(|p| &p.syscalls));
-        let (isolated, uid, gid) = if self.root {
+        let (isolated, uid, gid) = if self.own_uids() {
             let uid = match store
                 .allocate_plugin_uid(id, self.uid_min + 1, self.uid_max, system_uids())
                 .await
@@ -298,7 +314,7 @@ impl HostIsolation {
     /// dir and its `plugins/` traversable (0711) but not listable; `plugin-data/` the same.
     /// Not root: all private (0700). Called once at start.
     pub(crate) fn prepare_host_dirs(&self) -> io::Result<()> {
-        let mode = if self.root { 0o711 } else { 0o700 };
+        let mode = if self.own_uids() { 0o711 } else { 0o700 };
         let root = data_root(&self.data_dir);
         for dir in [&self.data_dir, &self.runtime_dir] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
@@ -310,7 +326,7 @@ impl HostIsolation {
                 .create(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
         }
-        if self.root {
+        if self.own_uids() {
             // Traversable folders: whatever sits in them by name must not be readable by others
             // (the store file was created under the host's umask).
             for dir in [&self.data_dir, &self.runtime_dir] {
