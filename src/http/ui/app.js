@@ -1,7 +1,8 @@
 // Toru web UI: one page, plain JavaScript, no build step, no external resources.
 // Everything a plugin (or the network) provides is put on the page with textContent, never as HTML.
 // Routes live in the URL fragment: #/ plugins, #/p/<id> plugin view, #/logs/<id>, #/events, #/system,
-// #/versions/<id>, #/settings/<id>, #/trust. Package installs, rollbacks and removals run in dialogs.
+// #/versions/<id>, #/settings/<id>, #/security/<id>, #/trust. Package installs, rollbacks and removals
+// run in dialogs.
 (function () {
   "use strict";
 
@@ -217,6 +218,7 @@
     if (parts[0] === "system") return viewSystem();
     if (parts[0] === "versions" && parts[1]) return viewVersions(parts[1]);
     if (parts[0] === "settings" && parts[1]) return viewSettings(parts[1]);
+    if (parts[0] === "security" && parts[1]) return viewSecurity(parts[1]);
     if (parts[0] === "trust") return viewTrust();
     shell.main.appendChild(h("h1", { text: "Not found" }));
   }
@@ -288,6 +290,7 @@
       } }) : null,
       pkg ? h("a", { class: "btn", href: "#/versions/" + enc, text: "Versions", "data-testid": "plugin-versions-" + p.id }) : null,
       pkg && pkg.has_settings ? h("a", { class: "btn", href: "#/settings/" + enc, text: "Settings", "data-testid": "plugin-settings-" + p.id }) : null,
+      h("a", { class: "btn", href: "#/security/" + enc, text: "Security", "data-testid": "plugin-security-" + p.id }),
       isAdmin && pkg ? h("button", { class: "danger", text: "Remove", "data-testid": "plugin-remove-" + p.id, onclick: function () {
         removeDialog(p);
       } }) : null);
@@ -375,7 +378,8 @@
       clear(title);
       add(title, [h("span", { "aria-hidden": "true", text: p.icon || "" }), h("span", { text: p.name }),
         h("span", { class: "state" }, h("span", { class: "dot " + p.state }), h("span", { class: "muted", text: p.state })),
-        h("span", { class: "actions" }, h("a", { class: "btn", href: "#/logs/" + encodeURIComponent(p.id), text: "Logs" }))]);
+        h("span", { class: "actions" }, h("a", { class: "btn", href: "#/security/" + encodeURIComponent(p.id), text: "Security", "data-testid": "plugin-view-security" }),
+          h("a", { class: "btn", href: "#/logs/" + encodeURIComponent(p.id), text: "Logs" }))]);
       if (!p.enabled) { status.textContent = "This plugin is disabled. Enable it on the Plugins page."; return; }
       return loadBundle(p.id, p.package ? p.package.version : p.version).then(function () {
         if (state.follow !== mySeq) return; // the user left meanwhile
@@ -945,19 +949,21 @@
   // ---------------------------------------------------------------- settings
   // The form itself is window.ToruSettings.render (settings.js): this page loads the schema and
   // values, and turns a save into the host's PUT.
-  var settingsJs = null;
-  function loadSettingsJs() {
-    if (window.ToruSettings) return Promise.resolve();
-    if (settingsJs) return settingsJs;
-    settingsJs = new Promise(function (resolve, reject) {
+  // index.html loads the UI's other scripts; a page from before they existed loads them here.
+  var uiScripts = {};
+  function loadUiScript(file, global, what) {
+    if (window[global]) return Promise.resolve();
+    if (uiScripts[file]) return uiScripts[file];
+    uiScripts[file] = new Promise(function (resolve, reject) {
       var s = document.createElement("script");
-      s.src = "/ui/settings.js";
-      s.onload = function () { window.ToruSettings ? resolve() : reject(new Error("settings.js did not define ToruSettings")); };
-      s.onerror = function () { settingsJs = null; if (s.parentNode) s.parentNode.removeChild(s); reject(new Error("the settings form (settings.js) could not be loaded")); };
+      s.src = "/ui/" + file;
+      s.onload = function () { window[global] ? resolve() : reject(new Error(file + " did not define " + global)); };
+      s.onerror = function () { delete uiScripts[file]; if (s.parentNode) s.parentNode.removeChild(s); reject(new Error(what + " (" + file + ") could not be loaded")); };
       document.head.appendChild(s);
     });
-    return settingsJs;
+    return uiScripts[file];
   }
+  function loadSettingsJs() { return loadUiScript("settings.js", "ToruSettings", "the settings form"); }
   function saveSettings(id, values) {
     return call("PUT", pluginUrl(id, "settings"), values).then(function (r) {
       toast("Settings saved" + (r.delivery ? " (" + ({ applied: "the plugin applied them", restarted: "the plugin restarted with them", "at-next-start": "the plugin gets them when it starts" }[r.delivery] || r.delivery) + ")" : ""));
@@ -989,6 +995,45 @@
         return saveSettings(id, values);
       });
     }).catch(function (e) { status.textContent = "Cannot show the settings: " + e.message; });
+  }
+
+  // ---------------------------------------------------------------- security
+  // The panel and its form are window.ToruSecurity.render (security.js): this page loads the
+  // plugin and its security, refreshes what is shown while it is open (a restart brings a new
+  // report of the protections in force), and turns a save into the host's PUT.
+  function viewSecurity(id) {
+    var m = shell.main;
+    var isAdmin = state.me.role === "admin";
+    var seq = state.follow;
+    var enc = encodeURIComponent(id);
+    var title = h("h1", null, h("span", { text: "Security: " + pluginName(id) }),
+      h("span", { class: "actions" }, h("a", { class: "btn", href: "#/logs/" + enc, text: "Logs" }),
+        h("a", { class: "btn", href: "#/events/" + enc, text: "Events" }), h("a", { class: "btn", href: "#/", text: "Plugins" })));
+    var status = h("p", { class: "muted", "data-testid": "security-page-status", text: "Loading\u2026" });
+    var container = h("div", { class: "security-page", "data-testid": "security" });
+    m.appendChild(title); m.appendChild(status); m.appendChild(container);
+    Promise.all([loadUiScript("security.js", "ToruSecurity", "the security panel"), call("GET", pluginUrl(id)), call("GET", pluginUrl(id, "security"))]).then(function (r) {
+      if (state.follow !== seq) return; // the user left meanwhile
+      var p = r[1];
+      title.firstChild.textContent = "Security: " + p.name;
+      status.textContent = ""; status.style.display = "none";
+      var panel = window.ToruSecurity.render(container, r[2], {
+        name: p.name, admin: isAdmin, unpackaged: p.package === null,
+        onSave: function (body) {
+          return call("PUT", pluginUrl(id, "security"), body).then(function (sec) {
+            toast("Saved; " + p.name + " restarts with the new limits and permissions if it was running");
+            return { ok: true, security: sec };
+          }, function (e) { return { ok: false, code: e.code, message: e.message }; });
+        }
+      });
+      every(5000, function () {
+        call("GET", pluginUrl(id, "security")).then(function (sec) { if (state.follow === seq) panel.update(sec); }).catch(function () {});
+      });
+    }).catch(function (e) {
+      status.textContent = "";
+      clear(container);
+      container.appendChild(note("bad", "security-load-error", "Cannot show the security of " + pluginName(id) + ": " + e.message));
+    });
   }
 
   // ---------------------------------------------------------------- trust
