@@ -3,7 +3,9 @@
 # from npm (no browser download). Starts the real `toru` with the example plugins and walks setup,
 # login, plugin toggle, plugin views, logs, the settings form (tests/browser/run.mjs); then plugin
 # packages on hosts of their own: trust, install, update, a rolled-back update, versions and
-# rollback, settings, remove, a viewer, the unsigned banner (tests/browser/packages.mjs).
+# rollback, settings, remove, a viewer, the unsigned banner (tests/browser/packages.mjs); then a
+# plugin's Security page: protections and limits as the API says, an admin changing limits and
+# grants, a refused value, a viewer (tests/browser/security.mjs).
 # Screenshots: $TORU_SHOTS.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"

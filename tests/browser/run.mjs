@@ -5,7 +5,8 @@
 // bundles mounted, read and follow logs, events and system pages — on a desktop and a phone
 // viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots). The plugin
 // settings form is driven on the served page with a schema of its own (settingsForm). Then
-// packages.mjs walks plugin packages on hosts of their own.
+// packages.mjs walks plugin packages, and security.mjs a plugin's Security page, on hosts of their
+// own.
 //
 // Usage: node run.mjs   (after `cargo build --workspace`; TORU_TARGET_DIR overrides target/debug)
 import assert from "node:assert/strict";
@@ -14,6 +15,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 import { WAIT, bin, chromiumPath, launchArgs, log, readSetupCode, repo, shot, startHost } from "./lib.mjs";
 import { packageFlows } from "./packages.mjs";
+import { securityFlows } from "./security.mjs";
 
 const PASSWORD = "browser password 1";
 
@@ -361,6 +363,7 @@ async function main() {
   fs.rmSync(host.root, { recursive: true, force: true });
   try {
     await packageFlows(browser);
+    await securityFlows(browser);
   } finally {
     await browser.close();
   }
