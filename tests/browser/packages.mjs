@@ -48,7 +48,7 @@ items = { type = "string", title = "Topic", pattern = "(?i)^[a-z0-9/+#]+$" }
 groups = ["gpio"]
 
 [limits]
-memory_mb = 64
+memory = "64M"
 `;
 
 // A folder `toru plugin pack` takes: the example's files (the SDK copied, not linked), its manifest
@@ -228,7 +228,7 @@ async function installFlow(page, host, pk) {
   assert.equal(await dlg.getByTestId("install-key-id").innerText(), pk.keyId);
   assert.match(await dlg.getByTestId("install-action").innerText(), /Install hello-python 0\.1\.0/);
   assert.match(await dlg.getByTestId("install-permissions").innerText(), /groups: gpio/);
-  assert.match(await dlg.getByTestId("install-limits").innerText(), /memory_mb: 64/);
+  assert.match(await dlg.getByTestId("install-limits").innerText(), /memory: 64M/);
   assert.equal(await dlg.getByTestId("install-allow-downgrade").count(), 0, "no downgrade box for an install");
   assert.equal(await dlg.getByTestId("install-unsigned").count(), 0);
   await shot(page, "22-install-manifest");

@@ -28,15 +28,15 @@
 
   var LIMITS = [
     { key: "memory", label: "Memory", what: "cgroup memory.max (no swap)", kind: "bytes",
-      hint: "bytes, 256M, 2G, 50% (of the device's memory) or unlimited" },
+      hint: "bytes (at least 4M) like 256M or 2G, a share of the device's memory like 50%, or unlimited" },
     { key: "processes", label: "Processes", what: "RLIMIT_NPROC and cgroup pids.max", kind: "count",
-      hint: "a number of processes and threads, or unlimited" },
+      hint: "processes and threads together: 1 to 1000000, or unlimited" },
     { key: "cpu", label: "CPU", what: "cgroup cpu.max", kind: "cores",
-      hint: "cores: 0.5, 2, or unlimited" },
+      hint: "cores, 0.01 to 1024, like 0.5 or 2, or unlimited" },
     { key: "open_files", label: "Open files", what: "RLIMIT_NOFILE", kind: "count",
-      hint: "a number of file descriptors" },
+      hint: "file descriptors: 16 to 1048576" },
     { key: "address_space", label: "Address space", what: "RLIMIT_AS", kind: "bytes",
-      hint: "bytes, 512M, 2G or unlimited" }
+      hint: "bytes (at least 16M) like 512M or 2G, or unlimited" }
   ];
   var PROTECTIONS = {
     user: "Own user",
