@@ -116,13 +116,16 @@
   function identity(sec) {
     var u = isObj(sec.user) ? sec.user : null, f = isObj(sec.folders) ? sec.folders : {};
     var groups = u ? list(u.groups) : [];
+    var missing = u ? list(u.missing_groups) : [];
     var who = u ? "uid " + u.uid + ", gid " + u.gid + (sec.isolation === "on" ? "" : " (the host's own user)") : "the host's own user";
     var rows = [
       ["User", who, "security-user"],
-      ["Groups", groups.length ? groups.join(", ") : h("span", { class: "muted", text: "none" }), "security-groups"],
+      ["Groups", groups.length ? h("span", null, groups.map(function (g, i) {
+        return [i ? ", " : "", g, missing.indexOf(g) >= 0 ? h("span", { class: "warn-text", "data-testid": "security-missing-group", text: " (no such group on this device: skipped)" }) : null];
+      })) : h("span", { class: "muted", text: "none" }), "security-groups"],
       ["Network", h("span", null, h("code", { text: sec.network || "any" }), " \u2014 " + (NETWORK[sec.network] || "as declared")), "security-network"],
       ["Data folder", code(f.data), "security-folder-data"],
-      ["Install folder", f.install ? h("span", null, code(f.install), " (read-only)") : code(null), "security-folder-install"],
+      ["Install folder", f.install ? h("span", null, code(f.install), sec.isolation === "on" ? " (read-only to it)" : "") : code(null), "security-folder-install"],
       ["Socket", code(f.socket), "security-folder-socket"]
     ];
     var dl = h("dl", { class: "facts", "data-testid": "security-facts" });
