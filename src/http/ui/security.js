@@ -50,8 +50,8 @@
   var STATE_BADGE = { enforced: "ok", degraded: "warn", off: "bad" };
   var NETWORK = {
     any: "the host's network (any address)",
-    local: "the host's network; the plugin declares it only talks on the local network (not enforced by the host)",
-    none: "none: its own empty network namespace, no interface but loopback"
+    local: "the host's network; the plugin states it only talks on the local network (a statement of intent, not enforced)",
+    none: "none: its own empty network namespace (no interface up, not even loopback)"
   };
   var KIB = 1024, MIB = 1048576, GIB = 1073741824;
   var seq = 0;
