@@ -201,7 +201,7 @@ pub(crate) fn confine_before_exec(cmd: &mut tokio::process::Command, steps: Arc<
 
 /// The running kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`), or the
 /// error that says why there is none: `ENOSYS` (not built in), `EOPNOTSUPP` (not enabled at boot).
-pub(crate) fn landlock_abi() -> io::Result<i32> {
+pub(crate) fn landlock_abi() -> io::Result<libc::c_long> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
     let null: libc::c_long = 0;
     // SAFETY: with the VERSION flag the kernel reads no attribute (NULL, size 0) and returns a
@@ -217,7 +217,7 @@ pub(crate) fn landlock_abi() -> io::Result<i32> {
     if v < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(i32::try_from(v).unwrap_or(i32::MAX))
+    Ok(v)
 }
 
 /// Whether this kernel (or emulator) installs seccomp filters: `PR_SET_SECCOMP` with a NULL

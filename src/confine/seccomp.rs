@@ -22,6 +22,7 @@ use super::DENIED;
 const _: () = assert!(DENIED.len() < 250);
 
 /// `AUDIT_ARCH_*` (linux/audit.h; not in the libc crate): ELF machine | 64-bit | little-endian.
+#[cfg(target_pointer_width = "64")]
 const AUDIT_ARCH_64BIT: u32 = 0x8000_0000;
 const AUDIT_ARCH_LE: u32 = 0x4000_0000;
 #[cfg(target_arch = "x86_64")]
