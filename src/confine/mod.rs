@@ -190,9 +190,12 @@ impl Prepared {
 /// skipped and named in the Landlock detail.
 pub(crate) fn prepare(plan: Plan) -> Prepared {
     let root = sys::effective_uid() == 0;
+    let caps = effective_capabilities(root);
+    let can_switch_user = caps & CAP_SETUID != 0 && caps & CAP_SETGID != 0;
+    let can_unshare_net = caps & CAP_SYS_ADMIN != 0;
     let hard = sys::hard_limits();
 
-    let (ids, user) = match (plan.user, root) {
+    let (ids, user) = match (plan.user, can_switch_user) {
         (Some(ids), true) => {
             let detail = format!(
                 "uid {}, gid {}, groups [{}]",
@@ -211,9 +214,12 @@ pub(crate) fn prepare(plan: Plan) -> Prepared {
             };
             (Some(ids), Protection::Enforced(detail))
         }
-        (Some(_), false) => (None, Protection::Degraded(NOT_ROOT.to_string())),
-        (None, false) => (None, Protection::Off(NOT_ROOT.to_string())),
-        (None, true) => (None, Protection::Off("runs as the host's user".to_string())),
+        (Some(_), false) => (
+            None,
+            Protection::Degraded(lacking(root, "CAP_SETUID, CAP_SETGID")),
+        ),
+        (None, _) if !root => (None, Protection::Off(NOT_ROOT.to_string())),
+        (None, _) => (None, Protection::Off("runs as the host's user".to_string())),
     };
 
     let open_files = clamp(plan.rlimits.open_files, hard.open_files);
@@ -271,14 +277,17 @@ pub(crate) fn prepare(plan: Plan) -> Prepared {
         },
     };
 
-    let (new_netns, network) = match (plan.new_netns, root) {
+    let (new_netns, network) = match (plan.new_netns, can_unshare_net) {
         (true, true) => (
             true,
             Protection::Enforced("its own empty network namespace".to_string()),
         ),
         (true, false) => (
             false,
-            Protection::Degraded(format!("no network namespace: {NOT_ROOT}")),
+            Protection::Degraded(format!(
+                "no network namespace: {}",
+                lacking(root, "CAP_SYS_ADMIN")
+            )),
         ),
         (false, _) => (false, Protection::Off("the host's network".to_string())),
     };
@@ -314,6 +323,35 @@ pub(crate) fn before_exec(cmd: &mut tokio::process::Command, prepared: &Prepared
 }
 
 const NOT_ROOT: &str = "the host does not run as root";
+
+// Capability bits (linux/capability.h).
+const CAP_SETGID: u64 = 1 << 6;
+const CAP_SETUID: u64 = 1 << 7;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// The host's effective capabilities (`CapEff:` of `/proc/self/status`): a root host started with
+/// a reduced capability set (a container, a systemd `CapabilityBoundingSet=`) gets a report that
+/// says so instead of spawns that fail in the child. Unreadable: all for root, none otherwise.
+fn effective_capabilities(root: bool) -> u64 {
+    let all = if root { u64::MAX } else { 0 };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return all;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(all)
+}
+
+/// Why a step needing `caps` cannot be done.
+fn lacking(root: bool, caps: &str) -> String {
+    if root {
+        format!("the host lacks {caps}")
+    } else {
+        NOT_ROOT.to_string()
+    }
+}
 
 /// `value` as an rlimit, never above `hard` (a limit above it would be refused without root).
 fn clamp(value: u64, hard: libc::rlim_t) -> libc::rlim_t {
