@@ -318,3 +318,50 @@ async fn as_root_a_new_network_namespace_has_only_loopback_and_reaches_nothing_o
     assert_eq!(interfaces, ["lo"], "{}", out.stdout);
     assert!(!out.stdout.contains("CONNECTED"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn as_root_every_step_applies_together_in_its_order() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let dir = temp("all");
+    std::fs::create_dir_all(dir.join("hidden")).unwrap();
+    std::fs::write(dir.join("hidden/secret"), b"secret").unwrap();
+    let plan = Plan {
+        user: Some(Ids {
+            uid: 70127,
+            gid: 70127,
+            groups: vec![],
+        }),
+        rlimits: Rlimits {
+            open_files: 99,
+            processes: Some(40),
+            address_space: None,
+        },
+        fs: Some(FsRules {
+            hidden: vec![dir.join("hidden")],
+            read_exec: vec![],
+            read_write: vec![],
+        }),
+        syscalls: Some(SyscallFilter { allow: vec![] }),
+        new_netns: true,
+        parent_pid: std::process::id(),
+    };
+    let prepared = prepare(plan);
+    let script = format!(
+        "cat /proc/self/status /proc/net/dev; cat {}/hidden/secret && echo LEAKED",
+        dir.display()
+    );
+    let out = sh(&prepared, &script).await;
+    assert_eq!(status_line(&out.stdout, "Uid:"), "70127 70127 70127 70127");
+    assert_eq!(status_line(&out.stdout, "Groups:"), "");
+    assert_eq!(status_line(&out.stdout, "NoNewPrivs:"), "1");
+    assert_eq!(status_line(&out.stdout, "Seccomp:"), "2");
+    assert!(!out.stdout.contains("eth"), "{}", out.stdout);
+    assert!(!out.stdout.contains("LEAKED"), "{}", out.stdout);
+    if !matches!(prepared.report().landlock, Protection::Enforced(_)) {
+        println!("no Landlock here: only the file's mode kept it");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
