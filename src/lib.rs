@@ -19,6 +19,8 @@
 //! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
 //!                         hidden behind init/request/shutdown), conn (1.1 on toru_plugin_api::mux),
 //!                         descendants (a cgroup per plugin or the host as subreaper)
+//! confine/                what one plugin process may do (user, rlimits, Landlock, seccomp,
+//!                         network namespace) and applying it between fork and exec (through sys)
 //! store/                  the redb file (the only module that names redb); kv: the one KV service
 //!                         for the plugin socket and the REST API; maintenance: repair/reset
 //! package/                the plugin package format (no I/O beyond the files it is given):
@@ -56,6 +58,7 @@ mod app;
 pub(crate) mod auth;
 mod clock;
 pub mod config;
+pub(crate) mod confine;
 pub mod error_chain;
 #[cfg(debug_assertions)]
 mod fault;

@@ -3,8 +3,10 @@
 //! write `unsafe` themselves.
 //!
 //! Callers: `main` (password prompt without echo: the only public item), `supervisor::process` (plugin process group,
-//! parent-death signal, signalling the group, joining a cgroup before exec, the confinement every
-//! plugin process gets: no new privileges, no core dumps, an open-files limit), `supervisor::watch`
+//! parent-death signal, signalling the group, joining a cgroup before exec), `confine` (the
+//! confinement steps between fork and exec — network namespace, rlimits, user, no new privileges,
+//! Landlock, seccomp — and the probes behind them: Landlock ABI, seccomp filters, euid, hard
+//! limits), `supervisor::watch`
 //! and `supervisor::cgroup` (inotify), `supervisor::subreaper` (child subreaper, reaping, signalling
 //! and awaiting single processes), `auth::password` (the argon2 buffer: `PageBuffer`). Nothing here
 //! keeps state, logs or touches the environment.
@@ -21,6 +23,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// Make `cmd`'s child, between fork and exec, the leader of a new process group and arrange for
 /// the kernel to SIGKILL it when its parent dies. If `parent` (the host's pid) is already gone by
@@ -46,47 +49,234 @@ pub(crate) fn own_group_dying_with_parent(cmd: &mut tokio::process::Command, par
     }
 }
 
-/// Confine `cmd`'s child, between fork and exec, the same for every plugin process (its runs and
-/// its `--metadata` runs): no new privileges (`PR_SET_NO_NEW_PRIVS`: no setuid/setgid or file
-/// capabilities gained by exec, for it and everything it starts), no core dumps (`RLIMIT_CORE` 0:
-/// a crashing plugin cannot write its memory to disk) and at most `max_open_files` descriptors
-/// (`RLIMIT_NOFILE`, soft and hard, never raised above what the host itself may have).
-pub(crate) fn confine_before_exec(cmd: &mut tokio::process::Command, max_open_files: u64) {
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // syscalls (prctl, getrlimit, setrlimit) on stack values; it allocates nothing and takes no
-    // locks (`io::Error::last_os_error` only reads errno).
-    unsafe {
-        cmd.pre_exec(move || {
+/// Everything a plugin's child does to confine itself between fork and exec, computed in the
+/// parent by `confine::prepare`: every value is final and every buffer allocated, so the child only
+/// makes syscalls. See [`confine_before_exec`] for the order.
+pub(crate) struct PreExec {
+    /// `unshare(CLONE_NEWNET)` first (only set when the host is root).
+    pub(crate) new_netns: bool,
+    /// `RLIMIT_NOFILE`, soft and hard (already clamped to the host's hard limit).
+    pub(crate) open_files: libc::rlim_t,
+    /// `RLIMIT_NPROC`, soft and hard, when set.
+    pub(crate) processes: Option<libc::rlim_t>,
+    /// `RLIMIT_AS`, soft and hard, when set.
+    pub(crate) address_space: Option<libc::rlim_t>,
+    /// The user to become (groups, then gid, then uid), when set.
+    pub(crate) ids: Option<PreExecIds>,
+    /// The host's pid: after the user changes, the parent-death signal is armed again (a uid
+    /// change clears it) and the child exits if its parent is no longer this pid.
+    pub(crate) parent_pid: u32,
+    /// A Landlock ruleset (`landlock_create_ruleset`'s descriptor, close-on-exec) to enforce.
+    pub(crate) landlock: Option<OwnedFd>,
+    /// A classic-BPF seccomp program to install last.
+    pub(crate) seccomp: Option<Vec<libc::sock_filter>>,
+}
+
+/// The ids a plugin's child takes on.
+#[derive(Debug)]
+pub(crate) struct PreExecIds {
+    pub(crate) uid: libc::uid_t,
+    pub(crate) gid: libc::gid_t,
+    /// Supplementary groups (may be empty: then the child keeps none).
+    pub(crate) groups: Vec<libc::gid_t>,
+}
+
+impl std::fmt::Debug for PreExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreExec")
+            .field("new_netns", &self.new_netns)
+            .field("open_files", &self.open_files)
+            .field("processes", &self.processes)
+            .field("address_space", &self.address_space)
+            .field("ids", &self.ids)
+            .field("parent_pid", &self.parent_pid)
+            .field("landlock", &self.landlock)
+            .field("seccomp_instructions", &self.seccomp.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// `setrlimit(resource, value, value)` in the child: returns the error from the enclosing function.
+macro_rules! set_limit {
+    ($resource:expr, $value:expr) => {{
+        let limit = libc::rlimit {
+            rlim_cur: $value,
+            rlim_max: $value,
+        };
+        if libc::setrlimit($resource, &limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }};
+}
+
+impl PreExec {
+    /// The steps, in the child.
+    ///
+    /// # Safety
+    /// Only between fork and exec of a single-threaded child: calls only async-signal-safe
+    /// functions on values prepared by the parent, allocates nothing, takes no locks
+    /// (`io::Error::last_os_error` only reads errno).
+    unsafe fn apply(&self) -> io::Result<()> {
+        // SAFETY: see the function's contract; every pointer passed below points into `self` or
+        // the stack and outlives the call.
+        unsafe {
+            if self.new_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            set_limit!(libc::RLIMIT_CORE, 0);
+            set_limit!(libc::RLIMIT_NOFILE, self.open_files);
+            if let Some(n) = self.processes {
+                set_limit!(libc::RLIMIT_NPROC, n);
+            }
+            if let Some(bytes) = self.address_space {
+                set_limit!(libc::RLIMIT_AS, bytes);
+            }
+            if let Some(ids) = &self.ids {
+                // The libc wrappers rather than raw syscalls: on 32-bit ARM the raw `setresuid` is
+                // the 16-bit one, and glibc/musl pick the right call. In a forked child there is
+                // one thread, so glibc's all-threads broadcast has nobody to signal (std's own
+                // `Command::uid` does the same between fork and exec).
+                if libc::setgroups(ids.groups.len() as _, ids.groups.as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setresgid(ids.gid, ids.gid, ids.gid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setresuid(ids.uid, ids.uid, ids.uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // A uid change clears the parent-death signal: arm it again, then make sure the parent
+            // did not die before it was armed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != self.parent_pid {
+                libc::_exit(1);
+            }
             let on: libc::c_ulong = 1;
             let zero: libc::c_ulong = 0;
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, on, zero, zero, zero) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
-                return Err(io::Error::last_os_error());
+            if let Some(ruleset) = &self.landlock {
+                // syscall(2) is variadic: arguments go as the longs it reads.
+                let fd = libc::c_long::from(ruleset.as_raw_fd());
+                let no_flags: libc::c_long = 0;
+                if libc::syscall(libc::SYS_landlock_restrict_self, fd, no_flags) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
-            let mut now = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) != 0 {
-                return Err(io::Error::last_os_error());
+            if let Some(program) = &self.seccomp {
+                let fprog = libc::sock_fprog {
+                    // At most a few dozen instructions (built by confine::seccomp).
+                    len: program.len() as libc::c_ushort,
+                    filter: program.as_ptr().cast_mut(),
+                };
+                let mode = libc::SECCOMP_MODE_FILTER as libc::c_ulong;
+                let fprog_ptr: *const libc::sock_fprog = &fprog;
+                if libc::prctl(libc::PR_SET_SECCOMP, mode, fprog_ptr) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
-            let files = (max_open_files as libc::rlim_t).min(now.rlim_max);
-            let limit = libc::rlimit {
-                rlim_cur: files,
-                rlim_max: files,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        }
+        Ok(())
     }
+}
+
+/// Confine `cmd`'s child between fork and exec, with ONE hook doing, in this order: its own
+/// network namespace; rlimits (core 0, open files, processes, address space); groups, gid, uid;
+/// the parent-death signal again (and exit if the parent is gone); `PR_SET_NO_NEW_PRIVS`; the
+/// Landlock ruleset; the seccomp filter. Register it after [`join_cgroup_before_exec`]: joining a
+/// cgroup needs the rights the uid change drops. `steps` is shared, not consumed: the same
+/// prepared steps serve every attempt of a spawn that is retried.
+pub(crate) fn confine_before_exec(cmd: &mut tokio::process::Command, steps: Arc<PreExec>) {
+    // SAFETY: the closure runs in the forked child before exec; `PreExec::apply`'s contract holds
+    // there (one thread, async-signal-safe calls only, nothing allocated). The Arc keeps the
+    // prepared values alive as long as the command.
+    unsafe {
+        cmd.pre_exec(move || steps.apply());
+    }
+}
+
+/// The running kernel's Landlock ABI version (`landlock_create_ruleset(NULL, 0, VERSION)`), or the
+/// error that says why there is none: `ENOSYS` (not built in), `EOPNOTSUPP` (not enabled at boot).
+pub(crate) fn landlock_abi() -> io::Result<libc::c_long> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    let null: libc::c_long = 0;
+    // SAFETY: with the VERSION flag the kernel reads no attribute (NULL, size 0) and returns a
+    // number, not a descriptor.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            null,
+            null,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Whether this kernel (or emulator) installs seccomp filters: `PR_SET_SECCOMP` with a NULL
+/// program fails with `EFAULT` where filters exist (the program is read first), `EINVAL` where
+/// they do not — also under qemu-user, which refuses the call so that it keeps its own syscalls.
+pub(crate) fn seccomp_filters_available() -> bool {
+    let mode = libc::SECCOMP_MODE_FILTER as libc::c_ulong;
+    let null: libc::c_ulong = 0;
+    // SAFETY: a NULL program is never dereferenced: the kernel fails the copy with EFAULT.
+    let r = unsafe { libc::prctl(libc::PR_SET_SECCOMP, mode, null) };
+    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+}
+
+/// The host's effective uid (0: root).
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// The host's hard limits on open files, processes and address space (`RLIM_INFINITY` where
+/// unlimited or unreadable): a child can lower its limits but, without root, not raise them.
+pub(crate) fn hard_limits() -> HardLimits {
+    fn hard(resource: Resource) -> libc::rlim_t {
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a live local.
+        let r = unsafe {
+            match resource {
+                Resource::OpenFiles => libc::getrlimit(libc::RLIMIT_NOFILE, &mut now),
+                Resource::Processes => libc::getrlimit(libc::RLIMIT_NPROC, &mut now),
+                Resource::AddressSpace => libc::getrlimit(libc::RLIMIT_AS, &mut now),
+            }
+        };
+        if r != 0 {
+            libc::RLIM_INFINITY
+        } else {
+            now.rlim_max
+        }
+    }
+    enum Resource {
+        OpenFiles,
+        Processes,
+        AddressSpace,
+    }
+    HardLimits {
+        open_files: hard(Resource::OpenFiles),
+        processes: hard(Resource::Processes),
+        address_space: hard(Resource::AddressSpace),
+    }
+}
+
+/// See [`hard_limits`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HardLimits {
+    pub(crate) open_files: libc::rlim_t,
+    pub(crate) processes: libc::rlim_t,
+    pub(crate) address_space: libc::rlim_t,
 }
 
 /// Make `cmd`'s child, between fork and exec, move itself into the cgroup whose `cgroup.procs` is

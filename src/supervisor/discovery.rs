@@ -192,7 +192,8 @@ impl Drop for GroupKill {
 /// Run `binary --metadata` within `timeout` and an output cap, in its own process group that is
 /// killed whole when the run ends (see the module doc), and validate what it printed.
 pub(crate) async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Discovered, String> {
-    let mut child = process::spawn_metadata(binary)
+    let plan = crate::confine::Plan::minimal(process::METADATA_MAX_OPEN_FILES);
+    let mut child = process::spawn_metadata(binary, crate::confine::prepare(plan))
         .await
         .map_err(|e| format!("cannot run --metadata: {e}"))?;
     let pid = child

@@ -410,7 +410,10 @@ impl Task {
             &self.shared.binary,
             &socket,
             cgroup.as_deref(),
-            self.ctx.config.supervisor.max_open_files,
+            &[],
+            crate::confine::prepare(crate::confine::Plan::minimal(
+                self.ctx.config.supervisor.max_open_files,
+            )),
         )
         .await
         .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;

@@ -1,15 +1,18 @@
 //! Starting and signalling plugin processes, listing plugin files and spawning their
 //! `--metadata` runs (which `discovery` drives).
 //!
-//! A plugin runs with a cleared environment (only `PATH`, `LANG` and `TORU_PLUGIN_SOCKET`: no
-//! `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin `/dev/null`, stdout and stderr piped, in its own
-//! process group, and with `PR_SET_PDEATHSIG` so it dies with the host. The group is signalled as a
+//! A plugin runs with a cleared environment (only `PATH`, `LANG`, `TORU_PLUGIN_SOCKET` and what the
+//! caller adds, such as `TORU_PLUGIN_DATA`: no `NOTIFY_SOCKET` or `WATCHDOG_*` leak), stdin
+//! `/dev/null`, stdout and stderr piped, in its own process group, with `PR_SET_PDEATHSIG` so it
+//! dies with the host, and confined as the caller's `confine::Prepared` says (applied last before
+//! exec, after the cgroup join). The group is signalled as a
 //! whole, so grandchildren go with it; descendants that leave the group are found by
 //! `supervisor::descendants`, which may hand [`spawn`] a cgroup to join before exec.
 //!
 //! Also the plugin sockets' hygiene: a socket is removed when its plugin stops, and stale ones at
 //! the host's start ([`remove_socket`], [`remove_sockets`]).
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,23 +34,26 @@ const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Open files a `--metadata` run may have (it prints a few lines and exits; an interpreter such as
 /// Python needs a few dozen).
-const METADATA_MAX_OPEN_FILES: u64 = 256;
+pub(crate) const METADATA_MAX_OPEN_FILES: u64 = 256;
 
 fn is_busy(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::ETXTBSY)
 }
 
-/// Spawn a plugin binary listening on `socket`, retrying briefly while the file is busy. With
-/// `cgroup_procs` (a cgroup's `cgroup.procs`), the process joins that cgroup before exec.
-pub async fn spawn(
+/// Spawn a plugin binary listening on `socket`, with the extra environment `env`, confined as
+/// `prepared` says, retrying briefly while the file is busy (each attempt re-uses `prepared`).
+/// With `cgroup_procs` (a cgroup's `cgroup.procs`), the process joins that cgroup before exec.
+pub(crate) async fn spawn(
     binary: &Path,
     socket: &Path,
     cgroup_procs: Option<&Path>,
-    max_open_files: u64,
+    env: &[(&str, &OsStr)],
+    prepared: crate::confine::Prepared,
 ) -> std::io::Result<Child> {
+    log::debug!("{} confined: {:?}", binary.display(), prepared.report());
     let mut attempt = 1;
     loop {
-        match spawn_once(binary, socket, cgroup_procs, max_open_files) {
+        match spawn_once(binary, socket, cgroup_procs, env, &prepared) {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(BUSY_PAUSE).await;
@@ -61,13 +67,15 @@ fn spawn_once(
     binary: &Path,
     socket: &Path,
     cgroup_procs: Option<&Path>,
-    max_open_files: u64,
+    env: &[(&str, &OsStr)],
+    prepared: &crate::confine::Prepared,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", PLUGIN_PATH)
         .env("LANG", "C.UTF-8")
         .env(toru_plugin_api::protocol::SOCKET_ENV, socket)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -76,7 +84,6 @@ fn spawn_once(
         cmd.current_dir(dir);
     }
     crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
-    crate::sys::confine_before_exec(&mut cmd, max_open_files);
     if let Some(procs) = cgroup_procs {
         let procs = std::fs::OpenOptions::new()
             .write(true)
@@ -86,6 +93,8 @@ fn spawn_once(
             })?;
         crate::sys::join_cgroup_before_exec(&mut cmd, procs.into());
     }
+    // Last: joining the cgroup needs the rights the confinement drops.
+    crate::confine::before_exec(&mut cmd, prepared);
     cmd.spawn()
 }
 
@@ -177,8 +186,12 @@ pub fn list_binaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Spawn `binary --metadata` the way discovery runs it: the plugins' clean environment (no
 /// socket), stdin `/dev/null`, stdout piped, stderr discarded, in its own process group that dies
 /// with the host, so that the caller can kill the run with everything it started
-/// ([`signal_group`] with the child's pid). Retried briefly while the file is busy.
-pub async fn spawn_metadata(binary: &Path) -> std::io::Result<Child> {
+/// ([`signal_group`] with the child's pid), confined as `prepared` says. Retried briefly while the
+/// file is busy (each attempt re-uses `prepared`).
+pub(crate) async fn spawn_metadata(
+    binary: &Path,
+    prepared: crate::confine::Prepared,
+) -> std::io::Result<Child> {
     let mut attempt = 1;
     loop {
         let mut cmd = Command::new(binary);
@@ -191,7 +204,7 @@ pub async fn spawn_metadata(binary: &Path) -> std::io::Result<Child> {
             .stderr(Stdio::null())
             .kill_on_drop(true);
         crate::sys::own_group_dying_with_parent(&mut cmd, std::process::id());
-        crate::sys::confine_before_exec(&mut cmd, METADATA_MAX_OPEN_FILES);
+        crate::confine::before_exec(&mut cmd, &prepared);
         match cmd.spawn() {
             Err(e) if is_busy(&e) && attempt < BUSY_ATTEMPTS => {
                 attempt += 1;
