@@ -46,6 +46,7 @@ impl Plan {
     /// The confinement every process gets whatever else is decided: no new privileges, no core
     /// dumps and at most `open_files` descriptors; the host's user, no Landlock, no seccomp, the
     /// host's network.
+    #[cfg(test)]
     pub(crate) fn minimal(open_files: u64) -> Plan {
         Plan {
             user: None,
@@ -166,6 +167,31 @@ pub(crate) struct Report {
     pub network: Protection,
     pub rlimits: Protection,
     pub no_new_privs: Protection,
+}
+
+impl Report {
+    /// Each protection by its name, in the order the Security panel shows them.
+    pub(crate) fn entries(&self) -> [(&'static str, &Protection); 6] {
+        [
+            ("user", &self.user),
+            ("landlock", &self.landlock),
+            ("seccomp", &self.seccomp),
+            ("network", &self.network),
+            ("rlimits", &self.rlimits),
+            ("no_new_privs", &self.no_new_privs),
+        ]
+    }
+
+    /// `"landlock: <why>"` for each degraded protection.
+    pub(crate) fn missing(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(name, p)| match p {
+                Protection::Degraded(why) => Some(format!("{name}: {why}")),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// A [`Plan`] made ready for the child: the Landlock ruleset open, the seccomp program built, the

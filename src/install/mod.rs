@@ -253,6 +253,7 @@ impl Packages {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let dir = self.staging_root().join(&token);
         std::fs::create_dir_all(&dir)
+            .and_then(|()| readable_dirs(&self.root(), &dir))
             .map_err(|e| PackageError::io("creating a staging folder", e))?;
         let dir = StagingDir(dir);
         let file = std::fs::OpenOptions::new()
@@ -324,8 +325,12 @@ impl Packages {
         self.check_route(&manifest)?;
         let entry_path = dir.0.join("files").join(&entry);
         let found =
-            discovery::read_metadata(&entry_path, self.inner.config.supervisor.metadata_timeout)
-                .await
+            discovery::read_metadata(
+                &entry_path,
+                self.inner.config.supervisor.metadata_timeout,
+                &crate::supervisor::isolation::HostIsolation::new(&self.inner.config),
+            )
+            .await
                 .map_err(|why| PackageError::Refused {
                     code: "bad_metadata",
                     message: format!("the package's executable {entry}: {why}"),
@@ -531,6 +536,7 @@ impl Packages {
         }
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
+                .and_then(|()| readable_dirs(&self.root(), parent))
                 .map_err(|e| PackageError::io("creating the package's folder", e))?;
         }
         std::fs::rename(staged.dir.0.join("files"), &target)
@@ -972,6 +978,20 @@ fn prune(versions: &mut Vec<PackageVersion>, active: &str) -> Vec<String> {
         false
     });
     dropped
+}
+
+/// Make `dir` and its ancestors up to and including `root` (the packages folder) `0755`, whatever
+/// the host's umask: plugins running under their own uids (and `--metadata` runs) must reach
+/// their files, which are root-owned and read-only to them.
+fn readable_dirs(root: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        if d == root || !d.starts_with(root) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn remove_dir(dir: &Path) {

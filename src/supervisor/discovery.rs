@@ -125,6 +125,7 @@ pub(crate) async fn probe(
     binaries: Vec<PathBuf>,
     cache: &ReadCache,
     timeout: Duration,
+    isolation: &super::isolation::HostIsolation,
 ) -> Vec<Probe> {
     let mut done: Vec<Option<Probe>> = Vec::with_capacity(binaries.len());
     let mut waiting = std::collections::VecDeque::new();
@@ -152,7 +153,8 @@ pub(crate) async fn probe(
                 break;
             };
             let path = binary.clone();
-            let task = runs.spawn_local(async move { read_metadata(&path, timeout).await });
+            let iso = isolation.clone();
+            let task = runs.spawn_local(async move { read_metadata(&path, timeout, &iso).await });
             by_task.insert(task.id(), (i, binary, stamp));
         }
         let Some(joined) = runs.join_next_with_id().await else {
@@ -191,8 +193,12 @@ impl Drop for GroupKill {
 
 /// Run `binary --metadata` within `timeout` and an output cap, in its own process group that is
 /// killed whole when the run ends (see the module doc), and validate what it printed.
-pub(crate) async fn read_metadata(binary: &Path, timeout: Duration) -> Result<Discovered, String> {
-    let plan = crate::confine::Plan::minimal(process::METADATA_MAX_OPEN_FILES);
+pub(crate) async fn read_metadata(
+    binary: &Path,
+    timeout: Duration,
+    isolation: &super::isolation::HostIsolation,
+) -> Result<Discovered, String> {
+    let plan = isolation.metadata_plan(binary);
     let mut child = process::spawn_metadata(binary, crate::confine::prepare(plan))
         .await
         .map_err(|e| format!("cannot run --metadata: {e}"))?;
@@ -690,6 +696,7 @@ mod tests {
     #[tokio::test]
     async fn read_metadata_validates_and_kills_what_the_run_left_behind() {
         use std::os::unix::fs::PermissionsExt;
+        let iso = super::super::isolation::HostIsolation::new(&crate::config::Config::default());
         let dir = std::env::temp_dir().join(format!("toru-disco-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -704,18 +711,18 @@ mod tests {
             "ok.binary",
             r#"echo '{"id":"ok","name":"Ok","version":"1","icon":"x","route":"/ok"}'"#,
         );
-        let found = read_metadata(&ok, t).await.unwrap();
+        let found = read_metadata(&ok, t, &iso).await.unwrap();
         assert_eq!(found.metadata.id, "ok");
         let fails = script("fails.binary", "exit 3");
         assert!(
-            read_metadata(&fails, t)
+            read_metadata(&fails, t, &iso)
                 .await
                 .unwrap_err()
                 .contains("code 3")
         );
         let chatty = script("chatty.binary", "head -c 70000 /dev/zero");
         assert!(
-            read_metadata(&chatty, t)
+            read_metadata(&chatty, t, &iso)
                 .await
                 .unwrap_err()
                 .contains("more than")
@@ -729,7 +736,7 @@ mod tests {
 echo '{"id":"leaves","name":"L","version":"1","icon":"x","route":"/l"}'"#,
         );
         assert_eq!(
-            read_metadata(&leaves, t).await.unwrap().metadata.id,
+            read_metadata(&leaves, t, &iso).await.unwrap().metadata.id,
             "leaves"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -23,12 +23,13 @@ use crate::store::{SecurityOverrides, Store};
 pub(crate) const NOT_ROOT: &str = "the host does not run as root";
 /// Why isolation is off when the config turns it off.
 pub(crate) const DISABLED: &str = "[isolation] enabled = false in the config";
+/// Processes the `--metadata` user may have at once (every run at once shares it).
+const METADATA_MAX_PROCESSES: u64 = 64;
 /// Most entries a change of owner walks in a plugin's data folder.
 const CHOWN_MAX_ENTRIES: usize = 100_000;
 
 /// What the host knows once, at start, to work out any plugin's [`Security`].
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // landlock/seccomp/packages_dir: read by the confinement plan (next commit)
 pub(crate) struct HostIsolation {
     /// The host runs as root: plugins get their own uids.
     pub(crate) root: bool,
@@ -49,10 +50,7 @@ pub(crate) struct HostIsolation {
 
 /// One plugin's confinement, resolved.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // id/syscalls: read by the confinement plan (next commit)
 pub(crate) struct Security {
-    /// The plugin id.
-    pub(crate) id: String,
     /// Runs under its own uid.
     pub(crate) isolated: bool,
     /// The uid and gid it runs as.
@@ -163,7 +161,6 @@ impl HostIsolation {
     }
 
     /// The user `--metadata` runs as (root host only).
-    #[allow(dead_code)] // used by the confinement plan (next commit)
     pub(crate) fn metadata_uid(&self) -> Option<u32> {
         self.own_uids().then_some(self.uid_min)
     }
@@ -266,7 +263,6 @@ impl HostIsolation {
         };
         let data_dir = data_root(&self.data_dir).join(id);
         Ok(Security {
-            id: id.to_string(),
             isolated,
             uid,
             gid,
@@ -310,6 +306,90 @@ impl HostIsolation {
         Some(uid)
     }
 
+    /// What no plugin may see: the data dir (store, setup code, other plugins' folders), the
+    /// runtime dir (sockets, the control socket) and the packages folder.
+    fn hidden(&self) -> Vec<PathBuf> {
+        vec![
+            self.data_dir.clone(),
+            self.runtime_dir.clone(),
+            self.packages_dir.clone(),
+        ]
+    }
+
+    /// Shared scratch folders a plugin may write, unless one holds a hidden path (a data dir
+    /// under `/tmp`, as in tests): granting it would uncover what it holds.
+    fn scratch(&self, hidden: &[PathBuf]) -> Vec<PathBuf> {
+        ["/tmp", "/dev/shm"]
+            .into_iter()
+            .map(PathBuf::from)
+            .filter(|s| {
+                let s = s.canonicalize().unwrap_or_else(|_| s.clone());
+                hidden.iter().all(|h| {
+                    let h = h.canonicalize().unwrap_or_else(|_| h.clone());
+                    !h.starts_with(&s)
+                })
+            })
+            .collect()
+    }
+
+    /// The confinement of one start of the plugin `sec` describes.
+    pub(crate) fn plan(&self, sec: &Security) -> crate::confine::Plan {
+        let on = self.enabled;
+        let hidden = self.hidden();
+        let mut read_write = vec![sec.data_dir.clone(), sec.socket_dir.clone()];
+        read_write.extend(self.scratch(&hidden));
+        crate::confine::Plan {
+            user: sec.isolated.then(|| crate::confine::Ids {
+                uid: sec.uid,
+                gid: sec.gid,
+                groups: sec.groups.iter().filter_map(|(_, gid)| *gid).collect(),
+            }),
+            rlimits: crate::confine::Rlimits {
+                open_files: sec.limits.open_files,
+                processes: if sec.isolated { sec.limits.processes } else { None },
+                address_space: sec.limits.address_space,
+            },
+            fs: (on && self.landlock).then(|| crate::confine::FsRules {
+                hidden,
+                read_exec: vec![sec.install_dir.clone()],
+                read_write,
+            }),
+            syscalls: (on && self.seccomp).then(|| crate::confine::SyscallFilter {
+                allow: sec.syscalls.clone(),
+            }),
+            new_netns: on && sec.network == Network::None,
+            parent_pid: std::process::id(),
+        }
+    }
+
+    /// The confinement of a `--metadata` run of `binary`: as root the `uid_min` user, no
+    /// network; nothing writable but device nodes; the same hidden folders and system calls.
+    pub(crate) fn metadata_plan(&self, binary: &Path) -> crate::confine::Plan {
+        let on = self.enabled;
+        crate::confine::Plan {
+            user: self.metadata_uid().map(|uid| crate::confine::Ids {
+                uid,
+                gid: uid,
+                groups: Vec::new(),
+            }),
+            rlimits: crate::confine::Rlimits {
+                open_files: super::process::METADATA_MAX_OPEN_FILES,
+                processes: self.metadata_uid().map(|_| METADATA_MAX_PROCESSES),
+                address_space: None,
+            },
+            fs: (on && self.landlock).then(|| crate::confine::FsRules {
+                hidden: self.hidden(),
+                read_exec: binary.parent().map(Path::to_path_buf).into_iter().collect(),
+                read_write: Vec::new(),
+            }),
+            syscalls: (on && self.seccomp).then(|| crate::confine::SyscallFilter {
+                allow: Vec::new(),
+            }),
+            new_netns: self.own_uids(),
+            parent_pid: std::process::id(),
+        }
+    }
+
     /// Make the host's shared folders fit for plugins under other uids: the data dir, the runtime
     /// dir and its `plugins/` traversable (0711) but not listable; `plugin-data/` the same.
     /// Not root: all private (0700). Called once at start.
@@ -349,6 +429,16 @@ impl HostIsolation {
     /// Make `sec`'s folders (data, tmp, socket): mode 0700, owned by its uid (root host). A data
     /// folder owned by another uid (the plugin's uid changed) is handed over, entries included.
     pub(crate) fn prepare_dirs(&self, sec: &Security) -> io::Result<()> {
+        let shared = if self.own_uids() { 0o711 } else { 0o700 };
+        for parent in [sec.data_dir.parent(), sec.socket_dir.parent()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(shared)
+                .create(parent)?;
+        }
         for dir in [&sec.data_dir, &sec.tmp_dir, &sec.socket_dir] {
             match std::fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => {}

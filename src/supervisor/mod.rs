@@ -534,7 +534,13 @@ impl Supervisor {
         });
         binaries.extend(self.package_entries());
         let cache = self.inner.read.borrow().clone();
-        discovery::probe(binaries, &cache, ctx.config.supervisor.metadata_timeout).await
+        discovery::probe(
+            binaries,
+            &cache,
+            ctx.config.supervisor.metadata_timeout,
+            &ctx.isolation,
+        )
+        .await
     }
 
     /// The executables of the installed packages' active versions, except the held ones.
@@ -748,6 +754,7 @@ impl Supervisor {
                 last_event: RefCell::new(last_event),
                 commands: tx,
                 security: RefCell::new(None),
+                report: RefCell::new(None),
                 metadata: d.metadata,
             });
             self.inner

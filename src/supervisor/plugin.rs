@@ -79,6 +79,8 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     /// Its confinement as worked out for its newest start.
     pub(crate) security: RefCell<Option<Security>>,
+    /// What was in force at its newest start (`None`: never started by this host).
+    pub(crate) report: RefCell<Option<crate::confine::Report>>,
 }
 
 /// Host-wide things every plugin task needs.
@@ -383,6 +385,24 @@ impl Task {
         let _ = self.journal.send(Job::Event(ev, crate::clock::now()));
     }
 
+    /// Say in the plugin's log which protections this start lacks, the first time and whenever
+    /// that changes.
+    fn log_degraded(&self, report: &crate::confine::Report) {
+        let missing = report.missing();
+        let said = self
+            .shared
+            .report
+            .borrow()
+            .as_ref()
+            .map(crate::confine::Report::missing);
+        if !missing.is_empty() && said.as_ref() != Some(&missing) {
+            self.host_log(
+                LogLevel::Warn,
+                &format!("protection missing: {}", missing.join("; ")),
+            );
+        }
+    }
+
     async fn spawn(&mut self) -> Result<(), String> {
         self.generation += 1;
         let generation = self.generation;
@@ -406,19 +426,25 @@ impl Task {
             .parent()
             .zip(socket.file_name())
             .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
+        let prepared = crate::confine::prepare(isolation.plan(&sec));
+        let report = prepared.report().clone();
+        let env = [
+            ("TORU_PLUGIN_DATA", sec.data_dir.as_os_str()),
+            ("TMPDIR", sec.tmp_dir.as_os_str()),
+        ];
         let mut child = process::spawn(
             &self.shared.binary,
             &socket,
             cgroup.as_deref(),
-            &[],
-            crate::confine::prepare(crate::confine::Plan::minimal(
-                self.ctx.config.supervisor.max_open_files,
-            )),
+            &env,
+            prepared,
         )
         .await
         .map_err(|e| format!("cannot start {}: {e}", self.shared.binary.display()))?;
         let pid = child.id().unwrap_or(0);
+        self.log_degraded(&report);
         *self.shared.security.borrow_mut() = Some(sec);
+        *self.shared.report.borrow_mut() = Some(report);
         self.shared.pid.set(Some(pid));
         self.ctx.descendants.started(&self.shared.id, pid, &socket);
         self.spawned_at = Some(Instant::now());
