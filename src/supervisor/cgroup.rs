@@ -1020,4 +1020,237 @@ mod tests {
         std::fs::write(d.join("pids.events"), "max 9\n").unwrap();
         assert!(pending(&mut w).await);
     }
+
+    /// Set in the child process a real-cgroup test runs in: the base cgroup it moves into.
+    const CHILD_BASE_ENV: &str = "TORU_CGTEST_BASE";
+    /// Set with [`CHILD_BASE_ENV`]: the controllers the child enables (space-separated).
+    const CHILD_CONTROLLERS_ENV: &str = "TORU_CGTEST_CONTROLLERS";
+
+    /// Say that a test is skipped on the real stderr (the harness captures `eprintln!`).
+    fn skip(msg: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped: {msg}");
+    }
+
+    /// The cgroup2 mount and the controllers its root enables for children (of those a test can
+    /// use), or why a real test cannot run here.
+    fn real_cgroup2() -> Result<(PathBuf, Vec<String>), String> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+            return Err("not root".into());
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (mount, _) = cgroup2_mount(&mountinfo).ok_or("no cgroup2 hierarchy is mounted")?;
+        let control = mount.join("cgroup.subtree_control");
+        let enabled =
+            controllers_in(&control).map_err(|e| format!("{}: {e}", control.display()))?;
+        let usable: Vec<String> = ["memory", "pids", "cpu", "hugetlb", "io"]
+            .iter()
+            .filter(|c| enabled.iter().any(|e| e == *c))
+            .map(|c| c.to_string())
+            .collect();
+        if usable.is_empty() {
+            let offered = controllers_in(&mount.join("cgroup.controllers")).unwrap_or_default();
+            return Err(format!(
+                "no controller is enabled in {} (cgroup2 offers: {}; memory, pids and cpu need \
+                 a cgroup2-only host, as in the board's boot test)",
+                control.display(),
+                offered.join(" ")
+            ));
+        }
+        Ok((mount, usable))
+    }
+
+    /// Kill everything in `dir` and remove it and the cgroups below it (best effort).
+    fn remove_cgroup_tree(dir: &Path) {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&child.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+
+    /// Run this test binary's test `name` in a child process moved into a fresh cgroup under
+    /// the cgroup2 root, enabling `controllers`; its output when it passed.
+    fn run_in_child_cgroup(name: &str, mount: &Path, controllers: &[String]) -> String {
+        let base = mount.join(format!("toru-cgtest-{}", std::process::id()));
+        remove_cgroup_tree(&base);
+        std::fs::create_dir(&base).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_BASE_ENV, &base)
+            .env(CHILD_CONTROLLERS_ENV, controllers.join(" "))
+            .output()
+            .unwrap();
+        remove_cgroup_tree(&base);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "the child failed:\n{text}"
+        );
+        assert!(!base.exists(), "{} is left", base.display());
+        text
+    }
+
+    /// A host whose own cgroup is the base (as under systemd's `Delegate=yes`) moves, every
+    /// thread of it, into `<base>/host` and enables the controllers for its plugins; clearing
+    /// leftovers leaves it alone; and, where the kernel has them in cgroup2, a refused fork and
+    /// an OOM kill in a plugin cgroup wake its limit watch with the figures.
+    #[test]
+    fn a_host_in_its_own_cgroup_moves_to_a_leaf_and_enables_the_limits() {
+        const NAME: &str = "supervisor::cgroup::tests::a_host_in_its_own_cgroup_moves_to_a_leaf_and_enables_the_limits";
+        if let Ok(base) = std::env::var(CHILD_BASE_ENV) {
+            let controllers = std::env::var(CHILD_CONTROLLERS_ENV).unwrap();
+            return in_child_cgroup(Path::new(&base), &controllers);
+        }
+        let (mount, controllers) = match real_cgroup2() {
+            Ok(m) => m,
+            Err(why) => return skip(&format!("the real cgroup2 part of {NAME}: {why}")),
+        };
+        let out = run_in_child_cgroup(NAME, &mount, &controllers);
+        for part in out.lines().filter(|l| l.starts_with("skipped: ")) {
+            skip(part.trim_start_matches("skipped: "));
+        }
+    }
+
+    fn in_child_cgroup(base: &Path, controllers: &str) {
+        let wanted: Vec<&str> = controllers.split_whitespace().collect();
+        std::fs::write(base.join("cgroup.procs"), "0").unwrap();
+        assert_eq!(own_dir().unwrap(), base);
+        let tree = CgroupTree::create_with(None, "inst", &wanted).unwrap();
+        // The whole process moved: every thread is in the leaf.
+        let leaf = base.join(HOST_LEAF);
+        assert_eq!(own_dir().unwrap(), leaf);
+        let tasks: Vec<_> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(
+            tasks.len() > 1,
+            "the test harness runs the test in a thread of its own"
+        );
+        for task in tasks {
+            let cg = std::fs::read_to_string(task.path().join("cgroup")).unwrap();
+            let rel = own_cgroup(&cg).unwrap();
+            assert!(leaf.ends_with(rel.trim_start_matches('/')), "{rel}");
+        }
+        for c in &wanted {
+            for dir in [base, tree.dir()] {
+                let on = controllers_in(&dir.join("cgroup.subtree_control")).unwrap();
+                assert!(
+                    on.iter().any(|o| o == c),
+                    "{c} in {}: {on:?}",
+                    dir.display()
+                );
+            }
+        }
+        let support = tree.limit_support().clone();
+        assert_eq!(support.reason, None, "everything asked for is enabled");
+        let asked = |c: &str| wanted.contains(&c);
+        assert_eq!(
+            (support.memory, support.pids, support.cpu),
+            (asked("memory"), asked("pids"), asked("cpu"))
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Clearing the instance cgroup (as at every start) does not touch the host's leaf.
+        assert_eq!(
+            rt.block_on(CgroupTree::clear(tree.dir(), true, Duration::from_secs(5))),
+            0
+        );
+        assert_eq!(own_dir().unwrap(), leaf);
+
+        // The limits, for real (needs the controllers in cgroup2).
+        let run_in = |cg: &PluginCgroup, script: &str| {
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.args(["-c", script]).stderr(std::process::Stdio::null());
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.procs_path())
+                .unwrap();
+            crate::sys::join_cgroup_before_exec(&mut cmd, procs.into());
+            let status = rt.block_on(async { cmd.spawn().unwrap().wait().await.unwrap() });
+            assert!(!status.success(), "{script} was not stopped by the limit");
+        };
+        if support.pids {
+            let cg = tree.plugin("forks");
+            cg.create().unwrap();
+            let limits = CgroupLimits {
+                pids_max: Some(1),
+                ..CgroupLimits::default()
+            };
+            cg.set_limits(&limits, &support).unwrap();
+            let mut w = cg.limit_watch().unwrap();
+            // The shell is the one process allowed; its fork is refused.
+            run_in(&cg, "/bin/true & wait");
+            let hit = rt.block_on(next_hit(&mut w));
+            assert!(matches!(hit, LimitHit::Pids { limit: 1, .. }), "{hit:?}");
+        } else {
+            skip("real pids.max: the pids controller is not in cgroup2 here");
+        }
+        if support.memory {
+            let cg = tree.plugin("eats");
+            cg.create().unwrap();
+            let limits = CgroupLimits {
+                memory_max: Some(32 << 20),
+                ..CgroupLimits::default()
+            };
+            cg.set_limits(&limits, &support).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(cg.dir.join("memory.oom.group")).unwrap(),
+                "1\n"
+            );
+            let mut w = cg.limit_watch().unwrap();
+            // The shell keeps the whole 512 MiB of its command substitution in memory.
+            run_in(
+                &cg,
+                "x=$(head -c 536870912 /dev/zero | tr '\\0' a); echo ${#x}",
+            );
+            match rt.block_on(next_hit(&mut w)) {
+                LimitHit::Oom {
+                    limit_bytes, kills, ..
+                } => {
+                    assert_eq!(limit_bytes, Some(32 << 20));
+                    assert!(kills >= 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            skip("real memory.max: the memory controller is not in cgroup2 here");
+        }
+        if support.cpu {
+            let cg = tree.plugin("spins");
+            cg.create().unwrap();
+            let limits = CgroupLimits {
+                cpu_max: Some((50_000, 100_000)),
+                ..CgroupLimits::default()
+            };
+            cg.set_limits(&limits, &support).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(cg.dir.join("cpu.max")).unwrap(),
+                "50000 100000\n"
+            );
+        } else {
+            skip("real cpu.max: the cpu controller is not in cgroup2 here");
+        }
+        for id in ["forks", "eats", "spins"] {
+            let cg = tree.plugin(id);
+            if cg.dir.exists() {
+                assert!(rt.block_on(cg.wait_empty(Duration::from_secs(5))));
+                cg.remove();
+            }
+        }
+        PluginCgroup {
+            dir: tree.dir().to_path_buf(),
+        }
+        .remove();
+    }
 }
