@@ -240,12 +240,10 @@ impl CgroupTree {
         instance: &str,
         controllers: &[&str],
     ) -> Result<CgroupTree, CgroupError> {
-        let own = own_dir();
-        let base = match base {
-            Some(b) => b.to_path_buf(),
-            None => own.as_ref().map_err(|_| CgroupError::NoOwnCgroup)?.clone(),
+        let (base, own) = match base {
+            Some(b) => (b.to_path_buf(), own_dir().is_ok_and(|o| o == b)),
+            None => (own_dir()?, true),
         };
-        let own = own.as_ref().is_ok_and(|o| *o == base);
         if !base.exists() && base.parent().is_some_and(is_cgroup_dir) {
             std::fs::create_dir(&base).map_err(io_at(&base))?;
         }
@@ -385,17 +383,20 @@ fn enable_controllers(
         .filter(|w| !offered.iter().any(|o| o == w))
         .collect();
     if !missing.is_empty() {
+        let one = missing.len() == 1;
         why.push(format!(
-            "{} not in cgroup2 ({} has {}: a cgroup v1 hierarchy may hold {}, or they are not \
+            "{} {} not in cgroup2 ({} has {}: a cgroup v1 hierarchy may hold {}, or {} not \
              delegated)",
             controllers_phrase(&missing),
+            if one { "is" } else { "are" },
             offered_file.display(),
             if offered.is_empty() {
                 "none".to_string()
             } else {
                 offered.join(" ")
             },
-            if missing.len() == 1 { "it" } else { "them" },
+            if one { "it" } else { "them" },
+            if one { "it is" } else { "they are" },
         ));
     }
     let usable: Vec<&str> = wanted
@@ -892,7 +893,7 @@ mod tests {
         assert!(enabled.is_empty());
         let why = why.unwrap();
         assert!(
-            why.starts_with("the memory, pids and cpu controllers not in cgroup2")
+            why.starts_with("the memory, pids and cpu controllers are not in cgroup2")
                 && why.contains("has hugetlb"),
             "{why}"
         );
