@@ -17,12 +17,22 @@
 //! reported, so `stopped` means gone. At start, before any plugin runs, the leftovers of a previous
 //! run recorded in the runtime dir (`cgroup`, `descendants.json`) are killed, whichever mode
 //! recorded them.
+//!
+//! Limits: in cgroup mode, [`Descendants::prepare_spawn`] also writes the plugin's
+//! [`CgroupLimits`] into its cgroup, and [`Descendants::limit_watch`] reports when the kernel
+//! enforced one ([`LimitHit`]); [`Descendants::limit_support`] says which limits are possible
+//! (none outside cgroup mode) and why not.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cgroup::{self, CgroupError, CgroupTree};
+#[allow(
+    unused_imports,
+    reason = "the plugin task takes `LimitHit` up with the rest of the isolation work (issue 12)"
+)]
+pub(crate) use super::cgroup::{CgroupLimits, LimitHit, LimitSupport, LimitWatch};
 use super::subreaper::{self, Reaper, Scope};
 use crate::config::{Config, DescendantTracking};
 use crate::error_chain::error_chain;
@@ -57,6 +67,8 @@ enum How {
 pub(crate) struct Descendants {
     how: How,
     runtime_dir: PathBuf,
+    /// Which cgroup limits are possible (decided at setup).
+    limits: LimitSupport,
 }
 
 impl Descendants {
@@ -67,6 +79,7 @@ impl Descendants {
         Descendants {
             how: How::Group,
             runtime_dir: PathBuf::new(),
+            limits: LimitSupport::none("no cgroup: process groups only".into()),
         }
     }
 
@@ -76,6 +89,10 @@ impl Descendants {
         let sv = &config.supervisor;
         let cgroup = || CgroupTree::create(sv.cgroup.as_deref(), instance);
         let subreaper = || Reaper::new(&config.runtime_dir);
+        let mut no_cgroup = format!(
+            "no cgroup: supervisor.descendants = \"{}\"",
+            sv.descendants.as_str()
+        );
         let how = match sv.descendants {
             DescendantTracking::Cgroup => How::Cgroup(cgroup().map_err(DescendantsError::Cgroup)?),
             DescendantTracking::Subreaper => {
@@ -87,6 +104,7 @@ impl Descendants {
                 Ok(tree) => How::Cgroup(tree),
                 Err(why) => {
                     log::debug!("no cgroup for the plugins: {}", error_chain(&why));
+                    no_cgroup = format!("no cgroup: {}", error_chain(&why));
                     match subreaper() {
                         Ok(r) => How::Subreaper(r),
                         Err(e) => {
@@ -102,9 +120,14 @@ impl Descendants {
                 }
             },
         };
+        let limits = match &how {
+            How::Cgroup(tree) => tree.limit_support().clone(),
+            _ => LimitSupport::none(no_cgroup),
+        };
         Ok(Descendants {
             how,
             runtime_dir: config.runtime_dir.clone(),
+            limits,
         })
     }
 
@@ -112,10 +135,26 @@ impl Descendants {
     pub(crate) fn describe(&self) -> String {
         match &self.how {
             How::Group => "plugin descendants: process groups only".into(),
-            How::Cgroup(t) => format!(
-                "plugin descendants: a cgroup each under {}",
-                t.dir().display()
-            ),
+            How::Cgroup(t) => {
+                let l = &self.limits;
+                let on: Vec<&str> = [("memory", l.memory), ("pids", l.pids), ("cpu", l.cpu)]
+                    .into_iter()
+                    .filter_map(|(name, on)| on.then_some(name))
+                    .collect();
+                format!(
+                    "plugin descendants: a cgroup each under {} (limits: {}{})",
+                    t.dir().display(),
+                    if on.is_empty() {
+                        "none".to_string()
+                    } else {
+                        on.join(", ")
+                    },
+                    l.reason
+                        .as_ref()
+                        .map(|r| format!("; {r}"))
+                        .unwrap_or_default()
+                )
+            }
             How::Subreaper(_) => "plugin descendants: the host is their child subreaper".into(),
         }
     }
@@ -169,21 +208,59 @@ impl Descendants {
         }
     }
 
-    /// Get plugin `id`'s cgroup ready for a new process (emptied of a previous one's leftovers)
-    /// and return its `cgroup.procs` for the spawn to join; `None` in the other modes.
-    pub(crate) async fn prepare_spawn(&self, id: &str) -> io::Result<Option<PathBuf>> {
+    /// Get plugin `id`'s cgroup ready for a new process — emptied of a previous one's leftovers,
+    /// made anew (so its counters and peaks are the new generation's), with `limits` written for
+    /// the controllers there are ([`Descendants::limit_support`]) — and return its
+    /// `cgroup.procs` for the spawn to join; `None` in the other modes (`limits` unused).
+    pub(crate) async fn prepare_spawn(
+        &self,
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> io::Result<Option<PathBuf>> {
         let How::Cgroup(tree) = &self.how else {
             return Ok(None);
         };
         let cg = tree.plugin(id);
-        cg.create()?;
         if cg.is_populated() {
             cg.kill();
             if !cg.wait_empty(EXIT_WAIT).await {
                 log::warn!("[{id}] the previous process's descendants survive SIGKILL");
             }
         }
+        // A cgroup that could not be emptied stays (logged) and is reused.
+        cg.remove();
+        cg.create()?;
+        cg.set_limits(limits, tree.limit_support())?;
         Ok(Some(cg.procs_path()))
+    }
+
+    /// Which cgroup limits [`Descendants::prepare_spawn`] can set, or why not.
+    #[allow(
+        dead_code,
+        reason = "the plugin task takes it up with the rest of the isolation work (issue 12)"
+    )]
+    pub(crate) fn limit_support(&self) -> LimitSupport {
+        self.limits.clone()
+    }
+
+    /// A watch on plugin `id`'s cgroup that resolves when the kernel enforces one of its limits
+    /// ([`LimitWatch::next`]); `None` without a cgroup (or, logged, when no watch can be set).
+    /// Make it after [`Descendants::prepare_spawn`] and before the spawn; drop it to stop.
+    #[allow(
+        dead_code,
+        reason = "the plugin task takes it up with the rest of the isolation work (issue 12)"
+    )]
+    pub(crate) fn limit_watch(&self, id: &str) -> Option<LimitWatch> {
+        let How::Cgroup(tree) = &self.how else {
+            return None;
+        };
+        match tree.plugin(id).limit_watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("[{id}] cannot watch the cgroup's limits: {e}");
+                None
+            }
+        }
     }
 
     /// Plugin `id`'s process `pid` was spawned, listening on `socket`.

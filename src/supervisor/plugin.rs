@@ -26,7 +26,7 @@ use toru_plugin_api::LogLevel;
 use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion, empty_config};
 
 use super::conn::ConnError;
-use super::descendants::Descendants;
+use super::descendants::{CgroupLimits, Descendants};
 use super::isolation::Security;
 use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
@@ -418,7 +418,7 @@ impl Task {
         let cgroup = self
             .ctx
             .descendants
-            .prepare_spawn(&self.shared.id)
+            .prepare_spawn(&self.shared.id, &CgroupLimits::default())
             .await
             .map_err(|e| format!("cannot prepare the plugin's cgroup: {e}"))?;
         // Watch for the socket before the plugin exists, so its bind cannot be missed.
