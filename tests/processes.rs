@@ -297,7 +297,12 @@ fn a_second_host_on_the_same_runtime_dir_is_refused() {
     let all = cli_json(&first, &["plugins"]);
     assert_eq!(all[0]["id"], "stress-ok", "{all}");
     assert_eq!(all[0]["pid"], plugin_pid, "{all}");
-    assert!(first.runtime_dir.join("plugins/stress-ok.sock").exists());
+    assert!(
+        first
+            .runtime_dir
+            .join("plugins/stress-ok/plugin.sock")
+            .exists()
+    );
 }
 
 /// Defect 9: a plugin's socket is removed when it stops, every socket when the host stops, and a
@@ -307,7 +312,10 @@ fn plugin_sockets_go_when_plugins_stop_and_stale_ones_at_start() {
     let root = support::temp_dir("sock");
     let sockets = root.join("run/plugins");
     std::fs::create_dir_all(&sockets).unwrap();
-    // A socket whose listener is gone, as a host killed with `kill -9` leaves it.
+    // Sockets whose listeners are gone, as a host killed with `kill -9` leaves them: in a
+    // plugin's socket folder, and where older builds put them.
+    std::fs::create_dir_all(sockets.join("gone")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(sockets.join("gone/plugin.sock")).unwrap());
     drop(std::os::unix::net::UnixListener::bind(sockets.join("gone.sock")).unwrap());
     std::fs::write(sockets.join("notes.txt"), "not a socket").unwrap();
     let mut h = Host::start(HostOpts {
@@ -318,25 +326,32 @@ fn plugin_sockets_go_when_plugins_stop_and_stale_ones_at_start() {
     });
     assert!(!sockets.join("gone.sock").exists(), "stale socket kept");
     assert!(
+        !sockets.join("gone/plugin.sock").exists(),
+        "stale socket kept"
+    );
+    assert!(
         sockets.join("notes.txt").exists(),
         "only sockets are removed"
     );
-    assert!(sockets.join("stress-ok.sock").exists());
+    assert!(sockets.join("stress-ok/plugin.sock").exists());
 
     cli_json(&h, &["disable", "stress-ok"]);
     eventually("stress-ok's socket removed", || {
-        (!sockets.join("stress-ok.sock").exists()).then_some(())
+        (!sockets.join("stress-ok/plugin.sock").exists()).then_some(())
     });
     assert!(
-        sockets.join("hello-rust.sock").exists(),
+        sockets.join("hello-rust/plugin.sock").exists(),
         "a running plugin's socket stays"
     );
     assert!(h.stop().success());
     let left: Vec<_> = std::fs::read_dir(&sockets)
         .unwrap()
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".sock"))
+        .flat_map(|e| {
+            let inner = std::fs::read_dir(e.path()).into_iter().flatten();
+            std::iter::once(e.path()).chain(inner.filter_map(|i| i.ok()).map(|i| i.path()))
+        })
+        .filter(|p| p.to_string_lossy().ends_with(".sock"))
         .collect();
     assert!(left.is_empty(), "sockets left after a stop: {left:?}");
 }

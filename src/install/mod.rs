@@ -324,17 +324,16 @@ impl Packages {
         self.check_publisher(&manifest, key_id.as_deref(), record.as_ref())?;
         self.check_route(&manifest)?;
         let entry_path = dir.0.join("files").join(&entry);
-        let found =
-            discovery::read_metadata(
-                &entry_path,
-                self.inner.config.supervisor.metadata_timeout,
-                &crate::supervisor::isolation::HostIsolation::new(&self.inner.config),
-            )
-            .await
-                .map_err(|why| PackageError::Refused {
-                    code: "bad_metadata",
-                    message: format!("the package's executable {entry}: {why}"),
-                })?;
+        let found = discovery::read_metadata(
+            &entry_path,
+            self.inner.config.supervisor.metadata_timeout,
+            &crate::supervisor::isolation::HostIsolation::new(&self.inner.config),
+        )
+        .await
+        .map_err(|why| PackageError::Refused {
+            code: "bad_metadata",
+            message: format!("the package's executable {entry}: {why}"),
+        })?;
         manifest.agrees_with(&found.metadata)?;
         let (action, installed) = action_for(&manifest, record.as_ref());
         let preview = Preview {

@@ -748,10 +748,6 @@ impl LimitWatch {
 
     /// The next limit the kernel enforced. Cancel safe: what it reports is taken as seen only
     /// when it returns.
-    #[allow(
-        dead_code,
-        reason = "the plugin task takes it up with the rest of the isolation work (issue 12)"
-    )]
     pub(crate) async fn next(&mut self) -> LimitHit {
         loop {
             if let Some(hit) = self.check() {

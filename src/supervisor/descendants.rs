@@ -28,10 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cgroup::{self, CgroupError, CgroupTree};
-#[allow(
-    unused_imports,
-    reason = "the plugin task takes `LimitHit` up with the rest of the isolation work (issue 12)"
-)]
 pub(crate) use super::cgroup::{CgroupLimits, LimitHit, LimitSupport, LimitWatch};
 use super::subreaper::{self, Reaper, Scope};
 use crate::config::{Config, DescendantTracking};
@@ -235,10 +231,6 @@ impl Descendants {
     }
 
     /// Which cgroup limits [`Descendants::prepare_spawn`] can set, or why not.
-    #[allow(
-        dead_code,
-        reason = "the plugin task takes it up with the rest of the isolation work (issue 12)"
-    )]
     pub(crate) fn limit_support(&self) -> LimitSupport {
         self.limits.clone()
     }
@@ -246,10 +238,6 @@ impl Descendants {
     /// A watch on plugin `id`'s cgroup that resolves when the kernel enforces one of its limits
     /// ([`LimitWatch::next`]); `None` without a cgroup (or, logged, when no watch can be set).
     /// Make it after [`Descendants::prepare_spawn`] and before the spawn; drop it to stop.
-    #[allow(
-        dead_code,
-        reason = "the plugin task takes it up with the rest of the isolation work (issue 12)"
-    )]
     pub(crate) fn limit_watch(&self, id: &str) -> Option<LimitWatch> {
         let How::Cgroup(tree) = &self.how else {
             return None;

@@ -346,7 +346,11 @@ impl HostIsolation {
             }),
             rlimits: crate::confine::Rlimits {
                 open_files: sec.limits.open_files,
-                processes: if sec.isolated { sec.limits.processes } else { None },
+                processes: if sec.isolated {
+                    sec.limits.processes
+                } else {
+                    None
+                },
                 address_space: sec.limits.address_space,
             },
             fs: (on && self.landlock).then(|| crate::confine::FsRules {
@@ -359,6 +363,20 @@ impl HostIsolation {
             }),
             new_netns: on && sec.network == Network::None,
             parent_pid: std::process::id(),
+        }
+    }
+
+    /// The cgroup limits of `sec` (applied where the controllers are there).
+    pub(crate) fn cgroup_limits(&self, sec: &Security) -> super::descendants::CgroupLimits {
+        const PERIOD_US: u64 = 100_000;
+        super::descendants::CgroupLimits {
+            memory_max: sec.limits.memory,
+            pids_max: sec.limits.processes,
+            // The kernel takes a quota of at least 1 ms per period.
+            cpu_max: sec
+                .limits
+                .cpu
+                .map(|cores| (((cores * PERIOD_US as f64) as u64).max(1000), PERIOD_US)),
         }
     }
 
@@ -382,9 +400,8 @@ impl HostIsolation {
                 read_exec: binary.parent().map(Path::to_path_buf).into_iter().collect(),
                 read_write: Vec::new(),
             }),
-            syscalls: (on && self.seccomp).then(|| crate::confine::SyscallFilter {
-                allow: Vec::new(),
-            }),
+            syscalls: (on && self.seccomp)
+                .then(|| crate::confine::SyscallFilter { allow: Vec::new() }),
             new_netns: self.own_uids(),
             parent_pid: std::process::id(),
         }

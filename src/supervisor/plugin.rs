@@ -26,7 +26,7 @@ use toru_plugin_api::LogLevel;
 use toru_plugin_api::protocol::{Init, PluginMetadata, ProtocolVersion, empty_config};
 
 use super::conn::ConnError;
-use super::descendants::{CgroupLimits, Descendants};
+use super::descendants::Descendants;
 use super::isolation::Security;
 use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
@@ -104,6 +104,8 @@ pub struct Ctx {
 #[derive(Debug)]
 enum ProcEvent {
     Ready,
+    /// Its cgroup recorded an OOM kill or a refused fork.
+    LimitHit(super::descendants::LimitHit),
     StartFailed(String),
     Hung(u32),
     ConnLost(String),
@@ -385,6 +387,49 @@ impl Task {
         let _ = self.journal.send(Job::Event(ev, crate::clock::now()));
     }
 
+    /// The plugin's cgroup refused it memory (the kernel's OOM killer killed it) or a process:
+    /// recorded with the figures; a refused fork stops the plugin (SIGKILL to all of it), and
+    /// either way its exit is a crash for the policy.
+    async fn limit_hit(&mut self, hit: super::descendants::LimitHit) {
+        use super::descendants::LimitHit;
+        use crate::limits::human_bytes;
+        let pid = self.shared.pid.get().unwrap_or(0);
+        match hit {
+            LimitHit::Oom {
+                limit_bytes,
+                peak_bytes,
+                kills,
+            } => {
+                let limit = limit_bytes.map_or("its".into(), human_bytes);
+                let peak =
+                    peak_bytes.map_or(String::new(), |p| format!(" (peak {})", human_bytes(p)));
+                let message = format!("out of memory: killed at its {limit} limit{peak}");
+                self.host_log(LogLevel::Error, &message);
+                self.record(
+                    EventKind::Oom,
+                    message,
+                    json!({"limit_bytes": limit_bytes, "peak_bytes": peak_bytes, "kills": kills}),
+                );
+            }
+            LimitHit::Pids { limit, peak } => {
+                let message = format!("process limit reached: {limit} processes; stopped");
+                self.host_log(LogLevel::Error, &message);
+                self.record(
+                    EventKind::Limit,
+                    message,
+                    json!({"limit": "processes", "value": limit, "peak": peak}),
+                );
+            }
+        }
+        // The OOM killer took the whole cgroup already (memory.oom.group); a fork refusal did
+        // not: stop it all now. The exit that follows is fed to the policy as a crash.
+        if pid != 0 {
+            self.ctx
+                .descendants
+                .signal(&self.shared.id, pid, libc::SIGKILL);
+        }
+    }
+
     /// Say in the plugin's log which protections this start lacks, the first time and whenever
     /// that changes.
     fn log_degraded(&self, report: &crate::confine::Report) {
@@ -418,9 +463,11 @@ impl Task {
         let cgroup = self
             .ctx
             .descendants
-            .prepare_spawn(&self.shared.id, &CgroupLimits::default())
+            .prepare_spawn(&self.shared.id, &isolation.cgroup_limits(&sec))
             .await
             .map_err(|e| format!("cannot prepare the plugin's cgroup: {e}"))?;
+        // Watched from before the spawn (the cgroup is new for each generation).
+        let limit_watch = self.ctx.descendants.limit_watch(&self.shared.id);
         // Watch for the socket before the plugin exists, so its bind cannot be missed.
         let watch = socket
             .parent()
@@ -469,6 +516,19 @@ impl Task {
             format!("started (pid {pid})"),
             json!({ "pid": pid }),
         );
+        if let Some(mut watch) = limit_watch {
+            let events = self.events.clone();
+            tokio::task::spawn_local(async move {
+                // Ends when the generation's events channel closes with the task, or at the
+                // first hit: the plugin is stopped then, and the next start watches anew.
+                tokio::select! {
+                    hit = watch.next() => {
+                        let _ = events.send((generation, ProcEvent::LimitHit(hit)));
+                    }
+                    () = events.closed() => {}
+                }
+            });
+        }
         tokio::task::spawn_local(start_sequence(
             self.shared.clone(),
             self.ctx.clone(),
@@ -493,6 +553,7 @@ impl Task {
                     json!({}),
                 );
             }
+            ProcEvent::LimitHit(hit) => self.limit_hit(hit).await,
             ProcEvent::StartFailed(reason) => {
                 self.host_log(LogLevel::Error, &reason);
                 self.apply(Input::StartFailed { reason }).await;
@@ -569,44 +630,77 @@ impl Task {
 }
 
 /// What protects plugin `shared` (resolved as `sec`), one entry per protection:
-/// `{"name", "state": "enforced"|"degraded"|"off", "detail"}` (docs/API.md).
+/// `{"name", "state": "enforced"|"degraded"|"off", "detail"}` (docs/API.md). Landlock, seccomp,
+/// network, rlimits and no_new_privs as they were at its newest start (before any: as a start now
+/// would make them); the user from `sec`; the cgroup from what the host's cgroup offers.
 pub(crate) fn protections(shared: &Shared, ctx: &Ctx, sec: &Security) -> serde_json::Value {
-    let _ = shared;
-    let entry = |name: &str, state: &str, detail: String| json!({"name": name, "state": state, "detail": detail});
-    let user = if sec.isolated {
-        entry(
-            "user",
-            "enforced",
-            format!("uid {}, gid {}", sec.uid, sec.gid),
-        )
-    } else {
-        entry(
-            "user",
-            "off",
-            ctx.isolation.off_reason().unwrap_or_default().to_string(),
-        )
+    use crate::confine::Protection;
+    let report = shared.report.borrow().clone().unwrap_or_else(|| {
+        crate::confine::prepare(ctx.isolation.plan(sec))
+            .report()
+            .clone()
+    });
+    let entry = |name: &str, p: &Protection| {
+        let (state, detail) = match p {
+            Protection::Enforced(d) => ("enforced", d),
+            Protection::Degraded(d) => ("degraded", d),
+            Protection::Off(d) => ("off", d),
+        };
+        json!({"name": name, "state": state, "detail": detail})
     };
+    let mut out = Vec::new();
+    for (name, p) in report.entries() {
+        let p = match (name, p) {
+            // The reason isolation is off, in the host's words.
+            ("user", Protection::Off(_)) => Protection::Off(
+                ctx.isolation
+                    .off_reason()
+                    .unwrap_or(super::isolation::NOT_ROOT)
+                    .to_string(),
+            ),
+            _ => p.clone(),
+        };
+        out.push(entry(name, &p));
+    }
+    let support = ctx.descendants.limit_support();
     let l = &sec.limits;
-    let rlimits = entry(
-        "rlimits",
-        "enforced",
-        format!(
-            "open files {}, processes {}, address space {}, no core dumps",
-            l.open_files,
-            match (l.processes, sec.isolated) {
-                (Some(n), true) => n.to_string(),
-                (Some(_), false) => "not limited per plugin (shared uid)".into(),
-                (None, _) => "unlimited".into(),
-            },
-            l.address_space
-                .map_or("unlimited".into(), crate::limits::human_bytes)
+    let mut set = Vec::new();
+    let mut missing = Vec::new();
+    for (on, what, figure) in [
+        (
+            support.memory,
+            "memory",
+            l.memory.map_or("max".into(), crate::limits::human_bytes),
         ),
-    );
-    json!([
-        user,
-        entry("no_new_privs", "enforced", "PR_SET_NO_NEW_PRIVS".into()),
-        rlimits
-    ])
+        (
+            support.pids,
+            "pids",
+            l.processes.map_or("max".into(), |n| n.to_string()),
+        ),
+        (
+            support.cpu,
+            "cpu",
+            l.cpu.map_or("max".into(), |c| format!("{c} cores")),
+        ),
+    ] {
+        if on {
+            set.push(format!("{what} {figure}"));
+        } else {
+            missing.push(what);
+        }
+    }
+    let cgroup = if missing.is_empty() {
+        Protection::Enforced(set.join(", "))
+    } else {
+        let why = support.reason.clone().unwrap_or_default();
+        let mut d = format!("no {} limit: {why}", missing.join("/"));
+        if !set.is_empty() {
+            d = format!("{}; {d}", set.join(", "));
+        }
+        Protection::Degraded(d)
+    };
+    out.push(entry("cgroup", &cgroup));
+    serde_json::Value::Array(out)
 }
 
 /// Copy a child's output into the ring, line by line, cutting over-long lines.
