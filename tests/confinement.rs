@@ -16,7 +16,7 @@ fn stress(mode: &str) -> PluginSrc {
 }
 
 fn read(h: &Host, file: &str) -> Option<String> {
-    std::fs::read_to_string(h.plugins_dir.join(file)).ok()
+    h.read_report(file)
 }
 
 /// `Max <what>` soft and hard from a `/proc/PID/limits` text.

@@ -139,30 +139,28 @@ fn kill_dash_nine_at_random_moments_loses_no_acknowledged_write() {
     }
 
     // Verify: the plugin lists every key it sees; the test reads its own through the API.
-    let kvloop_pids: Vec<u32> = std::fs::read_dir(&h.plugins_dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            (n == "stress-kvloop.pid").then(|| std::fs::read_to_string(e.path()).ok())?
-        })
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
-    for pid in kvloop_pids {
+    let kvloop_pid: Option<u32> = h
+        .read_report("stress-kvloop.pid")
+        .and_then(|p| p.trim().parse().ok());
+    if let Some(pid) = kvloop_pid {
         kill(pid, 9);
         eventually("the writing plugin to stop", || (!alive(pid)).then_some(()));
     }
-    let acked_plugin: Vec<String> =
-        std::fs::read_to_string(h.plugins_dir.join("stress-kvloop.acked"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-    std::fs::write(h.plugins_dir.join("stress-kvloop.verify"), "").unwrap();
-    let _ = std::fs::remove_file(h.plugins_dir.join("stress-kvloop.present"));
+    let acked_plugin: Vec<String> = h
+        .read_report("stress-kvloop.acked")
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    std::fs::write(
+        h.report_dir("stress-kvloop").join("stress-kvloop.verify"),
+        "",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(h.report_path("stress-kvloop.present"));
     h.restart(opts(vec![]));
     let present = eventually("the plugin's verification", || {
-        std::fs::read_to_string(h.plugins_dir.join("stress-kvloop.present")).ok()
+        h.read_report("stress-kvloop.present")
     });
     let present: HashSet<&str> = present.lines().collect();
     let lost: Vec<&String> = acked_plugin

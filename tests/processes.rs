@@ -115,11 +115,7 @@ fn state(h: &Host, id: &str) -> String {
 }
 
 fn read_pid(h: &Host, file: &str) -> Option<u32> {
-    std::fs::read_to_string(h.plugins_dir.join(file))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    h.read_report(file)?.trim().parse().ok()
 }
 
 /// The pid of `<stem>.grandchild` once it names a live process other than `not`.

@@ -71,8 +71,9 @@ fn kinds(evs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// A report file of a stress plugin (its data folder, or the plugins dir on a host without).
 fn read(h: &Host, file: &str) -> Option<String> {
-    std::fs::read_to_string(h.plugins_dir.join(file)).ok()
+    h.read_report(file)
 }
 
 #[test]
@@ -336,7 +337,11 @@ fn kill_dash_nine_during_kv_writes_loses_no_acknowledged_write() {
         .lines()
         .map(String::from)
         .collect();
-    std::fs::write(h.plugins_dir.join("stress-kvloop.verify"), "").unwrap();
+    std::fs::write(
+        h.report_dir("stress-kvloop").join("stress-kvloop.verify"),
+        "",
+    )
+    .unwrap();
     h.restart(opts(vec![]));
     let present = eventually("verification", || read(&h, "stress-kvloop.present"));
     let present: std::collections::HashSet<&str> = present.lines().collect();

@@ -363,6 +363,41 @@ impl Host {
         std::fs::read_to_string(self.root.join("host.log")).unwrap_or_default()
     }
 
+    /// `<data-dir>/plugin-data/<id>`: plugin `id`'s private folder, its `TORU_PLUGIN_DATA` (the host
+    /// creates it before each spawn).
+    pub fn plugin_data(&self, id: &str) -> PathBuf {
+        self.data_dir.join("plugin-data").join(id)
+    }
+
+    /// Where plugin `id` (`stress`, `hostile`) writes its report files: its data folder when the
+    /// host made one, else the plugins dir (its working directory, where a host that gives no
+    /// `TORU_PLUGIN_DATA` has it write them).
+    pub fn report_dir(&self, id: &str) -> PathBuf {
+        let own = self.plugin_data(id);
+        if own.is_dir() {
+            own
+        } else {
+            self.plugins_dir.clone()
+        }
+    }
+
+    /// The report file `file`, named `<id>.<what>` (`stress-ok.pid`, `hostile-fork.outcome`):
+    /// in plugin `<id>`'s data folder if it is there, else in the plugins dir.
+    pub fn report_path(&self, file: &str) -> PathBuf {
+        let id = file.split('.').next().unwrap_or(file);
+        let own = self.plugin_data(id).join(file);
+        if own.exists() {
+            own
+        } else {
+            self.plugins_dir.join(file)
+        }
+    }
+
+    /// The text of [`Host::report_path`], if it can be read.
+    pub fn read_report(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.report_path(file)).ok()
+    }
+
     /// The host's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -204,11 +204,17 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         })
 }
 
+/// Whether the tests run as root (effective uid 0, as `/proc/self` is owned): a host started by
+/// them then runs with isolation on. Tests of what only a root host does skip otherwise, saying so.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
+}
+
 /// Why the host's cgroup mode cannot run here (it needs root and a cgroup2 hierarchy where the
 /// test's own cgroup can get a child), or `None` when it can. Tests of that mode skip, saying so.
 pub fn cgroup_mode_unavailable() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+    if !is_root() {
         return Some("not root".into());
     }
     let Some(mount) = cgroup2_mount() else {

@@ -1,5 +1,5 @@
 //! Building `.toru` plugin packages for tests: real ones from a directory through the real
-//! `toru plugin pack` ([`PackageDir`], [`pack_example`], [`PackageDir::stress`]), and arbitrary —
+//! `toru plugin pack` ([`PackageDir`], [`pack_example`], [`PackageDir::stress`], [`PackageDir::hostile`]), and arbitrary —
 //! broken — ones entry by entry ([`RawTar`]: traversal, links, devices, bombs, a manifest that is
 //! not first). The format is `docs/PACKAGES.md`.
 
@@ -89,6 +89,34 @@ impl PackageDir {
         p.exe("stress", &bins.get("stress"))?;
         let cfg = serde_json::json!({"id": id, "version": version, "mode": mode, "route": format!("/{id}")});
         p.file("stress.json", cfg.to_string().as_bytes())?;
+        Ok(p)
+    }
+
+    /// A package of the `hostile` plugin (built binary at `hostile`, with a `hostile.json` beside
+    /// it) claiming `id` (route `/<id>`, version `0.1.0`), attacking in `mode` (see
+    /// `plugins/hostile`), for this machine's triple; in `dir`. `tables` is appended to the
+    /// manifest after `[entry]` (e.g. `"[permissions]\nnetwork = \"none\"\n"`); the fields of
+    /// `extra` (an object: `port`, `other`, …) are added to `hostile.json`.
+    pub fn hostile(
+        bins: &Bins,
+        dir: &Path,
+        id: &str,
+        mode: &str,
+        tables: &str,
+        extra: &serde_json::Value,
+    ) -> Result<PackageDir, KitError> {
+        let manifest = format!(
+            "id = \"{id}\"\nname = \"Hostile ({mode})\"\nversion = \"0.1.0\"\nauthor = \"tests\"\n\
+             icon = \"☠\"\nroute = \"/{id}\"\nprotocol = \"1.1\"\nmin_host = \">=0.1\"\n\
+             files = [\"hostile.json\"]\n\n[entry]\n{HOST_TRIPLE} = \"hostile\"\n\n{tables}"
+        );
+        let p = PackageDir::new(dir, &manifest)?;
+        p.exe("hostile", &bins.get("hostile"))?;
+        let mut cfg = serde_json::json!({"id": id, "version": "0.1.0", "mode": mode, "route": format!("/{id}")});
+        if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
+            cfg.extend(extra.clone());
+        }
+        p.file("hostile.json", cfg.to_string().as_bytes())?;
         Ok(p)
     }
 

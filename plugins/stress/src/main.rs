@@ -32,8 +32,11 @@
 //! plugin written before that message existed does; the host restarts it to apply them.
 //!
 //! Every mode writes its environment to `<stem>.env`, its `NoNewPrivs` line and resource limits
-//! (`/proc/self/limits`) to `<stem>.limits` and its pid to `<stem>.pid` in its working
-//! directory (the host runs plugins in the plugins dir) so tests can check what the host passed.
+//! (`/proc/self/limits`) to `<stem>.limits` and its pid to `<stem>.pid`, so tests can check what
+//! the host passed. Those files and every other one named above (`.opened`, `.grandchild`,
+//! `kvloop.*`) are in its private data folder, `$TORU_PLUGIN_DATA`, when the host gives one (a
+//! confined plugin may not write its install folder), else in its working directory (the host runs
+//! plugins in their executable's folder).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -51,6 +54,14 @@ use toru_plugin_api::protocol::{
 
 type Writer = Arc<Mutex<UnixStream>>;
 type Waiters = Arc<Mutex<HashMap<String, std::sync::mpsc::Sender<KvPayload>>>>;
+
+/// Where the report files go: `$TORU_PLUGIN_DATA`, else the working directory.
+fn report(file: &str) -> std::path::PathBuf {
+    std::env::var_os("TORU_PLUGIN_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default()
+        .join(file)
+}
 
 fn stem() -> String {
     let arg0 = std::env::args().next().unwrap_or_default();
@@ -131,8 +142,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
-    let _ = std::fs::write(format!("{stem}.env"), env.join("\n"));
-    let _ = std::fs::write(format!("{stem}.pid"), std::process::id().to_string());
+    let _ = std::fs::write(report(&format!("{stem}.env")), env.join("\n"));
+    let _ = std::fs::write(
+        report(&format!("{stem}.pid")),
+        std::process::id().to_string(),
+    );
     // What the host confined this process to: `NoNewPrivs` and the resource limits.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
@@ -141,7 +155,7 @@ fn main() -> ExitCode {
         .filter(|l| l.starts_with("NoNewPrivs"))
         .chain(limits.lines())
         .collect();
-    let _ = std::fs::write(format!("{stem}.limits"), confined.join("\n"));
+    let _ = std::fs::write(report(&format!("{stem}.limits")), confined.join("\n"));
     eprintln!("stress plugin starting in mode {mode}");
     if mode == "crash-start" {
         eprintln!("crashing at start on purpose");
@@ -157,7 +171,7 @@ fn main() -> ExitCode {
                     libc::sleep(1000);
                 }
             }
-            let _ = std::fs::write(format!("{stem}.grandchild"), pid.to_string());
+            let _ = std::fs::write(report(&format!("{stem}.grandchild")), pid.to_string());
         }
     }
     if mode == "setsid" {
@@ -172,9 +186,9 @@ fn main() -> ExitCode {
             // Written by the grandchild once it has left the session (renamed into place, so a
             // reader never sees half a pid): a test reading it knows the escape has happened.
             let me = std::process::id().to_string();
-            let tmp = format!("{stem}.grandchild.tmp");
+            let tmp = report(&format!("{stem}.grandchild.tmp"));
             if std::fs::write(&tmp, me).is_ok() {
-                let _ = std::fs::rename(&tmp, format!("{stem}.grandchild"));
+                let _ = std::fs::rename(&tmp, report(&format!("{stem}.grandchild")));
             }
             loop {
                 std::thread::sleep(Duration::from_secs(1000));
@@ -277,7 +291,8 @@ fn serve(
                         // Give a few back: writing the report needs descriptors too.
                         held.truncate(opened.saturating_sub(8));
                         eprintln!("opened {opened} files; then: {why}");
-                        let _ = std::fs::write(format!("{stem}.opened"), opened.to_string());
+                        let _ =
+                            std::fs::write(report(&format!("{stem}.opened")), opened.to_string());
                         std::mem::forget(held);
                     }
                     "kvloop" => {
@@ -395,7 +410,7 @@ fn handle(
 }
 
 fn kvloop(w: &Writer, waiters: &Waiters, stem: &str) {
-    if std::path::Path::new(&format!("{stem}.verify")).exists() {
+    if report(&format!("{stem}.verify")).exists() {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         for round in 0..1000u64 {
@@ -415,13 +430,13 @@ fn kvloop(w: &Writer, waiters: &Waiters, stem: &str) {
                 break;
             }
         }
-        let _ = std::fs::write(format!("{stem}.present"), all.join("\n") + "\n");
+        let _ = std::fs::write(report(&format!("{stem}.present")), all.join("\n") + "\n");
         return;
     }
     let Ok(mut acked) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(format!("{stem}.acked"))
+        .open(report(&format!("{stem}.acked")))
     else {
         return;
     };
