@@ -19,7 +19,7 @@
 //!
 //! | mode | attack |
 //! |---|---|
-//! | `ok` | none: well behaved; the outcome's `detail` holds its uid, gid and groups (`/proc/self/status`), its environment, and whether its data folder and `TMPDIR` are writable |
+//! | `ok` | none: well behaved; the outcome's `detail` holds its uid, gid, groups and its `Seccomp` and `NoNewPrivs` figures (`/proc/self/status`), its environment, and whether its data folder and `TMPDIR` are writable |
 //! | `read-store` | reads `<data-dir>/toru.redb` (`<data-dir>` is the parent of the parent of `$TORU_PLUGIN_DATA`) |
 //! | `write-other` | creates a file in `<data-dir>/plugin-data/<other>` (`other` from `hostile.json`, default `hostile-ok`) and in the other plugin's install folder (`other_install`, default its own executable's folder, where unpackaged plugins all live) |
 //! | `read-shadow` | reads `/etc/shadow` |
@@ -316,6 +316,12 @@ fn well_behaved() -> Outcome {
             })
             .unwrap_or_default()
     };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let writable = |dir: Option<PathBuf>| {
         dir.map(|d| {
@@ -333,6 +339,9 @@ fn well_behaved() -> Outcome {
             "uid": ids("Uid:"),
             "gid": ids("Gid:"),
             "groups": ids("Groups:"),
+            // What the kernel says is in force: 2 = a seccomp filter; 1 = no new privileges.
+            "seccomp": field("Seccomp:"),
+            "no_new_privs": field("NoNewPrivs:"),
             "env": env,
             "data_writable": writable(std::env::var_os("TORU_PLUGIN_DATA").map(PathBuf::from)),
             "tmp_writable": writable(std::env::var_os("TMPDIR").map(PathBuf::from)),
