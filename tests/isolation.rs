@@ -274,10 +274,13 @@ impl Scene {
         self.ok_seen["detail"]["seccomp"] == 2
     }
 
-    /// Whether `/api/plugins/{id}/security` promises that the attacker cannot reach the files
-    /// of the host and the other plugins: its own uid (root host) or Landlock.
+    /// Whether the attacker should not reach the files of the host and the other plugins: it
+    /// has its own uid (root host) or Landlock is in force — as the security answer says, or as
+    /// the other plugin found (it could not list the host's data dir).
     fn files_confined(&self) -> bool {
-        enforced(&self.ok_sec, "user") || enforced(&self.ok_sec, "landlock")
+        enforced(&self.ok_sec, "user")
+            || enforced(&self.ok_sec, "landlock")
+            || self.ok_seen["detail"]["data_dir_listable"] == false
     }
 }
 
@@ -341,6 +344,13 @@ fn security_reports_the_uid_folders_and_protections_of_a_plugin() {
 
     let uid = o["detail"]["uid"].as_array().unwrap();
     if !is_root() {
+        // Only Landlock keeps a plugin running as the host's user out of the host's data dir.
+        if o["detail"]["data_dir_listable"] == false {
+            assert!(
+                enforced(sec, "landlock"),
+                "the plugin cannot list the data dir, but {sec}"
+            );
+        }
         assert_eq!(sec["isolation"], "off", "{sec}");
         assert_eq!(sec["reason"], "the host does not run as root", "{sec}");
         assert_eq!(protection(sec, "user"), "off", "{sec}");

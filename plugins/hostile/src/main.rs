@@ -19,7 +19,7 @@
 //!
 //! | mode | attack |
 //! |---|---|
-//! | `ok` | none: well behaved; the outcome's `detail` holds its uid, gid, groups and its `Seccomp` and `NoNewPrivs` figures (`/proc/self/status`), its environment, and whether its data folder and `TMPDIR` are writable |
+//! | `ok` | none: well behaved; the outcome's `detail` holds its uid, gid, groups and its `Seccomp` and `NoNewPrivs` figures (`/proc/self/status`), its environment, whether its data folder and `TMPDIR` are writable, and whether it can list the host's data dir |
 //! | `read-store` | reads `<data-dir>/toru.redb` (`<data-dir>` is the parent of the parent of `$TORU_PLUGIN_DATA`) |
 //! | `write-other` | creates a file in `<data-dir>/plugin-data/<other>` (`other` from `hostile.json`, default `hostile-ok`) and in the other plugin's install folder (`other_install`, default its own executable's folder, where unpackaged plugins all live) |
 //! | `read-shadow` | reads `/etc/shadow` |
@@ -345,6 +345,8 @@ fn well_behaved() -> Outcome {
             "env": env,
             "data_writable": writable(std::env::var_os("TORU_PLUGIN_DATA").map(PathBuf::from)),
             "tmp_writable": writable(std::env::var_os("TMPDIR").map(PathBuf::from)),
+            // Whether it can list the host's data dir (a probe, not an attack: it reads nothing).
+            "data_dir_listable": data_dir().map(|d| std::fs::read_dir(d).is_ok()),
         }),
     }
 }
