@@ -524,15 +524,25 @@ fn a_fork_bomb_is_held_at_the_process_limit() {
     }
     if cgroup {
         let ev = s.attack("fork", |h| {
-            eventually("a limit event", || {
-                events(h, "hostile-fork")
-                    .into_iter()
-                    .find(|e| e["kind"] == "limit")
-            })
+            // If this times out with the plugin's outcome saying EAGAIN: RLIMIT_NPROC is checked
+            // before the cgroup's pids.max, so with equal figures the rlimit refuses the fork
+            // and the cgroup never records `max` (no event).
+            eventually(
+                "a limit event (see the comment above if the fork got EAGAIN)",
+                || {
+                    events(h, "hostile-fork")
+                        .into_iter()
+                        .find(|e| e["kind"] == "limit")
+                },
+            )
         });
         assert_eq!(ev["details"]["limit"], "processes", "{ev}");
         assert_eq!(ev["details"]["value"], 64, "{ev}");
-        assert_eq!(ev["message"], "process limit reached: 64 processes", "{ev}");
+        let msg = ev["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("process limit reached: 64 processes"),
+            "{ev}"
+        );
         // Treated as a crash: restarted.
         eventually("hostile-fork restarted", || {
             let evs = events(&s.h, "hostile-fork");
