@@ -332,8 +332,10 @@ impl HostIsolation {
             .collect()
     }
 
-    /// The confinement of one start of the plugin `sec` describes.
-    pub(crate) fn plan(&self, sec: &Security) -> crate::confine::Plan {
+    /// The confinement of one start of the plugin `sec` describes. With `cgroup_pids` (its
+    /// cgroup's `pids.max` is in force) there is no `RLIMIT_NPROC`: the kernel checks the rlimit
+    /// first, so the cgroup would never see (nor record) the plugin reaching its limit.
+    pub(crate) fn plan(&self, sec: &Security, cgroup_pids: bool) -> crate::confine::Plan {
         let on = self.enabled;
         let hidden = self.hidden();
         let mut read_write = vec![sec.data_dir.clone(), sec.socket_dir.clone()];
@@ -346,7 +348,7 @@ impl HostIsolation {
             }),
             rlimits: crate::confine::Rlimits {
                 open_files: sec.limits.open_files,
-                processes: if sec.isolated {
+                processes: if sec.isolated && !cgroup_pids {
                     sec.limits.processes
                 } else {
                     None

@@ -473,7 +473,8 @@ impl Task {
             .parent()
             .zip(socket.file_name())
             .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
-        let prepared = crate::confine::prepare(isolation.plan(&sec));
+        let pids = self.ctx.descendants.limit_support().pids;
+        let prepared = crate::confine::prepare(isolation.plan(&sec, pids));
         let report = prepared.report().clone();
         let env = [
             ("TORU_PLUGIN_DATA", sec.data_dir.as_os_str()),
@@ -636,9 +637,12 @@ impl Task {
 pub(crate) fn protections(shared: &Shared, ctx: &Ctx, sec: &Security) -> serde_json::Value {
     use crate::confine::Protection;
     let report = shared.report.borrow().clone().unwrap_or_else(|| {
-        crate::confine::prepare(ctx.isolation.plan(sec))
-            .report()
-            .clone()
+        crate::confine::prepare(
+            ctx.isolation
+                .plan(sec, ctx.descendants.limit_support().pids),
+        )
+        .report()
+        .clone()
     });
     let entry = |name: &str, p: &Protection| {
         let (state, detail) = match p {
