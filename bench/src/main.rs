@@ -8,7 +8,8 @@
 //! options: --rounds N (3) --kill-rounds N (5) --http-secs S (10) --http-rounds N (3)
 //!          --out FILE  --no-build
 //! ```
-//! Groups: memory, login, restart, http, protocol, kv, start, size, stress, packages, profile.
+//! Groups: memory, login, restart, http, protocol, kv, start, size, stress, packages, isolation,
+//! profile.
 //! `scripts/bench.sh` installs the peers first. Every load loop is bounded in count and time;
 //! everything started is stopped by PID or process group (guards in `util`), also on errors.
 
@@ -16,6 +17,7 @@
 
 mod host;
 mod http;
+mod isolation;
 mod kv;
 mod login;
 mod memory;
@@ -105,7 +107,7 @@ impl Report {
 
 type Group = fn(&Bins, &Opts, &mut Report) -> Result<()>;
 
-const GROUPS: [(&str, Group); 11] = [
+const GROUPS: [(&str, Group); 12] = [
     ("memory", memory::run),
     ("login", login::run),
     ("restart", restart::run),
@@ -115,6 +117,7 @@ const GROUPS: [(&str, Group); 11] = [
     ("start", start::run),
     ("stress", stress::run),
     ("packages", packages::run),
+    ("isolation", isolation::run),
     ("profile", profile::run),
     // After `profile`: it reads the symbols of the build `profile` makes.
     ("size", size::run),
