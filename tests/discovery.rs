@@ -26,7 +26,12 @@ use serde_json::{Value, json};
 use support::{Bins, Host, HostOpts, PluginSrc, alive, built, eventually, install, temp_dir};
 
 /// A `--metadata` timeout of a day: a hang lasts until the test releases it.
-const NO_METADATA_TIMEOUT: &str = "[supervisor]\nmetadata_timeout_ms = 86400000\n";
+/// The scripts below record pids and marks in a folder of the test from their `--metadata` run;
+/// a confined `--metadata` run may write nowhere (docs/ISOLATION.md), so these tests of process
+/// handling run without confinement (`tests/isolation.rs` covers it).
+const UNCONFINED: &str = "[isolation]\nenabled = false\n";
+const NO_METADATA_TIMEOUT: &str =
+    "[supervisor]\nmetadata_timeout_ms = 86400000\n[isolation]\nenabled = false\n";
 
 fn opts(plugins: Vec<PluginSrc>) -> HostOpts {
     HostOpts {
@@ -301,7 +306,9 @@ fn a_metadata_run_leaves_no_process_behind() {
     let h = Host::start(HostOpts {
         plugins: vec![stuck, leaves],
         root: Some(root),
-        config: Some("[supervisor]\nmetadata_timeout_ms = 1000\n".into()),
+        config: Some(format!(
+            "[supervisor]\nmetadata_timeout_ms = 1000\n{UNCONFINED}"
+        )),
         ..Default::default()
     });
     assert_refused(&h, "stuck.binary", "did not finish");
@@ -472,7 +479,9 @@ fn a_metadata_run_that_timed_out_is_retried_without_a_rescan() {
     let h = Host::start(HostOpts {
         root: Some(root),
         plugins: vec![slow],
-        config: Some("[supervisor]\nmetadata_timeout_ms = 300\n".into()),
+        config: Some(format!(
+            "[supervisor]\nmetadata_timeout_ms = 300\n{UNCONFINED}"
+        )),
         ..Default::default()
     });
     assert!(marks.join("once").exists(), "the first run happened");

@@ -434,6 +434,38 @@ fn each_plugin_runs_as_its_own_uid_kept_across_restarts() {
     assert_eq!(uids(&h), first);
 }
 
+/// A root host whose folders lie under a folder other users cannot pass (a checkout under
+/// `/root`, mode 0700) cannot give plugins uids of their own: they still run, as the host's user,
+/// and the security answer says isolation is off and which folder is why.
+#[test]
+fn behind_a_private_folder_plugins_run_as_the_host_and_say_why() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        return skip(
+            "behind_a_private_folder_plugins_run_as_the_host_and_say_why",
+            "needs root",
+        );
+    }
+    let root = support::temp_dir("private");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let h = Host::start(HostOpts {
+        root: Some(root.clone()),
+        plugins: vec![hostile("ok")],
+        config: Some(FAST.into()),
+        ..Default::default()
+    });
+    let pid = ready(&h, "hostile-ok")["pid"].as_u64().unwrap();
+    assert_eq!(real_uid(pid), 0, "runs as the host's user");
+    let sec = security(&h, &token(&h), "hostile-ok");
+    assert_eq!(sec["isolation"], "off", "{sec}");
+    let reason = sec["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not reachable by other users") && reason.contains("mode 700"),
+        "{sec}"
+    );
+    assert_eq!(protection(&sec, "user"), "off", "{sec}");
+}
+
 #[test]
 fn reading_the_store_file_is_refused() {
     let s = Scene::start("");

@@ -53,6 +53,8 @@ pub(crate) struct HostIsolation {
 pub(crate) struct Security {
     /// Runs under its own uid.
     pub(crate) isolated: bool,
+    /// Why not (`None` when it does).
+    pub(crate) off: Option<String>,
     /// The uid and gid it runs as.
     pub(crate) uid: u32,
     /// See `uid`.
@@ -242,7 +244,24 @@ impl HostIsolation {
         };
         let groups = in_force(&granted.groups, asked.as_ref().map(|p| &p.groups));
         let syscalls = in_force(&granted.syscalls, asked.as_ref().map(|p| &p.syscalls));
-        let (isolated, uid, gid) = if self.own_uids() {
+        let data_dir = data_root(&self.data_dir).join(id);
+        let socket_dir = socket_dir(&self.runtime_dir, id);
+        let install_dir = binary.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Another uid must be able to reach its files: a checkout under a private home (/root is
+        // 0700) cannot give plugins uids of their own; they run as the host's user, said so.
+        let blocked = [binary, data_dir.as_path(), socket_dir.as_path()]
+            .into_iter()
+            .find_map(unreachable_by_others);
+        let off = match (self.off_reason(), &blocked) {
+            (Some(why), _) => Some(why.to_string()),
+            (None, Some(dir)) => Some(format!(
+                "{} is not reachable by other users (mode {:o}): plugins run as the host's user",
+                dir.display(),
+                std::fs::metadata(dir).map_or(0, |m| m.mode() & 0o777)
+            )),
+            (None, None) => None,
+        };
+        let (isolated, uid, gid) = if off.is_none() {
             let uid = match store
                 .allocate_plugin_uid(id, self.uid_min + 1, self.uid_max, system_uids())
                 .await
@@ -261,9 +280,9 @@ impl HostIsolation {
             let (uid, gid) = crate::sys::own_ids();
             (false, uid, gid)
         };
-        let data_dir = data_root(&self.data_dir).join(id);
         Ok(Security {
             isolated,
+            off,
             uid,
             gid,
             groups: groups
@@ -275,8 +294,8 @@ impl HostIsolation {
                 .collect(),
             tmp_dir: data_dir.join("tmp"),
             data_dir,
-            socket_dir: socket_dir(&self.runtime_dir, id),
-            install_dir: binary.parent().map(Path::to_path_buf).unwrap_or_default(),
+            socket_dir,
+            install_dir,
             network: asked.as_ref().map_or(Network::Any, |p| p.network),
             limits: resolved,
             syscalls,
@@ -386,15 +405,23 @@ impl HostIsolation {
     /// network; nothing writable but device nodes; the same hidden folders and system calls.
     pub(crate) fn metadata_plan(&self, binary: &Path) -> crate::confine::Plan {
         let on = self.enabled;
+        // Like a plugin's start: a binary other users cannot reach runs as the host's user.
+        let reachable = unreachable_by_others(binary).is_none();
         crate::confine::Plan {
-            user: self.metadata_uid().map(|uid| crate::confine::Ids {
-                uid,
-                gid: uid,
-                groups: Vec::new(),
-            }),
+            user: self
+                .metadata_uid()
+                .filter(|_| reachable)
+                .map(|uid| crate::confine::Ids {
+                    uid,
+                    gid: uid,
+                    groups: Vec::new(),
+                }),
             rlimits: crate::confine::Rlimits {
                 open_files: super::process::METADATA_MAX_OPEN_FILES,
-                processes: self.metadata_uid().map(|_| METADATA_MAX_PROCESSES),
+                processes: self
+                    .metadata_uid()
+                    .filter(|_| reachable)
+                    .map(|_| METADATA_MAX_PROCESSES),
                 address_space: None,
             },
             fs: (on && self.landlock).then(|| crate::confine::FsRules {
@@ -482,6 +509,21 @@ impl HostIsolation {
     }
 }
 
+/// The first folder on the way to `path` (its ancestors, as far as they exist) that other users
+/// cannot pass (no `o+x`), or `None`.
+fn unreachable_by_others(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .find(|d| {
+            std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.mode() & 0o001 == 0)
+                // The host's own folders are made traversable before plugins start.
+                && !d.ends_with("plugin-data")
+                && !d.ends_with("plugins")
+        })
+        .map(Path::to_path_buf)
+}
+
 /// Give `dir` and everything in it to `uid:gid`, never following a symlink, at most
 /// [`CHOWN_MAX_ENTRIES`] entries.
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -509,10 +551,10 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
 impl Security {
     /// The API's form (docs/API.md, `GET /api/plugins/{id}/security`), with what was in force
     /// at its last start (`protections`, filled in by the caller).
-    pub(crate) fn to_json(&self, reason: Option<&str>, protections: Value) -> Value {
+    pub(crate) fn to_json(&self, protections: Value) -> Value {
         json!({
             "isolation": if self.isolated { "on" } else { "off" },
-            "reason": reason,
+            "reason": self.off,
             "user": {
                 "uid": self.uid,
                 "gid": self.gid,

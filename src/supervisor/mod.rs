@@ -334,7 +334,7 @@ impl Supervisor {
             .await
             .map_err(SupervisorError::Isolation)?;
         let protections = plugin::protections(&shared, ctx, &sec);
-        Ok(sec.to_json(ctx.isolation.off_reason(), protections))
+        Ok(sec.to_json(protections))
     }
 
     /// Change plugin `id`'s limits and grants (admin), recorded as a `security-changed` event;

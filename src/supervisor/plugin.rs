@@ -657,10 +657,9 @@ pub(crate) fn protections(shared: &Shared, ctx: &Ctx, sec: &Security) -> serde_j
         let p = match (name, p) {
             // The reason isolation is off, in the host's words.
             ("user", Protection::Off(_)) => Protection::Off(
-                ctx.isolation
-                    .off_reason()
-                    .unwrap_or(super::isolation::NOT_ROOT)
-                    .to_string(),
+                sec.off
+                    .clone()
+                    .unwrap_or_else(|| super::isolation::NOT_ROOT.to_string()),
             ),
             _ => p.clone(),
         };
