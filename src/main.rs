@@ -430,6 +430,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cmd, Cmd::Serve) {
+        // A command's output piped into `head` ends quietly, as other tools do, not in a panic.
+        toru::sys::sigpipe_default();
+    }
     match cmd {
         Cmd::Version => {
             println!("toru {}", toru::VERSION);

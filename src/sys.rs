@@ -297,6 +297,16 @@ pub(crate) fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: 
     }
 }
 
+/// Let `SIGPIPE` end the process (the default Rust's runtime changes): for the command-line
+/// tools, whose output may go to a pipe closed early. Never for the daemon.
+pub fn sigpipe_default() {
+    // SAFETY: signal() with SIG_DFL installs no handler code; it has no memory-safety
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Whether the host runs as root (effective uid 0).
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -333,7 +333,7 @@ impl Supervisor {
             .resolve(&ctx.store, id, &shared.binary)
             .await
             .map_err(SupervisorError::Isolation)?;
-        let protections = plugin::protections(&shared, ctx, &sec);
+        let protections = plugin::protections(ctx, &sec);
         Ok(sec.to_json(protections))
     }
 

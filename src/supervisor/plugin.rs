@@ -630,20 +630,18 @@ impl Task {
     }
 }
 
-/// What protects plugin `shared` (resolved as `sec`), one entry per protection:
-/// `{"name", "state": "enforced"|"degraded"|"off", "detail"}` (docs/API.md). Landlock, seccomp,
-/// network, rlimits and no_new_privs as they were at its newest start (before any: as a start now
-/// would make them); the user from `sec`; the cgroup from what the host's cgroup offers.
-pub(crate) fn protections(shared: &Shared, ctx: &Ctx, sec: &Security) -> serde_json::Value {
+/// What protects a plugin (resolved as `sec`), one entry per protection:
+/// `{"name", "state": "enforced"|"degraded"|"off", "detail"}` (docs/API.md): as a start now
+/// makes them (the kernel probed, the plan of `sec`), the cgroup from what the host's cgroup
+/// offers.
+pub(crate) fn protections(ctx: &Ctx, sec: &Security) -> serde_json::Value {
     use crate::confine::Protection;
-    let report = shared.report.borrow().clone().unwrap_or_else(|| {
-        crate::confine::prepare(
-            ctx.isolation
-                .plan(sec, ctx.descendants.limit_support().pids),
-        )
+    // What a start now applies: the same as the running process unless an admin changed its
+    // limits or grants since (its restart may still be under way).
+    let pids = ctx.descendants.limit_support().pids;
+    let report = crate::confine::prepare(ctx.isolation.plan(sec, pids))
         .report()
-        .clone()
-    });
+        .clone();
     let entry = |name: &str, p: &Protection| {
         let (state, detail) = match p {
             Protection::Enforced(d) => ("enforced", d),
