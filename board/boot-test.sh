@@ -10,6 +10,13 @@
 # the setup code it reads on the console. HTTP goes through a QEMU user-network forward bound
 # to 127.0.0.1 only. Every wait polls with a deadline; the only fixed wait is the watchdog soak.
 #
+# Isolation (docs/ISOLATION.md), where systemd's cgroup delegation is real: the hook reports the
+# host's and a plugin's cgroup files and /proc figures on request; the test checks them against
+# `GET /api/plugins/{id}/security`, then installs two signed packages of the `hostile` test plugin
+# (built here for the image's target, never part of the image) with manifest limits, has them
+# attack over HTTP (`on_request`, so they pass their probation first) and checks the refusals, the
+# `oom` and `limit` events and that the host and the other plugins carry on untouched.
+#
 # virt: the full check list. raspi3b: boot, HTTP, setup, token, plugins and root grow only (no
 # virtio serial port there, so no kill test), and much slower. Neither runs the Pi's GPU firmware
 # (bootcode.bin/start.elf).
@@ -39,7 +46,7 @@ fail() {
     # What the host itself says, when it answers and a token exists: plugins, system, plugin logs.
     if [ -n "${token:-}" ] && [ -n "${port:-}" ]; then
         local p
-        for p in /api/plugins /api/system "${expected[@]/#//api/plugins/}"; do
+        for p in /api/plugins /api/system "${expected[@]/#//api/plugins/}" "${hostile_ids[@]/#//api/plugins/}"; do
             case "$p" in /api/plugins/*) p="$p/logs?limit=40" ;; esac
             echo "---- GET $p ----" >&2
             curl -s --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$port$p" >&2 || true
@@ -63,11 +70,71 @@ wait_for() {
 http_ok() { curl -fs -o /dev/null --max-time 5 "http://127.0.0.1:$port$1"; }
 console_value() { tr -d '\r' < "$console" | sed -n "s/.*$1=\([^[:space:]]*\).*/\1/p" | tail -n1; }
 console_has() { [ -n "$(console_value "$1")" ]; }
+# The rest of the last line that carries <key>= (values with spaces: file contents, log lines).
+console_line() { tr -d '\r' < "$console" | sed -n "s/.*$1=//p" | tail -n1; }
 api_pid() { curl -fs --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 
 # Plugins the image must show as ready: what build-image.sh installed.
 expected=(hello-rust)
 [ -f "$REPO_DIR/plugins/hello-python/hello-python.binary" ] && expected+=(hello-python)
+# The packages of the hostile test plugin installed on virt (see "Isolation" below).
+hostile_ids=()
+
+# Everything the test installs over HTTP is built and signed before QEMU starts (both compete for
+# the same cores): the host's `toru` for `plugin pack` and `key generate`; `hostile` for the image's
+# target, with build-image.sh's command (so nothing rebuilds) unless TORU_BOARD_BIN_DIR has one.
+target=aarch64-unknown-linux-musl
+(cd "$REPO_DIR" && cargo build -q -p toru)
+host_toru="${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/toru"
+if [ -n "${TORU_BOARD_BIN_DIR:-}" ] && [ -x "$TORU_BOARD_BIN_DIR/hostile" ]; then
+    hostile_bin=$TORU_BOARD_BIN_DIR/hostile
+else
+    (cd "$REPO_DIR" && need_rust_target "$target" &&
+        cargo build -q --release --locked --target "$target" -p toru -p hello-rust -p hostile)
+    hostile_bin="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release/hostile"
+fi
+(cd "$run" && "$host_toru" key generate boot >/dev/null) || { echo "toru key generate failed" >&2; exit 1; }
+# hello-pkg: the Python example under another id (the image runs the example itself as an
+# unpackaged plugin).
+pkg="$run/hello-pkg"
+mkdir -p "$pkg"
+cp "$REPO_DIR/plugins/hello-python/toru_plugin.py" "$REPO_DIR/plugins/hello-python/bundle.js" "$pkg/"
+sed 's/hello-python/hello-pkg/g' "$REPO_DIR/plugins/hello-python/hello-python.binary" > "$pkg/hello-pkg.binary"
+chmod 755 "$pkg/hello-pkg.binary"
+sed 's/hello-python/hello-pkg/g' "$REPO_DIR/plugins/hello-python/manifest.toml" > "$pkg/manifest.toml"
+# hostile-<mode>: the hostile plugin attacking only when asked over HTTP (`on_request`), its mode
+# the attack of `GET <route>/`, with the limits its manifest asks for.
+hostile_pkg() {
+    local mode=$1 limits=$2 dir="$run/hostile-$1"
+    mkdir -p "$dir"
+    install -m 0755 "$hostile_bin" "$dir/hostile"
+    printf '{"id": "hostile-%s", "version": "0.1.0", "mode": "%s", "route": "/hostile-%s", "on_request": true, "other": "hello-rust", "other_install": "/usr/lib/toru/plugins"}\n' \
+        "$mode" "$mode" "$mode" > "$dir/hostile.json"
+    cat > "$dir/manifest.toml" <<TOML
+id = "hostile-$mode"
+name = "Hostile ($mode)"
+version = "0.1.0"
+author = "tests"
+icon = "☠"
+route = "/hostile-$mode"
+protocol = "1.1"
+min_host = ">=0.1"
+files = ["hostile.json"]
+
+[entry]
+$target = "hostile"
+
+[limits]
+$limits
+TOML
+}
+hostile_pkg alloc 'memory = "64M"'
+hostile_pkg fork 'processes = 32'
+for p in hello-pkg hostile-alloc hostile-fork; do
+    # (Its note that the package has no entry for this machine, x86_64, is expected.)
+    (cd "$run" && "$host_toru" plugin pack "$p" --key boot.key -o "$p.toru" >/dev/null 2>"$p.err") ||
+        { echo "toru plugin pack $p failed: $(cat "$run/$p.err")" >&2; exit 1; }
+done
 
 copy="$run/disk.img"
 cp --sparse=always "$img" "$copy"
@@ -158,57 +225,282 @@ if [ "$machine" != virt ]; then
     exit 0
 fi
 
-# Soak for more than two watchdog periods (WatchdogSec=30s): the host must keep its PID.
+# From here on the host must keep its PID (GET /api/system) for at least 75 s, more than two
+# watchdog periods (WatchdogSec=30s): the packages and attacks below run inside that soak, and
+# whatever of the 75 s is left is waited out at the end.
 pid=$(api_pid) || fail "GET /api/system gave no pid"
 soak_end=$(( $(now) + 75 ))
-while [ "$(now)" -lt "$soak_end" ]; do
-    kill -0 "$qpid" 2>/dev/null || fail "QEMU exited during the soak"
-    current=$(api_pid) || fail "GET /api/system failed during the soak"
-    [ "$current" = "$pid" ] || fail "host restarted during the soak (pid $pid -> $current)"
-    sleep 5
-done
-say "$machine: host pid $pid unchanged after a 75 s soak"
-
-# A signed package installed over HTTP as the UI does it: trust a throwaway publisher key, upload
-# (streamed, signature in X-Toru-Signature), confirm; it must pass its probation and run from the
-# data partition (the plugins dir is read-only under ProtectSystem=strict). The package is the
-# Python example under another id (the image runs the example itself as an unpackaged plugin).
-pkg="$run/pkg"
-mkdir -p "$pkg"
-cp "$REPO_DIR/plugins/hello-python/toru_plugin.py" "$REPO_DIR/plugins/hello-python/bundle.js" "$pkg/"
-sed 's/hello-python/hello-pkg/g' "$REPO_DIR/plugins/hello-python/hello-python.binary" > "$pkg/hello-pkg.binary"
-chmod 755 "$pkg/hello-pkg.binary"
-sed 's/hello-python/hello-pkg/g; s/"hello-pkg.binary"/"hello-pkg.binary"/' \
-    "$REPO_DIR/plugins/hello-python/manifest.toml" > "$pkg/manifest.toml"
-(cd "$REPO_DIR" && cargo build -q -p toru)
-host_toru="$REPO_DIR/target/debug/toru"
-(cd "$run" && "$host_toru" key generate boot >/dev/null && "$host_toru" plugin pack "$pkg" --key boot.key -o hello-pkg.toru >/dev/null) ||
-    fail "toru plugin pack of the test package failed"
+same_host() {
+    local current
+    current=$(api_pid) || fail "GET /api/system failed (host pid was $pid)"
+    [ "$current" = "$pid" ] || fail "host restarted (pid $pid -> $current)"
+}
 api() { curl -s --max-time "${2:-30}" -H "Authorization: Bearer $token" "${@:3}" "http://127.0.0.1:$port$1"; }
+# The control port (virtio serial): commands to the hook, answered on the console. The connection
+# stays open to the end; QEMU delivers each line whenever the guest reads the port.
+exec 3<>"/dev/tcp/127.0.0.1/$ctl"
+hook() { printf '%s\n' "$*" >&3; }
+# Field checks in Python: `check <what> <args>` (exit 1 with the reason on stderr when it fails).
+cat > "$run/check.py" <<'PY'
+import json, sys
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+def security(path, uid_min, uid_max):
+    """A plugin's security answer: isolation on, its uid in range, the protections in force.
+    Prints "<uid> <landlock state>"."""
+    s = load(path)
+    assert s.get("isolation") == "on", f"isolation is {s.get('isolation')!r}: {s.get('reason')}"
+    uid = s["user"]["uid"]
+    assert uid_min <= uid <= uid_max, f"uid {uid} not in {uid_min}..{uid_max}"
+    state = {p["name"]: p for p in s["protections"]}
+    for name in ("user", "seccomp", "cgroup", "landlock"):
+        assert name in state, f"no protection {name!r} listed"
+        ok = ("enforced", "degraded") if name == "landlock" else ("enforced",)
+        assert state[name]["state"] in ok, f"{name} is {state[name]['state']}: {state[name].get('detail')}"
+    print(uid, state["landlock"]["state"], state["landlock"].get("detail", ""))
+
+def limit(path, key):
+    """The value of limits.<key> in a security answer ("null" for unlimited)."""
+    print(json.dumps(load(path)["limits"][key]["value"]))
+
+def attack(path, mode, *errnos):
+    """The hostile plugin's answer to GET <route>/<mode>: refused with one of `errnos`."""
+    r = load(path)
+    o = r.get("outcome") or {}
+    assert r.get("mode") == mode, f"answered mode {r.get('mode')!r}"
+    assert o.get("refused") is True, f"not refused: {json.dumps(o)}"
+    err = o.get("error") or ""
+    if mode in ("write-other", "ptrace"):
+        # Both targets/calls must have been refused, each for one of the reasons.
+        parts = ("data", "install") if mode == "write-other" else ("attach", "traceme")
+        for part in parts:
+            e = o["detail"][part]["error"] if mode == "write-other" else o["detail"][part]
+            assert e and e.split()[0] in errnos, f"{part}: {e!r} not one of {errnos}: {json.dumps(o)}"
+    assert err.split()[0] in errnos, f"error {err!r} not one of {errnos}: {json.dumps(o)}"
+    print(err)
+
+def event(path, kind):
+    """The newest event of `kind` in GET /api/plugins/{id}/events (exit 1 when there is none)."""
+    evs = [e for e in load(path) if e.get("kind") == kind]
+    if not evs:
+        sys.exit(1)
+    evs.sort(key=lambda e: e.get("seq", 0))
+    print(json.dumps(evs[-1]))
+
+def plugin(path, pid_before=None):
+    """GET /api/plugins/{id}: exit 1 unless ready (and, given pid_before, with another pid).
+    Prints its pid."""
+    p = load(path)
+    if p.get("state") != "ready" or (pid_before is not None and str(p.get("pid")) == pid_before):
+        sys.exit(1)
+    print(p["pid"])
+
+def pids(path, *ids):
+    """GET /api/plugins: "id=pid/state" for each id."""
+    by_id = {p.get("id"): p for p in load(path)}
+    print(" ".join(f"{i}={by_id.get(i, {}).get('pid')}/{by_id.get(i, {}).get('state')}" for i in ids))
+
+what, args = sys.argv[1], sys.argv[2:]
+try:
+    if what == "security":
+        security(args[0], int(args[1]), int(args[2]))
+    else:
+        globals()[what](*args)
+except (AssertionError, KeyError, TypeError, ValueError) as e:
+    print(f"{what}: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+PY
+check() { python3 "$run/check.py" "$@"; }
+# has_words "<text>" word...: every word is one of the text's words.
+has_words() {
+    local text=" $1 " w
+    shift
+    for w in "$@"; do case "$text" in *" $w "*) ;; *) return 1 ;; esac; done
+}
+
+# Isolation 1: the host's cgroup (C = /sys/fs/cgroup/system.slice/toru.service). The host moved
+# itself into the leaf C/host and enabled the memory, pids and cpu controllers for the plugins'
+# cgroups in C and in its instance cgroup C/toru-<instance>.
+hook cgroup
+wait_for 60 "the hook's cgroup report (TORU-TEST-CG-END)" console_has TORU-TEST-CG-END
+[ "$(console_value TORU-TEST-CG-END)" = "$pid" ] ||
+    fail "the hook read the cgroup of pid $(console_value TORU-TEST-CG-END), the API says the host is $pid"
+cg_host=$(console_line TORU-TEST-CG-HOST)
+cg_subtree=$(console_line TORU-TEST-CG-SUBTREE)
+cg_instance=$(console_line TORU-TEST-CG-INSTANCE)
+cg_instance_subtree=$(console_line TORU-TEST-CG-INSTANCE-SUBTREE)
+cg_log=$(console_line TORU-TEST-CG-LOG)
+say "$machine: /proc/$pid/cgroup: $cg_host"
+say "$machine: toru.service/cgroup.subtree_control: $cg_subtree"
+say "$machine: ${cg_instance#/sys/fs/cgroup/system.slice/toru.service/}/cgroup.subtree_control: $cg_instance_subtree"
+say "$machine: host log: $cg_log"
+say "$machine: kernel LSMs: $(console_line TORU-TEST-CG-LSM)"
+[ "$cg_host" = "0::/system.slice/toru.service/host" ] ||
+    fail "the host is not in the leaf cgroup toru.service/host: /proc/$pid/cgroup says $cg_host"
+has_words "$cg_subtree" cpu memory pids ||
+    fail "toru.service/cgroup.subtree_control lacks cpu memory pids: $cg_subtree"
+case "$cg_instance" in
+    /sys/fs/cgroup/system.slice/toru.service/toru-*) ;;
+    *) fail "the host's instance cgroup (/run/toru/cgroup) is not under toru.service: $cg_instance" ;;
+esac
+has_words "$cg_instance_subtree" cpu memory pids ||
+    fail "$cg_instance/cgroup.subtree_control lacks cpu memory pids: $cg_instance_subtree"
+case "$cg_log" in
+    *"plugin descendants: a cgroup each under $cg_instance (limits: memory, pids, cpu)"*) ;;
+    *) fail "the host's log line about plugin descendants is not the cgroup one with memory, pids and cpu limits: ${cg_log:-none}" ;;
+esac
+
+# Isolation 2: what GET /api/plugins/hello-rust/security says, checked against the kernel's view
+# of its process: its own uid (70001..79999), Landlock, seccomp and the cgroup in force, and the
+# limits in its cgroup's files.
+api /api/plugins/hello-rust/security > "$run/sec.json"
+say "$machine: GET /api/plugins/hello-rust/security: $(cat "$run/sec.json")"
+read -r sec_uid landlock_state landlock_detail < <(check security "$run/sec.json" 70001 79999) ||
+    fail "hello-rust's security answer (above)"
+if [ "$landlock_state" != enforced ]; then
+    say "$machine: WARNING: Landlock is $landlock_state for hello-rust: $landlock_detail"
+fi
+api /api/plugins/hello-rust > "$run/hello-rust.json"
+hr_pid=$(check plugin "$run/hello-rust.json") || fail "hello-rust is not ready: $(cat "$run/hello-rust.json")"
+# plugin_report <id> <pid>: the hook's view of one plugin process (values in plugin_<key>).
+plugin_report() {
+    local id=$1 p=$2
+    hook plugin "$id" "$p"
+    plugin_end() { [ "$(console_value "TORU-TEST-PLUGIN-$id-END")" = "$p" ]; }
+    wait_for 60 "the hook's report on $id (pid $p)" plugin_end
+    plugin_cgroup=$(console_line "TORU-TEST-PLUGIN-$id-CGROUP")
+    plugin_uid=$(console_line "TORU-TEST-PLUGIN-$id-UID")
+    plugin_memory_max=$(console_line "TORU-TEST-PLUGIN-$id-MEMORY-MAX")
+    plugin_swap_max=$(console_line "TORU-TEST-PLUGIN-$id-SWAP-MAX")
+    plugin_oom_group=$(console_line "TORU-TEST-PLUGIN-$id-OOM-GROUP")
+    plugin_pids_max=$(console_line "TORU-TEST-PLUGIN-$id-PIDS-MAX")
+    say "$machine: $id pid $p: cgroup $plugin_cgroup, Uid $plugin_uid, memory.max $plugin_memory_max, memory.swap.max $plugin_swap_max, memory.oom.group $plugin_oom_group, pids.max $plugin_pids_max"
+    [ "$plugin_cgroup" = "${cg_instance#/sys/fs/cgroup}/$id" ] ||
+        fail "$id (pid $p) is in cgroup $plugin_cgroup, not ${cg_instance#/sys/fs/cgroup}/$id"
+    [ "$plugin_oom_group" = 1 ] || fail "$id: memory.oom.group is $plugin_oom_group, not 1"
+    case "$plugin_swap_max" in 0|unreadable) ;; *) fail "$id: memory.swap.max is $plugin_swap_max, not 0" ;; esac
+}
+plugin_report hello-rust "$hr_pid"
+[ "$plugin_uid" = "$sec_uid $sec_uid $sec_uid $sec_uid" ] ||
+    fail "hello-rust (pid $hr_pid) runs with Uid $plugin_uid, its security answer says $sec_uid"
+[ "$plugin_pids_max" = 256 ] || fail "hello-rust: pids.max is $plugin_pids_max, not 256 (the default processes)"
+# memory.max is the default "50%" of the guest's memory, as the kernel keeps it: whole pages.
+sec_memory=$(check limit "$run/sec.json" memory) || fail "no limits.memory in hello-rust's security answer"
+[ "$sec_memory" != null ] && [ "$plugin_memory_max" = $(( sec_memory / 4096 * 4096 )) ] ||
+    fail "hello-rust: memory.max is $plugin_memory_max, its security answer says $sec_memory"
+
+# Isolation 3 needs packages: a signed package installed over HTTP as the UI does it — trust a
+# throwaway publisher key, upload (streamed, signature in X-Toru-Signature), confirm; it must pass
+# its probation and run from the data partition (the plugins dir is read-only under
+# ProtectSystem=strict).
 pub=$(python3 -c 'import json,sys; print(json.dumps({"public_key": open(sys.argv[1]).read()}))' "$run/boot.pub")
 api /api/trust 30 -X POST -H "Content-Type: application/json" --data "$pub" > "$run/trust.json"
 grep -q key_id "$run/trust.json" || fail "POST /api/trust: $(cat "$run/trust.json")"
-t_pkg=$(now)
-api /api/packages/upload 300 -X POST -H "Content-Type: application/octet-stream" \
-    -H "X-Toru-Signature: $(base64 -w0 "$run/hello-pkg.toru.minisig")" \
-    --data-binary "@$run/hello-pkg.toru" > "$run/upload.json"
-upload=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["upload"])' "$run/upload.json") ||
-    fail "package upload refused: $(cat "$run/upload.json")"
-api "/api/packages/upload/$upload/confirm" 600 -X POST -H "Content-Type: application/json" --data '{}' > "$run/confirm.json"
-grep -q '"installed"' "$run/confirm.json" || fail "package install: $(cat "$run/confirm.json")"
-api /api/plugins/hello-pkg 30 > "$run/pkg-plugin.json"
-python3 - "$run/pkg-plugin.json" <<'PY' || fail "the installed package: $(cat "$run/pkg-plugin.json")"
+install_package() {
+    local id=$1 t upload
+    t=$(now)
+    api /api/packages/upload 300 -X POST -H "Content-Type: application/octet-stream" \
+        -H "X-Toru-Signature: $(base64 -w0 "$run/$id.toru.minisig")" \
+        --data-binary "@$run/$id.toru" > "$run/upload.json"
+    upload=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["upload"])' "$run/upload.json") ||
+        fail "package $id: upload refused: $(cat "$run/upload.json")"
+    api "/api/packages/upload/$upload/confirm" 600 -X POST -H "Content-Type: application/json" --data '{}' > "$run/confirm.json"
+    grep -q '"installed"' "$run/confirm.json" || fail "package $id: install: $(cat "$run/confirm.json")"
+    api "/api/plugins/$id" 30 > "$run/$id.plugin.json"
+    python3 - "$run/$id.plugin.json" "$id" <<'PY' || fail "the installed package $id: $(cat "$run/$id.plugin.json")"
 import json, sys
-p = json.load(open(sys.argv[1]))
+p, pid = json.load(open(sys.argv[1])), sys.argv[2]
 assert p["state"] == "ready" and p["package"]["version"] == "0.1.0", p
-assert p["binary"].startswith("/var/lib/toru/packages/hello-pkg/0.1.0/"), p["binary"]
+assert p["binary"].startswith(f"/var/lib/toru/packages/{pid}/0.1.0/"), p["binary"]
 PY
-say "$machine: signed package installed over HTTP and through its probation in $(( $(now) - t_pkg )) s"
+    say "$machine: signed package $id installed over HTTP and through its probation in $(( $(now) - t )) s"
+}
+api /api/plugins > "$run/plugins.json"
+others_before=$(check pids "$run/plugins.json" "${expected[@]}")
+install_package hello-pkg
+hostile_ids=(hostile-alloc hostile-fork)
+install_package hostile-alloc
+install_package hostile-fork
+same_host
 
-# Kill the host inside the guest; systemd must restart it. The connection stays open until the
-# hook reports, so QEMU delivers the command whenever the guest reads the port.
-exec 3<>"/dev/tcp/127.0.0.1/$ctl"
-printf 'kill\n' >&3
+# Isolation 3: the hostile plugin for real. First what only confinement refuses (the plugin stays
+# ready): the store file, /etc/shadow, another plugin's folders, ptrace, mount, a user namespace.
+attack_ok() {
+    local mode=$1 err
+    shift
+    api "/api/plugins/route/hostile-fork/$mode" 60 > "$run/attack-$mode.json"
+    err=$(check attack "$run/attack-$mode.json" "$mode" "$@") ||
+        fail "hostile attack $mode was not refused with $*: $(cat "$run/attack-$mode.json")"
+    say "$machine: hostile $mode: refused ($err)"
+}
+attack_ok read-store EACCES
+attack_ok read-shadow EACCES
+attack_ok write-other EACCES EROFS
+attack_ok ptrace EPERM
+attack_ok mount EPERM
+attack_ok unshare EPERM
+api /api/plugins/hostile-fork > "$run/hostile-fork.json"
+check plugin "$run/hostile-fork.json" > /dev/null || fail "hostile-fork is not ready after the refused attacks: $(cat "$run/hostile-fork.json")"
+
+# Then the limits its manifest asked for, as the kernel holds them: 64 MiB of memory
+# (memory.max, the OOM killer takes the plugin: an `oom` event), 32 processes (pids.max: a
+# `limit` event, the host stops it). Both count as a crash: the plugin is restarted.
+# limit_attack <id> <mode> <event kind>: the event's JSON in $run/<id>.event.json.
+limit_attack() {
+    local id=$1 mode=$2 kind=$3 before t
+    api "/api/plugins/$id" > "$run/$id.json"
+    before=$(check plugin "$run/$id.json") || fail "$id is not ready: $(cat "$run/$id.json")"
+    plugin_report "$id" "$before"
+    t=$(now)
+    # The plugin dies answering (or just after): whatever the host answers is not the point.
+    api "/api/plugins/route/$id/$mode" 120 > "$run/attack-$mode.json" || true
+    has_event() { api "/api/plugins/$id/events?limit=50" > "$run/$id.events.json" &&
+        check event "$run/$id.events.json" "$kind" > "$run/$id.event.json"; }
+    wait_for 60 "a $kind event for $id" has_event
+    http_ok /api/health || fail "/api/health did not answer after $id's $kind"
+    say "$machine: $id: $kind event $(( $(now) - t )) s after the attack: $(cat "$run/$id.event.json")"
+    restarted_plugin() { api "/api/plugins/$id" > "$run/$id.json" && check plugin "$run/$id.json" "$before" > /dev/null; }
+    wait_for 60 "$id restarted and ready (pid other than $before)" restarted_plugin
+    say "$machine: $id restarted: pid $before -> $(check plugin "$run/$id.json")"
+}
+limit_attack hostile-alloc alloc oom
+[ "$plugin_memory_max" = 67108864 ] || fail "hostile-alloc: memory.max was $plugin_memory_max, its manifest asks 64M"
+python3 - "$run/hostile-alloc.event.json" <<'PY' || fail "the oom event: $(cat "$run/hostile-alloc.event.json")"
+import json, sys
+e = json.load(open(sys.argv[1]))
+assert e["details"]["limit_bytes"] == 64 << 20, e
+assert e["message"].startswith("out of memory: killed at its 64.0 MiB limit"), e
+PY
+limit_attack hostile-fork fork limit
+[ "$plugin_pids_max" = 32 ] || fail "hostile-fork: pids.max was $plugin_pids_max, its manifest asks 32"
+python3 - "$run/hostile-fork.event.json" <<'PY' || fail "the limit event: $(cat "$run/hostile-fork.event.json")"
+import json, sys
+e = json.load(open(sys.argv[1]))
+assert e["details"]["limit"] == "processes" and e["details"]["value"] == 32, e
+assert e["message"].startswith("process limit reached: 32 processes"), e
+PY
+# Nobody else noticed: the same host, the example plugins ready with the same processes.
+same_host
+http_ok /api/health || fail "/api/health did not answer after the attacks"
+api /api/plugins > "$run/plugins.json"
+others_after=$(check pids "$run/plugins.json" "${expected[@]}")
+[ "$others_after" = "$others_before" ] ||
+    fail "the example plugins changed during the attacks: before $others_before, after $others_after"
+say "$machine: example plugins untouched by the attacks: $others_after"
+
+# The rest of the soak.
+while [ "$(now)" -lt "$soak_end" ]; do
+    kill -0 "$qpid" 2>/dev/null || fail "QEMU exited during the soak"
+    same_host
+    sleep 5
+done
+say "$machine: host pid $pid unchanged for $(( $(now) - soak_end + 75 )) s (watchdog soak, packages and attacks inside it)"
+
+# Kill the host inside the guest; systemd must restart it.
+hook kill
 wait_for 60 "TORU-TEST-KILLED on the console" console_has TORU-TEST-KILLED
 exec 3>&-
 [ "$(console_value TORU-TEST-KILLED)" = "$pid" ] || fail "the hook killed pid $(console_value TORU-TEST-KILLED), not $pid"

@@ -4,7 +4,8 @@
 #   board/build-image.sh            -> board/out/toru-<version>-rpi-arm64.img, .img.xz, .img.bmap
 #   board/build-image.sh --no-xz    -> only the .img (what the boot test boots; saves ~2.5 min)
 #
-# Steps: cargo release build of `toru` and `hello-rust` for aarch64-unknown-linux-musl; the cached
+# Steps: cargo release build of `toru` and `hello-rust` for aarch64-unknown-linux-musl (and
+# `hostile`, the test plugin board/boot-test.sh installs as a package; never put in the image); the cached
 # Debian rootfs (board/rootfs.sh); a copy of it with board/overlay/ and the binaries laid over it;
 # a FAT32 RASPIFIRM and an ext4 RASPIROOT partition assembled from files (no loop devices, no vfat in
 # the build machine's kernel needed) into an MBR image. Also leaves the kernel, initrd and Pi 3 DTB
@@ -35,8 +36,9 @@ if [ -n "${TORU_BOARD_BIN_DIR:-}" ]; then
     bindir=$TORU_BOARD_BIN_DIR
 else
     (cd "$REPO_DIR" && need_rust_target "$target")
-    say "cargo build --release --target $target (toru, hello-rust)"
-    (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust)
+    say "cargo build --release --target $target (toru, hello-rust; hostile for the boot test)"
+    # The same command as board/boot-test.sh's, which then finds everything built.
+    (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust -p hostile)
     bindir="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release"
 fi
 t_cargo=$(date +%s)

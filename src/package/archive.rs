@@ -342,8 +342,17 @@ pub(crate) fn extract(
     })
 }
 
-/// `dest` exists as an empty directory afterwards (created `0755` if missing).
+/// `dest` exists as an empty directory afterwards, `0755` whatever the umask (the host's on the
+/// image is 0027, and the plugins' uids must reach the files: their `--metadata` runs from here and
+/// the folder becomes the install folder).
 fn prepare_dest(dest: &Path) -> Result<(), ArchiveError> {
+    let io_err = |what: String| move |source| ArchiveError::Io { what, source };
+    prepare_empty_dir(dest)?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(format!("cannot make {} readable", dest.display())))
+}
+
+fn prepare_empty_dir(dest: &Path) -> Result<(), ArchiveError> {
     let io_err = |what: String| move |source| ArchiveError::Io { what, source };
     match DirBuilder::new().mode(0o755).create(dest) {
         Ok(()) => Ok(()),
@@ -725,6 +734,21 @@ mod tests {
             ArchiveError::Unsafe { entry, why } => (entry, why),
             other => panic!("expected Unsafe, got {other:?}"),
         }
+    }
+
+    /// The destination ends up `0755` whatever it was made with: under a umask such as the
+    /// image's 0027 it would be `0750`, and the plugins' uids could not reach their files (an
+    /// existing empty folder stands for that here: changing the umask would race other tests).
+    #[test]
+    fn the_destination_is_made_readable_to_everyone() {
+        let t = TempDir::new("pkg").unwrap();
+        let pkg = t.join("p.toru");
+        std::fs::write(&pkg, good().finish()).unwrap();
+        let dest = t.join("files");
+        DirBuilder::new().mode(0o700).create(&dest).unwrap();
+        extract(&pkg, &dest, &Limits::default()).unwrap();
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
     }
 
     /// `good()` with `extra` appended before the end.

@@ -5,8 +5,9 @@
 //! starts plugins with a clean environment), and the metadata id is the file stem. A `hostile.json`
 //! beside the executable overrides it (in a package the executable's name is fixed):
 //! `{"id": "h1", "version": "0.2.0", "mode": "connect", "route": "/h1", "port": 4711,
-//! "other": "hostile-ok", "other_install": "/path"}` (every field optional; `route` defaults to
-//! `/<id>`, `version` to `0.0.0`). Files are then named after the id instead of the stem.
+//! "other": "hostile-ok", "other_install": "/path", "on_request": false}` (every field optional;
+//! `route` defaults to `/<id>`, `version` to `0.0.0`). Files are then named after the id instead of
+//! the stem.
 //!
 //! After answering `ready` it performs ONE attack, writes what happened as JSON to
 //! `<stem>.outcome` in `$TORU_PLUGIN_DATA` (its working directory when that is not set), fsync'd
@@ -16,6 +17,12 @@
 //! name first, `null` when nothing failed) says why, so a test can tell a confinement's refusal
 //! (`EACCES`, `EPERM`, `EAGAIN`, …) from an attack that missed its target (`ENOENT`). Then it
 //! stays ready, answering heartbeats, until the host stops it — unless the attack killed it.
+//!
+//! With `"on_request": true` it attacks nothing at start: each HTTP request performs the attack
+//! its path names (`GET <route>/read-store`; the path `/` means `mode`), writes the outcome file as
+//! above and answers with the outcome. A package installed this way passes its probation, and its
+//! attacks happen when a test asks, one after the other in the same process (the board's QEMU boot
+//! test uses this: `board/boot-test.sh`).
 //!
 //! | mode | attack |
 //! |---|---|
@@ -67,6 +74,8 @@ struct Identity {
     version: String,
     mode: String,
     route: String,
+    /// Attack only when an HTTP request asks (`on_request`), not after `init`.
+    on_request: bool,
     /// The rest of `hostile.json` (`port`, `other`, `other_install`).
     cfg: Value,
 }
@@ -100,6 +109,7 @@ fn identity() -> Identity {
         route: text("route").unwrap_or_else(|| format!("/{id}")),
         version: text("version").unwrap_or_else(|| "0.0.0".into()),
         mode: text("mode").unwrap_or_else(|| stem.strip_prefix("hostile-").unwrap_or("ok").into()),
+        on_request: cfg.get("on_request").and_then(Value::as_bool) == Some(true),
         id,
         cfg,
     }
@@ -199,8 +209,7 @@ fn write_outcome(name: &str, mode: &str, o: &Outcome) {
     }
 }
 
-fn attack(me: &Identity) -> Outcome {
-    let mode = me.mode.as_str();
+fn attack(me: &Identity, mode: &str) -> Outcome {
     match mode {
         "ok" => well_behaved(),
         "read-store" => match data_dir() {
@@ -516,6 +525,13 @@ fn connect(port: u16) -> Outcome {
     Outcome::of(r, json!({ "addr": addr.to_string() }))
 }
 
+/// Perform the attack `mode`, write its outcome file, and return the outcome as JSON.
+fn attack_and_report(me: &Identity, mode: &str) -> Value {
+    let o = attack(me, mode);
+    write_outcome(&me.name, mode, &o);
+    json!({ "refused": o.refused, "error": o.error, "detail": o.detail })
+}
+
 fn send(w: &mut UnixStream, id: Option<String>, msg: PluginMessage) {
     let body = Frame::new(id, msg).encode();
     let _ = write_frame(w, &body, MAX_FRAME_LEN);
@@ -531,7 +547,11 @@ fn main() -> ExitCode {
         println!("{meta}");
         return ExitCode::SUCCESS;
     }
-    eprintln!("hostile plugin starting in mode {}", me.mode);
+    if me.on_request {
+        eprintln!("hostile plugin starting: attacks on request");
+    } else {
+        eprintln!("hostile plugin starting in mode {}", me.mode);
+    }
     let Some(path) = std::env::var_os("TORU_PLUGIN_SOCKET") else {
         eprintln!("TORU_PLUGIN_SOCKET not set");
         return ExitCode::FAILURE;
@@ -569,10 +589,8 @@ fn serve(mut stream: UnixStream, me: &Identity) -> ExitCode {
         match frame.message {
             HostMessage::Init(_) => {
                 send(&mut stream, id, PluginMessage::Ready);
-                if outcome.is_null() {
-                    let o = attack(me);
-                    write_outcome(&me.name, &me.mode, &o);
-                    outcome = json!({ "refused": o.refused, "error": o.error, "detail": o.detail });
+                if outcome.is_null() && !me.on_request {
+                    outcome = attack_and_report(me, &me.mode);
                 }
             }
             HostMessage::Ping { seq } => send(&mut stream, id, PluginMessage::Pong { seq }),
@@ -584,9 +602,20 @@ fn serve(mut stream: UnixStream, me: &Identity) -> ExitCode {
                 let e = ErrorReply::new(ErrorCode::Unsupported, "unsupported message type config");
                 send(&mut stream, id, PluginMessage::Error(e));
             }
-            HostMessage::Http(_) => {
-                let reply =
-                    HttpResponse::json(200, &json!({ "mode": me.mode, "outcome": outcome }));
+            HostMessage::Http(req) => {
+                let mode = if me.on_request {
+                    let asked = req.path_only().trim_matches('/');
+                    let mode = if asked.is_empty() {
+                        me.mode.clone()
+                    } else {
+                        asked.to_string()
+                    };
+                    outcome = attack_and_report(me, &mode);
+                    mode
+                } else {
+                    me.mode.clone()
+                };
+                let reply = HttpResponse::json(200, &json!({ "mode": mode, "outcome": outcome }));
                 send(&mut stream, id, PluginMessage::HttpReply(reply));
             }
             HostMessage::Kv(_) | HostMessage::Error(_) => {}
