@@ -19,6 +19,8 @@ export function log(...a) { console.log("[browser]", ...a); }
 // before it starts; `config` (TOML text) is passed with --config.
 export async function startHost({ fill, config, prefix = "tb-" } = {}) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.chmodSync(root, 0o755); // reachable by the plugins' own uids (root host): isolation on
+
   const dirs = { root, data: path.join(root, "data"), plugins: path.join(root, "plugins"), run: path.join(root, "run") };
   fs.mkdirSync(dirs.plugins, { recursive: true });
   if (fill) fill(dirs.plugins);

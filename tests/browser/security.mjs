@@ -255,6 +255,9 @@ async function viewerFlow(browser, host, problems) {
 
 export async function securityFlows(browser) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "tbs-"));
+  // mkdtemp makes it 0700: plugins under their own uids (root host) must pass it, else the host
+  // runs them as itself and says isolation is off.
+  fs.chmodSync(work, 0o755);
   const problems = [];
   const host = await startHost({ prefix: "tbs-", config: "[packages]\nprobation_secs = 1\n" });
   log("security host at", host.url);
