@@ -176,6 +176,12 @@ impl Toru {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// Plugin `id`'s newest events (at most 10).
+    pub fn events(&self, id: &str) -> Result<Vec<Value>> {
+        let events = self.get(&format!("/api/plugins/{id}/events?limit=10"))?;
+        Ok(events.as_array().cloned().unwrap_or_default())
+    }
+
     /// The plugin's current pid and state.
     pub fn plugin(&self, id: &str) -> Result<(Option<u32>, String, u64)> {
         let v = self.get(&format!("/api/plugins/{id}"))?;
@@ -213,6 +219,15 @@ fn install_count(dir: &Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// The earliest stamp (ns) of an event of `kind` in `list` at or after `t0`.
+pub fn first_at(list: &[Value], kind: &str, t0: i128) -> Option<i128> {
+    list.iter()
+        .filter(|e| e["kind"] == kind)
+        .filter_map(|e| e["at"].as_str().and_then(parse_at))
+        .filter(|&a| a >= t0)
+        .min()
 }
 
 /// An RFC 3339 timestamp as unix ns.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use toru_test_kit::package::{HOST_TRIPLE, PackageDir, generate_key};
 
-use crate::host::{Bins, Toru, parse_at};
+use crate::host::{Bins, Toru, first_at};
 use crate::memory::probes;
 use crate::util::{
     Result, TempDir, err, fmt_mib, fmt_ratio, fmt_ratios, fmt_us, http_once, median, now_ns, pct,
@@ -237,15 +237,8 @@ fn restart(t: &mut Toru, s: &Series) -> Result<Stages> {
     std::thread::sleep(FIRST_LOOK);
     let deadline = Instant::now() + RESTART_WAIT;
     loop {
-        let events = t.get(&format!("/api/plugins/{}/events?limit=10", s.id))?;
-        let list = events.as_array().cloned().unwrap_or_default();
-        let at = |kind: &str| {
-            list.iter()
-                .filter(|e| e["kind"] == kind)
-                .filter_map(|e| e["at"].as_str().and_then(parse_at))
-                .filter(|&a| a >= t0)
-                .min()
-        };
+        let list = t.events(s.id)?;
+        let at = |kind: &str| first_at(&list, kind, t0);
         if let (Some(st), Some(rs), Some(sd), Some(r)) =
             (at("stopped"), at("restarted"), at("started"), at("ready"))
         {

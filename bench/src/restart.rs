@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::host::{Bins, Toru, parse_at};
+use crate::host::{Bins, Toru, first_at};
 use crate::memory::probes;
 use crate::peers::{self, Kind, Peer};
 use crate::util::{Result, err, fmt_ratios, fmt_us, kill, median, now_ns};
@@ -62,15 +62,8 @@ fn kill_toru(t: &mut Toru, id: &str) -> Result<ToruKill> {
     std::thread::sleep(Duration::from_millis(100));
     let deadline = Instant::now() + RESTART_WAIT;
     loop {
-        let events = t.get(&format!("/api/plugins/{id}/events?limit=10"))?;
-        let list = events.as_array().cloned().unwrap_or_default();
-        let at = |kind: &str| {
-            list.iter()
-                .filter(|e| e["kind"] == kind)
-                .filter_map(|e| e["at"].as_str().and_then(parse_at))
-                .filter(|&a| a >= t0)
-                .min()
-        };
+        let list = t.events(id)?;
+        let at = |kind: &str| first_at(&list, kind, t0);
         if let (Some(c), Some(r), Some(rs), Some(st)) =
             (at("crashed"), at("ready"), at("restarted"), at("started"))
         {
