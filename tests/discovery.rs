@@ -26,9 +26,10 @@ use serde_json::{Value, json};
 use support::{Bins, Host, HostOpts, PluginSrc, alive, built, eventually, install, temp_dir};
 
 /// A `--metadata` timeout of a day: a hang lasts until the test releases it.
-/// The scripts below record pids and marks in a folder of the test from their `--metadata` run;
-/// a confined `--metadata` run may write nowhere (docs/ISOLATION.md), so these tests of process
-/// handling run without confinement (`tests/isolation.rs` covers it).
+/// The scripts below record pids and marks in a folder of the test from their `--metadata` run
+/// (a confined `--metadata` run may write nowhere, docs/ISOLATION.md) or exec a binary of the
+/// build folder: these tests of process handling and rescans run without confinement
+/// (`tests/isolation.rs` covers it).
 const UNCONFINED: &str = "[isolation]\nenabled = false\n";
 const NO_METADATA_TIMEOUT: &str =
     "[supervisor]\nmetadata_timeout_ms = 86400000\n[isolation]\nenabled = false\n";
@@ -402,7 +403,12 @@ fn sigterm_during_discovery_stops_the_host_and_its_metadata_runs() {
 /// metadata restarts the plugin with it, the same metadata leaves it running.
 #[test]
 fn a_replaced_binary_is_read_again_at_the_next_rescan() {
-    let h = Host::start(opts(vec![claimant("swap", "swap", "/swap", "1")]));
+    // The claimant execs hello-rust from the build folder, which a plugin's own uid may not pass
+    // (a checkout in a private folder): this test of rescans runs unconfined.
+    let h = Host::start(HostOpts {
+        config: Some(UNCONFINED.into()),
+        ..opts(vec![claimant("swap", "swap", "/swap", "1")])
+    });
     let ready_pid = |h: &Host, not: &Value| {
         eventually("swap ready with a new process", || {
             let p = plugin(h, "swap")?;
