@@ -48,6 +48,7 @@ fn render(r: &ApiRoute) -> Option<String> {
         Rollback(id) => format!("/api/plugins/{id}/rollback"),
         Remove(id) => format!("/api/plugins/{id}/remove"),
         Settings(id) => format!("/api/plugins/{id}/settings"),
+        Security(id) => format!("/api/plugins/{id}/security"),
         Trust => "/api/trust".into(),
         TrustKey(k) => format!("/api/trust/{k}"),
         Unknown => return None,
