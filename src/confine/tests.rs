@@ -361,8 +361,15 @@ async fn as_root_every_step_applies_together_in_its_order() {
     if matches!(prepared.report().seccomp, Protection::Enforced(_)) {
         assert_eq!(status_line(&out.stdout, "Seccomp:"), "2");
     } else {
-        assert!(emulated(), "seccomp degraded natively: {:?}", prepared.report());
-        println!("no seccomp filter here (emulated): {:?}", prepared.report().seccomp);
+        assert!(
+            emulated(),
+            "seccomp degraded natively: {:?}",
+            prepared.report()
+        );
+        println!(
+            "no seccomp filter here (emulated): {:?}",
+            prepared.report().seccomp
+        );
     }
     assert!(!out.stdout.contains("eth"), "{}", out.stdout);
     assert!(!out.stdout.contains("LEAKED"), "{}", out.stdout);
