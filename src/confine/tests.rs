@@ -328,6 +328,12 @@ async fn as_root_every_step_applies_together_in_its_order() {
     let dir = temp("all");
     std::fs::create_dir_all(dir.join("hidden")).unwrap();
     std::fs::write(dir.join("hidden/secret"), b"secret").unwrap();
+    // Private to root: where Landlock is missing (qemu-user), the mode still keeps it.
+    std::fs::set_permissions(
+        dir.join("hidden/secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let plan = Plan {
         user: Some(Ids {
             uid: 70127,
