@@ -103,11 +103,12 @@ fn a_package_made_with_tar_and_minisign_alone_is_accepted() {
         "{}",
         v.trusted_comment
     );
-    // The .pub file's comment names the same key id minisign printed.
+    // The .pub file's comment names the same key id minisign printed (minisign prints it with
+    // `%PRIX64`: no leading zeros, so one key in 16 has a shorter id there).
     assert!(
         std::fs::read_to_string(d.join("me.pub"))
             .unwrap()
-            .contains(&key.key_id)
+            .contains(key.key_id.trim_start_matches('0'))
     );
 
     let x = extract(&d.join("hello.toru"), &t.join("x"), &Limits::default()).unwrap();
