@@ -3,8 +3,9 @@
 #
 #   board/boot-test.sh board/out/toru-<version>-rpi-arm64.img [virt|raspi3b]
 #
-# The copy is grown by 2 GiB (first boot must grow the root partition). The kernel command line
-# carries `toru.testtoken`, which enables the test-only toru-boot-test.service inside the image; it
+# The copy is grown by 2 GiB (first boot must grow the data partition). virt boots through UEFI
+# firmware and GRUB, as a UEFI board does (the slot GRUB's environment picks: A). The kernel command
+# line carries `toru.testtoken` (virt: through GRUB's environment, TORU_EXTRA), which enables the test-only toru-boot-test.service inside the image; it
 # writes TORU-TEST-* lines to the serial console (captured to a file here) and takes commands on a
 # virtio serial port (`kill`: SIGKILL the host). The test completes first-boot setup over HTTP with
 # the setup code it reads on the console. HTTP goes through a QEMU user-network forward bound
@@ -17,16 +18,17 @@
 # attack over HTTP (`on_request`, so they pass their probation first) and checks the refusals, the
 # `oom` and `limit` events and that the host and the other plugins carry on untouched.
 #
-# virt: the full check list. raspi3b: boot, HTTP, setup, token, plugins and root grow only (no
+# virt: the full check list. raspi3b: boot, HTTP, setup, token, plugins and data grow only (no
 # virtio serial port there, so no kill test), and much slower. Neither runs the Pi's GPU firmware
 # (bootcode.bin/start.elf).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/assemble.sh"
 
 img=${1:?usage: $0 <image.img> [virt|raspi3b]}
 machine=${2:-virt}
 base=${img%.img}
-need_apt qemu-system-arm qemu-efi-aarch64 curl python3 util-linux
+need_apt qemu-system-arm qemu-efi-aarch64 curl python3 util-linux mtools
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/toru-boot.XXXXXX")
 console="$run/console.log"
@@ -90,7 +92,7 @@ if [ -n "${TORU_BOARD_BIN_DIR:-}" ] && [ -x "$TORU_BOARD_BIN_DIR/hostile" ]; the
     hostile_bin=$TORU_BOARD_BIN_DIR/hostile
 else
     (cd "$REPO_DIR" && need_rust_target "$target" &&
-        cargo build -q --release --locked --target "$target" -p toru -p hello-rust -p hostile)
+        cargo build -q --release --locked --target "$target" -p toru -p hello-rust -p sysinfo-plugin -p hostile)
     hostile_bin="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release/hostile"
 fi
 (cd "$run" && "$host_toru" key generate boot >/dev/null) || { echo "toru key generate failed" >&2; exit 1; }
@@ -138,16 +140,19 @@ done
 
 copy="$run/disk.img"
 cp --sparse=always "$img" "$copy"
-root_part_bytes=$(( $(partx -g -o SECTORS -n 2 "$copy" | tr -d ' ') * 512 ))
+data_part_bytes=$(( $(partx -g -o SECTORS -n 4 "$copy" | tr -d ' ') * 512 ))
 port=$(free_port)
-common=(-m 1024 -no-reboot -display none -monitor none -serial "file:$console"
-        -kernel "$base.vmlinuz" -initrd "$base.initrd")
-cmdline="root=LABEL=RASPIROOT rw console=ttyAMA0 net.ifnames=0 panic=-1 toru.testtoken"
+common=(-m 1024 -no-reboot -display none -monitor none -serial "file:$console")
 case "$machine" in
     virt)
+        # The real boot path of a UEFI board: firmware, GRUB from the boot partition, the slot its
+        # environment picks. toru.testtoken reaches the kernel command line through that
+        # environment's TORU_EXTRA, written into the copy's boot partition (FAT at 4 MiB).
+        board_boot_env "$copy" TORU_EXTRA=toru.testtoken
         truncate -s +2G "$copy"
         ctl=$(free_port)
-        qemu-system-aarch64 -M virt -cpu cortex-a53 -smp 2 "${common[@]}" -append "$cmdline" \
+        qemu-system-aarch64 -M virt -cpu cortex-a53 -smp 2 "${common[@]}" \
+            -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd \
             -drive "file=$copy,if=none,format=raw,id=hd" -device virtio-blk-device,drive=hd \
             -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$port-:8080" -device virtio-net-device,netdev=n \
             -device virtio-serial-device \
@@ -159,8 +164,11 @@ case "$machine" in
         truncate -s 4G "$copy"
         # QEMU's bcm2835 power manager resets the machine as soon as the watchdog is armed (that is
         # how Linux reboots a Pi), so systemd's RuntimeWatchdogSec would end the run: no driver.
-        qemu-system-aarch64 -M raspi3b "${common[@]}" -dtb "$base.rpi3b.dtb" \
-            -append "$cmdline modprobe.blacklist=bcm2835_wdt" \
+        # The Pi's GPU firmware cannot run here: kernel, initrd and device tree are passed directly,
+        # with slot A's command line.
+        qemu-system-aarch64 -M raspi3b "${common[@]}" -kernel "$base.vmlinuz" -initrd "$base.initrd" \
+            -dtb "$base.rpi3b.dtb" \
+            -append "root=PARTUUID=$BOARD_DISK_ID-02 rw rauc.slot=A console=ttyAMA0 net.ifnames=0 panic=-1 toru.testtoken modprobe.blacklist=bcm2835_wdt" \
             -drive "file=$copy,if=sd,format=raw" \
             -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$port-:8080" -device usb-net,netdev=n &
         ;;
@@ -215,10 +223,37 @@ say "$machine: plugins ready $(( $(now) - t0 )) s after start: $states"
 wait_for 180 "the test hook's report on the console" console_has TORU-TEST-FAILED-UNITS
 failed=$(console_value TORU-TEST-FAILED-UNITS)
 [ "$failed" = none ] || fail "failed units in the guest: $failed"
-root_bytes=$(console_value TORU-TEST-ROOT-BYTES)
-[ "$root_bytes" -gt $((root_part_bytes + 1024 * 1024 * 1024)) ] ||
-    fail "root filesystem did not grow: $root_bytes bytes, partition was $root_part_bytes"
-say "$machine: root filesystem grew from $root_part_bytes to $root_bytes bytes"
+data_bytes=$(console_value TORU-TEST-DATA-BYTES)
+[ "$data_bytes" -gt $((data_part_bytes + 1024 * 1024 * 1024)) ] ||
+    fail "the data partition did not grow: $data_bytes bytes, partition was $data_part_bytes"
+say "$machine: data filesystem grew from $data_part_bytes to $data_bytes bytes"
+slot=$(console_value TORU-TEST-SLOT)
+[ "$slot" = A ] || fail "booted root slot is '$slot', not A"
+if [ "$machine" = virt ]; then
+    # The update health gate: with no update pending it marks the booted slot good through RAUC
+    # (the image's bootloader backend resets GRUB's try count on the boot partition). The gate
+    # shows its state before RAUC has done it: wait for the slot's boot status.
+    gate_done() {
+        curl -fs --max-time 30 -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/system/update" > "$run/update.json" || return 1
+        python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+a = [s for s in d.get("slots") or [] if s["bootname"] == "A"]
+# Done once slot A is marked good, or the gate gave up or reported a problem.
+sys.exit(0 if d.get("gate_problem") or d["gate"]["state"] == "error" or (a and a[0]["boot_status"] == "good") else 1)' "$run/update.json"
+    }
+    wait_for 180 "the update health gate" gate_done
+    python3 - "$run/update.json" <<'PY' || fail "update status after boot: $(cat "$run/update.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["enabled"] is True and d["compatible"] == "toru-rpi-arm64", d
+assert d["booted"] == "A" and d["gate"]["state"] == "no-update" and not d.get("gate_problem"), d
+a = [s for s in d["slots"] if s["bootname"] == "A"][0]
+assert a["boot_status"] == "good", a
+print("update status:", json.dumps({k: d[k] for k in ("booted", "boot_primary", "gate")}))
+PY
+    say "$machine: RAUC sees slot A booted and marked good (gate no-update)"
+fi
 
 if [ "$machine" != virt ]; then
     say "$machine: boot test passed in $(( $(now) - t0 )) s (soak and restart run on virt only)"
@@ -297,6 +332,30 @@ def plugin(path, pid_before=None):
     if p.get("state") != "ready" or (pid_before is not None and str(p.get("pid")) == pid_before):
         sys.exit(1)
     print(p["pid"])
+
+def factory(path, pid):
+    """GET /api/plugins/{id} of a package the image ships: ready, installed from the image's
+    packages (in the data partition), signed. Prints "<version> <key id>"."""
+    p = load(path)
+    if p.get("state") != "ready" or not p.get("package"):
+        sys.exit(1)
+    assert p["binary"].startswith(f"/var/lib/toru/packages/{pid}/"), p["binary"]
+    print(p["package"]["version"], p["package"].get("key_id"))
+
+def sysinfo(path):
+    """GET /api/plugins/route/sysinfo/: the device's own figures."""
+    s = load(path)
+    assert len(s["cpu"]["cores"]) >= 1, s["cpu"]
+    assert s["memory"]["total_bytes"] > 0, s["memory"]
+    assert any(d["mount"] == "/" for d in s["disks"]), s["disks"]
+    assert any(n["name"] == "lo" for n in s["network"]), s["network"]
+    print(f'{len(s["cpu"]["cores"])} cores, {s["memory"]["total_bytes"] // 2**20} MiB, '
+          f'{len(s["disks"])} disks, pi {"available" if s["pi"]["available"] else "not available"}')
+
+def note(path, title):
+    """GET /api/plugins/route/notes/notes: the note titled `title` is listed."""
+    notes = load(path)["notes"]
+    assert any(n.get("title") == title for n in notes), notes
 
 def pids(path, *ids):
     """GET /api/plugins: "id=pid/state" for each id."""
@@ -391,6 +450,26 @@ plugin_report hello-rust "$hr_pid"
 sec_memory=$(check limit "$run/sec.json" memory) || fail "no limits.memory in hello-rust's security answer"
 [ "$sec_memory" != null ] && [ "$plugin_memory_max" = $(( sec_memory / 4096 * 4096 )) ] ||
     fail "hello-rust: memory.max is $plugin_memory_max, its security answer says $sec_memory"
+
+# The packages the image ships (sysinfo, notes): installed at the first boot by
+# toru-factory-packages.service through the host (trusting the image key), each through its
+# probation, then used as an owner would: sysinfo's figures, a note written and listed.
+t=$(now)
+for id in sysinfo notes; do
+    wait_for 600 "the image's package $id installed and ready" \
+        sh -c "curl -fs --max-time 5 -H 'Authorization: Bearer $token' http://127.0.0.1:$port/api/plugins/$id > '$run/$id.factory.json' && python3 '$run/check.py' factory '$run/$id.factory.json' $id > '$run/$id.factory.txt'"
+    say "$machine: $id $(cat "$run/$id.factory.txt"): installed from the image"
+done
+say "$machine: the image's packages were ready $(( $(now) - t )) s after the checks began"
+api /api/plugins/route/sysinfo/ 30 > "$run/sysinfo.json"
+figures=$(check sysinfo "$run/sysinfo.json") || fail "sysinfo's figures: $(cat "$run/sysinfo.json")"
+say "$machine: sysinfo: $figures"
+api /api/plugins/route/notes/notes 30 -X POST -H "Content-Type: application/json" \
+    --data '{"kind": "note", "title": "from the boot test", "body": "written over HTTP"}' > "$run/note.json"
+api /api/plugins/route/notes/notes 30 > "$run/notes.json"
+check note "$run/notes.json" "from the boot test" || fail "notes: the note written is not listed: $(cat "$run/note.json") $(cat "$run/notes.json")"
+say "$machine: notes: a note written and listed"
+same_host
 
 # Isolation 3 needs packages: a signed package installed over HTTP as the UI does it — trust a
 # throwaway publisher key, upload (streamed, signature in X-Toru-Signature), confirm; it must pass
@@ -502,10 +581,41 @@ say "$machine: host pid $pid unchanged for $(( $(now) - soak_end + 75 )) s (watc
 # Kill the host inside the guest; systemd must restart it.
 hook kill
 wait_for 60 "TORU-TEST-KILLED on the console" console_has TORU-TEST-KILLED
-exec 3>&-
 [ "$(console_value TORU-TEST-KILLED)" = "$pid" ] || fail "the hook killed pid $(console_value TORU-TEST-KILLED), not $pid"
 t_kill=$(now)
 restarted() { local p; p=$(api_pid 2>/dev/null) && [ "$p" != "$pid" ] && http_ok /api/health; }
 wait_for 120 "a restarted host (new pid, /api/health 200)" restarted
 say "$machine: host restarted by systemd $(( $(now) - t_kill )) s after SIGKILL (pid $pid -> $(api_pid))"
+
+# Safe mode (docs/RELIABILITY.md): the image's config keeps the default of 3 unclean exits in a row
+# and keeps its own plugins (sysinfo, notes) running. Two more SIGKILLs make three: the host comes
+# back in safe mode, the third-party example plugins held, sysinfo ready; leaving starts them again.
+for _ in 1 2; do
+    pid=$(api_pid) || fail "GET /api/system gave no pid"
+    hook kill
+    killed_now() { [ "$(console_value TORU-TEST-KILLED)" = "$pid" ]; }
+    wait_for 60 "TORU-TEST-KILLED=$pid on the console" killed_now
+    wait_for 120 "a restarted host (new pid, /api/health 200)" restarted
+done
+exec 3>&-
+# The host answers before it has found its plugins: wait until it holds hello-rust.
+holding() {
+    api /api/system > "$run/system.json" || return 1
+    python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["safe_mode"]; sys.exit(0 if s["active"] and "hello-rust" in s["held"] else 1)' "$run/system.json"
+}
+wait_for 120 "safe mode holding hello-rust after three unclean exits (GET /api/system)" holding
+python3 - "$run/system.json" <<'PY' || fail "safe mode after three unclean exits: $(cat "$run/system.json")"
+import json, sys
+s = json.load(open(sys.argv[1]))["safe_mode"]
+assert s["unclean_in_a_row"] >= 3 and "sysinfo" not in s["held"], s
+print("safe mode:", json.dumps({k: s[k] for k in ("unclean_in_a_row", "likely_culprits", "held")}))
+PY
+plugin_state() { api "/api/plugins/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("state"))'; }
+is_state() { [ "$(plugin_state "$1")" = "$2" ]; }
+wait_for 120 "sysinfo ready in safe mode" is_state sysinfo ready
+is_state hello-rust held || fail "hello-rust is $(plugin_state hello-rust) in safe mode, not held"
+status=$(api /api/system/safe-mode/leave 30 -o /dev/null -w '%{http_code}' -X POST -H "Origin: http://127.0.0.1:$port")
+[ "$status" = 200 ] || fail "POST /api/system/safe-mode/leave answered $status"
+wait_for 120 "hello-rust ready after leaving safe mode" is_state hello-rust ready
+say "$machine: safe mode after 3 unclean exits (hello-rust held, sysinfo ready), left through the API"
 say "$machine: boot test passed in $(( $(now) - t0 )) s"

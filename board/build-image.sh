@@ -4,18 +4,31 @@
 #   board/build-image.sh            -> board/out/toru-<version>-rpi-arm64.img, .img.xz, .img.bmap
 #   board/build-image.sh --no-xz    -> only the .img (what the boot test boots; saves ~2.5 min)
 #
-# Steps: cargo release build of `toru` and `hello-rust` for aarch64-unknown-linux-musl (and
-# `hostile`, the test plugin board/boot-test.sh installs as a package; never put in the image); the cached
-# Debian rootfs (board/rootfs.sh); a copy of it with board/overlay/ and the binaries laid over it;
-# a FAT32 RASPIFIRM and an ext4 RASPIROOT partition assembled from files (no loop devices, no vfat in
-# the build machine's kernel needed) into an MBR image. Also leaves the kernel, initrd and Pi 3 DTB
-# next to the image for QEMU (board/boot-test.sh). Needs root (ownership inside the image).
+# Steps: cargo release build of `toru`, `hello-rust` and `sysinfo` for aarch64-unknown-linux-musl (and
+# `hostile`, the test plugin board/boot-test.sh installs as a package; never put in the image);
+# the plugin packages the image ships (sysinfo, notes), signed with the image key (below); the cached
+# Debian rootfs (board/rootfs.sh); a copy of it with board/overlay/ and the binaries laid over it
+# (board/assemble.sh, shared with board/build-bundle.sh); an MBR image (disk id 746f7275) of four
+# partitions assembled from files (no loop devices, no vfat in the build machine's kernel needed):
+# FAT32 RASPIFIRM (Pi firmware, each slot's kernel files, GRUB for UEFI), root slot A (ext4), root
+# slot B (empty until the first update), ext4 TORUDATA (Toru's store and packages, kept by every
+# update). Also leaves the kernel, initrd and Pi 3 DTB next to the image for QEMU
+# (board/boot-test.sh). Needs root (ownership inside the image).
 #
-# TORU_BOARD_BIN_DIR=<dir> takes `toru` and `hello-rust` from <dir> instead of building them
-# (development: try the image recipe with another build). Timings: board/README.md.
+# TORU_BUNDLE_CA=<pem>: the CA whose bundles the image's RAUC accepts (board/build-bundle.sh; a
+# development CA of this build machine otherwise, made once in the board cache).
+#
+# TORU_BOARD_BIN_DIR=<dir> takes `toru`, `hello-rust` and `sysinfo` from <dir> instead of building
+# them (development: try the image recipe with another build). Timings: board/README.md.
+#
+# TORU_IMAGE_KEY=<file>: the publisher key (a secret key from `toru key generate`, its `.pub` beside
+# it) that signs the packages the image ships and that the image trusts. A release build is given
+# the maintainer's key this way; it never lives in the repository. Without it, a key of this build
+# machine is made once in the board cache ($BOARD_CACHE/keys/image.key) and used.
 set -euo pipefail
 umask 022
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/assemble.sh"
 
 xz=1
 case "${1:-}" in
@@ -36,9 +49,9 @@ if [ -n "${TORU_BOARD_BIN_DIR:-}" ]; then
     bindir=$TORU_BOARD_BIN_DIR
 else
     (cd "$REPO_DIR" && need_rust_target "$target")
-    say "cargo build --release --target $target (toru, hello-rust; hostile for the boot test)"
+    say "cargo build --release --target $target (toru, hello-rust, sysinfo; hostile for the boot test)"
     # The same command as board/boot-test.sh's, which then finds everything built.
-    (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust -p hostile)
+    (cd "$REPO_DIR" && cargo build --release --locked --target "$target" -p toru -p hello-rust -p sysinfo-plugin -p hostile)
     bindir="${CARGO_TARGET_DIR:-$REPO_DIR/target}/$target/release"
 fi
 t_cargo=$(date +%s)
@@ -51,83 +64,111 @@ base=$("$BOARD_DIR/rootfs.sh")
 exec 9>&-
 t_rootfs=$(date +%s)
 
+# The plugin packages the image ships are packed with this machine's `toru`, signed with the image key.
+(cd "$REPO_DIR" && cargo build --locked -q -p toru)
+key=${TORU_IMAGE_KEY:-$BOARD_CACHE/keys/image.key}
+if [ -z "${TORU_IMAGE_KEY:-}" ] && [ ! -f "$key" ]; then
+    mkdir -p "$BOARD_CACHE/keys"
+    (cd "$BOARD_CACHE/keys" && "${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/toru" key generate image >&2)
+    say "made the image key $key (TORU_IMAGE_KEY names a maintainer's key instead)"
+fi
+[ -f "${key%.key}.pub" ] || { echo "$0: ${key%.key}.pub: the public half of $key is missing" >&2; exit 1; }
+
 say "assembling $name.img"
 mkdir -p "$BOARD_OUT"
 work="$BOARD_OUT/work"
 rm -rf --one-file-system "$work"
 mkdir -p "$work"
 tree="$work/rootfs"
-cp -a "$base" "$tree"
-rm -f "$tree/.toru-rootfs-complete"
+board_bundle_keys
+board_assemble_tree "$base" "$tree" "$bindir" "$key" "$BUNDLE_CA"
 
-# Toru's files: root-owned, 0755 if executable in the checkout else 0644, whatever the checkout's
-# owner and umask were; directories that already exist in the rootfs keep their modes.
-(cd "$BOARD_DIR/overlay" && find . -type f -printf '%P\n') | while IFS= read -r f; do
-    mode=0644
-    [ -x "$BOARD_DIR/overlay/$f" ] && mode=0755
-    install -D -o root -g root -m "$mode" "$BOARD_DIR/overlay/$f" "$tree/$f"
-done
-install -m 0755 "$bindir/toru" "$tree/usr/bin/toru"
-plugins="$tree/usr/lib/toru/plugins"
-install -d -m 0755 "$plugins"
-install -m 0755 "$bindir/hello-rust" "$plugins/hello-rust.binary"
-# The Python example is optional until it exists in the repository; python3 is in the image for it.
-py_plugin="$REPO_DIR/plugins/hello-python/hello-python.binary"
-py_sdk="$REPO_DIR/toru-plugin-api/python/toru_plugin.py"
-if [ -f "$py_plugin" ] && [ -f "$py_sdk" ]; then
-    install -m 0755 "$py_plugin" "$plugins/hello-python.binary"
-    install -m 0644 "$py_sdk" "$plugins/toru_plugin.py"
-    # Its frontend, in the per-plugin directory the plugin also looks in (no name clashes there).
-    if [ -f "$REPO_DIR/plugins/hello-python/bundle.js" ]; then
-        install -D -m 0644 "$REPO_DIR/plugins/hello-python/bundle.js" "$plugins/hello-python/bundle.js"
-    fi
-else
-    say "no Python example plugin ($py_plugin, $py_sdk): image ships the Rust plugin only"
-fi
-install -D -m 0644 "$BOARD_DIR/README.md" "$tree/usr/share/doc/toru/README.md"
-
-# Inside the image (arm64 binaries through binfmt): the units. The host runs as root with a few
-# capabilities; plugins get uids of their own from [isolation] (no accounts to create).
-chroot "$tree" systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
-    toru.service toru-setup-code.path toru-setup-code.service toru-growroot.service \
-    toru-boot-test.service
-# wpa_supplicant@<iface> is started by udev for a Wi-Fi interface; the D-Bus instance is not needed.
-chroot "$tree" systemctl disable --quiet wpa_supplicant.service
-# No password for anyone: root's is locked ('*' from debootstrap; made sure here).
-chroot "$tree" usermod -p '*' root
-# Must stay empty: systemd then generates a new machine ID on the first boot (ConditionFirstBoot).
-: > "$tree/etc/machine-id"
-
-# Kernel, initrd and Pi 3 DTB for QEMU, which cannot run the Pi's GPU firmware boot path.
+# Kernel, initrd and Pi 3 DTB for QEMU raspi3b, which cannot run the Pi's GPU firmware boot path.
 kver=$(basename "$(ls -d "$tree"/lib/modules/* | sort -V | tail -n1)")
 cp "$tree/boot/vmlinuz-$kver" "$BOARD_OUT/$name.vmlinuz"
 cp "$tree/boot/initrd.img-$kver" "$BOARD_OUT/$name.initrd"
 cp "$tree/boot/firmware/bcm2837-rpi-3-b.dtb" "$BOARD_OUT/$name.rpi3b.dtb"
 
-# Boot partition: the Pi firmware, kernel, initrd, config.txt, cmdline.txt and wifi.conf.
+# Boot partition. Raspberry Pi: the firmware at the top, each slot's kernel, initrd, device trees
+# and cmdline.txt under slot-a/ and slot-b/ (config.txt's os_prefix, from toru-slot.txt, or from
+# toru-tryboot.txt in a tryboot; board/README.md, "Updates"). UEFI (QEMU virt): GRUB as
+# EFI/BOOT/BOOTAA64.EFI with grub/grub.cfg and its environment, the boot counter.
 boot_mib=256
 fw="$work/firmware"
 mkdir "$fw"
 mv "$tree/boot/firmware/"* "$fw/"
+slot_a="$fw/slot-a"
+mkdir -p "$slot_a/overlays"
+mv "$fw/vmlinuz-$kver" "$slot_a/vmlinuz"
+mv "$fw/initrd.img-$kver" "$slot_a/initrd.img"
+mv "$fw"/bcm27*.dtb "$slot_a/"
+if [ -d "$fw/overlays" ]; then mv "$fw/overlays/"* "$slot_a/overlays/" 2>/dev/null || true; rmdir "$fw/overlays"; fi
+printf 'console=tty0 console=ttyS1,115200 root=PARTUUID=%s-02 rw rootwait rootflags=noatime,errors=remount-ro rauc.slot=A fsck.repair=yes net.ifnames=0\n' \
+    "$BOARD_DISK_ID" > "$slot_a/cmdline.txt"
+rm -f "$fw/cmdline.txt"
+# raspi-firmware's config.txt names versioned kernel files at the top level: the slot's are
+# unversioned, found through os_prefix.
+sed -i -e 's/^kernel=.*/kernel=vmlinuz/' -e 's/^initramfs .*/initramfs initrd.img followkernel/' "$fw/config.txt"
+cat >> "$fw/config.txt" <<'CFG'
+
+# Toru A/B root slots (board/README.md, "Updates"): the committed slot, or the one on trial in a tryboot.
+[all]
+include toru-slot.txt
+[tryboot]
+include toru-tryboot.txt
+[all]
+CFG
+echo "os_prefix=slot-a/" > "$fw/toru-slot.txt"
+echo "os_prefix=slot-a/" > "$fw/toru-tryboot.txt"
+mkdir -p "$fw/EFI/BOOT"
+cat > "$tree/tmp/early.cfg" <<'CFG'
+search --no-floppy --label --set=root RASPIFIRM
+set prefix=($root)/grub
+configfile ($root)/grub/grub.cfg
+CFG
+chroot "$tree" grub-mkimage -O arm64-efi -o /tmp/BOOTAA64.EFI -c /tmp/early.cfg -p /grub \
+    part_msdos fat ext2 normal linux gzio loadenv test echo configfile search search_label regexp \
+    halt reboot sleep
+mv "$tree/tmp/BOOTAA64.EFI" "$fw/EFI/BOOT/BOOTAA64.EFI"
+rm -f "$tree/tmp/early.cfg"
+board_grubenv "$fw/grub/grubenv" "ORDER=A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
 mkfs.vfat -F 32 -n RASPIFIRM -C "$work/boot.vfat" $((boot_mib * 1024)) >/dev/null
 mcopy -s -p -m -i "$work/boot.vfat" "$fw"/* ::/
 
-# Root partition: what the tree uses plus 30 % and 128 MiB, in 4 MiB steps; first boot grows it.
-used_mib=$(du -sxm "$tree" | cut -f1)
-root_mib=$(( (used_mib * 13 / 10 + 128 + 3) / 4 * 4 ))
-mkfs.ext4 -q -F -L RASPIROOT -d "$tree" "$work/root.ext4" "${root_mib}M"
+# Root slot A: the same filesystem a bundle carries (board/build-bundle.sh), grown to the slot.
+# Slot B stays empty until the first update.
+slot_mib=$BOARD_SLOT_MIB
+root_mib=$(board_root_ext4 "$tree" "$work/root.ext4")
+resize2fs -f "$work/root.ext4" "${slot_mib}M" >/dev/null 2>&1
+
+# Data partition: small, grown to the end of the card at the first boot (toru-growdata.service).
+data_mib=64
+data="$work/data"
+install -d -m 0755 "$data"
+install -d -m 0711 "$data/toru"
+install -d -m 0700 "$data/rauc" "$data/ssh"
+mkfs.ext4 -q -F -L TORUDATA -d "$data" "$work/data.ext4" "${data_mib}M"
 
 img="$BOARD_OUT/$name.img"
 rm -f "$img" "$img.xz" "$img.bmap"
-truncate -s $((4 + boot_mib + root_mib))M "$img.tmp"
+a_start=$((4 + boot_mib))
+b_start=$((a_start + slot_mib))
+d_start=$((b_start + slot_mib))
+total_mib=$((d_start + data_mib))
+truncate -s "${total_mib}M" "$img.tmp"
 sfdisk --quiet "$img.tmp" <<SFDISK
 label: dos
+label-id: 0x$BOARD_DISK_ID
 start=4MiB, size=${boot_mib}MiB, type=c, bootable
-start=$((4 + boot_mib))MiB, type=83
+start=${a_start}MiB, size=${slot_mib}MiB, type=83
+start=${b_start}MiB, size=${slot_mib}MiB, type=83
+start=${d_start}MiB, type=83
 SFDISK
 dd if="$work/boot.vfat" of="$img.tmp" bs=1M seek=4 conv=notrunc,sparse status=none
-dd if="$work/root.ext4" of="$img.tmp" bs=1M seek=$((4 + boot_mib)) conv=notrunc,sparse status=none
+dd if="$work/root.ext4" of="$img.tmp" bs=1M seek="$a_start" conv=notrunc,sparse status=none
+dd if="$work/data.ext4" of="$img.tmp" bs=1M seek="$d_start" conv=notrunc,sparse status=none
 mv "$img.tmp" "$img"
+used_mib=$(du -sxm "$tree" | cut -f1)
 rm -rf --one-file-system "$work"
 t_image=$(date +%s)
 
@@ -138,5 +179,5 @@ if [ "$xz" = 1 ]; then
 fi
 t_xz=$(date +%s)
 
-say "image: $img ($((4 + boot_mib + root_mib)) MiB; rootfs used ${used_mib} MiB)"
+say "image: $img ($total_mib MiB: boot $boot_mib, slots A and B $slot_mib each (A holds a $root_mib MiB filesystem), data $data_mib; rootfs used ${used_mib} MiB)"
 say "timings: cargo $((t_cargo - t0)) s, rootfs $((t_rootfs - t_cargo)) s, assembly $((t_image - t_rootfs)) s, xz+bmap $((t_xz - t_image)) s"

@@ -13,7 +13,7 @@ BOARD_OUT="${TORU_BOARD_OUT:-$BOARD_DIR/out}"
 # Host tools for building and booting the image (Debian main).
 board_need_tools() {
     need_apt mmdebstrap qemu-user-static binfmt-support arch-test mtools dosfstools fdisk \
-        e2fsprogs xz-utils bmap-tools qemu-system-arm curl ca-certificates
+        e2fsprogs xz-utils bmap-tools qemu-system-arm curl ca-certificates openssl python3
 }
 
 # mmdebstrap runs arm64 maintainer scripts through qemu-user: binfmt_misc must be mounted and

@@ -1,5 +1,5 @@
 //! Administrative subcommands (`toru token …`, `toru passwd`, `toru plugins [unbind ID]`,
-//! `toru events`).
+//! `toru events`, `toru system safe-mode [--leave]`, …).
 //!
 //! They work whether the daemon runs or not: while it runs it holds the store, so the CLI sends the
 //! request over the daemon's control socket (`<runtime-dir>/control.sock`, `0600` inside a `0700`
@@ -9,7 +9,8 @@
 //! Both paths call `execute`, so they behave the same.
 //!
 //! Called by `main` ([`run_cli`]) and by startup (`bind_control`, `serve_control`). Uses `auth`
-//! for passwords and tokens and the supervisor for plugin commands; never names the HTTP library.
+//! for passwords and tokens, the supervisor for plugin commands and `update` for the daemon's side
+//! of `toru system update|reboot` (the client side is `update_cmd`); never names the HTTP library.
 //!
 //! ## The control socket
 //! Request: a [`Request`] (`{"cmd": "token-create", "name": …, "role": "viewer"}`). Reply: `{"ok":
@@ -164,6 +165,50 @@ pub enum Request {
         /// Its key id.
         key_id: String,
     },
+    /// This instance's ids: the UUID and the licensing id (the key is made on first use).
+    InstanceId,
+    /// Install a licence (daemon only).
+    LicenseInstall {
+        /// The licence file's text.
+        text: String,
+        /// The plugin it must be for (`None`: the one it names).
+        plugin: Option<String>,
+    },
+    /// The installed licences, and the packages that need one but have none.
+    LicenseList,
+    /// Remove a plugin's licence (daemon only).
+    LicenseRemove {
+        /// The plugin.
+        plugin: String,
+    },
+    /// Where safe mode stands; with `leave`, leave it (the held plugins start; with the daemon
+    /// stopped, the next start starts normally).
+    SafeMode {
+        /// Leave safe mode.
+        leave: bool,
+    },
+    /// Upload a whole-device update bundle (daemon only; `toru system update`). The bundle's
+    /// `size` bytes follow the request on the control connection as frames of at most 64 KiB;
+    /// the reply is RAUC's preview (version, compatible, signer, token).
+    UpdateUpload {
+        /// The bundle's length in bytes.
+        size: u64,
+    },
+    /// Install the uploaded bundle `token` (daemon only); answers once `rauc install` started.
+    UpdateInstall {
+        /// The upload's token.
+        token: String,
+    },
+    /// Drop the uploaded bundle `token` (daemon only).
+    UpdateCancel {
+        /// The upload's token.
+        token: String,
+    },
+    /// Slots, the health gate, the pending update, the last result, the install under way
+    /// (daemon only: what `GET /api/system/update` answers).
+    UpdateStatus,
+    /// Run the reboot command (daemon only, where updates are enabled).
+    Reboot,
 }
 
 /// What a request produced: the `result` of a control reply. Serialised without a tag, as the
@@ -275,6 +320,9 @@ pub enum AdminError {
     /// The store could not be opened.
     #[error("cannot open the store")]
     Open(#[from] crate::store::OpenError),
+    /// Safe mode could not be left (not in it, or the store refused).
+    #[error(transparent)]
+    SafeMode(#[from] crate::safe_mode::LeaveError),
     /// A local file (the package, its signature) could not be read.
     #[error("cannot read {path}")]
     File {
@@ -284,6 +332,13 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::update::UpdateError> for AdminError {
+    /// An update command was refused: its message.
+    fn from(e: crate::update::UpdateError) -> AdminError {
+        AdminError::Refused(e.to_string())
+    }
 }
 
 impl From<PackageError> for AdminError {
@@ -438,6 +493,12 @@ pub(crate) async fn execute(
             // The daemon handles it on the connection (the package follows the request).
             return Err(AdminError::NotRunning(NOT_RUNNING_PACKAGES));
         }
+        Request::SafeMode { .. } => {
+            // Answered with safe mode's handle (`handle_control`) or the config (`run_cli`).
+            return Err(AdminError::NotRunning(
+                "safe mode is answered by the daemon or from the store",
+            ));
+        }
         Request::PluginRemove { id, purge_data } => {
             let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
             p.remove(&id, purge_data).await?;
@@ -512,7 +573,118 @@ pub(crate) async fn execute(
             crate::install::distrust_stored(store, &key_id).await?;
             Reply::Json(serde_json::json!({"removed": key_id}))
         }
+        Request::InstanceId => {
+            let instance = crate::license::gate::ensure_instance(store).await;
+            Reply::Json(serde_json::json!({
+                "instance_id": store.instance_id(),
+                "licensing_id": instance.as_ref().map(|i| i.licensing_id.clone()),
+                "public_key": instance.map(|i| i.public_key),
+            }))
+        }
+        Request::LicenseInstall { text, plugin } => {
+            let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
+            Reply::Json(serde_json::to_value(
+                p.install_license(&text, plugin.as_deref()).await?,
+            )?)
+        }
+        Request::LicenseList => Reply::Json(serde_json::to_value(crate::install::licenses::list(
+            store,
+        )?)?),
+        Request::LicenseRemove { plugin } => {
+            let p = daemon(packages, NOT_RUNNING_PACKAGES)?;
+            p.remove_license(&plugin).await?;
+            Reply::Json(serde_json::json!({"removed": plugin}))
+        }
+        // The daemon answers these on the connection (`update_request`, `receive_bundle`).
+        Request::UpdateUpload { .. }
+        | Request::UpdateInstall { .. }
+        | Request::UpdateCancel { .. }
+        | Request::UpdateStatus
+        | Request::Reboot => return Err(AdminError::NotRunning(NOT_RUNNING_UPDATE)),
     })
+}
+
+/// `toru system safe-mode [--leave]` while the daemon is stopped: as the store records it.
+async fn stored_safe_mode(
+    config: &Config,
+    store: &Store,
+    leave: bool,
+) -> Result<Reply, AdminError> {
+    let status = if leave {
+        crate::safe_mode::leave_stored(config, store).await?
+    } else {
+        crate::safe_mode::stored_status(config, store)?
+    };
+    Ok(Reply::Json(serde_json::to_value(status)?))
+}
+
+/// What to do instead of an update command while the daemon is stopped.
+const NOT_RUNNING_UPDATE: &str = "update commands run through the daemon (it checks, installs and watches the update): start \
+     toru first";
+
+/// An update request other than the upload, on the daemon.
+async fn update_request(app: &App, req: Request) -> Result<Reply, AdminError> {
+    let updates = &app.updates;
+    Ok(Reply::Json(match req {
+        Request::UpdateInstall { token } => {
+            serde_json::to_value(updates.start_install(&token).await?)?
+        }
+        Request::UpdateCancel { token } => {
+            if !updates.cancel(&token) {
+                return Err(crate::update::UpdateError::NoUpload(token).into());
+            }
+            serde_json::json!({"cancelled": token})
+        }
+        Request::Reboot => {
+            updates.reboot().await?;
+            serde_json::json!({"rebooting": true})
+        }
+        _ => updates.status().await,
+    }))
+}
+
+/// Receive an update bundle of `size` bytes on the control connection and have it checked (see
+/// `update`); the reply is the preview.
+async fn receive_bundle(
+    app: &App,
+    stream: &mut UnixStream,
+    size: u64,
+) -> Result<Reply, AdminError> {
+    let limit = app.config.update.max_bundle_bytes;
+    if app.updates.enabled() && size > limit {
+        return Err(crate::update::UpdateError::TooLarge(limit).into());
+    }
+    let mut upload = app.updates.begin_upload()?;
+    receive_frames(app, stream, size, |frame| Ok(upload.write(frame)?)).await?;
+    let preview = app.updates.finish_upload(upload).await?;
+    Ok(Reply::Json(serde_json::to_value(preview)?))
+}
+
+/// Reads the `size` bytes that follow an upload request on the control connection (frames of at
+/// most 64 KiB, each within `PACKAGE_CHUNK_TIMEOUT`), handing each frame to `write`.
+async fn receive_frames(
+    app: &App,
+    stream: &mut UnixStream,
+    size: u64,
+    mut write: impl FnMut(&[u8]) -> Result<(), AdminError>,
+) -> Result<(), AdminError> {
+    let mut got = 0u64;
+    while got < size {
+        let frame = tokio::time::timeout(
+            PACKAGE_CHUNK_TIMEOUT,
+            tokio_codec::read_frame(stream, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| AdminError::Closed)?
+        .map_err(|source| AdminError::Control {
+            path: control_path(&app.config.runtime_dir),
+            source,
+        })?
+        .ok_or(AdminError::Closed)?;
+        got += frame.len() as u64;
+        write(&frame)?;
+    }
+    Ok(())
 }
 
 /// What to do instead of a package command while the daemon is stopped.
@@ -616,6 +788,21 @@ async fn handle_control(app: Rc<App>, mut stream: UnixStream) {
             expect,
             allow_downgrade,
         }) => receive_package(&app, &mut stream, size, signature, &expect, allow_downgrade).await,
+        Ok(Request::SafeMode { leave }) => {
+            let status = if leave {
+                app.safe_mode.leave().await.map_err(AdminError::from)
+            } else {
+                Ok(app.safe_mode.status())
+            };
+            status.and_then(|s| Ok(Reply::Json(serde_json::to_value(s)?)))
+        }
+        Ok(Request::UpdateUpload { size }) => receive_bundle(&app, &mut stream, size).await,
+        Ok(
+            req @ (Request::UpdateInstall { .. }
+            | Request::UpdateCancel { .. }
+            | Request::UpdateStatus
+            | Request::Reboot),
+        ) => update_request(&app, req).await,
         Ok(req) => {
             let (store, sup) = (&app.store, Some(&app.supervisor));
             let packages = Some(&app.packages);
@@ -662,22 +849,7 @@ async fn receive_package(
         return Err(PackageError::TooLarge(limit).into());
     }
     let mut upload = app.packages.begin_upload(signature)?;
-    let mut got = 0u64;
-    while got < size {
-        let frame = tokio::time::timeout(
-            PACKAGE_CHUNK_TIMEOUT,
-            tokio_codec::read_frame(stream, MAX_CONTROL_FRAME),
-        )
-        .await
-        .map_err(|_| AdminError::Closed)?
-        .map_err(|source| AdminError::Control {
-            path: control_path(&app.config.runtime_dir),
-            source,
-        })?
-        .ok_or(AdminError::Closed)?;
-        got += frame.len() as u64;
-        upload.write(&frame)?;
-    }
+    receive_frames(app, stream, size, |frame| Ok(upload.write(frame)?)).await?;
     let preview = app.packages.finish_upload(upload).await?;
     let done = app
         .packages
@@ -714,9 +886,7 @@ pub async fn run_install(
     let sig_path = match signature {
         Some(p) => Some(p.to_path_buf()),
         None => {
-            let mut p = file.as_os_str().to_owned();
-            p.push(".minisig");
-            let p = PathBuf::from(p);
+            let p = crate::package::sign::signature_path(file);
             p.exists().then_some(p)
         }
     };
@@ -756,6 +926,49 @@ pub async fn run_install(
             source,
         })?;
         // A refusal mid-way (too large) closes the connection: its reply is read below.
+        if n == 0
+            || tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    let reply = tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME)
+        .await
+        .map_err(control)?
+        .ok_or(AdminError::Closed)?;
+    match serde_json::from_slice::<ControlReply<Value>>(&reply)? {
+        ControlReply::Done(v) => Ok(v),
+        ControlReply::Failed(e) => Err(AdminError::Refused(e)),
+    }
+}
+
+/// `toru system update FILE`: stream the bundle `file` to the running daemon, which has RAUC
+/// check it; the preview (version, compatible, signer, token).
+pub async fn run_update_upload(config: &Config, file: &Path) -> Result<Value, AdminError> {
+    let file_err = |source| AdminError::File {
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut bundle = std::fs::File::open(file).map_err(file_err)?;
+    let size = bundle.metadata().map_err(file_err)?.len();
+    let (mut stream, path) = connect_daemon(config)
+        .await
+        .ok_or(AdminError::NotRunning(NOT_RUNNING_UPDATE))?;
+    let control = |source| AdminError::Control {
+        path: path.clone(),
+        source,
+    };
+    let req = Request::UpdateUpload { size };
+    tokio_codec::write_frame(&mut stream, &serde_json::to_vec(&req)?, MAX_CONTROL_FRAME)
+        .await
+        .map_err(control)?;
+    let mut buf = vec![0u8; MAX_CONTROL_FRAME];
+    loop {
+        use std::io::Read;
+        let n = bundle.read(&mut buf).map_err(file_err)?;
+        // A refusal mid-way (too large, disk full) closes the connection: its reply is read below.
         if n == 0
             || tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
                 .await
@@ -823,7 +1036,10 @@ pub async fn run_cli(config: &Config, req: Request) -> Result<Value, AdminError>
         }
         Err(e) => return Err(e.into()),
     };
-    let result = execute(&store, None, None, &Kdf::shared(), &config.data_dir, req).await;
+    let result = match req {
+        Request::SafeMode { leave } => stored_safe_mode(config, &store, leave).await,
+        req => execute(&store, None, None, &Kdf::shared(), &config.data_dir, req).await,
+    };
     store.close();
     Ok(serde_json::to_value(result?)?)
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::install::Packages;
+use crate::safe_mode::SafeMode;
 use crate::store::{OpenError, Store, StoreOptions};
 use crate::supervisor::Supervisor;
 
@@ -37,6 +38,10 @@ pub(crate) struct App {
     pub supervisor: Supervisor,
     /// Package transactions, trusted keys and settings.
     pub packages: Packages,
+    /// Safe mode (held plugins, the count of unclean exits).
+    pub safe_mode: SafeMode,
+    /// Whole-device updates (RAUC).
+    pub updates: crate::update::Updates,
     /// When the host started (monotonic).
     pub started: Instant,
     /// When the host started (wall clock).

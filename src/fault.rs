@@ -54,7 +54,7 @@ pub(crate) fn spawn_from_env(env: &dyn Fn(&str) -> Option<String>, notifier: Rc<
 
 /// `TORU_FAULT_PACKAGE_STEP=<step>`: abort the process (no destructors, no flush — as `kill -9`
 /// would stop it) when a package transaction reaches `step` (`moved`, `held`, `switched`,
-/// `probation`, `rolling-back`; see `install`).
+/// `probation`, `finished`, `rolling-back`; see `install`).
 pub(crate) fn package_step(step: &str) {
     if std::env::var("TORU_FAULT_PACKAGE_STEP").is_ok_and(|s| s == step) {
         log::warn!("fault injection: aborting at package step {step}");

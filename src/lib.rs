@@ -6,14 +6,26 @@
 //! ```text
 //! main.rs (binary)        arguments, signals, listener, exit code
 //! lib.rs                  prepare + run: wires everything below together
+//! update_cmd              `toru system update|reboot` (on admin's control socket client)
 //! admin · store_cmd       the CLI's commands and the daemon's control socket · `toru store …`
 //! pack_cmd                `toru key generate` · `toru plugin pack` (offline, on package/)
+//! check                   `toru plugin check`: a plugin through the host's steps (offline, on
+//!                         supervisor/, store/, package/)
+//! plugin_new              `toru plugin new` (offline: writes a plugin folder from templates)
 //! http/                   web UI and REST API (the only module that names hyper), layered
 //!                         resp → conn/request → router → handlers → dispatch (see its doc)
 //! auth/                   passwords (one KDF at a time), setup code, tokens, sessions, throttle
 //! app                     App: the handles the above share (config, store, supervisor, packages)
 //! install                 package transactions (receive, check, switch, probation, rollback,
-//!                         remove, recovery at start), trusted keys, settings
+//!                         remove, recovery at start), trusted keys, settings, licences
+//! license                 instance-bound licences: format, verification, issuing (pure) and
+//!                         the gate the supervisor asks before every spawn (reads the store)
+//! safe_mode               after K unclean host exits in a row, start with third-party plugins
+//!                         held: policy (pure) · glue (the store's run record, the supervisor's
+//!                         hold rule, the clean-run reset, leaving)
+//! update                  whole-device A/B updates through RAUC: bundle upload and check,
+//!                         install, and the start-up health gate (policy: a state machine) that
+//!                         marks the new slot good or bad (the only code that runs `rauc`)
 //! package · settings      the package format (manifest, archive, signatures, pack) · the
 //!                         settings schema and its validator (leaves)
 //! supervisor/             discovery, spawn, policy state machine (no I/O), link (1.0 vs 1.1
@@ -42,10 +54,12 @@
 //! tracked), binds the HTTP listener and hands it to [`run`] with a shutdown future (SIGTERM/SIGINT)
 //! and a channel of rescan requests (SIGHUP). `run` owns everything from there until the shutdown
 //! future resolves: before any plugin starts it kills what plugins of a previous run left (processes
-//! recorded in the runtime dir, stale plugin sockets); it starts the HTTP server and the control
+//! recorded in the runtime dir, stale plugin sockets) and judges how the previous run ended
+//! (safe mode: an unclean exit is counted, and enough in a row hold third-party plugins); it starts the HTTP server and the control
 //! socket, then discovers the plugins beside them (READY=1 once that settles); its loop only waits —
 //! rescans run on their own tasks — so a stop is acted on at once, cancelling any discovery under
-//! way. After the last plugin stopped it removes this run's cgroups and records.
+//! way. After the last plugin stopped it removes this run's cgroups and records, and records the
+//! clean stop in the store (a run whose record is never closed was an unclean exit).
 //!
 //! ## How a request flows
 //! HTTP connection → `http` (limits, auth) → handler → `Supervisor::forward_http` → the plugin's
@@ -64,12 +78,15 @@ pub mod error_chain;
 mod fault;
 pub(crate) mod http;
 pub(crate) mod install;
+pub(crate) mod license;
 pub mod limits;
 pub(crate) mod package;
 pub mod role;
+pub(crate) mod safe_mode;
 pub(crate) mod settings;
 pub(crate) mod store;
 pub(crate) mod supervisor;
+pub(crate) mod update;
 
 use std::time::{Duration, Instant};
 
@@ -81,10 +98,13 @@ use crate::supervisor::Supervisor;
 pub use crate::app::VERSION;
 
 pub mod admin;
+pub mod check;
 pub mod notify;
 pub mod pack_cmd;
+pub mod plugin_new;
 pub mod store_cmd;
 pub mod sys;
+pub mod update_cmd;
 
 /// Internals the benchmarks (`bench/`) and the fuzz targets (`fuzz/`) drive in-process. Not API:
 /// hidden, and may change with any commit. Everything else in the crate is `pub(crate)` unless
@@ -354,22 +374,40 @@ pub async fn run(
         let d = descendants.clone();
         tokio::task::spawn_local(async move { d.watch().await })
     };
+    // Before any plugin starts: the licensing identity (made on the first start) and the clock's
+    // high-water mark, so the first licence checks judge at max(now, last seen).
+    match license::gate::ensure_instance(&store).await {
+        Some(i) => log::info!("licensing id {}", i.licensing_id),
+        None => log::error!("no licensing id: plugins that need a licence will not start"),
+    }
+    if let Err(e) = store.advance_last_seen(crate::clock::now()).await {
+        log::warn!("cannot record the time: {e}");
+    }
     let supervisor =
         Supervisor::with_descendants(config.clone(), store.clone(), descendants.clone());
+    // Before any plugin starts: how did the previous run end? Enough unclean exits in a row and
+    // third-party plugins are held (the supervisor asks safe mode before every spawn).
+    let safe_mode = safe_mode::SafeMode::new(&config, store.clone(), supervisor.clone());
+    safe_mode.begin().await;
+    let clean_run_task = tokio::task::spawn_local(safe_mode.clone().watch_clean_run());
     // Before any plugin starts: an update the last run left on probation is rolled back.
     let packages = install::Packages::new(config.clone(), store.clone(), supervisor.clone());
     packages.recover().await;
+    let updates = update::Updates::new(config.clone(), store.clone(), supervisor.clone());
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),
         supervisor: supervisor.clone(),
         packages,
+        safe_mode: safe_mode.clone(),
+        updates: updates.clone(),
         started: Instant::now(),
         started_at: crate::clock::now(),
     });
     if let Err(e) = auth::ensure_setup_code(&app).await {
         log::error!("cannot prepare the setup code: {e}");
     }
+    let licence_task = tokio::task::spawn_local(watch_licences(store.clone(), supervisor.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = {
         let app = app.clone();
@@ -421,6 +459,8 @@ pub async fn run(
         }
     });
     let mut ready = false;
+    // The whole-device update's health gate, started at READY (see `update`).
+    let mut update_gate: Option<tokio::task::JoinHandle<()>> = None;
     let mut watchdog = notifier.watchdog_period().map(watchdog_timer);
     let notifier = Rc::new(notifier);
     #[cfg(debug_assertions)]
@@ -437,6 +477,7 @@ pub async fn run(
                     supervisor.status_line()
                 ));
                 log::info!("ready: {}", supervisor.status_line());
+                update_gate = Some(tokio::task::spawn_local(updates.clone().run_gate()));
             }
             // Once every sender is dropped `recv` yields `None`: the branch is skipped from then on.
             // Each rescan runs on its own task (one at a time, by the supervisor's scan lock), so
@@ -469,9 +510,16 @@ pub async fn run(
     // An unfinished first discovery is cancelled here; a rescan task sees the supervisor stop.
     drop(first_discovery);
     notifier.send("STOPPING=1\nSTATUS=stopping plugins");
+    licence_task.abort();
+    clean_run_task.abort();
+    if let Some(gate) = update_gate {
+        gate.abort();
+    }
     supervisor.shutdown().await;
     reaper_task.abort();
     descendants.finish().await;
+    // Every plugin is gone: this run ends cleanly (a kill before this line counts as unclean).
+    safe_mode.stop().await;
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     if let Some(t) = control_task {
@@ -481,6 +529,25 @@ pub async fn run(
     let _ = std::fs::remove_file(&addr_file);
     log::info!("stopped");
     Ok(())
+}
+
+/// How often the host records the time it has seen and checks every plugin's licence again
+/// (expiry, a publisher key no longer trusted).
+const LICENCE_CHECK_PERIOD: Duration = Duration::from_secs(60);
+
+/// Every [`LICENCE_CHECK_PERIOD`]: move the store's `last_seen` forward to now (never back), then
+/// check every plugin's licence at max(now, last seen). Runs until aborted at shutdown.
+async fn watch_licences(store: Store, supervisor: Supervisor) {
+    let mut timer = tokio::time::interval(LICENCE_CHECK_PERIOD);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    timer.tick().await; // the first tick is immediate: `run` recorded the time already
+    loop {
+        timer.tick().await;
+        if let Err(e) = store.advance_last_seen(crate::clock::now()).await {
+            log::warn!("cannot record the time: {e}");
+        }
+        supervisor.check_licences().await;
+    }
 }
 
 /// Delays between rescans after a `--metadata` run timed out (a device still busy booting, a slow

@@ -34,8 +34,24 @@ usage: toru [OPTIONS]                  run the host
                                           VALUE `default` clears; restarts the plugin)
        toru plugin grant|revoke ID group:NAME|syscall:NAME   (a permission its manifest asks)
        toru trust add NAME.pub [--comment TEXT] | toru trust list | toru trust remove KEYID
+       toru system safe-mode [--leave]    (safe mode: the unclean exits in a row, the likely
+                                          culprits, the held plugins; --leave starts them)
+       toru instance id                   (the instance UUID and its licensing id)
+       toru license install FILE [--plugin ID] | toru license list | toru license remove ID
+       toru license issue --key NAME.key --plugin ID --instance LICENSING_ID [--feature F]...
+                          [--not-before DATE] [--expires DATE|never] [-o FILE]
+                                          (signs a licence for one device; FILE defaults to
+                                          ID.license; DATE: YYYY-MM-DD or RFC 3339)
+       toru system update FILE [--yes] [--reboot]   (a RAUC bundle: checked, installed into the
+                                          other slot; the new system is kept once healthy)
+       toru system update --status | toru system reboot
        toru plugin pack DIR [--key NAME.key] [-o FILE]   (DIR holds manifest.toml; FILE defaults
                                           to ID-VERSION.toru; without --key it is unsigned)
+       toru plugin check FILE [--json] [--config FILE]   (runs a plugin executable or package
+                                          through the host's steps, unconfined; exit 0 if all pass)
+       toru plugin new NAME --lang rust|python [--dir PARENT] [--sdk PATH]
+                                          (writes PARENT/NAME/, a plugin to build, check and pack:
+                                          docs/PLUGINS.md; --sdk: the toru-plugin-api folder)
        toru --version | --help
 
 options (also TORU_* environment variables and the config file; flags win):
@@ -59,6 +75,12 @@ enum Cmd {
     },
     Store(toru::store_cmd::StoreCommand, bool),
     Pack(toru::pack_cmd::PackCommand),
+    Check {
+        file: PathBuf,
+        json: bool,
+    },
+    New(toru::plugin_new::NewCommand),
+    SystemUpdate(toru::update_cmd::UpdateCommand, bool),
     Install {
         file: PathBuf,
         sig: Option<PathBuf>,
@@ -83,6 +105,22 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     let mut allow_downgrade = false;
     let mut purge_data = false;
     let mut comment = None;
+    // `system safe-mode` flag.
+    let mut leave = false;
+    // `license` flags.
+    let mut plugin = None;
+    let mut instance = None;
+    let mut features = Vec::new();
+    let mut not_before = None;
+    let mut expires = None;
+    // `plugin new` flags.
+    let mut lang = None;
+    let mut new_dir = None;
+    let mut sdk = None;
+    // `system update` flags.
+    let mut yes = false;
+    let mut reboot = false;
+    let mut status = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -112,7 +150,19 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             "--sig" => sig = Some(PathBuf::from(value("--sig")?)),
             "--allow-downgrade" => allow_downgrade = true,
             "--purge-data" => purge_data = true,
+            "--yes" | "-y" => yes = true,
+            "--reboot" => reboot = true,
+            "--status" => status = true,
             "--comment" => comment = Some(value("--comment")?),
+            "--leave" => leave = true,
+            "--lang" => lang = Some(value("--lang")?),
+            "--dir" => new_dir = Some(PathBuf::from(value("--dir")?)),
+            "--sdk" => sdk = Some(PathBuf::from(value("--sdk")?)),
+            "--plugin" => plugin = Some(value("--plugin")?),
+            "--instance" => instance = Some(value("--instance")?),
+            "--feature" => features.push(value("--feature")?),
+            "--not-before" => not_before = Some(value("--not-before")?),
+            "--expires" => expires = Some(value("--expires")?),
             "--limit" => {
                 let v = value("--limit")?;
                 limit = Some(
@@ -182,6 +232,10 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             key: key.take(),
             out: out.take(),
         }),
+        ["plugin", "check", file] => Cmd::Check {
+            file: PathBuf::from(file),
+            json: json_out,
+        },
         ["plugin", verb @ ("install" | "update"), file] => Cmd::Install {
             file: PathBuf::from(file),
             sig: sig.take(),
@@ -258,11 +312,81 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
             },
             json_out,
         ),
+        ["plugin", "new", name] => Cmd::New(toru::plugin_new::NewCommand {
+            name: name.to_string(),
+            lang: lang
+                .take()
+                .ok_or("plugin new needs --lang rust or --lang python")?
+                .parse()
+                .map_err(|e| format!("--lang: {e}"))?,
+            parent: new_dir.take().unwrap_or_else(|| PathBuf::from(".")),
+            sdk: sdk.take(),
+        }),
+        ["system", "safe-mode"] => Cmd::Admin(
+            Request::SafeMode {
+                leave: std::mem::take(&mut leave),
+            },
+            json_out,
+        ),
+        // ── Licences ────────────────────────────────────────────────────────────────────────
+        ["instance", "id"] => Cmd::Admin(Request::InstanceId, json_out),
+        ["license", "install", file] => {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            Cmd::Admin(
+                Request::LicenseInstall {
+                    text,
+                    plugin: plugin.take(),
+                },
+                json_out,
+            )
+        }
+        ["license", "list"] => Cmd::Admin(Request::LicenseList, json_out),
+        ["license", "remove", id] => Cmd::Admin(
+            Request::LicenseRemove {
+                plugin: id.to_string(),
+            },
+            json_out,
+        ),
+        ["license", "issue"] => Cmd::Pack(PackCommand::LicenseIssue {
+            key: key.take().ok_or("license issue needs --key NAME.key")?,
+            plugin: plugin.take().ok_or("license issue needs --plugin ID")?,
+            instance: instance
+                .take()
+                .ok_or("license issue needs --instance LICENSING_ID")?,
+            features: std::mem::take(&mut features),
+            not_before: not_before.take(),
+            expires: expires.take(),
+            out: out.take(),
+        }),
         // ── end of plugin packages ──────────────────────────────────────────────────────────
+        ["system", "update", file] if !status => Cmd::SystemUpdate(
+            toru::update_cmd::UpdateCommand::Install {
+                file: PathBuf::from(file),
+                yes: std::mem::take(&mut yes),
+                reboot: std::mem::take(&mut reboot),
+            },
+            json_out,
+        ),
+        ["system", "update"] if std::mem::take(&mut status) => {
+            Cmd::SystemUpdate(toru::update_cmd::UpdateCommand::Status, json_out)
+        }
+        ["system", "reboot"] => {
+            Cmd::SystemUpdate(toru::update_cmd::UpdateCommand::Reboot, json_out)
+        }
         other => return Err(format!("unknown command: {}", other.join(" "))),
     };
     if key.is_some() || out.is_some() {
-        return Err("--key and -o belong to `toru plugin pack`".into());
+        return Err("--key and -o belong to `toru plugin pack` and `toru license issue`".into());
+    }
+    if plugin.is_some() {
+        return Err("--plugin belongs to `toru license install|issue`".into());
+    }
+    if instance.is_some() || !features.is_empty() || not_before.is_some() || expires.is_some() {
+        return Err(
+            "--instance, --feature, --not-before and --expires belong to `toru license issue`"
+                .into(),
+        );
     }
     if sig.is_some() || allow_downgrade {
         return Err("--sig and --allow-downgrade belong to `toru plugin install|update`".into());
@@ -272,6 +396,19 @@ fn parse(args: Vec<String>) -> Result<(Cmd, Overrides), String> {
     }
     if comment.is_some() {
         return Err("--comment belongs to `toru trust add`".into());
+    }
+    if leave {
+        return Err("--leave belongs to `toru system safe-mode`".into());
+    }
+    if yes || reboot || status {
+        return Err(
+            "--yes and --reboot belong to `toru system update FILE`, --status to `toru system \
+             update --status`"
+                .into(),
+        );
+    }
+    if lang.is_some() || new_dir.is_some() || sdk.is_some() {
+        return Err("--lang, --dir and --sdk belong to `toru plugin new`".into());
     }
     Ok((cmd, o))
 }
@@ -416,6 +553,52 @@ fn print_result(req_kind: &Request, v: &serde_json::Value) {
             }
         }
         Request::TrustRemove { key_id } => eprintln!("Key {key_id} is no longer trusted."),
+        Request::InstanceId => {
+            println!("instance id   {}", v["instance_id"].as_str().unwrap_or(""));
+            println!(
+                "licensing id  {}",
+                v["licensing_id"]
+                    .as_str()
+                    .unwrap_or("none (the store cannot be written)")
+            );
+        }
+        Request::LicenseInstall { .. } => {
+            let c = &v["claims"];
+            eprintln!(
+                "Licence for {} installed (features: {}; expires: {}).",
+                v["plugin"].as_str().unwrap_or(""),
+                c["features"]
+                    .as_array()
+                    .map(|f| f
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "none".into()),
+                c["expires"].as_str().unwrap_or("never")
+            )
+        }
+        Request::LicenseList => {
+            for l in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    l["plugin"].as_str().unwrap_or(""),
+                    l["state"].as_str().unwrap_or(""),
+                    l["claims"]["expires"]
+                        .as_str()
+                        .unwrap_or(if l["claims"].is_null() { "-" } else { "never" }),
+                    l["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::LicenseRemove { plugin } => eprintln!("Licence for {plugin} removed."),
+        Request::SafeMode { leave } => print_safe_mode(v, *leave),
+        Request::UpdateStatus => toru::update_cmd::print_status(v),
+        Request::UpdateUpload { .. }
+        | Request::UpdateInstall { .. }
+        | Request::UpdateCancel { .. }
+        | Request::Reboot => println!("{v}"),
         Request::Passwd { user, .. } => {
             eprintln!("Password for {user:?} set; their sessions were ended.")
         }
@@ -430,8 +613,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !matches!(cmd, Cmd::Serve) {
+    if !matches!(cmd, Cmd::Serve | Cmd::Check { .. }) {
         // A command's output piped into `head` ends quietly, as other tools do, not in a panic.
+        // (`plugin check` must clean up first: it ignores a closed stdout instead.)
         toru::sys::sigpipe_default();
     }
     match cmd {
@@ -445,6 +629,22 @@ fn main() -> ExitCode {
         }
         // Offline: no config, no store, no daemon.
         Cmd::Pack(cmd) => return toru::pack_cmd::run(cmd),
+        // Offline, with the host's timeouts: the defaults, or `--config FILE` alone (no
+        // environment: a check must not depend on the shell it runs in).
+        Cmd::Check { file, json } => {
+            let only_file = Overrides {
+                config: overrides.config.clone(),
+                ..Overrides::default()
+            };
+            return match Config::load(&only_file, &|_| None) {
+                Ok(config) => toru::check::run(&config, &file, json),
+                Err(e) => {
+                    eprintln!("toru: {}", error_chain(&e));
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::New(cmd) => return toru::plugin_new::run(cmd),
         _ => {}
     }
     let config = match Config::load(&overrides, &|k| std::env::var(k).ok()) {
@@ -509,6 +709,9 @@ fn main() -> ExitCode {
             run_admin(&local, &runtime, &config, req, false)
         }
         Cmd::Admin(req, json) => run_admin(&local, &runtime, &config, req, json),
+        Cmd::SystemUpdate(cmd, json) => {
+            local.block_on(&runtime, toru::update_cmd::run(&config, cmd, json))
+        }
         Cmd::Store(cmd, json) => toru::store_cmd::run(&config, cmd, json),
         Cmd::Install {
             file,
@@ -539,7 +742,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Version | Cmd::Help | Cmd::Pack(_) => ExitCode::SUCCESS,
+        Cmd::Version | Cmd::Help | Cmd::Pack(_) | Cmd::Check { .. } | Cmd::New(_) => {
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -616,6 +821,49 @@ fn run_admin(
             eprintln!("toru: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Safe mode (`toru system safe-mode [--leave]`) for people.
+fn print_safe_mode(v: &serde_json::Value, left: bool) {
+    let list = |v: &serde_json::Value| {
+        let items: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    if left {
+        eprintln!("Safe mode left; the held plugins start.");
+    }
+    let count = v["unclean_in_a_row"].as_u64().unwrap_or(0);
+    let after = v["after_unclean"].as_u64().unwrap_or(0);
+    if v["active"] == serde_json::json!(true) {
+        println!(
+            "safe mode   ACTIVE since {}",
+            v["entered_at"].as_str().unwrap_or("?")
+        );
+    } else if after == 0 {
+        println!("safe mode   off (after_unclean = 0)");
+    } else {
+        println!("safe mode   not active");
+    }
+    println!("unclean     {count} in a row (safe mode after {after})");
+    println!("likely      {}", list(&v["likely_culprits"]));
+    println!("held        {}", list(&v["held"]));
+    println!("kept        {}", list(&v["keep"]));
+    for c in v["culprits"].as_array().into_iter().flatten() {
+        println!(
+            "exit found  {}: up then: {}",
+            c["at"].as_str().unwrap_or(""),
+            list(&c["plugins"])
+        );
     }
 }
 

@@ -1,6 +1,7 @@
-//! `toru key generate NAME` and `toru plugin pack DIR [--key NAME.key] [-o FILE]`: the offline
-//! commands a plugin author runs (no daemon, no config, no store). Thin: the work is
-//! `package::sign` and `package::pack`; this prints what happened, and errors with their chain.
+//! `toru key generate NAME`, `toru plugin pack DIR [--key NAME.key] [-o FILE]` and `toru license
+//! issue`: the offline commands a plugin author runs (no daemon, no config, no store). Thin: the
+//! work is `package::sign`, `package::pack` and `license`; this prints what happened, and errors
+//! with their chain.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +26,23 @@ pub enum PackCommand {
         /// The package to write; `None`: `ID-VERSION.toru` in the current directory.
         out: Option<PathBuf>,
     },
+    /// Sign a licence for one plugin on one device.
+    LicenseIssue {
+        /// The publisher's secret key (the one that signs the plugin's packages).
+        key: PathBuf,
+        /// The plugin id.
+        plugin: String,
+        /// The device's licensing id (`toru instance id` on the device).
+        instance: String,
+        /// Features it unlocks.
+        features: Vec<String>,
+        /// Valid from (`YYYY-MM-DD` or RFC 3339; `None`: the start of today, UTC).
+        not_before: Option<String>,
+        /// Valid until (a date, or `never`; `None`: never).
+        expires: Option<String>,
+        /// The file to write; `None`: `PLUGIN.license` in the current directory.
+        out: Option<PathBuf>,
+    },
 }
 
 /// Run `cmd`, printing the outcome (errors on stderr, exit code 1).
@@ -32,6 +50,27 @@ pub fn run(cmd: PackCommand) -> ExitCode {
     let result = match cmd {
         PackCommand::KeyGenerate { name } => key_generate(&name),
         PackCommand::Pack { dir, key, out } => pack_dir(&dir, key.as_deref(), out.as_deref()),
+        PackCommand::LicenseIssue {
+            key,
+            plugin,
+            instance,
+            features,
+            not_before,
+            expires,
+            out,
+        } => license_issue(
+            &key,
+            crate::license::Issue {
+                plugin,
+                instance,
+                features,
+                not_before: None,
+                expires: None,
+            },
+            not_before.as_deref(),
+            expires.as_deref(),
+            out,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +94,57 @@ fn key_generate(name: &str) -> Result<(), String> {
         "public key {} (give it to devices: toru trust add {})",
         pk.display(),
         pk.display()
+    );
+    Ok(())
+}
+
+fn license_issue(
+    key: &Path,
+    mut req: crate::license::Issue,
+    not_before: Option<&str>,
+    expires: Option<&str>,
+    out: Option<PathBuf>,
+) -> Result<(), String> {
+    use crate::license::parse_date;
+    req.not_before = not_before
+        .map(parse_date)
+        .transpose()
+        .map_err(|e| format!("--not-before: {e}"))?;
+    req.expires = match expires {
+        None | Some("never") => None,
+        Some(d) => Some(parse_date(d).map_err(|e| format!("--expires: {e} (or never)"))?),
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.license", req.plugin)));
+    let (text, claims) =
+        crate::license::issue(key, &req, crate::clock::now()).map_err(|e| error_chain(&e))?;
+    if std::fs::symlink_metadata(&out).is_ok() {
+        return Err(format!(
+            "{} exists already; it is not overwritten",
+            out.display()
+        ));
+    }
+    std::fs::write(&out, text).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!(
+        "licence for {} on instance {} → {}",
+        claims.plugin,
+        claims.instance,
+        out.display()
+    );
+    println!(
+        "signed by key {}; valid from {}{}; features: {}",
+        claims.publisher,
+        claims.not_before.to_rfc3339(),
+        claims
+            .expires
+            .map_or(", never expires".to_string(), |e| format!(
+                " until {}",
+                e.to_rfc3339()
+            )),
+        if claims.features.is_empty() {
+            "none".to_string()
+        } else {
+            claims.features.join(", ")
+        }
     );
     Ok(())
 }

@@ -180,8 +180,9 @@ fn staging_is_empty(h: &Host) -> bool {
 }
 
 /// One bad update of a running v1.0.0 in `mode`: the CLI fails and names the cause, v1.0.0 runs
-/// again with the KV data it had, and an `update-rolled-back` event says why.
-fn bad_update_rolls_back(mode: &str, cause: &str) {
+/// again with the KV data it had, and an `update-rolled-back` event says why — the cause and the
+/// last line the bad version wrote to stderr (`stderr_line`, printed by the stress plugin).
+fn bad_update_rolls_back(mode: &str, cause: &str, stderr_line: &str) {
     let (h, work) = start(&format!("pkg-{mode}"));
     let tok = token(&h);
     let key = trusted_key(&h, &work, "pub");
@@ -229,10 +230,24 @@ fn bad_update_rolls_back(mode: &str, cause: &str) {
         .iter()
         .find(|e| e["kind"] == "update-rolled-back")
         .expect("an update-rolled-back event");
+    let reason = rolled["details"]["reason"].as_str().unwrap();
     assert!(
-        rolled["message"].as_str().unwrap().contains(cause),
+        rolled["message"].as_str().unwrap().ends_with(reason),
         "{rolled}"
     );
+    assert!(reason.contains(cause), "{rolled}");
+    // The reason quotes the bad version's last stderr lines — its own alone: they used to begin
+    // with the lines the version before it wrote — in the event and to the CLI.
+    let quoted = reason
+        .split_once("; last stderr: ")
+        .map(|(_, lines)| lines)
+        .unwrap_or_else(|| panic!("no stderr lines in the reason: {rolled}"));
+    assert_eq!(
+        quoted,
+        format!("stress plugin starting in mode {mode} | {stderr_line}"),
+        "{rolled}"
+    );
+    assert!(stderr.contains(stderr_line), "{stderr}");
     assert_eq!(version_dirs(&h, "demo"), ["1.0.0"]);
     assert!(staging_is_empty(&h));
     let versions = ok(&h.cli(&["plugin", "versions", "demo"], None));
@@ -242,17 +257,17 @@ fn bad_update_rolls_back(mode: &str, cause: &str) {
 
 #[test]
 fn an_update_that_crashes_at_start_rolls_back() {
-    bad_update_rolls_back("crash-start", "exit");
+    bad_update_rolls_back("crash-start", "exit", "crashing at start on purpose");
 }
 
 #[test]
 fn an_update_that_never_becomes_ready_rolls_back() {
-    bad_update_rolls_back("no-ready", "ready");
+    bad_update_rolls_back("no-ready", "ready", "never answering init on purpose");
 }
 
 #[test]
 fn an_update_that_hangs_after_ready_rolls_back() {
-    bad_update_rolls_back("hang", "heartbeats");
+    bad_update_rolls_back("hang", "heartbeats", "hanging on purpose");
 }
 
 /// KV written by the new version during its probation goes with it when it is rolled back; what
@@ -603,4 +618,368 @@ fn a_client_that_leaves_during_the_probation_does_not_stop_the_update() {
     });
     assert_eq!(v["last_update"]["result"], "updated", "{v}");
     assert_eq!(v["active"], "2.0.0");
+}
+
+/// Secret settings (`format: "secret"`) are write-only: the plugin gets them, but they appear in no
+/// API answer (a save's, a refused save's, a read's, the plugin lists', the versions'), in no event
+/// (the `settings-changed` events name the fields, not their values), in the plugin's log ring and
+/// in nothing the host logs — at its most verbose level. The versions' answer used to hold them
+/// while an update was on probation: it showed the pending update whole, the settings kept for a
+/// rollback included.
+#[test]
+fn secret_settings_reach_the_plugin_and_nothing_else() {
+    const PASSWORD: &str = "pw-7c1f0e9a-never-shown";
+    const API_KEY: &str = "key-b2d4e6-never-shown";
+    const REFUSED: &str = "Refused-Key-3e8a";
+    const SCHEMA: &str = "[settings]\ntype = \"object\"\n\
+        [settings.properties.name]\ntype = \"string\"\ndefault = \"vault\"\n\
+        [settings.properties.api_key]\ntype = \"string\"\nformat = \"secret\"\n\
+        pattern = \"^[a-z0-9-]+$\"\nmaxLength = 40\n\
+        [settings.properties.mqtt]\ntype = \"object\"\n\
+        [settings.properties.mqtt.properties.host]\ntype = \"string\"\ndefault = \"localhost\"\n\
+        [settings.properties.mqtt.properties.password]\ntype = \"string\"\nformat = \"secret\"\n";
+    let work = TempDir::new("pkg-secret").unwrap();
+    let h = Host::start(HostOpts {
+        config: Some("[packages]\nprobation_secs = 3\n".into()),
+        log_level: Some("trace".into()),
+        ..Default::default()
+    });
+    let tok = token(&h);
+    let key = trusted_key(&h, &work, "pub");
+    let bins = Bins::locate().unwrap();
+    let vault = |version: &str| {
+        let src = work.join(format!("src-vault-{version}"));
+        let p = PackageDir::stress(&bins, &src, "vault", version, "ok").unwrap();
+        let manifest = format!("{}\n{SCHEMA}", p.manifest().unwrap());
+        p.file("manifest.toml", manifest.as_bytes()).unwrap();
+        let pkg = work.join(format!("vault-{version}.toru"));
+        p.pack_ok(&bins, Some(&key), &pkg).unwrap();
+        pkg
+    };
+    let pkg = vault("1.0.0");
+    ok(&h.cli(&["plugin", "install", pkg.to_str().unwrap()], None));
+    let pid = ready(&h, &tok, "vault", "1.0.0");
+
+    let secrets = [PASSWORD, API_KEY, REFUSED];
+    let clean = |what: &str, text: &str| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} shows the secret {s}: {text}");
+        }
+    };
+    let url = "/api/plugins/vault/settings";
+
+    // A save with both secrets: the answer names them as set, and shows neither.
+    let r = send(
+        &h,
+        &tok,
+        "PUT",
+        url,
+        &json!({"name": "first", "api_key": API_KEY, "mqtt": {"host": "broker", "password": PASSWORD}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    clean("the save's answer", &r.text());
+    let saved = r.json();
+    assert_eq!(
+        saved["secrets_set"],
+        json!(["api_key", "mqtt.password"]),
+        "{saved}"
+    );
+    assert_eq!(saved["values"]["api_key"], Value::Null, "{saved}");
+    assert_eq!(saved["values"]["mqtt"]["password"], Value::Null, "{saved}");
+    // The plugin (a 1.1 plugin that does not take `config`) was restarted with them in `init`.
+    assert_eq!(saved["delivery"], "restarted", "{saved}");
+    let new_pid = eventually("the plugin restarted with its settings", || {
+        let p = ready(&h, &tok, "vault", "1.0.0");
+        (p != pid).then_some(p)
+    });
+    let got: Value = serde_json::from_str(&h.read_report("vault.config").unwrap()).unwrap();
+    assert_eq!(got["api_key"], API_KEY, "{got}");
+    assert_eq!(got["mqtt"]["password"], PASSWORD, "{got}");
+
+    // A refused save (a secret against its pattern, a wrong type) shows neither the refused value
+    // nor the stored ones, and changes nothing.
+    let r = send(
+        &h,
+        &tok,
+        "PUT",
+        url,
+        &json!({"name": 7, "api_key": REFUSED}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    clean("the refusal", &r.text());
+    let refusal = r.json();
+    let paths: Vec<&str> = refusal["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["api_key", "name"], "{}", r.text());
+
+    // A save that leaves the secrets out keeps them.
+    let r = send(
+        &h,
+        &tok,
+        "PUT",
+        url,
+        &json!({"name": "second", "api_key": null, "mqtt": {"host": "broker"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    clean("the second save's answer", &r.text());
+    assert_eq!(r.json()["secrets_set"], json!(["api_key", "mqtt.password"]));
+    eventually("the plugin restarted again", || {
+        let p = ready(&h, &tok, "vault", "1.0.0");
+        (p != new_pid).then_some(p)
+    });
+    let got: Value = serde_json::from_str(&h.read_report("vault.config").unwrap()).unwrap();
+    assert_eq!(
+        (&got["name"], &got["api_key"], &got["mqtt"]["password"]),
+        (&json!("second"), &json!(API_KEY), &json!(PASSWORD)),
+        "{got}"
+    );
+
+    // Reads: the settings, the plugin, the plugin list.
+    let s = get(&h, &tok, url);
+    clean("GET settings", &s.text());
+    assert_eq!(s.json()["values"]["name"], "second");
+    assert_eq!(s.json()["secrets_set"], json!(["api_key", "mqtt.password"]));
+    clean("GET plugin", &get(&h, &tok, "/api/plugins/vault").text());
+    clean("GET plugins", &get(&h, &tok, "/api/plugins").text());
+
+    // An update on probation: what the versions' answer and the CLI show of it.
+    let v2 = vault("2.0.0");
+    let mut cli = h.toru();
+    cli.args(["plugin", "update"]).arg(&v2);
+    let update = std::thread::spawn(move || cli.output().unwrap());
+    let pending = eventually("the update on probation", || {
+        let r = get(&h, &tok, "/api/plugins/vault/versions");
+        (r.status == 200 && r.json()["pending"]["to"] == "2.0.0").then_some(r)
+    });
+    clean("the versions during the probation", &pending.text());
+    assert_eq!(
+        pending.json()["pending"]["from"],
+        "1.0.0",
+        "{}",
+        pending.text()
+    );
+    clean(
+        "toru plugin versions --json during the probation",
+        &ok(&h.cli(&["plugin", "versions", "vault", "--json"], None)),
+    );
+    let out = update.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ready(&h, &tok, "vault", "2.0.0");
+    let s = get(&h, &tok, url);
+    clean("GET settings after the update", &s.text());
+    assert_eq!(s.json()["secrets_set"], json!(["api_key", "mqtt.password"]));
+    let got: Value = serde_json::from_str(&h.read_report("vault.config").unwrap()).unwrap();
+    assert_eq!(got["api_key"], API_KEY, "{got}");
+
+    // Events: a `settings-changed` per save, naming fields only.
+    let evs = get(&h, &tok, "/api/plugins/vault/events?limit=200");
+    clean("the plugin's events", &evs.text());
+    clean("all events", &get(&h, &tok, "/api/events?limit=200").text());
+    let changed: Vec<Value> = evs
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "settings-changed")
+        .cloned()
+        .collect();
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    // Newest first: the second save changed `name` alone (its secrets were kept).
+    assert_eq!(
+        changed[0]["message"], "settings changed: name",
+        "{changed:?}"
+    );
+    assert_eq!(
+        changed[1]["message"], "settings changed: api_key, mqtt, name",
+        "{changed:?}"
+    );
+    let cli_events = ok(&h.cli(&["events", "vault"], None));
+    assert!(cli_events.contains("settings-changed"), "{cli_events}");
+    clean("toru events", &cli_events);
+
+    // Logs: the plugin's ring and everything the host wrote.
+    clean(
+        "the plugin's log",
+        &get(&h, &tok, "/api/plugins/vault/logs?page_size=1000").text(),
+    );
+    let log = h.log();
+    assert!(
+        log.contains("vault"),
+        "the host's log says nothing of the plugin: {log}"
+    );
+    clean("the host's log", &log);
+}
+
+/// The trust and rollback commands through the CLI against a running host — `toru trust list`
+/// (text and `--json`), `toru plugin rollback ID`, `toru trust remove KEYID` (no test ran them
+/// before) — and a plain `*.binary` beside a package, shown unpackaged (`package: null`, which
+/// the UI shows as "unpackaged") and refused by the package commands.
+#[test]
+fn trust_and_rollback_commands_through_the_cli_and_an_unpackaged_plugin() {
+    let work = TempDir::new("pkg-cli").unwrap();
+    let h = Host::start(HostOpts {
+        plugins: vec![support::PluginSrc::Built {
+            bin: "stress",
+            as_name: "stress-ok".into(),
+        }],
+        config: Some("[packages]\nprobation_secs = 1\n".into()),
+        ..Default::default()
+    });
+    let tok = token(&h);
+    let bins = Bins::locate().unwrap();
+    let publisher = pkg_util::Key::new(&bins, "publisher");
+    let other = pkg_util::Key::new(&bins, "other");
+    let (pub_id, other_id) = (publisher.id(), other.id());
+    ok(&h.cli(
+        &[
+            "trust",
+            "add",
+            publisher.public.to_str().unwrap(),
+            "--comment",
+            "the publisher",
+        ],
+        None,
+    ));
+    other.trust(&h);
+
+    // `toru trust list`: one line per key, `KEYID<TAB>ADDED_AT<TAB>COMMENT`.
+    let listed = ok(&h.cli(&["trust", "list"], None));
+    let mut rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
+    rows.sort();
+    let mut want = vec![pub_id.as_str(), other_id.as_str()];
+    want.sort_unstable();
+    assert_eq!(
+        rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        want,
+        "{listed}"
+    );
+    let row = rows.iter().find(|r| r[0] == pub_id).unwrap();
+    assert_eq!(row.len(), 3, "{listed}");
+    assert!(
+        row[1].parse::<chrono::DateTime<chrono::Utc>>().is_ok(),
+        "{listed}"
+    );
+    assert_eq!(row[2], "the publisher", "{listed}");
+    // `--json`: the same keys, with their public key lines.
+    let json_list: Value =
+        serde_json::from_str(&ok(&h.cli(&["trust", "list", "--json"], None))).unwrap();
+    let keys = json_list.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{json_list}");
+    let mine = keys
+        .iter()
+        .find(|k| k["key_id"] == pub_id.as_str())
+        .unwrap();
+    assert_eq!(mine["comment"], "the publisher", "{json_list}");
+    let pub_line = std::fs::read_to_string(&publisher.public).unwrap();
+    assert_eq!(
+        Some(mine["public_key"].as_str().unwrap()),
+        pub_line.lines().nth(1),
+        "{json_list}"
+    );
+
+    // `toru plugin rollback ID`: back to the version before, through the probation, data kept.
+    let v1 = stress(&work, &publisher.secret, "demo", "1.0.0", "ok");
+    let v2 = stress(&work, &publisher.secret, "demo", "2.0.0", "ok");
+    ok(&h.cli(&["plugin", "install", v1.to_str().unwrap()], None));
+    ready(&h, &tok, "demo", "1.0.0");
+    kv_set(&h, &tok, "demo", "k", "before the update");
+    ok(&h.cli(&["plugin", "update", v2.to_str().unwrap()], None));
+    let pid2 = ready(&h, &tok, "demo", "2.0.0");
+    let out = ok(&h.cli(&["plugin", "rollback", "demo"], None));
+    assert_eq!(out.trim(), "demo 1.0.0: rolled-back", "{out}");
+    let pid1 = ready(&h, &tok, "demo", "1.0.0");
+    assert_ne!(pid1, pid2);
+    assert!(!support::alive(pid2 as u32), "2.0.0 still runs");
+    assert_eq!(
+        kv_keys(&h, &tok, "demo"),
+        vec![("k".to_string(), Some("before the update".to_string()))]
+    );
+    let versions = ok(&h.cli(&["plugin", "versions", "demo"], None));
+    assert!(versions.contains("* 1.0.0\t"), "{versions}");
+    assert!(versions.contains("  2.0.0\t"), "{versions}");
+    assert!(
+        versions.contains("last update: updated 2.0.0 -> 1.0.0"),
+        "{versions}"
+    );
+    assert!(
+        events(&h, &tok, "demo")
+            .iter()
+            .any(|e| e["kind"] == "updated" && e["message"] == "rolled back from 2.0.0 to 1.0.0"),
+        "no event for the rollback"
+    );
+    // Refused: an id that is not installed, an unpackaged plugin.
+    let o = h.cli(&["plugin", "rollback", "nope"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope"), "{o:?}");
+
+    // `toru trust remove KEYID`: the key is gone from the list; a second removal is refused.
+    let o = h.cli(&["trust", "remove", &other_id], None);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("Key {other_id} is no longer trusted")),
+        "{o:?}"
+    );
+    let listed = ok(&h.cli(&["trust", "list"], None));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.starts_with(&format!("{pub_id}\t")), "{listed}");
+    let o = h.cli(&["trust", "remove", &other_id], None);
+    assert!(!o.status.success(), "removed twice: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("the key {other_id} is not trusted")),
+        "{o:?}"
+    );
+    // Removing the installed package's publisher keeps it running, but refuses its updates.
+    ok(&h.cli(&["trust", "remove", &pub_id], None));
+    assert!(ok(&h.cli(&["trust", "list"], None)).trim().is_empty());
+    assert_eq!(plugin(&h, &tok, "demo")["state"], "ready");
+    let v3 = stress(&work, &publisher.secret, "demo", "3.0.0", "ok");
+    let o = h.cli(&["plugin", "update", v3.to_str().unwrap()], None);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "signed by key {pub_id}, which this device does not trust"
+        )),
+        "{o:?}"
+    );
+    ready(&h, &tok, "demo", "1.0.0");
+
+    // The plain `*.binary`: `package` is null (not absent) in its view and in the list, where
+    // the package has its summary; the package commands refuse it by name.
+    let p = plugin(&h, &tok, "stress-ok");
+    assert!(
+        p.as_object().unwrap().get("package") == Some(&Value::Null),
+        "{p}"
+    );
+    let all = get(&h, &tok, "/api/plugins").json();
+    let by_id = |id: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {all}"))
+            .clone()
+    };
+    assert_eq!(by_id("stress-ok")["package"], Value::Null, "{all}");
+    assert_eq!(by_id("demo")["package"]["version"], "1.0.0", "{all}");
+    for args in [
+        ["plugin", "versions", "stress-ok"],
+        ["plugin", "rollback", "stress-ok"],
+    ] {
+        let o = h.cli(&args, None);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("stress-ok is an unpackaged plugin"),
+            "{args:?}: {o:?}"
+        );
+    }
+    assert_eq!(plugin(&h, &tok, "stress-ok")["state"], "ready");
 }

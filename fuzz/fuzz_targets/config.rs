@@ -125,6 +125,23 @@ fn render(c: &Config) -> String {
     if let Some(d) = &p.dir {
         let _ = writeln!(o, "dir = {}", path(d));
     }
+    let m = &c.safe_mode;
+    let _ = writeln!(o, "[safe_mode]");
+    let _ = writeln!(o, "after_unclean = {}", m.after_unclean);
+    let _ = writeln!(o, "clean_secs = {}", m.clean_after.as_secs());
+    let _ = writeln!(o, "keep = {}", list(m.keep.iter().cloned()));
+    let u = &c.update;
+    let _ = writeln!(o, "[update]");
+    let _ = writeln!(o, "enabled = {}", u.enabled);
+    let _ = writeln!(o, "rauc = {}", quote(&u.rauc));
+    let _ = writeln!(o, "health_timeout_ms = {}", ms(u.health_timeout));
+    let _ = writeln!(
+        o,
+        "reboot_command = {}",
+        list(u.reboot_command.iter().cloned())
+    );
+    let _ = writeln!(o, "boot_id_file = {}", path(&u.boot_id_file));
+    let _ = writeln!(o, "max_bundle_bytes = {}", u.max_bundle_bytes);
     o
 }
 

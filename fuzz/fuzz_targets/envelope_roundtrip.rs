@@ -124,6 +124,7 @@ fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
                 heartbeat_interval_ms: u.arbitrary()?,
                 max_frame_len: u.arbitrary()?,
                 config: settings(u)?,
+                license: None,
             }),
             false,
         ),

@@ -30,6 +30,7 @@ fn render(r: &ApiRoute) -> Option<String> {
         Logout => "/api/auth/logout".into(),
         Password => "/api/auth/password".into(),
         System => "/api/system".into(),
+        SafeModeLeave => "/api/system/safe-mode/leave".into(),
         Events => "/api/events".into(),
         Plugins => "/api/plugins".into(),
         Rescan => "/api/plugins/rescan".into(),
@@ -51,6 +52,13 @@ fn render(r: &ApiRoute) -> Option<String> {
         Security(id) => format!("/api/plugins/{id}/security"),
         Trust => "/api/trust".into(),
         TrustKey(k) => format!("/api/trust/{k}"),
+        Licenses => "/api/licenses".into(),
+        License(id) => format!("/api/licenses/{id}"),
+        SystemUpdate => "/api/system/update".into(),
+        UpdateUpload => "/api/system/update/upload".into(),
+        UpdateInstall(t) => format!("/api/system/update/upload/{t}/install"),
+        UpdateCancel(t) => format!("/api/system/update/upload/{t}"),
+        Reboot => "/api/system/reboot".into(),
         Unknown => return None,
     })
 }
@@ -85,7 +93,11 @@ fn check_route(path: &str) {
                 | Rollback(id)
                 | Remove(id)
                 | Settings(id)
-                | TrustKey(id) => assert!(!id.contains('/'), "{r:?}"),
+                | Security(id)
+                | TrustKey(id)
+                | License(id)
+                | UpdateInstall(id)
+                | UpdateCancel(id) => assert!(!id.contains('/'), "{r:?}"),
                 _ => {}
             }
             let want = match r {

@@ -14,6 +14,7 @@ hello_py=plugins/hello-python/hello-python.binary
 
 say "python SDK unit tests"
 (cd toru-plugin-api/python && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest test_toru_plugin)
+(cd plugins/notes && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest test_notes)
 
 say "interop: hello-python (1.1, and under a legacy 1.0 host)"
 drive --mode 1.1 "$hello_py"

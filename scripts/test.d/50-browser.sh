@@ -5,7 +5,13 @@
 # packages on hosts of their own: trust, install, update, a rolled-back update, versions and
 # rollback, settings, remove, a viewer, the unsigned banner (tests/browser/packages.mjs); then a
 # plugin's Security page: protections and limits as the API says, an admin changing limits and
-# grants, a refused value, a viewer (tests/browser/security.mjs).
+# grants, a refused value, a viewer (tests/browser/security.mjs); the notes plugin as a package:
+# add, tick, page, delete, settings, a viewer (tests/browser/notes.mjs); the sysinfo plugin as a
+# package: live figures, the history chart, settings (tests/browser/sysinfo.mjs); a licensed
+# package's card (tests/browser/licenses.mjs); the safe-mode banner after the host was killed:
+# the likely culprit, leaving, disabling the culprit (tests/browser/safemode.mjs); System → Update,
+# off and then with the real RAUC as tests/update.rs runs it (tests/browser/update.mjs; needs root,
+# rauc, dbus and openssl, which stage `cargo` installs).
 # Screenshots: $TORU_SHOTS.
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"

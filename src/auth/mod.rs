@@ -185,6 +185,8 @@ pub(crate) mod testing {
                 store.clone(),
                 supervisor.clone(),
             ),
+            safe_mode: crate::safe_mode::SafeMode::new(&config, store.clone(), supervisor.clone()),
+            updates: crate::update::Updates::new(config.clone(), store.clone(), supervisor.clone()),
             supervisor,
             config,
             store,

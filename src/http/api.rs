@@ -1,5 +1,5 @@
 //! Handlers of `/api/health`, `/metrics` and the authenticated `/api/*` endpoints other than the
-//! session ones (documented in `docs/API.md`): system, plugins (list, one, enable/disable/restart,
+//! session ones (documented in `docs/API.md`): system (and leaving safe mode), plugins (list, one, enable/disable/restart,
 //! rescan), logs (page and long-poll follow), events, KV, frontend bundles, and forwarding
 //! `/api/plugins/route/{route}/{rest}` to plugins.
 //!
@@ -27,6 +27,7 @@ use super::resp::{
 };
 use super::router::{PluginAction, Server, need_admin};
 use crate::auth::{Identity, Role};
+use crate::safe_mode::LeaveError;
 use crate::store::{StoreError, StoreHealth, kv};
 use crate::supervisor::{ForwardError, PluginReply, SupervisorError};
 
@@ -221,6 +222,20 @@ pub(crate) fn system(srv: &Server) -> Result<Resp, ApiError> {
     ok_json(&system_json(srv))
 }
 
+/// `POST /api/system/safe-mode/leave` (admin): leave safe mode now; the held plugins start.
+/// `409 not_in_safe_mode` when the host is not in it.
+pub(crate) async fn leave_safe_mode(srv: &Server) -> Result<Resp, ApiError> {
+    match srv.app.safe_mode.leave().await {
+        Ok(status) => ok_json(&status),
+        Err(LeaveError::NotActive) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_in_safe_mode",
+            "the host is not in safe mode",
+        )),
+        Err(LeaveError::Store(e)) => Err(ApiError::store("leaving safe mode", e)),
+    }
+}
+
 fn system_json(srv: &Server) -> serde_json::Value {
     let app = &srv.app;
     let health = app.store.health();
@@ -239,6 +254,7 @@ fn system_json(srv: &Server) -> serde_json::Value {
     json!({
         "version": crate::app::VERSION,
         "instance_id": app.store.instance_id(),
+        "licensing_id": crate::license::gate::instance(&app.store).map(|i| i.licensing_id),
         "uptime_secs": app.started.elapsed().as_secs(),
         "started_at": app.started_at,
         "pid": std::process::id(),
@@ -252,6 +268,7 @@ fn system_json(srv: &Server) -> serde_json::Value {
             "auto_disabled": auto_disabled,
         },
         "invalid_plugins": app.supervisor.invalid(),
+        "safe_mode": app.safe_mode.status(),
         "packages": {
             "allow_unsigned": app.packages.allow_unsigned(),
             "max_package_bytes": app.config.packages.max_package_bytes,

@@ -3,8 +3,10 @@
 //! one request into one response: this layer knows nothing of routes, authentication or the host.
 //!
 //! A connection is *busy* from the moment hyper hands us a request head until the response body has
-//! been written (or dropped); a busy connection is closed after [`MAX_REQUEST_TIME`]. While it is
-//! not busy, one deadline applies:
+//! been written (or dropped); a busy connection is closed after [`MAX_REQUEST_TIME`] without
+//! progress — counted from the request's start or from the last bytes of its body read, so that a
+//! large upload that keeps arriving (an update bundle on a slow link) is not cut. While it is not
+//! busy, one deadline applies:
 //! - no byte of the next request yet: `header_timeout` after accept (first request) or
 //!   `keepalive_timeout` after the previous response;
 //! - the next request has started: `header_timeout` after its first byte.
@@ -38,10 +40,15 @@ use tokio::time::Instant;
 use super::resp::{Body, Resp};
 use crate::config::HttpConfig;
 
-/// A request in flight longer than this is dropped with its connection. Every handler is bounded
-/// well below it (body 30 s, plugin reply 30 s, log long-poll 25 s): what it cuts is a client that
-/// stops reading its response.
+/// A request in flight this long without progress (since it started, or since the last bytes of
+/// its body arrived) is dropped with its connection. Every handler is bounded well below it (body
+/// 30 s, plugin reply 30 s, log long-poll 25 s; a streamed upload 30 s between chunks): what it
+/// cuts is a client that stops reading its response.
 pub(crate) const MAX_REQUEST_TIME: Duration = Duration::from_secs(120);
+
+// A package install or update answers when its probation is over (`[packages] probation_secs`):
+// the longest probation must leave room for the upload's checks and the new version's start.
+const _: () = assert!(crate::config::MAX_PROBATION_SECS as u64 + 30 <= MAX_REQUEST_TIME.as_secs());
 
 /// How long in-flight requests may take to finish once shutdown begins.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -102,7 +109,7 @@ struct ConnState {
     id: u64,
     /// Requests in flight (0 or 1 for HTTP/1.1).
     busy: Cell<u32>,
-    /// When the request in flight started.
+    /// When the request in flight started, or later read the last bytes of its body.
     busy_since: Cell<Instant>,
     /// When the connection last became idle (accept or the end of a response).
     idle_since: Cell<Instant>,
@@ -159,7 +166,13 @@ impl ConnState {
     }
 
     fn on_bytes_read(&self) {
-        if self.busy.get() == 0 && self.head_started.get().is_none() {
+        if self.busy.get() > 0 {
+            // The request's body is arriving: progress. (The task's timer re-reads the deadline
+            // when it fires, so no wake-up is needed for a deadline that only moves later.)
+            self.busy_since.set(Instant::now());
+            return;
+        }
+        if self.head_started.get().is_none() {
             self.head_started.set(Some(Instant::now()));
             self.changed.notify_one();
         }
@@ -545,6 +558,12 @@ mod tests {
             "busy: the request cap"
         );
         tokio::time::advance(Duration::from_secs(100)).await;
+        s.on_bytes_read();
+        assert_eq!(
+            s.deadline(H, K),
+            busy_at + Duration::from_secs(100) + MAX_REQUEST_TIME,
+            "a body still arriving is progress: a long upload is not cut"
+        );
         drop(g);
         let t1 = Instant::now();
         assert_eq!(s.deadline(H, K), t1 + K, "idle keep-alive");

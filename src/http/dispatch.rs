@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::conn::Handler;
 use super::resp::{ApiError, Resp, add_security_headers, reply_budget_spent};
 use super::router::{Admitted, ApiRoute, OpenRoute, Server, class_of};
-use super::{api, packages, session, ui};
+use super::{api, packages, session, ui, update};
 
 impl Handler for Server {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -68,6 +68,7 @@ impl Server {
             ApiRoute::Logout => session::logout(self, &who).await,
             ApiRoute::Password => session::change_password(self, &ctx, &who, body).await,
             ApiRoute::System => api::system(self),
+            ApiRoute::SafeModeLeave => api::leave_safe_mode(self).await,
             ApiRoute::Events => api::events(self, &ctx, None),
             ApiRoute::Plugins => api::plugins(self),
             ApiRoute::Rescan => api::rescan(self).await,
@@ -89,6 +90,13 @@ impl Server {
             ApiRoute::Security(id) => api::security(self, &ctx, &who, &id, body).await,
             ApiRoute::Trust => packages::trust(self, &ctx, &who, body).await,
             ApiRoute::TrustKey(k) => packages::distrust(self, &who, &k).await,
+            ApiRoute::Licenses => packages::licenses(self, &ctx, &who, body).await,
+            ApiRoute::License(p) => packages::remove_license(self, &who, &p).await,
+            ApiRoute::SystemUpdate => update::status(self).await,
+            ApiRoute::UpdateUpload => update::upload(self, &who, body).await,
+            ApiRoute::UpdateInstall(t) => update::install(self, &who, &t).await,
+            ApiRoute::UpdateCancel(t) => update::cancel(self, &who, &t),
+            ApiRoute::Reboot => update::reboot(self, &who).await,
             ApiRoute::Unknown => api::unknown(&ctx),
         }
     }

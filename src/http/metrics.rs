@@ -178,6 +178,35 @@ impl Metrics {
             "1 when the store runs without its file.",
         );
         let _ = writeln!(o, "toru_store_degraded {degraded}");
+        let safe_mode = app.safe_mode.status();
+        help(
+            &mut o,
+            "toru_safe_mode",
+            "gauge",
+            "1 while the host runs in safe mode (third-party plugins held).",
+        );
+        let _ = writeln!(o, "toru_safe_mode {}", u8::from(safe_mode.active));
+        help(
+            &mut o,
+            "toru_unclean_runs",
+            "gauge",
+            "Unclean host exits in a row (reset by a run that lasts [safe_mode] clean_secs).",
+        );
+        let _ = writeln!(o, "toru_unclean_runs {}", safe_mode.unclean_in_a_row);
+        if let Ok(Some(last)) = app.store.system_update().map(|u| u.last_result) {
+            help(
+                &mut o,
+                "toru_update_last_result",
+                "gauge",
+                "How the last whole-device update ended: 1 ok, 0 failed (absent before the first).",
+            );
+            let ok = u8::from(last.result == crate::store::SystemUpdateOutcome::Ok);
+            let _ = writeln!(
+                o,
+                "toru_update_last_result{{version=\"{}\"}} {ok}",
+                esc(&last.version)
+            );
+        }
 
         let plugins = app.supervisor.plugins();
         help(

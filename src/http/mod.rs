@@ -12,7 +12,7 @@
 //! ```text
 //! mod.rs    serve(): builds the connection registry and the Server, runs conn::serve
 //! dispatch  Server as conn's Handler: gate → the handler of the route; security headers, metrics
-//! api · session · packages · ui
+//! api · session · packages · update · ui
 //!           handlers: one request → Result<Resp, ApiError>; they never import each other
 //! router    Server (state), the route table (path → Route), the gate (Host, setup, auth, CSRF,
 //!           method, role)
@@ -38,7 +38,9 @@
 //!   to send it; an idle keep-alive connection is closed after `keepalive_timeout`.
 //! - A request head over `max_header_bytes` is answered `431` (hyper's read-buffer cap).
 //! - Request bodies are capped (`max_api_body_bytes`, `max_plugin_body_bytes`) → `413`, and must
-//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`. A plugin request must also fit
+//!   arrive within 30 s (`request::BODY_READ_TIMEOUT`) → `408`. Streamed uploads (packages,
+//!   update bundles) are limited by size instead, and each chunk must follow the last within 30 s
+//!   (`request::UPLOAD_IDLE_TIMEOUT`). A plugin request must also fit
 //!   in one protocol frame (`max_frame_len`) once encoded → `413`.
 //! - Response bodies held for clients that have not taken them yet share
 //!   `max_buffered_reply_bytes` (32 MiB), from when the handler returns until the last byte is
@@ -58,6 +60,7 @@ mod resp;
 pub(crate) mod router;
 mod session;
 mod ui;
+mod update;
 
 use std::future::Future;
 use std::rc::Rc;

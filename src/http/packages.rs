@@ -5,24 +5,18 @@
 //! A handler beside `api` and `session` (none imports another); uses `request`, `resp`, the
 //! router's role checks and `crate::install`.
 
-use std::future::poll_fn;
-use std::pin::Pin;
-use std::time::Duration;
-
 use base64::Engine as _;
 use hyper::body::{Body as _, Incoming};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::request::{Ctx, read_json, read_json_or_default};
+use super::request::{Ctx, read_body, read_json, read_json_or_default, stream_upload};
 use super::resp::{ApiError, Resp, json_response, method_not_allowed, ok_json};
 use super::router::{Server, need_admin};
 use crate::auth::Identity;
 use crate::install::{Expect, PackageError};
 
-/// An upload must keep arriving: a gap longer than this between two chunks ends it (`408`).
-const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest `.minisig` text accepted in `X-Toru-Signature` (decoded).
 const MAX_SIGNATURE_BYTES: usize = 4096;
 
@@ -70,57 +64,11 @@ pub(crate) async fn upload(
     if body.size_hint().lower() > limit {
         return Err(package_error(PackageError::TooLarge(limit)));
     }
-    let mut up = packages.begin_upload(signature).map_err(package_error)?;
-    loop {
-        let next = tokio::time::timeout(
-            UPLOAD_IDLE_TIMEOUT,
-            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
-        )
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "the upload stopped arriving",
-            )
-        })?;
-        let Some(frame) = next else { break };
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
-        if let Ok(data) = frame.into_data()
-            && let Err(e) = up.write(&data)
-        {
-            // Refused part-way (too large, disk full): the upload and its staging folder go at
-            // once, but the client is still sending. Read on a little before answering, so that
-            // the answer reaches a client that writes its whole body before reading (a browser):
-            // closing with unread data would reset the connection and lose the reason.
-            drop(up);
-            drain(&mut body).await;
-            return Err(package_error(e));
-        }
-    }
+    let up = packages.begin_upload(signature).map_err(package_error)?;
+    // Refused part-way (too large, disk full): the upload and its staging folder go at once.
+    let up = stream_upload(&mut body, up, |u, chunk| u.write(chunk), package_error).await?;
     let preview = packages.finish_upload(up).await.map_err(package_error)?;
     Ok(json_response(StatusCode::CREATED, &preview))
-}
-
-/// After a refusal, at most this much more of an upload is read and thrown away (or for at most
-/// [`DRAIN_TIME`]) so the answer is not lost in a reset connection.
-const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
-/// See [`DRAIN_BYTES`].
-const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// Read and discard what is left of `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
-async fn drain(body: &mut Incoming) {
-    let mut left = DRAIN_BYTES;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-            if n >= left {
-                return;
-            }
-            left -= n;
-        }
-    })
-    .await;
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,4 +208,48 @@ pub(crate) async fn distrust(srv: &Server, who: &Identity, key_id: &str) -> Resu
         .await
         .map_err(package_error)?;
     ok_json(&json!({"removed": key_id}))
+}
+
+/// `GET` (anyone) and `POST` (admin) `/api/licenses`. `POST`: the body is the licence file's text
+/// (`?plugin=ID`: it must be for that plugin); `201` with the licence once it is valid here and
+/// stored, `422` with the reason's code (`wrong_instance`, `expired`, `bad_signature` …) when
+/// refused: nothing is stored then.
+pub(crate) async fn licenses(
+    srv: &Server,
+    ctx: &Ctx,
+    who: &Identity,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
+    let packages = &srv.app.packages;
+    match ctx.method {
+        Method::GET | Method::HEAD => ok_json(&packages.licenses().map_err(package_error)?),
+        Method::POST => {
+            need_admin(who)?;
+            let bytes = read_body(body, crate::license::MAX_LICENSE_BYTES).await?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("the licence is not UTF-8 text"))?;
+            let plugin = ctx.query_param("plugin");
+            let view = packages
+                .install_license(text, plugin.as_deref())
+                .await
+                .map_err(package_error)?;
+            Ok(json_response(StatusCode::CREATED, &view))
+        }
+        _ => Err(method_not_allowed("GET, POST")),
+    }
+}
+
+/// `DELETE /api/licenses/{plugin}` (admin): a plugin that requires a licence stops.
+pub(crate) async fn remove_license(
+    srv: &Server,
+    who: &Identity,
+    plugin: &str,
+) -> Result<Resp, ApiError> {
+    need_admin(who)?;
+    srv.app
+        .packages
+        .remove_license(plugin)
+        .await
+        .map_err(package_error)?;
+    ok_json(&json!({"removed": plugin}))
 }

@@ -104,6 +104,95 @@ pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes,
         })?
 }
 
+/// A streamed upload must keep arriving: a gap longer than this between two chunks ends it
+/// (`408`). There is no limit on the whole upload (a large one on a slow link takes long); its
+/// size limit is the sink's.
+pub(crate) const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams the request body into `upload` through `write` (see `stream_body`). A write that fails
+/// (too large, disk full) drops the upload at once — its staging file goes with it — and the rest
+/// of the body is read and discarded; the error becomes the answer through `refused`.
+pub(crate) async fn stream_upload<U, E>(
+    body: &mut Incoming,
+    upload: U,
+    mut write: impl FnMut(&mut U, &[u8]) -> Result<(), E>,
+    refused: impl FnOnce(E) -> ApiError,
+) -> Result<U, ApiError> {
+    let mut open = Some(upload);
+    stream_body(
+        body,
+        |chunk| {
+            let Some(u) = open.as_mut() else {
+                return Ok(());
+            };
+            let written = write(u, chunk);
+            if written.is_err() {
+                open = None;
+            }
+            written
+        },
+        refused,
+    )
+    .await?;
+    open.ok_or_else(|| ApiError::bad_request("the upload was refused"))
+}
+
+/// Hand `body` to `sink` chunk by chunk as it arrives (never held whole), each chunk within
+/// [`UPLOAD_IDLE_TIMEOUT`] of the last. When `sink` refuses a chunk (too large, disk full), a
+/// little more of the body is read and thrown away before its error is returned, so that the
+/// answer reaches a client that writes its whole body before reading (a browser): closing with
+/// unread data would reset the connection and lose the reason.
+pub(crate) async fn stream_body<E>(
+    body: &mut Incoming,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    refused: impl FnOnce(E) -> ApiError,
+) -> Result<(), ApiError> {
+    loop {
+        let next = tokio::time::timeout(
+            UPLOAD_IDLE_TIMEOUT,
+            poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the upload stopped arriving",
+            )
+        })?;
+        let Some(frame) = next else { return Ok(()) };
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
+        if let Ok(data) = frame.into_data()
+            && let Err(e) = sink(&data)
+        {
+            let answer = refused(e);
+            drain(body).await;
+            return Err(answer);
+        }
+    }
+}
+
+/// After a refusal, at most this much more of an upload is read and thrown away (or for at most
+/// [`DRAIN_TIME`]) so the answer is not lost in a reset connection.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// See [`DRAIN_BYTES`].
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Read and discard what is left of `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(body: &mut Incoming) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n >= left {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
 /// Read and parse a JSON request body.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     body: Incoming,

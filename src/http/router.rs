@@ -71,6 +71,8 @@ pub enum ApiRoute {
     Password,
     /// `/api/system`.
     System,
+    /// `/api/system/safe-mode/leave`.
+    SafeModeLeave,
     /// `/api/events`.
     Events,
     /// `/api/plugins`.
@@ -113,6 +115,20 @@ pub enum ApiRoute {
     Trust,
     /// `/api/trust/{key_id}` (DELETE).
     TrustKey(String),
+    /// `/api/licenses` (GET, POST).
+    Licenses,
+    /// `/api/licenses/{plugin}` (DELETE).
+    License(String),
+    /// `/api/system/update` (GET).
+    SystemUpdate,
+    /// `/api/system/update/upload` (POST).
+    UpdateUpload,
+    /// `/api/system/update/upload/{token}/install` (POST).
+    UpdateInstall(String),
+    /// `/api/system/update/upload/{token}` (DELETE cancels).
+    UpdateCancel(String),
+    /// `/api/system/reboot` (POST).
+    Reboot,
     /// Any other `/api/` path (`404` once authenticated).
     Unknown,
 }
@@ -173,6 +189,7 @@ impl Route {
             ["auth", "logout"] => ApiRoute::Logout,
             ["auth", "password"] => ApiRoute::Password,
             ["system"] => ApiRoute::System,
+            ["system", "safe-mode", "leave"] => ApiRoute::SafeModeLeave,
             ["events"] => ApiRoute::Events,
             ["plugins"] => ApiRoute::Plugins,
             ["plugins", "rescan"] => ApiRoute::Rescan,
@@ -195,6 +212,13 @@ impl Route {
             ["packages", "upload", t] => ApiRoute::PackageCancel(id(t)),
             ["trust"] => ApiRoute::Trust,
             ["trust", k] => ApiRoute::TrustKey(id(k)),
+            ["licenses"] => ApiRoute::Licenses,
+            ["licenses", p] => ApiRoute::License(id(p)),
+            ["system", "update"] => ApiRoute::SystemUpdate,
+            ["system", "update", "upload"] => ApiRoute::UpdateUpload,
+            ["system", "update", "upload", t, "install"] => ApiRoute::UpdateInstall(id(t)),
+            ["system", "update", "upload", t] => ApiRoute::UpdateCancel(id(t)),
+            ["system", "reboot"] => ApiRoute::Reboot,
             _ => ApiRoute::Unknown,
         })
     }
@@ -206,11 +230,12 @@ impl ApiRoute {
         use ApiRoute::*;
         match self {
             Metrics | Me | System | Events | Plugins | Plugin(_) | Logs(_) | FollowLogs(_)
-            | PluginEvents(_) | Bundle(_) | Versions(_) => Some(Method::GET),
+            | PluginEvents(_) | Bundle(_) | Versions(_) | SystemUpdate => Some(Method::GET),
             Logout | Password | Rescan | PluginAction(..) | Kv(_) | PackageUpload
-            | PackageConfirm(_) | Rollback(_) | Remove(_) => Some(Method::POST),
-            PackageCancel(_) | TrustKey(_) => Some(Method::DELETE),
-            Forward(_) | Unknown | Settings(_) | Security(_) | Trust => None,
+            | PackageConfirm(_) | Rollback(_) | Remove(_) | SafeModeLeave | UpdateUpload
+            | UpdateInstall(_) | Reboot => Some(Method::POST),
+            PackageCancel(_) | TrustKey(_) | License(_) | UpdateCancel(_) => Some(Method::DELETE),
+            Forward(_) | Unknown | Settings(_) | Security(_) | Trust | Licenses => None,
         }
     }
 
@@ -219,6 +244,7 @@ impl ApiRoute {
         matches!(
             self,
             ApiRoute::Rescan
+                | ApiRoute::SafeModeLeave
                 | ApiRoute::PluginAction(..)
                 | ApiRoute::PackageUpload
                 | ApiRoute::PackageConfirm(_)
@@ -226,6 +252,11 @@ impl ApiRoute {
                 | ApiRoute::Rollback(_)
                 | ApiRoute::Remove(_)
                 | ApiRoute::TrustKey(_)
+                | ApiRoute::License(_)
+                | ApiRoute::UpdateUpload
+                | ApiRoute::UpdateInstall(_)
+                | ApiRoute::UpdateCancel(_)
+                | ApiRoute::Reboot
         )
     }
 }
@@ -446,6 +477,10 @@ mod tests {
         assert_eq!(api("/metrics"), ApiRoute::Metrics);
         assert_eq!(api("/api/auth/me"), ApiRoute::Me);
         assert_eq!(api("/api/plugins/rescan"), ApiRoute::Rescan);
+        assert_eq!(api("/api/system/safe-mode/leave"), ApiRoute::SafeModeLeave);
+        assert_eq!(api("/api/system/safe-mode"), ApiRoute::Unknown);
+        assert!(ApiRoute::SafeModeLeave.admin_only());
+        assert_eq!(ApiRoute::SafeModeLeave.method(), Some(Method::POST));
         assert_eq!(api("/api/plugins/x"), ApiRoute::Plugin("x".into()));
         assert_eq!(api("/api/plugins/"), ApiRoute::Plugin("".into()));
         assert_eq!(
@@ -470,6 +505,16 @@ mod tests {
             api("/api/plugins/x/bundle.js"),
             ApiRoute::Bundle("x".into())
         );
+        assert_eq!(api("/api/system/update"), ApiRoute::SystemUpdate);
+        assert_eq!(
+            api("/api/system/update/upload/t1/install"),
+            ApiRoute::UpdateInstall("t1".into())
+        );
+        assert_eq!(
+            api("/api/system/update/upload/t1"),
+            ApiRoute::UpdateCancel("t1".into())
+        );
+        assert!(ApiRoute::Reboot.admin_only() && !ApiRoute::SystemUpdate.admin_only());
         assert_eq!(api("/api/auth/other"), ApiRoute::Unknown);
         assert_eq!(api("/api/health/x"), ApiRoute::Unknown);
         assert_eq!(api("/api/"), ApiRoute::Unknown);

@@ -16,6 +16,7 @@ const APP_JS: &str = include_str!("ui/app.js");
 const DOM_JS: &str = include_str!("ui/dom.js");
 const SETTINGS_JS: &str = include_str!("ui/settings.js");
 const SECURITY_JS: &str = include_str!("ui/security.js");
+const UPDATE_JS: &str = include_str!("ui/update.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 const ICON_SVG: &str = include_str!("ui/icon.svg");
 
@@ -27,6 +28,7 @@ pub(crate) fn serve(ctx: &Ctx) -> Result<Resp, ApiError> {
         "/ui/dom.js" => ("application/javascript; charset=utf-8", DOM_JS),
         "/ui/settings.js" => ("application/javascript; charset=utf-8", SETTINGS_JS),
         "/ui/security.js" => ("application/javascript; charset=utf-8", SECURITY_JS),
+        "/ui/update.js" => ("application/javascript; charset=utf-8", UPDATE_JS),
         "/ui/app.css" => ("text/css; charset=utf-8", APP_CSS),
         "/ui/icon.svg" | "/favicon.ico" => ("image/svg+xml", ICON_SVG),
         _ => return Err(ApiError::not_found(format!("no page {}", ctx.path))),

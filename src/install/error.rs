@@ -31,6 +31,9 @@ pub(crate) enum PackageError {
     /// The key is not trusted.
     #[error("the key {0} is not trusted")]
     NotTrusted(String),
+    /// No licence is installed for this plugin.
+    #[error("no licence is installed for {0}")]
+    NoLicense(String),
     /// The new version failed its probation and was rolled back.
     #[error("rolled back: {0}")]
     RolledBack(String),
@@ -87,7 +90,8 @@ impl PackageError {
             PackageError::TooLarge(_) => 413,
             PackageError::NoUpload(_)
             | PackageError::NotInstalled(_)
-            | PackageError::NotTrusted(_) => 404,
+            | PackageError::NotTrusted(_)
+            | PackageError::NoLicense(_) => 404,
             PackageError::RolledBack(_) => 409,
             PackageError::DiskFull(_) => 507,
             PackageError::Io(_) => 500,
@@ -103,7 +107,9 @@ impl PackageError {
             PackageError::Refused { code, .. } => code,
             PackageError::TooLarge(_) => "too_large",
             PackageError::NoUpload(_) => "no_upload",
-            PackageError::NotInstalled(_) | PackageError::NotTrusted(_) => "not_found",
+            PackageError::NotInstalled(_)
+            | PackageError::NotTrusted(_)
+            | PackageError::NoLicense(_) => "not_found",
             PackageError::RolledBack(_) => "rolled_back",
             PackageError::InvalidSettings(_) => "invalid_settings",
             PackageError::DiskFull(_) | PackageError::Store(StoreError::DiskFull(_)) => {

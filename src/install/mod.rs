@@ -34,11 +34,13 @@
 //! plugin starts), either no pending update (the switch never committed: the old version runs;
 //! or it finished: the new one runs) or a pending one, which it rolls back exactly as step 6
 //! would, "the host stopped during the probation" being the reason. Staging folders and version
-//! folders no record names are removed then too. Operations run one at a time, each on its own
+//! folders no record names (a version pruned by the finish commit whose folder was not deleted
+//! yet) are removed then too. Operations run one at a time, each on its own
 //! task: a caller that stops waiting (a closed page, an interrupted CLI) does not stop one
 //! half-way.
 
 mod error;
+pub(crate) mod licenses;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -190,9 +192,35 @@ pub(crate) struct Versions {
     /// Kept versions, newest install first.
     pub versions: Vec<Value>,
     /// An update under way.
-    pub pending: Option<PendingUpdate>,
+    pub pending: Option<PendingView>,
     /// The last update's result.
     pub last_update: Option<UpdateOutcome>,
+}
+
+/// An update under way as the API shows it: what, from which version to which, since when. The
+/// settings the store keeps for a rollback ([`PendingUpdate::settings_before`]) stay there: they
+/// hold the plugin's secrets.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PendingView {
+    /// `install`, `update` or `rollback`.
+    pub kind: String,
+    /// The version that ran before (`None` for an install).
+    pub from: Option<String>,
+    /// The version on probation.
+    pub to: String,
+    /// When the switch was made.
+    pub began_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<PendingUpdate> for PendingView {
+    fn from(p: PendingUpdate) -> PendingView {
+        PendingView {
+            kind: p.kind,
+            from: p.from,
+            to: p.to,
+            began_at: p.began_at,
+        }
+    }
 }
 
 fn event(kind: EventKind, message: String, details: Value) -> Option<NewEvent> {
@@ -204,7 +232,7 @@ fn event(kind: EventKind, message: String, details: Value) -> Option<NewEvent> {
 }
 
 /// This host's version as semver (`CARGO_PKG_VERSION` always is).
-fn host_version() -> semver::Version {
+pub(crate) fn host_version() -> semver::Version {
     semver::Version::parse(env!("CARGO_PKG_VERSION"))
         .unwrap_or_else(|_| semver::Version::new(0, 0, 0))
 }
@@ -635,10 +663,12 @@ impl Packages {
         }
         fault_step("switched");
 
-        // Step 5: the new version runs its probation.
+        // Step 5: the new version runs its probation (its reason for failing quotes its own
+        // stderr, not the lines the version before wrote).
+        let log_mark = supervisor.log_mark(id);
         supervisor.release(id).await;
         let probation = self.inner.config.packages.probation;
-        let outcome = supervisor.probation(id, probation).await;
+        let outcome = supervisor.probation(id, probation, log_mark).await;
         fault_step("probation");
 
         match outcome {
@@ -672,6 +702,7 @@ impl Packages {
                         ),
                     )
                     .await?;
+                fault_step("finished");
                 for v in pruned {
                     remove_dir(&package_dir(&self.root(), id, &v));
                 }
@@ -887,7 +918,7 @@ impl Packages {
                     json!({"version": v.version, "installed_at": v.installed_at, "key_id": v.key_id})
                 })
                 .collect(),
-            pending: rec.pending,
+            pending: rec.pending.map(PendingView::from),
             last_update: rec.last_update,
         })
     }

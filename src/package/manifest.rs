@@ -128,6 +128,20 @@ pub(crate) struct Manifest {
     pub(crate) limits: Option<Value>,
     /// Requested permissions (free-form, for the isolation issue).
     pub(crate) permissions: Option<Value>,
+    /// Whether the plugin runs only with a licence for the device (`license = "required"`).
+    pub(crate) license: LicenseRequirement,
+}
+
+/// The manifest's `license`: whether the plugin is started only with a valid licence for the
+/// device (docs/LICENSES.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LicenseRequirement {
+    /// No licence needed (a licence installed anyway still reaches the plugin in `init`).
+    #[default]
+    None,
+    /// Started only with a valid licence for this device.
+    Required,
 }
 
 /// The file as written: strings, checked into a [`Manifest`] by [`Manifest::parse`].
@@ -152,6 +166,8 @@ struct RawManifest {
     settings: Option<toml::Table>,
     limits: Option<toml::Table>,
     permissions: Option<toml::Table>,
+    #[serde(default)]
+    license: LicenseRequirement,
 }
 
 impl Manifest {
@@ -192,6 +208,7 @@ impl Manifest {
                 .permissions
                 .map(|t| table_to_json("permissions", t))
                 .transpose()?,
+            license: raw.license,
         };
         m.check_identity()?;
         m.check_paths()?;
@@ -602,6 +619,23 @@ groups = ["gpio"]
         assert_eq!(m.description, "");
         assert_eq!(m.settings, None);
         assert_eq!(m.entry_for(HOST_TRIPLE).unwrap(), "x.py");
+        assert_eq!(m.license, LicenseRequirement::None);
+    }
+
+    #[test]
+    fn license_is_none_or_required_and_kept_in_the_json() {
+        let m = Manifest::parse(&with(
+            "min_host = \">=0.1\"",
+            "license = \"required\"\nmin_host = \">=0.1\"",
+        ))
+        .unwrap();
+        assert_eq!(m.license, LicenseRequirement::Required);
+        assert_eq!(serde_json::to_value(&m).unwrap()["license"], "required");
+        let e = refused(&with(
+            "min_host = \">=0.1\"",
+            "license = \"sometimes\"\nmin_host = \">=0.1\"",
+        ));
+        assert!(e.contains("license") || e.contains("sometimes"), "{e}");
     }
 
     #[test]

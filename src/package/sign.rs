@@ -266,22 +266,58 @@ pub(crate) fn verify(
             key_id: parts.key_id,
         });
     }
-    let sig_box = minisign::SignatureBox::from_string(sig_text)
-        .map_err(|e| SignError::Malformed(e.to_string()))?;
     let file = File::open(package).map_err(|source| SignError::Io {
         what: format!("cannot read {}", package.display()),
         source,
     })?;
-    minisign::verify(&pk.key, &sig_box, BufReader::new(file), true, false, false).map_err(|e| {
-        match e.kind() {
-            minisign::ErrorKind::Io => SignError::Io {
-                what: format!("cannot read {}", package.display()),
-                source: std::io::Error::other(e.to_string()),
-            },
-            _ => SignError::Mismatch {
-                key_id: parts.key_id.clone(),
-            },
-        }
+    verify_reader(
+        pk,
+        parts,
+        sig_text,
+        BufReader::new(file),
+        &package.display().to_string(),
+    )
+}
+
+/// Verify the signature `sig_text` over `data` (in memory: a licence's claims) against the
+/// `trusted` keys; as [`verify`] does for a file.
+pub(crate) fn verify_bytes(
+    data: &[u8],
+    sig_text: &str,
+    trusted: &[PublicKey],
+) -> Result<Verified, SignError> {
+    let parts = parse_signature(sig_text)?;
+    let Some(pk) = trusted.iter().find(|k| k.key.keynum() == parts.keynum) else {
+        return Err(SignError::UntrustedKey {
+            key_id: parts.key_id,
+        });
+    };
+    if !parts.prehashed {
+        return Err(SignError::Legacy {
+            key_id: parts.key_id,
+        });
+    }
+    verify_reader(pk, parts, sig_text, std::io::Cursor::new(data), "the data")
+}
+
+/// The check shared by [`verify`] and [`verify_bytes`], once the key is found.
+fn verify_reader(
+    pk: &PublicKey,
+    parts: SigParts,
+    sig_text: &str,
+    data: impl std::io::Read + std::io::Seek,
+    what: &str,
+) -> Result<Verified, SignError> {
+    let sig_box = minisign::SignatureBox::from_string(sig_text)
+        .map_err(|e| SignError::Malformed(e.to_string()))?;
+    minisign::verify(&pk.key, &sig_box, data, true, false, false).map_err(|e| match e.kind() {
+        minisign::ErrorKind::Io => SignError::Io {
+            what: format!("cannot read {what}"),
+            source: std::io::Error::other(e.to_string()),
+        },
+        _ => SignError::Mismatch {
+            key_id: parts.key_id.clone(),
+        },
     })?;
     let trusted_comment = sig_box
         .trusted_comment()
@@ -290,6 +326,62 @@ pub(crate) fn verify(
         key_id: parts.key_id,
         trusted_comment,
     })
+}
+
+/// Sign `data` (in memory) with the unencrypted secret key in `secret_key`, as `minisign -S`
+/// does (prehashed); returns the `.minisig` text and the signing key.
+pub(crate) fn sign_bytes(
+    data: &[u8],
+    secret_key: &Path,
+    trusted_comment: &str,
+) -> Result<(String, PublicKey), SignError> {
+    let sk = load_secret_key(secret_key)?;
+    let pk = minisign::PublicKey::from_secret_key(&sk).map_err(|e| SignError::BadSecretKey {
+        path: secret_key.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let trusted_comment = trusted_comment.replace(['\n', '\r'], " ");
+    let sig = minisign::sign(
+        Some(&pk),
+        &sk,
+        std::io::Cursor::new(data),
+        Some(&trusted_comment),
+        Some("signature from a toru key"),
+    )
+    .map_err(|e| SignError::Crypto(e.to_string()))?;
+    let public = PublicKey::parse(&pk.to_base64())?;
+    Ok((sig.into_string(), public))
+}
+
+/// A new key pair held in memory (the instance key): the minisign secret key box's text
+/// (unencrypted) and the public key.
+pub(crate) fn generate_in_memory() -> Result<(String, PublicKey), SignError> {
+    let pair = minisign::KeyPair::generate_unencrypted_keypair()
+        .map_err(|e| SignError::Crypto(e.to_string()))?;
+    let sk_text = pair
+        .sk
+        .to_box(Some("toru instance key"))
+        .map_err(|e| SignError::Crypto(e.to_string()))?
+        .into_string();
+    Ok((sk_text, PublicKey::parse(&pair.pk.to_base64())?))
+}
+
+/// The public key of a secret key box's text (as [`generate_in_memory`] made it).
+pub(crate) fn public_key_of_text(sk_text: &str) -> Result<PublicKey, SignError> {
+    let sk = minisign::SecretKeyBox::from_string(sk_text)
+        .and_then(minisign::SecretKeyBox::into_unencrypted_secret_key)
+        .map_err(|e| SignError::Crypto(e.to_string()))?;
+    let pk =
+        minisign::PublicKey::from_secret_key(&sk).map_err(|e| SignError::Crypto(e.to_string()))?;
+    PublicKey::parse(&pk.to_base64())
+}
+
+impl PublicKey {
+    /// The 32 bytes of the Ed25519 public key (without minisign's algorithm and key number).
+    pub(crate) fn ed25519_bytes(&self) -> Vec<u8> {
+        let bytes = self.key.to_bytes();
+        bytes.get(10..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
 }
 
 /// Create a new key pair in `dir`: `NAME.key` (unencrypted minisign secret key, mode `0600`) and
@@ -391,6 +483,13 @@ fn load_secret_key(path: &Path) -> Result<minisign::SecretKey, SignError> {
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Where the signature of `file` is: `FILE.minisig` beside it.
+pub(crate) fn signature_path(file: &Path) -> PathBuf {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".minisig");
+    PathBuf::from(p)
+}
+
 /// Sign `file` with the unencrypted secret key in `secret_key`, as `minisign -S` does (prehashed),
 /// with `trusted_comment` (one line: line breaks become spaces); write `FILE.minisig` (replacing one that exists, atomically). Returns its
 /// path.
@@ -418,9 +517,7 @@ pub(crate) fn sign_file(
         Some("signature from a toru key"),
     )
     .map_err(|e| SignError::Crypto(e.to_string()))?;
-    let mut out = file.as_os_str().to_owned();
-    out.push(".minisig");
-    let out = PathBuf::from(out);
+    let out = signature_path(file);
     super::atomic::write_atomically(&out, |w| w.write_all(sig.into_string().as_bytes())).map_err(
         |source| SignError::Io {
             what: format!("cannot write {}", out.display()),

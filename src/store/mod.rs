@@ -60,7 +60,10 @@
 //! ```
 //!
 //! Packages, trusted publisher keys, plugin settings and the KV snapshot of an update under way
-//! have their own tables, drawn in `packages.rs`.
+//! have their own tables, drawn in `packages.rs`; the instance's licensing key, the clock's
+//! high-water mark (`last_seen`) and installed licences are drawn in `licenses.rs`; the run record
+//! safe mode reads at each start (`meta` `"run"`) in `runs.rs`; the whole-device update under way
+//! and the last one's result in `system_update.rs`.
 //!
 //! Invariants, each kept inside the one transaction that changes the rows involved:
 //! - a plugin id is the first part of every KV key, so namespaces are isolated by construction;
@@ -93,12 +96,15 @@
 
 mod isolation;
 pub(crate) mod kv;
+mod licenses;
 mod maintenance;
 mod open;
 mod packages;
 #[cfg(test)]
 mod power_cut_tests;
+mod runs;
 mod slot;
+mod system_update;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -117,9 +123,14 @@ use serde::{Deserialize, Serialize};
 use toru_plugin_api::protocol::{MAX_KV_KEY_LEN, MAX_KV_LIST_LIMIT, MAX_KV_VALUE_LEN};
 
 pub use self::isolation::SecurityOverrides;
+pub use self::licenses::StoredLicense;
 pub use self::maintenance::{MaintenanceError, RepairOutcome, repair, reset, status};
 pub use self::packages::{PackageRecord, PackageVersion, PendingUpdate, TrustedKey, UpdateOutcome};
+pub use self::runs::{Culprit, RunChange, RunRecord};
 use self::slot::Shared;
+pub use self::system_update::{
+    PendingSystemUpdate, SystemUpdateOutcome, SystemUpdateResult, UpdateAttempt,
+};
 use self::tables::{Doing, Limits};
 use self::writer::Writer;
 use crate::role::Role;
@@ -441,6 +452,13 @@ pub enum EventKind {
     Updated,
     /// A new version did not come up healthy; the previous state was restored.
     UpdateRolledBack,
+    /// A whole-device update was written into the other slot (`"host"`; docs/UPDATES.md).
+    SystemUpdateInstalled,
+    /// The new system became healthy and its slot was marked good (`"host"`).
+    SystemUpdateSucceeded,
+    /// A whole-device update failed: install refused or interrupted, or the new system did not
+    /// become healthy (`"host"`, with the reason).
+    SystemUpdateFailed,
     /// A package was removed.
     Removed,
     /// A plugin's settings were changed.
@@ -455,6 +473,19 @@ pub enum EventKind {
     Limit,
     /// An admin changed a plugin's limits or granted permissions.
     SecurityChanged,
+    /// A plugin that needs a licence was not started, or was stopped: no valid licence (why).
+    LicenseNeeded,
+    /// A licence was installed for a plugin.
+    LicenseInstalled,
+    /// A plugin's licence was removed.
+    LicenseRemoved,
+    /// The host found at its start that the run before ended uncleanly (killed, crashed, a
+    /// watchdog reset, a power cut): the count in a row and the likely culprit (host event).
+    UncleanExit,
+    /// The host started in safe mode: third-party plugins are held (host event).
+    SafeMode,
+    /// The host left safe mode: by request, or at a start after a clean run (host event).
+    SafeModeLeft,
     /// A kind this build does not know, as read from the store (a newer build wrote it); kept
     /// as written so reading never fails or changes it.
     Other(String),
@@ -477,6 +508,9 @@ impl EventKind {
             EventKind::Installed => "installed",
             EventKind::Updated => "updated",
             EventKind::UpdateRolledBack => "update-rolled-back",
+            EventKind::SystemUpdateInstalled => "update-installed",
+            EventKind::SystemUpdateSucceeded => "update-succeeded",
+            EventKind::SystemUpdateFailed => "update-failed",
             EventKind::Removed => "removed",
             EventKind::SettingsChanged => "settings-changed",
             EventKind::TrustAdded => "trust-added",
@@ -484,6 +518,12 @@ impl EventKind {
             EventKind::Oom => "oom",
             EventKind::Limit => "limit",
             EventKind::SecurityChanged => "security-changed",
+            EventKind::LicenseNeeded => "licence-needed",
+            EventKind::LicenseInstalled => "license-installed",
+            EventKind::LicenseRemoved => "license-removed",
+            EventKind::UncleanExit => "unclean-exit",
+            EventKind::SafeMode => "safe-mode",
+            EventKind::SafeModeLeft => "safe-mode-left",
             EventKind::Other(s) => s,
         }
     }
@@ -505,6 +545,9 @@ impl From<&str> for EventKind {
             "installed" => EventKind::Installed,
             "updated" => EventKind::Updated,
             "update-rolled-back" => EventKind::UpdateRolledBack,
+            "update-installed" => EventKind::SystemUpdateInstalled,
+            "update-succeeded" => EventKind::SystemUpdateSucceeded,
+            "update-failed" => EventKind::SystemUpdateFailed,
             "removed" => EventKind::Removed,
             "settings-changed" => EventKind::SettingsChanged,
             "oom" => EventKind::Oom,
@@ -512,6 +555,12 @@ impl From<&str> for EventKind {
             "security-changed" => EventKind::SecurityChanged,
             "trust-added" => EventKind::TrustAdded,
             "trust-removed" => EventKind::TrustRemoved,
+            "licence-needed" => EventKind::LicenseNeeded,
+            "license-installed" => EventKind::LicenseInstalled,
+            "license-removed" => EventKind::LicenseRemoved,
+            "unclean-exit" => EventKind::UncleanExit,
+            "safe-mode" => EventKind::SafeMode,
+            "safe-mode-left" => EventKind::SafeModeLeft,
             other => EventKind::Other(other.to_owned()),
         }
     }

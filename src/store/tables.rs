@@ -23,6 +23,10 @@ pub(super) const SCHEMA_VERSION: u64 = 1;
 pub(super) const META_SCHEMA_VERSION: &str = "schema_version";
 /// `meta` key of the instance id.
 pub(super) const META_INSTANCE_ID: &str = "instance_id";
+/// `meta` key of the licensing instance key (`licenses.rs`).
+pub(super) const META_INSTANCE_KEY: &str = "instance_key";
+/// `meta` key of the licences' clock high-water mark (`licenses.rs`).
+pub(super) const META_LAST_SEEN: &str = "last_seen";
 /// `meta` key the writer rewrites (with the time) to find out whether writes succeed again after
 /// they failed for lack of space.
 pub(super) const META_PROBE: &str = "probe";
@@ -613,9 +617,23 @@ pub(super) fn salvage(
         rows
     }
 
-    let instance = read_rows(src, META, &mut out, |k, v| {
-        (k == META_INSTANCE_ID && uuid::Uuid::parse_str(v).is_ok()).then(|| v.to_owned())
+    // The licensing key and the clock's high-water mark go with the instance id: licences
+    // issued for this device stay valid after a repair, and an expired one stays expired.
+    let meta_rows = read_rows(src, META, &mut out, |k, v| {
+        let keep = (k == META_INSTANCE_ID && uuid::Uuid::parse_str(v).is_ok())
+            || k == META_INSTANCE_KEY
+            || k == META_LAST_SEEN;
+        keep.then(|| (k.to_owned(), v.to_owned()))
     });
+    let instance: Vec<String> = meta_rows
+        .iter()
+        .filter(|(k, _)| k == META_INSTANCE_ID)
+        .map(|(_, v)| v.clone())
+        .collect();
+    let licensing: Vec<&(String, String)> = meta_rows
+        .iter()
+        .filter(|(k, _)| k != META_INSTANCE_ID)
+        .collect();
     let plugins = read_rows(src, PLUGINS, &mut out, |k, v| {
         serde_json::from_str::<PluginRow>(v)
             .ok()
@@ -650,6 +668,12 @@ pub(super) fn salvage(
     if let Some(id) = instance.first() {
         let mut meta = dst.open_table(META).doing(WHAT)?;
         meta.insert(META_INSTANCE_ID, id.as_str()).doing(WHAT)?;
+    }
+    {
+        let mut meta = dst.open_table(META).doing(WHAT)?;
+        for (k, v) in licensing {
+            meta.insert(k.as_str(), v.as_str()).doing(WHAT)?;
+        }
     }
     {
         let mut t = dst.open_table(PLUGINS).doing(WHAT)?;

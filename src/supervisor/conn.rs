@@ -7,9 +7,13 @@
 //!   requests to [`crate::store::kv::serve`] (scoped to the plugin; the same function serves the
 //!   REST API's KV), `log` frames to its ring.
 //!
+//! Each connection keeps a [`Tally`] of what the plugin sent of its own accord (KV requests,
+//! frames it could not decode), which `toru plugin check` reports.
+//!
 //! Limits keep a misbehaving plugin from hurting the host: frames are capped before allocation,
 //! requests in flight are capped both ways, every wait has a deadline.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -70,6 +74,29 @@ impl From<MuxError> for ConnError {
 #[derive(Debug)]
 pub struct Conn {
     mux: Rc<HostMux>,
+    tally: Rc<Tally>,
+}
+
+/// What the plugin sent on one connection of its own accord, counted by the reader task.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// KV requests received (counted on arrival).
+    pub(crate) kv_requests: Cell<u64>,
+    /// KV requests answered with an `error` (limits, quota, store state, too many at once).
+    pub(crate) kv_refused: Cell<u64>,
+    /// The first refusal's message.
+    pub(crate) first_kv_refusal: RefCell<Option<String>>,
+    /// Frames that could not be decoded (logged and dropped, or failing the request they answer).
+    pub(crate) rejected: Cell<u64>,
+    /// The first such frame's decode error.
+    pub(crate) first_rejected: RefCell<Option<String>>,
+}
+
+impl Tally {
+    fn count(counter: &Cell<u64>, first: &RefCell<Option<String>>, why: impl FnOnce() -> String) {
+        counter.set(counter.get() + 1);
+        first.borrow_mut().get_or_insert_with(why);
+    }
 }
 
 /// Why a connection ended (reported once by the reader task).
@@ -94,7 +121,11 @@ impl Conn {
     ) -> Rc<Conn> {
         let (mut reader, writer) = stream.into_split();
         let mux: Rc<HostMux> = Mux::start(writer, MuxConfig::host(max_frame));
-        let conn = Rc::new(Conn { mux: mux.clone() });
+        let tally = Rc::new(Tally::default());
+        let conn = Rc::new(Conn {
+            mux: mux.clone(),
+            tally: tally.clone(),
+        });
         tokio::task::spawn_local(async move {
             let end = loop {
                 let body = match tokio_codec::read_frame(&mut reader, max_frame).await {
@@ -105,6 +136,7 @@ impl Conn {
                 let frame = match decode_plugin_frame(&body) {
                     Ok(f) => f,
                     Err(e) => {
+                        Tally::count(&tally.rejected, &tally.first_rejected, || e.to_string());
                         ring.push(
                             LogStream::Host,
                             toru_plugin_api::LogLevel::Warn,
@@ -135,18 +167,30 @@ impl Conn {
                         let Some(id) = request_id else {
                             continue;
                         };
+                        tally.kv_requests.set(tally.kv_requests.get() + 1);
                         // Charged before the work starts, released when the task ends.
                         let Some(permit) = mux.try_admit() else {
                             let e =
                                 ErrorReply::new(ErrorCode::Busy, "too many KV requests in flight");
+                            Tally::count(&tally.kv_refused, &tally.first_kv_refusal, || {
+                                e.message.clone()
+                            });
                             let _ = mux.try_send(Some(id), HostMessage::Error(e));
                             continue;
                         };
                         let (store, plugin, mux) = (store.clone(), plugin.clone(), mux.clone());
+                        let tally = tally.clone();
                         tokio::task::spawn_local(async move {
                             let msg = match kv::serve(&store, &plugin, req).await {
                                 Ok(reply) => HostMessage::Kv(KvPayload::from_reply(&reply)),
-                                Err(e) => HostMessage::Error(kv::error_reply(&e)),
+                                Err(e) => {
+                                    Tally::count(
+                                        &tally.kv_refused,
+                                        &tally.first_kv_refusal,
+                                        || e.to_string(),
+                                    );
+                                    HostMessage::Error(kv::error_reply(&e))
+                                }
                             };
                             let _ = mux.send(Some(id), msg).await;
                             drop(permit);
@@ -173,6 +217,11 @@ impl Conn {
             let _ = ended.send(end);
         });
         conn
+    }
+
+    /// What the plugin sent on this connection of its own accord so far.
+    pub(crate) fn tally(&self) -> Rc<Tally> {
+        self.tally.clone()
     }
 
     /// Send a request and wait for the frame answering it, at most `timeout`.

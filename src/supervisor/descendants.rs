@@ -155,6 +155,12 @@ impl Descendants {
         }
     }
 
+    /// Whether a descendant that left its plugin's process group is found (not with process
+    /// groups only).
+    pub(crate) fn finds_escapes(&self) -> bool {
+        !matches!(self.how, How::Group)
+    }
+
     /// Kill what a previous run of the host left (recorded in the runtime dir, whichever mode
     /// recorded it), before any plugin starts. Records this run's cgroup.
     pub(crate) async fn clean_leftovers(&self) {

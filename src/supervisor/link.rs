@@ -9,6 +9,8 @@
 //! | [`shutdown`](PluginLink::shutdown) | one connection, no reply | on the connection, waits for `shutdown_ack` |
 //! | [`watch`](PluginLink::watch) | nothing to watch (health is the process's exit) | heartbeats, and the end of the connection |
 //!
+//! [`ping`](PluginLink::ping) sends one heartbeat at once, for `toru plugin check`.
+//!
 //! The plugin task (`supervisor::plugin`) makes one link per process and drops it when the
 //! process is gone; `Supervisor::forward_http` sends requests through it. [`PluginReply`] is an
 //! HTTP reply checked once, here: the rest of the host trusts it.
@@ -27,7 +29,7 @@ use toru_plugin_api::protocol::{
     PluginMessage, ProtocolVersion, decode_plugin_frame,
 };
 
-use super::conn::{Conn, ConnEnd, ConnError};
+use super::conn::{Conn, ConnEnd, ConnError, Tally};
 use super::logs::LogRing;
 use super::view::ForwardError;
 use crate::store::Store;
@@ -99,6 +101,34 @@ pub(crate) enum ConfigAnswer {
     /// It takes settings only in `init` (1.0, or a 1.1 plugin that answered `unsupported`): the
     /// caller restarts it.
     NeedsRestart,
+}
+
+/// Why [`PluginLink::init`] failed. Its text is the sentence for the plugin's log and failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InitError {
+    /// 1.0: the `init` message could not be delivered.
+    #[error("init not delivered: {0}")]
+    NotDelivered(ConnError),
+    /// 1.1: the plugin answered `init` with an `error`.
+    #[error("init refused: {0}")]
+    Refused(toru_plugin_api::protocol::ErrorReply),
+    /// 1.1: the plugin answered `init` with something other than `ready` (its debug form).
+    #[error("unexpected answer to init: {0}")]
+    Unexpected(String),
+    /// 1.1: no `ready` came: the timeout passed, or the connection ended first.
+    #[error("no ready after init: {0}")]
+    NoReady(ConnError),
+}
+
+/// How one heartbeat went ([`PluginLink::ping`]).
+#[derive(Debug)]
+pub(crate) enum Ping {
+    /// The matching `pong` came in time.
+    Pong,
+    /// No `pong` in time, another answer, or no room for the ping: a miss (the text says which).
+    Missed(String),
+    /// The connection is gone.
+    Gone(ConnError),
 }
 
 /// What [`PluginLink::watch`] saw.
@@ -174,7 +204,7 @@ impl PluginLink {
         mut init: Init,
         heartbeat_interval: Duration,
         ready_timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), InitError> {
         match &self.kind {
             Kind::Legacy { socket, lock } => {
                 // The probe connection only proved the socket is up; 1.0 plugins get one message
@@ -191,7 +221,7 @@ impl PluginLink {
                 )
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("init not delivered: {e}"))
+                .map_err(InitError::NotDelivered)
             }
             Kind::Persistent {
                 store,
@@ -222,10 +252,10 @@ impl PluginLink {
                         Ok(())
                     }
                     Ok(f) => Err(match f.message {
-                        PluginMessage::Error(e) => format!("init refused: {e}"),
-                        other => format!("unexpected answer to init: {other:?}"),
+                        PluginMessage::Error(e) => InitError::Refused(e),
+                        other => InitError::Unexpected(format!("{other:?}")),
                     }),
-                    Err(e) => Err(format!("no ready after init: {e}")),
+                    Err(e) => Err(InitError::NoReady(e)),
                 }
             }
         }
@@ -354,6 +384,25 @@ impl PluginLink {
         }
     }
 
+    /// After a successful [`PluginLink::init`] of a 1.1 plugin: one heartbeat now, its `pong`
+    /// awaited at most `timeout`. `None` for a 1.0 plugin (no heartbeats) or one not connected.
+    pub(crate) async fn ping(&self, seq: u64, timeout: Duration) -> Option<Ping> {
+        let Kind::Persistent { conn, .. } = &self.kind else {
+            return None;
+        };
+        let conn = conn.borrow().clone()?;
+        Some(ping(&conn, seq, timeout).await)
+    }
+
+    /// What a 1.1 plugin sent of its own accord on its connection (KV requests, frames that could
+    /// not be decoded); `None` for 1.0 or before `ready`.
+    pub(crate) fn tally(&self) -> Option<Rc<Tally>> {
+        let Kind::Persistent { conn, .. } = &self.kind else {
+            return None;
+        };
+        conn.borrow().as_ref().map(|c| c.tally())
+    }
+
     /// After a successful [`PluginLink::init`]: ping every `interval` and return when
     /// `max_misses` pings in a row went unanswered, or when the connection ends. `None` for a 1.0
     /// plugin, which has neither: its health is its process's.
@@ -388,14 +437,24 @@ async fn heartbeat(conn: &Conn, interval: Duration, max_misses: u32) -> Option<u
             tokio::time::sleep(interval).await;
         }
         seq += 1;
-        match conn.request(HostMessage::Ping { seq }, interval).await {
-            Ok(f) if f.message == (PluginMessage::Pong { seq }) => missed = 0,
-            Ok(_) | Err(ConnError::Timeout(_)) | Err(ConnError::Busy) => missed += 1,
-            Err(_) => return None,
+        match ping(conn, seq, interval).await {
+            Ping::Pong => missed = 0,
+            Ping::Missed(_) => missed += 1,
+            Ping::Gone(_) => return None,
         }
         if missed >= max_misses {
             return Some(missed);
         }
+    }
+}
+
+/// One heartbeat: `ping` number `seq`, its `pong` awaited at most `timeout`.
+async fn ping(conn: &Conn, seq: u64, timeout: Duration) -> Ping {
+    match conn.request(HostMessage::Ping { seq }, timeout).await {
+        Ok(f) if f.message == (PluginMessage::Pong { seq }) => Ping::Pong,
+        Ok(f) => Ping::Missed(format!("answered {:?} instead of pong {seq}", f.message)),
+        Err(e @ (ConnError::Timeout(_) | ConnError::Busy)) => Ping::Missed(e.to_string()),
+        Err(e) => Ping::Gone(e),
     }
 }
 

@@ -97,10 +97,22 @@ impl LogRing {
 
     /// The last `n` lines of stderr (for crash events).
     pub fn stderr_tail(&self, n: usize) -> Vec<String> {
+        self.stderr_tail_after(n, 0)
+    }
+
+    /// The sequence number of the newest line so far (0: none yet); lines pushed later have
+    /// greater ones.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.get() - 1
+    }
+
+    /// The last `n` lines of stderr among those with `seq > after`.
+    pub fn stderr_tail_after(&self, n: usize, after: u64) -> Vec<String> {
         let lines = self.lines.borrow();
         let mut tail: Vec<String> = lines
             .iter()
             .rev()
+            .take_while(|l| l.seq > after)
             .filter(|l| l.stream == LogStream::Stderr)
             .take(n)
             .map(|l| l.message.clone())
@@ -197,6 +209,23 @@ mod tests {
             ["line 5", "line 6"]
         );
         assert_eq!(ring.since(7).len(), 2);
+    }
+
+    /// The stderr tail of a version on probation is its own: lines from before a mark (the
+    /// previous version's) are left out, even when the new version wrote fewer lines than asked.
+    #[test]
+    fn the_stderr_tail_after_a_mark_leaves_out_older_lines() {
+        let ring = LogRing::new("p", 100, 100);
+        assert_eq!(ring.last_seq(), 0);
+        ring.push(LogStream::Stderr, LogLevel::Warn, "old version");
+        ring.push(LogStream::Stdout, LogLevel::Info, "old stdout");
+        let mark = ring.last_seq();
+        assert_eq!(mark, 2);
+        assert!(ring.stderr_tail_after(5, mark).is_empty());
+        ring.push(LogStream::Stderr, LogLevel::Warn, "new version");
+        ring.push(LogStream::Stdout, LogLevel::Info, "new stdout");
+        assert_eq!(ring.stderr_tail_after(5, mark), ["new version"]);
+        assert_eq!(ring.stderr_tail(5), ["old version", "new version"]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub(crate) mod conn;
 pub(crate) mod descendants;
 pub(crate) mod discovery;
 pub(crate) mod isolation;
-mod link;
+pub(crate) mod link;
 pub(crate) mod logs;
 pub(crate) mod plugin;
 pub(crate) mod policy;
@@ -62,6 +62,8 @@ use crate::store::{EventKind, NewEvent, PluginBinding, Store};
 use discovery::{Claim, Holder, Probe, ReadCache, claim_name, file_name};
 use logs::LogRing;
 use plugin::{Command, Ctx, Shared};
+
+pub(crate) use plugin::HoldRule;
 
 pub use link::PluginReply;
 pub use view::{
@@ -119,6 +121,8 @@ impl Supervisor {
                     isolation: isolation::HostIsolation::new(&config),
                     config,
                     descendants,
+                    hold: RefCell::new(None),
+                    track_runs: Cell::new(false),
                 }),
                 plugins: RefCell::new(BTreeMap::new()),
                 invalid: RefCell::new(Vec::new()),
@@ -160,6 +164,53 @@ impl Supervisor {
             ready_since: s.ready_since.get(),
             last_event: s.last_event.borrow().clone(),
             log_dropped: s.ring.dropped(),
+            license: s
+                .licence
+                .borrow()
+                .as_ref()
+                .map(crate::license::Claims::to_api),
+            license_needed: policy.licence_needed().map(str::to_owned),
+        }
+    }
+
+    /// Check plugin `id`'s licence again now (one was installed or removed): a plugin waiting
+    /// for one starts, a running one without a valid one stops, a running one whose licence
+    /// changed restarts with it. Unknown ids are ignored.
+    pub(crate) async fn check_licence(&self, id: &str) {
+        if let Some(s) = self.shared(id) {
+            let (tx, rx) = oneshot::channel();
+            if s.commands.send(Command::Licence(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// [`Supervisor::check_licence`] for every plugin (periodically: expiry, keys no longer
+    /// trusted).
+    pub(crate) async fn check_licences(&self) {
+        let ids: Vec<String> = self.inner.plugins.borrow().keys().cloned().collect();
+        for id in ids {
+            self.check_licence(&id).await;
+        }
+    }
+
+    /// What safe mode asks of the supervisor, set once at start before any plugin starts:
+    /// `track_runs` keeps the run record's list of starting and running plugins; `hold` is asked
+    /// before every spawn (a held plugin waits in [`PluginState::Held`]).
+    pub(crate) fn set_safe_mode(&self, track_runs: bool, hold: Option<HoldRule>) {
+        self.inner.ctx.track_runs.set(track_runs);
+        *self.inner.ctx.hold.borrow_mut() = hold;
+    }
+
+    /// Safe mode was left (its rule holds nothing now): every held plugin starts, if enabled.
+    /// Returns once each has been told.
+    pub(crate) async fn release_held(&self) {
+        let all: Vec<Rc<Shared>> = self.inner.plugins.borrow().values().cloned().collect();
+        for s in all {
+            let (tx, rx) = oneshot::channel();
+            if s.commands.send(Command::Release(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
         }
     }
 
@@ -176,11 +227,32 @@ impl Supervisor {
         self.rescan().await
     }
 
+    /// Where plugin `id`'s log stands (the sequence number of its newest line; 0: none), for
+    /// [`Supervisor::probation`]: taken while it is held down, before the version on probation
+    /// starts.
+    pub(crate) fn log_mark(&self, id: &str) -> u64 {
+        match self.shared(id) {
+            Some(s) => s.ring.last_seq(),
+            None => self
+                .inner
+                .held_rings
+                .borrow()
+                .get(id)
+                .map_or(0, |r| r.last_seq()),
+        }
+    }
+
     /// Watch plugin `id`, just started, through its probation: it must become ready (within the
     /// start timeouts) and then stay ready for `period` — no exit, no missed heartbeats, no
-    /// restart. `Err` says why it did not, with its last stderr lines. A disabled plugin passes
-    /// at once (it is not started; its next start is an ordinary one).
-    pub(crate) async fn probation(&self, id: &str, period: Duration) -> Result<(), String> {
+    /// restart. `Err` says why it did not, with its last stderr lines written after `log_mark`
+    /// (see [`Supervisor::log_mark`]: the version before wrote those up to it). A disabled plugin
+    /// passes at once (it is not started; its next start is an ordinary one).
+    pub(crate) async fn probation(
+        &self,
+        id: &str,
+        period: Duration,
+        log_mark: u64,
+    ) -> Result<(), String> {
         let ctx = &self.inner.ctx;
         let cfg = &ctx.config.supervisor;
         let start_limit = cfg.socket_timeout + cfg.ready_timeout + Duration::from_secs(1);
@@ -215,7 +287,9 @@ impl Supervisor {
                 let p = s.policy.borrow();
                 (p.state(), p.enabled(), p.restarts())
             };
-            if !enabled {
+            // Not started for want of a licence: installed, it waits for one (not a failure).
+            // Held by safe mode: installed, it starts when safe mode is left.
+            if !enabled || matches!(state, PluginState::LicenceNeeded | PluginState::Held) {
                 return Ok(());
             }
             let now = tokio::time::Instant::now();
@@ -234,6 +308,7 @@ impl Supervisor {
                         return Err(failure(
                             &s,
                             &format!("it did not become ready within {} s", start_limit.as_secs()),
+                            log_mark,
                         ));
                     }
                 }
@@ -244,7 +319,7 @@ impl Supervisor {
                         _ if watching.is_some() => "it failed after becoming ready",
                         _ => "it failed while starting",
                     };
-                    return Err(failure(&s, what));
+                    return Err(failure(&s, what, log_mark));
                 }
             }
             let wake = match watching {
@@ -755,6 +830,9 @@ impl Supervisor {
                 commands: tx,
                 security: RefCell::new(None),
                 report: RefCell::new(None),
+                is_package: claim_name(&packages_root, &d.binary)
+                    .starts_with(discovery::PACKAGE_CLAIM),
+                licence: RefCell::new(None),
                 metadata: d.metadata,
             });
             self.inner
@@ -850,6 +928,13 @@ impl Supervisor {
         }
     }
 
+    /// Notified (`notify_waiters`) whenever a plugin changes state or a scan changed the set of
+    /// plugins: wait on it to follow [`Supervisor::plugins`] without polling (create the
+    /// `Notified` before reading the states).
+    pub(crate) fn changes(&self) -> Rc<Notify> {
+        self.inner.ctx.changed.clone()
+    }
+
     /// A one-line summary for systemd's STATUS=.
     pub fn status_line(&self) -> String {
         let plugins = self.inner.plugins.borrow();
@@ -934,14 +1019,14 @@ impl Supervisor {
 }
 
 /// Why a plugin failed its probation: `what`, its last event, and its last stderr lines.
-fn failure(s: &Shared, what: &str) -> String {
+fn failure(s: &Shared, what: &str, log_mark: u64) -> String {
     let mut out = what.to_owned();
     if let Some(ev) = s.last_event.borrow().as_ref()
         && matches!(ev.kind, EventKind::Crashed | EventKind::Hung)
     {
         out.push_str(&format!(" ({})", ev.message));
     }
-    let tail = s.ring.stderr_tail(5);
+    let tail = s.ring.stderr_tail_after(5, log_mark);
     if !tail.is_empty() {
         out.push_str("; last stderr: ");
         out.push_str(&tail.join(" | "));

@@ -10,11 +10,15 @@
 //! The process's descendants are `Ctx::descendants`' business: told of each spawn, asked to
 //! signal the whole plugin, and, once the process has exited, to kill and await the rest before the
 //! exit is fed to the policy. The plugin's socket is removed at each exit.
+//!
+//! Safe mode (`crate::safe_mode`) reaches a plugin through the [`Ctx`]: its [`HoldRule`] is asked
+//! before every spawn (a held plugin is not spawned), and while it tracks runs the store's run
+//! record lists the plugin from before its spawn (that write is durable before the process
+//! exists) until its process is gone, through the journal so the changes keep their order.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
@@ -32,9 +36,10 @@ use super::link::{PluginLink, Watch};
 use super::logs::{LogRing, MAX_LINE_BYTES, guess_level};
 use super::policy::{Action, Exit, Input, Policy, Signal};
 use super::process;
-use super::view::LogStream;
+use super::view::{LogStream, PluginState};
 use crate::config::Config;
-use crate::store::{Event, EventKind, NewEvent, PluginRecord, Store};
+use crate::license::gate::{self, Verdict};
+use crate::store::{Event, EventKind, NewEvent, PluginRecord, RunChange, Store};
 
 /// A command from the rest of the host.
 #[derive(Debug)]
@@ -47,6 +52,33 @@ pub enum Command {
     Restart(oneshot::Sender<()>),
     /// Stop for good (host shutdown, binary removed); acknowledged once the process is gone.
     Retire(oneshot::Sender<()>),
+    /// Check its licence again (installed, removed, maybe expired).
+    Licence(oneshot::Sender<()>),
+    /// Safe mode was left: start it if it is held.
+    Release(oneshot::Sender<()>),
+}
+
+/// Which plugins safe mode holds: `crate::safe_mode` decides, the plugin task asks before every
+/// spawn (`true`: hold this id, do not spawn it).
+#[derive(Clone)]
+pub struct HoldRule(Rc<dyn Fn(&str) -> bool>);
+
+impl HoldRule {
+    /// A rule answering with `holds`.
+    pub fn new(holds: impl Fn(&str) -> bool + 'static) -> HoldRule {
+        HoldRule(Rc::new(holds))
+    }
+
+    /// Whether plugin `id` is held now.
+    pub fn holds(&self, id: &str) -> bool {
+        (self.0)(id)
+    }
+}
+
+impl std::fmt::Debug for HoldRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HoldRule")
+    }
 }
 
 /// What the supervisor and the HTTP layer may read of a plugin.
@@ -81,6 +113,10 @@ pub struct Shared {
     pub(crate) security: RefCell<Option<Security>>,
     /// What was in force at its newest start (`None`: never started by this host).
     pub(crate) report: RefCell<Option<crate::confine::Report>>,
+    /// It runs from an installed package (only those can need a licence).
+    pub(crate) is_package: bool,
+    /// The licence claims its newest start was given in `init`.
+    pub(crate) licence: RefCell<Option<crate::license::Claims>>,
 }
 
 /// Host-wide things every plugin task needs.
@@ -98,6 +134,17 @@ pub struct Ctx {
     pub(crate) descendants: Rc<Descendants>,
     /// Works out each plugin's confinement.
     pub(crate) isolation: super::isolation::HostIsolation,
+    /// Safe mode's rule, asked before every spawn (`None`: nothing is held).
+    pub hold: RefCell<Option<HoldRule>>,
+    /// Keep the run record's list of starting and running plugins (safe mode is on).
+    pub track_runs: Cell<bool>,
+}
+
+impl Ctx {
+    /// Whether safe mode holds plugin `id` now.
+    fn held(&self, id: &str) -> bool {
+        self.hold.borrow().as_ref().is_some_and(|r| r.holds(id))
+    }
 }
 
 /// Events from helper tasks of one process generation.
@@ -115,6 +162,8 @@ enum ProcEvent {
 enum Job {
     Event(NewEvent, chrono::DateTime<Utc>),
     Persist(PluginRecord, NewEvent, oneshot::Sender<()>),
+    /// A change of its place in the run record; answered once durable when a sender is given.
+    Run(RunChange, Option<oneshot::Sender<()>>),
 }
 
 /// Write a plugin's events and state changes in the order they happened, without making the
@@ -156,6 +205,14 @@ async fn write_job(shared: Rc<Shared>, store: Store, job: Job) {
                 log::error!("[{}] cannot save enabled state: {e}", shared.id);
             }
             let _ = done.send(());
+        }
+        Job::Run(change, done) => {
+            if let Err(e) = store.run_plugin(&shared.id, change).await {
+                log::warn!("[{}] cannot update the run record: {e}", shared.id);
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -261,6 +318,65 @@ impl Task {
                 self.retire_acks.push(ack);
                 self.apply(Input::Retire).await;
             }
+            Command::Licence(ack) => {
+                self.licence_check().await;
+                let _ = ack.send(());
+            }
+            Command::Release(ack) => {
+                if !self.retired {
+                    self.apply(Input::Released).await;
+                }
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// Tell the run record (while safe mode tracks runs) that this plugin is starting, ready or
+    /// gone, in order with its other store writes; `wait` returns once the change is durable.
+    async fn track(&self, change: RunChange, wait: bool) {
+        if !self.ctx.track_runs.get() {
+            return;
+        }
+        let (done, durable) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if self.journal.send(Job::Run(change, done)).is_ok()
+            && let Some(durable) = durable
+        {
+            let _ = durable.await;
+        }
+    }
+
+    /// Judge its licence now and tell the policy: no valid one stops it (or keeps it waiting);
+    /// a valid one starts one that waits; a running process started with other claims restarts,
+    /// so its `init` carries the licence in force.
+    async fn licence_check(&mut self) {
+        if self.retired {
+            return;
+        }
+        let verdict = gate::check(&self.ctx.store, &self.shared.id, self.shared.is_package);
+        if let Verdict::Needed(r) = verdict {
+            let reason = r.to_string();
+            let state = self.shared.policy.borrow().state();
+            if matches!(
+                state,
+                PluginState::Starting | PluginState::Ready | PluginState::Hung
+            ) {
+                self.host_log(LogLevel::Warn, &format!("stopping: {reason}"));
+            }
+            let code = r.code().to_owned();
+            self.apply(Input::LicenceRevoked { code, reason }).await;
+            return;
+        }
+        let changed = self.shared.licence.borrow().as_ref() != verdict.claims();
+        if self.child.is_some() && changed {
+            self.host_log(LogLevel::Info, "restarting with its new licence");
+            self.apply(Input::Restart).await;
+        } else {
+            self.apply(Input::LicenceValid).await;
         }
     }
 
@@ -291,10 +407,35 @@ impl Task {
                 if self.retired {
                     return None;
                 }
-                self.spawn()
-                    .await
-                    .err()
-                    .map(|reason| Input::Failed { reason })
+                // Safe mode first: a held plugin is not even judged for its licence.
+                if self.ctx.held(&self.shared.id) {
+                    self.host_log(
+                        LogLevel::Warn,
+                        "held: the host runs in safe mode (leave it to start this plugin)",
+                    );
+                    return Some(Input::Held);
+                }
+                // The gate: a package that needs a licence starts only with a valid one.
+                let verdict = gate::check(&self.ctx.store, &self.shared.id, self.shared.is_package);
+                if let Verdict::Needed(r) = &verdict {
+                    let reason = r.to_string();
+                    self.host_log(LogLevel::Warn, &format!("not started: {reason}"));
+                    return Some(Input::LicenceMissing {
+                        code: r.code().to_owned(),
+                        reason,
+                    });
+                }
+                *self.shared.licence.borrow_mut() = verdict.claims().cloned();
+                // Named in the run record before the process exists: a host that dies during
+                // this start names this plugin.
+                self.track(RunChange::Starting, true).await;
+                match self.spawn().await {
+                    Ok(()) => None,
+                    Err(reason) => {
+                        self.track(RunChange::Gone, false).await;
+                        Some(Input::Failed { reason })
+                    }
+                }
             }
             Action::SendShutdown => {
                 if self.child.is_none() {
@@ -469,10 +610,7 @@ impl Task {
         // Watched from before the spawn (the cgroup is new for each generation).
         let limit_watch = self.ctx.descendants.limit_watch(&self.shared.id);
         // Watch for the socket before the plugin exists, so its bind cannot be missed.
-        let watch = socket
-            .parent()
-            .zip(socket.file_name())
-            .and_then(|(dir, name)| super::watch::SocketWatch::new(dir, name).ok());
+        let watch = super::watch::SocketWatch::for_socket(&socket);
         let pids = self.ctx.descendants.limit_support().pids;
         let prepared = crate::confine::prepare(isolation.plan(&sec, pids));
         let report = prepared.report().clone();
@@ -547,6 +685,7 @@ impl Task {
                 self.ctx.descendants.observe();
                 self.shared.ready_since.set(Some(crate::clock::now()));
                 self.apply(Input::Ready).await;
+                self.track(RunChange::Ready, false).await;
                 let proto = self.shared.protocol.as_str();
                 self.record(
                     EventKind::Ready,
@@ -615,6 +754,7 @@ impl Task {
             );
         }
         process::remove_socket(&self.shared.socket);
+        self.track(RunChange::Gone, false).await;
         let (description, code, signal) = match &status {
             Ok(s) => process::describe_exit(s),
             Err(e) => (format!("wait failed: {e}"), None, None),
@@ -705,7 +845,11 @@ pub(crate) fn protections(ctx: &Ctx, sec: &Security) -> serde_json::Value {
 }
 
 /// Copy a child's output into the ring, line by line, cutting over-long lines.
-async fn pipe_lines(mut src: impl AsyncRead + Unpin, stream: LogStream, ring: Rc<LogRing>) {
+pub(crate) async fn pipe_lines(
+    mut src: impl AsyncRead + Unpin,
+    stream: LogStream,
+    ring: Rc<LogRing>,
+) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -746,6 +890,31 @@ fn plugin_settings(store: &Store, id: &str) -> Result<serde_json::Value, String>
     }
 }
 
+/// The `init` plugin `id` listening on `socket` gets, with its settings `config` and its verified
+/// licence `license` (`None`: none; `toru plugin check` passes none), as 1.0 has it
+/// ([`PluginLink::init`] adds the 1.1 fields). Its log file would be
+/// `<runtime-dir>/logs/<id>.log`.
+pub(crate) fn init_message(
+    instance_id: &str,
+    id: &str,
+    socket: &std::path::Path,
+    runtime_dir: &std::path::Path,
+    config: serde_json::Value,
+    license: Option<toru_plugin_api::License>,
+) -> Init {
+    let log_path = runtime_dir.join("logs").join(format!("{id}.log"));
+    Init {
+        instance_id: instance_id.to_string(),
+        plugin_socket: socket.display().to_string(),
+        log_path: log_path.display().to_string(),
+        protocol: None,
+        heartbeat_interval_ms: None,
+        max_frame_len: None,
+        config,
+        license,
+    }
+}
+
 /// Wait for the socket, deliver init through the link; then watch the link (1.1 heartbeats and
 /// connection).
 async fn start_sequence(
@@ -761,44 +930,7 @@ async fn start_sequence(
         let _ = events.send((generation, ev));
     };
     // The socket must appear (and accept) within the socket timeout.
-    // Connect as soon as the socket appears: the inotify watch wakes us on its creation; a short
-    // timer (doubling from 1 ms to 10 ms) covers the gap between bind and listen, and systems
-    // without inotify.
-    let deadline = Instant::now() + cfg.socket_timeout;
-    let mut pause = Duration::from_millis(1);
-    let mut after_event = 0u32;
-    let stream = loop {
-        match tokio::net::UnixStream::connect(&shared.socket).await {
-            Ok(s) => break Some(s),
-            Err(_) if Instant::now() >= deadline => break None,
-            Err(_) if after_event > 0 && after_event < 4 => {
-                // Created but not yet listening: that gap is microseconds.
-                after_event += 1;
-                tokio::task::yield_now().await;
-            }
-            Err(_) => {
-                let timer = tokio::time::sleep(pause.min(deadline - Instant::now()));
-                match &watch {
-                    Some(w) => tokio::select! {
-                        r = w.created() => { if r.is_ok() { after_event = 1; } }
-                        _ = timer => pause = (pause * 2).min(Duration::from_millis(10)),
-                    },
-                    None => {
-                        timer.await;
-                        pause = (pause * 2).min(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-    };
-    drop(watch);
-    log::debug!(
-        "[{}] socket connect after {:?} (inotify event seen: {})",
-        shared.id,
-        cfg.socket_timeout
-            .saturating_sub(deadline.saturating_duration_since(Instant::now())),
-        after_event > 0
-    );
+    let stream = super::watch::connect_when_bound(&shared.socket, watch, cfg.socket_timeout).await;
     let Some(stream) = stream else {
         report(ProcEvent::StartFailed(format!(
             "socket {} did not appear within {} ms",
@@ -807,11 +939,6 @@ async fn start_sequence(
         )));
         return;
     };
-    let log_path = ctx
-        .config
-        .runtime_dir
-        .join("logs")
-        .join(format!("{}.log", shared.id));
     let config = match plugin_settings(&ctx.store, &shared.id) {
         Ok(config) => config,
         Err(why) => {
@@ -819,20 +946,23 @@ async fn start_sequence(
             return;
         }
     };
-    let init = Init {
-        instance_id: ctx.instance_id.clone(),
-        plugin_socket: shared.socket.display().to_string(),
-        log_path: log_path.display().to_string(),
-        protocol: None,
-        heartbeat_interval_ms: None,
-        max_frame_len: None,
+    let init = init_message(
+        &ctx.instance_id,
+        &shared.id,
+        &shared.socket,
+        &ctx.config.runtime_dir,
         config,
-    };
+        shared
+            .licence
+            .borrow()
+            .as_ref()
+            .map(crate::license::Claims::to_api),
+    );
     if let Err(why) = link
         .init(stream, init, cfg.heartbeat_interval, cfg.ready_timeout)
         .await
     {
-        report(ProcEvent::StartFailed(why));
+        report(ProcEvent::StartFailed(why.to_string()));
         return;
     }
     report(ProcEvent::Ready);

@@ -13,6 +13,10 @@
 //! killed; a start failure or a hang kills it at once. The reason for a kill is remembered and
 //! prefixed to the exit's description in the `crashed` event.
 //!
+//! A plugin whose spawn is refused — no valid licence ([`PluginState::LicenceNeeded`]), or held
+//! by safe mode ([`PluginState::Held`]) — waits without a process, a timer or a failure counted,
+//! until the refusal goes ([`Input::LicenceValid`], [`Input::Released`]).
+//!
 //! The policy owns every timer (the backoff, the stop escalation, the lost-connection grace): the
 //! glue (`supervisor::plugin`) sleeps until [`Policy::deadline`] and feeds [`Input::Tick`]. It
 //! also owns the plugin's persisted flags (enabled, and why it was disabled automatically):
@@ -116,6 +120,27 @@ pub enum Input {
     Exited(Exit),
     /// The time given by [`Policy::deadline`] has come.
     Tick,
+    /// A spawn was due but the plugin has no valid licence: it was not spawned (nothing runs).
+    LicenceMissing {
+        /// The refusal's code (`expired`, `wrong_instance` …).
+        code: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// A licence check found no valid licence (removed, expired, its key no longer trusted):
+    /// stop it if it runs, and wait for one.
+    LicenceRevoked {
+        /// The refusal's code.
+        code: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// A licence check found a valid licence (or none is needed): a plugin waiting for one starts.
+    LicenceValid,
+    /// A spawn was due but safe mode holds the plugin: it was not spawned (nothing runs).
+    Held,
+    /// Safe mode was left: a held plugin starts (if it is still enabled).
+    Released,
     /// The host is shutting down, or the binary was removed.
     Retire,
 }
@@ -166,6 +191,8 @@ pub enum Action {
 enum AfterStop {
     Nothing,
     Start,
+    /// Wait for a licence.
+    LicenceNeeded,
 }
 
 /// Where the stop escalation is.
@@ -193,6 +220,8 @@ pub struct Policy {
     stop: Option<(StopPhase, Instant)>,
     kill_at: Option<Instant>,
     kill_reason: Option<String>,
+    /// Why it needs a licence (code, sentence), while it does.
+    licence: Option<(String, String)>,
     timing: Timing,
 }
 
@@ -211,6 +240,7 @@ impl Policy {
             stop: None,
             kill_at: None,
             kill_reason: None,
+            licence: None,
             timing,
         }
     }
@@ -233,6 +263,14 @@ impl Policy {
     /// Failures in a row, as of `now` (a plugin ready for a minute has none).
     pub fn consecutive_failures(&self, now: Instant) -> u32 {
         if self.healthy(now) { 0 } else { self.failures }
+    }
+
+    /// Why it is waiting for a licence (`None` unless [`PluginState::LicenceNeeded`]).
+    pub fn licence_needed(&self) -> Option<&str> {
+        match (&self.licence, self.state) {
+            (Some((_, why)), PluginState::LicenceNeeded) => Some(why),
+            _ => None,
+        }
     }
 
     /// Restarts since the host started.
@@ -298,7 +336,11 @@ impl Policy {
                     auto_disabled: None,
                 }];
                 match self.state {
-                    PluginState::Disabled | PluginState::Stopped | PluginState::Backoff => {
+                    PluginState::Disabled
+                    | PluginState::Stopped
+                    | PluginState::Backoff
+                    | PluginState::LicenceNeeded
+                    | PluginState::Held => {
                         self.state = PluginState::Starting;
                         self.backoff_until = None;
                         acts.push(Spawn);
@@ -363,6 +405,67 @@ impl Policy {
             }
             Input::Exited(exit) => self.exited(exit, now),
             Input::Tick => self.tick(now),
+            Input::LicenceMissing { code, reason } => {
+                // Not a failure: no count, no backoff, no restart; it waits for a licence.
+                self.state = PluginState::LicenceNeeded;
+                self.backoff_until = None;
+                self.ready_at = None;
+                self.licence_needed_event(code, reason, true)
+            }
+            Input::LicenceRevoked { code, reason } => match self.state {
+                PluginState::Starting | PluginState::Ready | PluginState::Hung => {
+                    let mut acts = self.licence_needed_event(code, reason, true);
+                    self.state = PluginState::Stopping;
+                    self.after_stop = AfterStop::LicenceNeeded;
+                    acts.extend(self.begin_stop(now));
+                    acts
+                }
+                PluginState::Stopping => {
+                    if self.after_stop == AfterStop::Start {
+                        self.after_stop = AfterStop::LicenceNeeded;
+                    }
+                    self.licence_needed_event(code, reason, false)
+                }
+                PluginState::Backoff => {
+                    self.state = PluginState::LicenceNeeded;
+                    self.backoff_until = None;
+                    self.licence_needed_event(code, reason, true)
+                }
+                PluginState::LicenceNeeded => self.licence_needed_event(code, reason, false),
+                PluginState::Disabled | PluginState::Stopped | PluginState::Held => vec![],
+            },
+            Input::LicenceValid => {
+                self.licence = None;
+                if self.state != PluginState::LicenceNeeded {
+                    return vec![];
+                }
+                if self.enabled {
+                    self.state = PluginState::Starting;
+                    vec![Spawn]
+                } else {
+                    self.state = PluginState::Disabled;
+                    vec![]
+                }
+            }
+            Input::Held => {
+                // Not a failure: no count, no backoff, no restart; it waits for safe mode to end.
+                self.state = PluginState::Held;
+                self.backoff_until = None;
+                self.ready_at = None;
+                vec![]
+            }
+            Input::Released => {
+                if self.state != PluginState::Held {
+                    return vec![];
+                }
+                if self.enabled {
+                    self.state = PluginState::Starting;
+                    vec![Spawn]
+                } else {
+                    self.state = PluginState::Disabled;
+                    vec![]
+                }
+            }
             Input::Retire => {
                 self.after_stop = AfterStop::Nothing;
                 self.backoff_until = None;
@@ -377,6 +480,21 @@ impl Policy {
                 }
             }
         }
+    }
+
+    /// Remember why it needs a licence; a `licence-needed` event when `always`, or when the reason's
+    /// code changed (a periodic check finding the same refusal records nothing).
+    fn licence_needed_event(&mut self, code: String, reason: String, always: bool) -> Vec<Action> {
+        let same = self.licence.as_ref().is_some_and(|(c, _)| *c == code);
+        self.licence = Some((code.clone(), reason.clone()));
+        if same && !always {
+            return vec![];
+        }
+        vec![Action::Record {
+            kind: EventKind::LicenseNeeded,
+            message: format!("licence needed: {reason}"),
+            details: json!({ "code": code, "reason": reason }),
+        }]
     }
 
     /// SIGKILL now; the exit that follows is reported with `reason`.
@@ -494,6 +612,11 @@ impl Policy {
             }
             (PluginState::Stopping, AfterStop::Nothing) => {
                 self.state = PluginState::Disabled;
+                vec![]
+            }
+            (PluginState::Stopping, AfterStop::LicenceNeeded) => {
+                self.after_stop = AfterStop::Nothing;
+                self.state = PluginState::LicenceNeeded;
                 vec![]
             }
             _ => vec![],

@@ -25,6 +25,13 @@ pub enum PluginState {
     Hung,
     /// Not to run (by a user, or automatically after repeated failures).
     Disabled,
+    /// Its package needs a licence for this device and has no valid one: not started, not
+    /// restarted, no failures counted, until a valid licence is installed (docs/LICENSES.md).
+    #[serde(rename = "licence-needed")]
+    LicenceNeeded,
+    /// The host runs in safe mode and this plugin is not one it keeps: not started, no failures
+    /// counted, its enabled flag unchanged, until safe mode is left (docs/RELIABILITY.md).
+    Held,
 }
 
 /// A snapshot of one plugin for the API and UI.
@@ -64,6 +71,11 @@ pub struct PluginView {
     pub last_event: Option<Event>,
     /// Log lines dropped because the ring was full or the rate limit hit.
     pub log_dropped: u64,
+    /// The verified claims of its licence, as its newest start got them in `init` (`None`: no
+    /// licence, or not started with one).
+    pub license: Option<toru_plugin_api::License>,
+    /// Why it is `licence-needed` (wrong instance, expired, …); `None` in every other state.
+    pub license_needed: Option<String>,
 }
 
 /// A `*.binary` that was skipped, and why.

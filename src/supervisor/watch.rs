@@ -1,5 +1,7 @@
 //! Waiting for a plugin's socket to appear without polling: an inotify watch on the socket
-//! directory, registered before the plugin is spawned so its `bind` cannot be missed.
+//! directory, registered before the plugin is spawned so its `bind` cannot be missed, and
+//! [`connect_when_bound`], the host's one way to make the first connection to a freshly spawned
+//! plugin (the plugin task and `toru plugin check` both use it).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -7,8 +9,11 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
 
 /// An inotify watch for one file name appearing in one directory.
 #[derive(Debug)]
@@ -27,6 +32,15 @@ impl SocketWatch {
             fd,
             name: name.to_os_string(),
         })
+    }
+
+    /// Watch the folder of `socket` for it (`None` when the folder cannot be watched: the caller
+    /// then retries on a timer alone).
+    pub(crate) fn for_socket(socket: &Path) -> Option<SocketWatch> {
+        socket
+            .parent()
+            .zip(socket.file_name())
+            .and_then(|(dir, name)| SocketWatch::new(dir, name).ok())
     }
 
     /// Resolve once an event for the watched name arrives (events for other names are skipped).
@@ -69,6 +83,51 @@ impl SocketWatch {
         }
         false
     }
+}
+
+/// Connect to `socket` as soon as it accepts, giving up after `timeout` (`None`). Wakes on the
+/// inotify event of `watch` (made before the plugin was spawned); a short timer (doubling from
+/// 1 ms to 10 ms) covers the gap between bind and listen, and systems without inotify. The only
+/// wait in the host that retries.
+pub(crate) async fn connect_when_bound(
+    socket: &Path,
+    watch: Option<SocketWatch>,
+    timeout: Duration,
+) -> Option<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let mut after_event = 0u32;
+    let stream = loop {
+        match UnixStream::connect(socket).await {
+            Ok(s) => break Some(s),
+            Err(_) if Instant::now() >= deadline => break None,
+            Err(_) if after_event > 0 && after_event < 4 => {
+                // Created but not yet listening: that gap is microseconds.
+                after_event += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(_) => {
+                let timer = tokio::time::sleep(pause.min(deadline - Instant::now()));
+                match &watch {
+                    Some(w) => tokio::select! {
+                        r = w.created() => { if r.is_ok() { after_event = 1; } }
+                        _ = timer => pause = (pause * 2).min(Duration::from_millis(10)),
+                    },
+                    None => {
+                        timer.await;
+                        pause = (pause * 2).min(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+    };
+    log::debug!(
+        "{}: connect after {:?} (inotify event seen: {})",
+        socket.display(),
+        timeout.saturating_sub(deadline.saturating_duration_since(Instant::now())),
+        after_event > 0
+    );
+    stream
 }
 
 #[cfg(test)]

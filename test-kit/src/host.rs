@@ -118,7 +118,9 @@ pub struct HostOpts {
     pub args: Vec<String>,
     /// Reuse this root (`data/`, `plugins/`, `run/` inside it) instead of a fresh one.
     pub root: Option<PathBuf>,
-    /// Config file contents (written to `<root>/toru.toml` and passed with `--config`).
+    /// Config file contents (written to `<root>/toru.toml` and passed with `--config`). Unless
+    /// it has a `[safe_mode]` table of its own, `[safe_mode] after_unclean = 0` is appended (see
+    /// [`config_text`]): tests kill hosts on purpose.
     pub config: Option<String>,
     /// `--log-level` (default `debug`).
     pub log_level: Option<String>,
@@ -503,6 +505,28 @@ pub(crate) fn run_with_stdin(mut cmd: Command, stdin: Option<&str>) -> Result<Ou
     child.wait_with_output().map_err(io(format!("run {cmd:?}")))
 }
 
+/// Safe mode off, as every host the kit starts has it unless its test says otherwise.
+pub const SAFE_MODE_OFF: &str = "[safe_mode]\nafter_unclean = 0\n";
+
+/// The config file a host gets for `config`: the text as given, with [`SAFE_MODE_OFF`] appended
+/// unless it has a `[safe_mode]` table. Tests and the bench kill hosts with SIGKILL on purpose
+/// (and [`Host`]'s drop does); counted as unclean exits, a few in a row would start the next host
+/// on the same dirs in safe mode, every plugin held. A test of safe mode sets the table itself.
+pub fn config_text(config: Option<&str>) -> String {
+    let own = config.into_iter().flat_map(str::lines).any(|l| {
+        let head = l.split('#').next().unwrap_or("").trim();
+        head.strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .is_some_and(|t| t.trim() == "safe_mode")
+    });
+    match config {
+        Some(c) if own => c.to_string(),
+        Some(c) if c.is_empty() || c.ends_with('\n') => format!("{c}{SAFE_MODE_OFF}"),
+        Some(c) => format!("{c}\n{SAFE_MODE_OFF}"),
+        None => SAFE_MODE_OFF.to_string(),
+    }
+}
+
 /// Spawn the host on port 0 with `NOTIFY_SOCKET` at `<root>/notify.sock` and stderr appended to
 /// `<root>/host.log`.
 fn spawn(
@@ -526,11 +550,10 @@ fn spawn(
         .arg("127.0.0.1:0")
         .arg("--log-level")
         .arg(opts.log_level.as_deref().unwrap_or("debug"));
-    if let Some(cfg) = &opts.config {
-        let path = root.join("toru.toml");
-        std::fs::write(&path, cfg).map_err(io(format!("write {}", path.display())))?;
-        cmd.arg("--config").arg(path);
-    }
+    let path = root.join("toru.toml");
+    std::fs::write(&path, config_text(opts.config.as_deref()))
+        .map_err(io(format!("write {}", path.display())))?;
+    cmd.arg("--config").arg(path);
     let log_path = root.join("host.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -544,4 +567,22 @@ fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
     cmd.spawn().map_err(io(format!("start {cmd:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_mode_is_off_unless_the_config_has_its_own_table() {
+        assert_eq!(config_text(None), SAFE_MODE_OFF);
+        assert_eq!(config_text(Some("")), SAFE_MODE_OFF);
+        assert_eq!(
+            config_text(Some("[http]\nmax_connections = 5")),
+            format!("[http]\nmax_connections = 5\n{SAFE_MODE_OFF}")
+        );
+        let own = "[safe_mode] # on\nafter_unclean = 2\n";
+        assert_eq!(config_text(Some(own)), own);
+        assert_eq!(config_text(Some(" [ safe_mode ]\n")), " [ safe_mode ]\n");
+    }
 }

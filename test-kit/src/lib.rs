@@ -17,7 +17,9 @@ mod http;
 pub mod package;
 mod tmpfs;
 
-pub use host::{Host, HostOpts, PluginSrc, built, install, plugins_dir, try_install};
+pub use host::{
+    Host, HostOpts, PluginSrc, SAFE_MODE_OFF, built, config_text, install, plugins_dir, try_install,
+};
 pub use http::{HttpConn, Resp, http, parse_response, try_http};
 pub use tmpfs::{Tmpfs, free_bytes};
 

@@ -8,18 +8,24 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repo = path.resolve(here, "../..");
-export const bin = process.env.TORU_TARGET_DIR || path.join(repo, "target/debug");
+// The built binaries: TORU_TARGET_DIR, else cargo's CARGO_TARGET_DIR/debug, else target/debug.
+export const bin = process.env.TORU_TARGET_DIR ||
+  (process.env.CARGO_TARGET_DIR ? path.join(process.env.CARGO_TARGET_DIR, "debug") : path.join(repo, "target/debug"));
 export const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 export const shots = process.env.TORU_SHOTS || "/tmp/toru-browser-shots";
 export const WAIT = 30_000;
 
 export function log(...a) { console.log("[browser]", ...a); }
 
-// Starts `toru` on loopback port 0 with its own temp dirs. `fill(pluginsDir)` puts plugins in place
-// before it starts; `config` (TOML text) is passed with --config.
-export async function startHost({ fill, config, prefix = "tb-" } = {}) {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+// Starts `toru` on loopback port 0 with its own temp dirs (or those under `root`, to start again
+// on the dirs of a host that stopped or was killed). `fill(pluginsDir)` puts plugins in place
+// before it starts; `config` (TOML text) is passed with --config; `env` is added to its
+// environment.
+export async function startHost({ fill, config, prefix = "tb-", env, root: reuse } = {}) {
+  const root = reuse || fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   fs.chmodSync(root, 0o755); // reachable by the plugins' own uids (root host): isolation on
+  // A killed host leaves its address file behind: wait for the new one's.
+  fs.rmSync(path.join(root, "run", "http.addr"), { force: true });
 
   const dirs = { root, data: path.join(root, "data"), plugins: path.join(root, "plugins"), run: path.join(root, "run") };
   fs.mkdirSync(dirs.plugins, { recursive: true });
@@ -31,7 +37,7 @@ export async function startHost({ fill, config, prefix = "tb-" } = {}) {
     args.push("--config", path.join(root, "config.toml"));
   }
   const logFile = fs.openSync(path.join(root, "host.log"), "a");
-  const child = spawn(path.join(bin, "toru"), args, { stdio: ["ignore", logFile, logFile] });
+  const child = spawn(path.join(bin, "toru"), args, { stdio: ["ignore", logFile, logFile], env: { ...process.env, ...(env || {}) } });
   const exited = new Promise((resolve) => child.on("exit", resolve));
   const deadline = Date.now() + WAIT;
   let addr = null;

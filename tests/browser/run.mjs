@@ -5,8 +5,10 @@
 // bundles mounted, read and follow logs, events and system pages — on a desktop and a phone
 // viewport, with screenshots in $TORU_SHOTS (default /tmp/toru-browser-shots). The plugin
 // settings form is driven on the served page with a schema of its own (settingsForm). Then
-// packages.mjs walks plugin packages, and security.mjs a plugin's Security page, on hosts of their
-// own.
+// packages.mjs walks plugin packages, security.mjs a plugin's Security page, licenses.mjs a
+// licensed package's card (licence needed, a refused upload, a valid one), safemode.mjs the
+// safe-mode banner after the host was killed (leave, disable the culprit), and update.mjs System →
+// Update (off, then with the real RAUC when root), on hosts of their own.
 //
 // Usage: node run.mjs   (after `cargo build --workspace`; TORU_TARGET_DIR overrides target/debug)
 import assert from "node:assert/strict";
@@ -16,6 +18,11 @@ import { chromium } from "playwright-core";
 import { WAIT, bin, chromiumPath, launchArgs, log, readSetupCode, repo, shot, startHost } from "./lib.mjs";
 import { packageFlows } from "./packages.mjs";
 import { securityFlows } from "./security.mjs";
+import { notesFlows } from "./notes.mjs";
+import { sysinfoFlows } from "./sysinfo.mjs";
+import { licenceFlows } from "./licenses.mjs";
+import { safeModeFlows } from "./safemode.mjs";
+import { updateFlows } from "./update.mjs";
 
 const PASSWORD = "browser password 1";
 
@@ -257,6 +264,12 @@ async function main() {
     assert.equal(await page.getByTestId("plugin-card-chatter").locator("img").count(), 0, "no <img> from a plugin name");
     assert.ok((await page.getByTestId("plugin-card-chatter").innerText()).includes("<img src=x"), "the name is shown as text");
     assert.equal(await page.evaluate(() => window.__xss), undefined);
+    // Plain *.binary files are not packages: each card says "unpackaged" (the API's `package: null`).
+    for (const id of ["hello-rust", "chatter"]) {
+      const line = page.getByTestId("plugin-package-" + id);
+      await line.filter({ hasText: "unpackaged" }).waitFor();
+      assert.equal((await line.innerText()).trim(), "unpackaged", id + ": " + (await line.innerText()));
+    }
     await shot(page, "02-plugins-desktop");
 
     // --- log out and in
@@ -364,6 +377,11 @@ async function main() {
   try {
     await packageFlows(browser);
     await securityFlows(browser);
+    await notesFlows(browser);
+    await sysinfoFlows(browser);
+    await licenceFlows(browser);
+    await safeModeFlows(browser);
+    await updateFlows(browser);
   } finally {
     await browser.close();
   }

@@ -110,8 +110,25 @@ pub fn stress(
     mode: &str,
     key: Option<&Key>,
 ) -> PathBuf {
+    stress_with(bins, dir, id, version, mode, key, "")
+}
+
+/// [`stress`] with `tables` appended to its manifest (e.g. a `[settings]` schema).
+pub fn stress_with(
+    bins: &Bins,
+    dir: &Path,
+    id: &str,
+    version: &str,
+    mode: &str,
+    key: Option<&Key>,
+    tables: &str,
+) -> PathBuf {
     let src = dir.join(format!("src-{id}-{version}-{mode}"));
     let p = PackageDir::stress(bins, &src, id, version, mode).unwrap();
+    if !tables.is_empty() {
+        let manifest = format!("{}\n{tables}", p.manifest().unwrap());
+        p.file("manifest.toml", manifest.as_bytes()).unwrap();
+    }
     let out = dir.join(format!("{id}-{version}-{mode}.toru"));
     p.pack_ok(bins, key.map(|k| k.secret.as_path()), &out)
         .unwrap();
@@ -303,6 +320,33 @@ pub fn plugin_kv_set(h: &Host, token: &str, id: &str, key: &str, value: &str) {
     );
     assert_eq!(r.status, 200, "plugin kv set {key}: {}", r.text());
     assert_eq!(r.json()["ok"], true, "{}", r.text());
+}
+
+/// `GET /api/plugins/{id}/settings` (200 expected): schema, values (secrets `null`),
+/// `secrets_set`.
+pub fn settings(h: &Host, token: &str, id: &str) -> Value {
+    let r = api(
+        h,
+        token,
+        "GET",
+        &format!("/api/plugins/{id}/settings"),
+        None,
+    );
+    assert_eq!(r.status, 200, "GET settings of {id}: {}", r.text());
+    r.json()
+}
+
+/// `PUT /api/plugins/{id}/settings` with `values` (200 expected); the answer.
+pub fn set_settings(h: &Host, token: &str, id: &str, values: &Value) -> Value {
+    let r = api(
+        h,
+        token,
+        "PUT",
+        &format!("/api/plugins/{id}/settings"),
+        Some(values),
+    );
+    assert_eq!(r.status, 200, "PUT settings of {id}: {}", r.text());
+    r.json()
 }
 
 /// The entries of `dir` (names, sorted); empty when it does not exist.

@@ -218,6 +218,19 @@ class VectorTest(unittest.TestCase):
         self.assertEqual(ctx.protocol, "1.0")
         self.assertEqual(ctx.log_path, "/run/toru/logs/hello-plugin-python.log")
         self.assertEqual(ctx.config, {})  # the original host sent no settings
+        self.assertIsNone(ctx.license)  # unlicensed (and older hosts send none)
+        self.assertFalse(ctx.has_feature("pro"))
+
+    def test_a_licence_in_init_is_exposed(self):
+        payload = {"instance_id": "i", "license": {
+            "plugin": "x", "publisher": "8E2C1D4B6A0F3E57",
+            "instance": "0123456789abcdef0123456789abcdef", "features": ["pro"],
+            "not_before": "2025-01-01T00:00:00Z", "expires": None,
+            "issued_at": "2025-01-01T00:00:00Z"}}
+        ctx = tp.Context(Plugin(id="x", name="x", version="1", route="/x"), None, payload)
+        self.assertEqual(ctx.license["publisher"], "8E2C1D4B6A0F3E57")
+        self.assertTrue(ctx.has_feature("pro"))
+        self.assertFalse(ctx.has_feature("export"))
 
     def test_host_http_request(self):
         msg = self.decode("host-http-request.json")

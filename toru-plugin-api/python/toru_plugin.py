@@ -760,8 +760,10 @@ class Context:
     ``log_path``, ``protocol`` (``"1.1"``, or ``"1.0"`` under a legacy host),
     ``heartbeat_interval_ms`` and ``max_frame_len`` (the host's reading limit), ``config`` (the
     plugin's current settings, a dict: ``init``'s, then each accepted ``config`` message's; ``{}``
-    when it has none), ``init`` (the whole init payload), ``kv`` (:class:`KVClient`) and
-    ``plugin`` (the :class:`Plugin`).
+    when it has none), ``license`` (the licence the host verified for this device, a dict with
+    ``plugin``, ``publisher``, ``instance``, ``features``, ``not_before``, ``expires`` and
+    ``issued_at``; ``None`` without one, see :meth:`has_feature`), ``init`` (the whole init
+    payload), ``kv`` (:class:`KVClient`) and ``plugin`` (the :class:`Plugin`).
     """
 
     def __init__(self, plugin: "Plugin", session: "Optional[_Session]",
@@ -780,8 +782,16 @@ class Context:
         # Replaced as a whole (never mutated) when settings change, so a handler that reads it
         # once sees one consistent version.
         self.config = config if isinstance(config, dict) else {}  # type: Dict[str, Any]
+        license = init.get("license")
+        # Verified by the host before the start (publisher, this device, dates); absent: none.
+        self.license = license if isinstance(license, dict) else None  # type: Optional[Dict[str, Any]]
         self.kv = KVClient(session)
         self._session = session
+
+    def has_feature(self, feature: str) -> bool:
+        """Whether the plugin's licence lists ``feature`` (``False`` without a licence)."""
+        features = (self.license or {}).get("features")
+        return isinstance(features, list) and feature in features
 
     def log(self, level: str, message: str) -> None:
         """Send a log line to the host (a ``log`` frame; stderr under a 1.0 host).

@@ -22,7 +22,8 @@ pub mod protocol;
 pub mod sdk;
 
 pub use protocol::{
-    ErrorCode, HttpRequest, HttpResponse, KvRequest, LogLevel, PROTOCOL_VERSION, PluginMetadata,
+    ErrorCode, HttpRequest, HttpResponse, KvRequest, License, LogLevel, PROTOCOL_VERSION,
+    PluginMetadata,
 };
 #[cfg(feature = "sdk")]
 pub use sdk::{KvClient, KvError, PluginContext, PluginError, RunError, ToruPlugin, run, serve};

@@ -230,6 +230,40 @@ pub struct Init {
     /// (a 1.0 plugin ignores it); absent from an original 1.0 host, read as `{}`.
     #[serde(default = "empty_config", deserialize_with = "config_object")]
     pub config: Value,
+    /// The plugin's licence as the host verified it (a 1.1 addition; a 1.0 plugin ignores it):
+    /// present only when a valid licence for this device is installed for the plugin. Absent
+    /// from older hosts and for unlicensed plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<License>,
+}
+
+/// The verified claims of a plugin's licence (`init`'s `license`): the host checked the
+/// publisher's signature, the plugin, this device and the dates before it started the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct License {
+    /// The plugin the licence is for.
+    pub plugin: String,
+    /// The publisher key that signed it (16 hex digits, as minisign prints key ids).
+    pub publisher: String,
+    /// The licensing id of the device it is bound to.
+    pub instance: String,
+    /// What it unlocks; the plugin decides what each name means.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Valid from (RFC 3339).
+    pub not_before: chrono::DateTime<chrono::Utc>,
+    /// Valid until (RFC 3339); `None`: does not expire.
+    #[serde(default)]
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the publisher issued it (RFC 3339).
+    pub issued_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl License {
+    /// Whether the licence lists `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 /// The settings of a plugin that has none.

@@ -201,6 +201,13 @@ impl PluginContext {
         self.log.log(level, message.into());
     }
 
+    /// The plugin's licence as the host verified it at this start (signature by the package's
+    /// publisher, this device, the dates): `None` when the plugin has none installed. A plugin
+    /// whose manifest says `license = "required"` is started only with one.
+    pub fn license(&self) -> Option<&crate::protocol::License> {
+        self.init.license.as_ref()
+    }
+
     /// The plugin's current settings, a JSON object (`{}` when it has none): those of `init`,
     /// replaced by each `config` message the plugin accepted (see [`ToruPlugin::on_config`]).
     pub fn config(&self) -> serde_json::Value {
@@ -650,6 +657,7 @@ fn context<P>(shared: &Rc<Shared<P>>) -> PluginContext {
             heartbeat_interval_ms: None,
             max_frame_len: None,
             config: empty_config(),
+            license: None,
         }),
         kv: KvClient { link: None },
         log: Logger { link: None },
@@ -754,6 +762,7 @@ mod tests {
             heartbeat_interval_ms: Some(5000),
             max_frame_len: Some(MAX_FRAME_LEN as u64),
             config,
+            license: None,
         })
     }
 

@@ -32,8 +32,10 @@
 //! plugin written before that message existed does; the host restarts it to apply them.
 //!
 //! Every mode writes its environment to `<stem>.env`, its `NoNewPrivs` line and resource limits
-//! (`/proc/self/limits`) to `<stem>.limits` and its pid to `<stem>.pid`, so tests can check what
-//! the host passed. Those files and every other one named above (`.opened`, `.grandchild`,
+//! (`/proc/self/limits`) to `<stem>.limits` and its pid to `<stem>.pid`, and every mode that
+//! answers `init` the settings it got there to `<stem>.config` and the licence to `<stem>.license`
+//! (`null` without one) (before `ready`), so tests can check
+//! what the host passed. Those files and every other one named above (`.opened`, `.grandchild`,
 //! `kvloop.*`) are in its private data folder, `$TORU_PLUGIN_DATA`, when the host gives one (a
 //! confined plugin may not write its install folder), else in its working directory (the host runs
 //! plugins in their executable's folder).
@@ -259,7 +261,11 @@ fn serve(
             HostMessage::Init(_) if mode == "no-ready" => {
                 eprintln!("never answering init on purpose");
             }
-            HostMessage::Init(_) => {
+            HostMessage::Init(init) => {
+                let _ = std::fs::write(report(&format!("{stem}.config")), init.config.to_string());
+                // The licence the host verified (`null`: none), for the licence tests.
+                let license = serde_json::to_string(&init.license).unwrap_or_default();
+                let _ = std::fs::write(report(&format!("{stem}.license")), license);
                 send(&writer, id, PluginMessage::Ready);
                 match mode {
                     "hang" => {

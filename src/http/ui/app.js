@@ -171,6 +171,7 @@
     if (!shell) return;
     clear(shell.banners);
     var s = state.system;
+    if (s && s.safe_mode && s.safe_mode.active) shell.banners.appendChild(safeModeBanner(s.safe_mode));
     if (s && s.packages && s.packages.allow_unsigned) {
       shell.banners.appendChild(h("div", { class: "banner warn", "data-testid": "banner-unsigned" },
         h("strong", { text: "Unsigned packages are allowed (development setting)." }),
@@ -189,6 +190,41 @@
           ". Check its logs, then enable it again."));
       }
     });
+  }
+  // Safe mode: why, the likely culprits (each with "Disable" for an admin) and "Leave safe mode".
+  function safeModeBanner(sm) {
+    var n = Math.max(sm.unclean_in_a_row || 0, (sm.culprits || []).length);
+    var isAdmin = state.me && state.me.role === "admin";
+    var likely = sm.likely_culprits || [];
+    var names = likely.map(function (id) { return pluginName(id); });
+    var box = h("div", { class: "banner bad", "data-testid": "banner-safe-mode" },
+      h("strong", { text: "Safe mode: " }),
+      "Toru stopped unexpectedly " + n + (n === 1 ? " time" : " times") + " in a row; third-party plugins are held. ",
+      h("span", { "data-testid": "safe-mode-culprits", text: likely.length
+        ? "Likely culprit" + (likely.length > 1 ? "s: " : ": ") + names.join(", ")
+        : "No plugin was starting or running when it stopped." }));
+    if (!isAdmin) return box;
+    var actions = h("div", { class: "banner-actions" });
+    likely.forEach(function (id, i) {
+      var p = state.plugins.filter(function (q) { return q.id === id; })[0];
+      if (!p || !p.enabled) return;
+      actions.appendChild(h("button", { class: "danger", "data-testid": "safe-mode-disable-" + id, text: "Disable " + names[i],
+        onclick: function (e) {
+          var b = e.target; b.disabled = true;
+          call("POST", pluginUrl(id, "disable"), {}).then(function () {
+            toast(names[i] + " disabled"); return afterChange();
+          }).catch(function (err) { toast(err.message, "error"); b.disabled = false; });
+        } }));
+    });
+    actions.appendChild(h("button", { class: "primary", "data-testid": "safe-mode-leave", text: "Leave safe mode",
+      onclick: function (e) {
+        var b = e.target; b.disabled = true;
+        call("POST", "/api/system/safe-mode/leave", {}).then(function () {
+          toast("Safe mode left; the held plugins are starting."); return afterChange();
+        }).catch(function (err) { toast(err.message, "error"); b.disabled = false; });
+      } }));
+    box.appendChild(actions);
+    return box;
   }
   function refresh() {
     return Promise.all([call("GET", "/api/plugins"), call("GET", "/api/system")]).then(function (r) {
@@ -307,6 +343,9 @@
         p.pid ? h("span", { class: "muted", text: "pid " + p.pid }) : null,
         h("span", { class: "muted", text: "protocol " + p.protocol })),
       packageLine(p),
+      licenceLine(p, isAdmin, redraw),
+      p.state === "held" ? h("div", { class: "held-note", "data-testid": "plugin-held-" + p.id,
+        text: "Held: the host runs in safe mode. It starts when safe mode is left." }) : null,
       last ? h("div", { class: "last", title: last.at }, h("strong", { text: last.kind }), " \u00b7 " + ago(last.at) + " \u00b7 " + last.message) : null,
       buttons);
   }
@@ -483,12 +522,16 @@
         state.system = s; renderBanners();
         clear(facts);
         var rows = [
-          ["Version", s.version], ["Instance", s.instance_id], ["Up for", duration(s.uptime_secs)],
+          ["Version", s.version], ["Instance", s.instance_id],
+          ["Licensing id", s.licensing_id || "none (the store cannot be written)"], ["Up for", duration(s.uptime_secs)],
           ["Started", new Date(s.started_at).toLocaleString()], ["Process", "pid " + s.pid],
           ["Memory (RSS)", bytes(s.memory && s.memory.rss_bytes) + " (peak " + bytes(s.memory && s.memory.peak_rss_bytes) + ")"],
           ["Store", (s.store && s.store.state) + (s.degraded ? " \u2014 DEGRADED" : "") + " \u00b7 " + bytes(s.store && s.store.file_bytes) + " \u00b7 " + (s.store && s.store.commits) + " commits"],
           ["Plugins", s.plugins.ready + " ready / " + s.plugins.enabled + " enabled / " + s.plugins.total + " found"],
           ["HTTP", s.http.connections + " of " + s.http.max_connections + " connections"],
+          s.safe_mode ? ["Safe mode", (s.safe_mode.active ? "ACTIVE: third-party plugins held" : s.safe_mode.after_unclean ? "not active" : "off") +
+            " \u00b7 " + s.safe_mode.unclean_in_a_row + " unclean exit(s) in a row" +
+            (s.safe_mode.after_unclean ? " (safe mode after " + s.safe_mode.after_unclean + ")" : "")] : null,
           s.packages ? ["Packages", (s.packages.allow_unsigned ? "unsigned packages ALLOWED (development setting)" : "signed packages only") +
             (typeof s.packages.probation_secs === "number" ? " \u00b7 probation " + s.packages.probation_secs + " s" : "")] : null
         ];
@@ -497,6 +540,15 @@
     }
     load();
     every(5000, load);
+    // System → Update: window.ToruUpdate (update.js), loaded when this page is first shown.
+    var updateBox = h("div", { "data-testid": "update-box" });
+    m.appendChild(updateBox);
+    var seq = state.follow;
+    loadUiScript("update.js", "ToruUpdate", "the update panel").then(function () {
+      if (state.follow !== seq) return; // the user left meanwhile
+      window.ToruUpdate.render(updateBox, { call: call, admin: state.me.role === "admin", toast: toast, every: every,
+        sessionEnded: function () { state.me = null; showLogin("Your session ended; log in again."); } });
+    }).catch(function (e) { updateBox.appendChild(h("p", { class: "form-error", text: e.message })); });
     if (state.me.via === "session") m.appendChild(passwordPanel());
   }
   function passwordPanel() {
@@ -526,6 +578,45 @@
     return refresh().then(function () { if (state.redraw) state.redraw(); }).catch(function () {});
   }
   // What a plugin card says about its package: "unpackaged", or its version and publisher.
+  // A plugin waiting for a licence: why, and (admin) an upload; a licensed one: its claims.
+  function licenceLine(p, isAdmin, redraw) {
+    if (p.state === "licence-needed") {
+      var box = h("div", { class: "licence needed", "data-testid": "plugin-licence-" + p.id },
+        h("strong", { text: "Licence needed" }), h("span", { "data-testid": "plugin-licence-reason-" + p.id, text: p.license_needed || "" }));
+      if (isAdmin) {
+        var input = h("input", { type: "file", accept: ".license,text/plain", "aria-label": "Licence file for " + p.name,
+          "data-testid": "plugin-licence-file-" + p.id, onchange: function () {
+            var f = input.files && input.files[0];
+            if (!f) return;
+            input.disabled = true;
+            f.text().then(function (text) { return uploadLicence(p.id, text); }).then(function () {
+              toast("Licence installed for " + p.name); return refresh().then(redraw);
+            }).catch(function (e) { toast("Licence refused: " + e.message, "error"); input.value = ""; input.disabled = false; });
+          } });
+        box.appendChild(h("label", { class: "btn" }, "Upload licence…", input));
+      }
+      return box;
+    }
+    var l = p.license;
+    if (!l) return null;
+    var feats = (l.features || []).join(", ") || "no features";
+    return h("div", { class: "licence", "data-testid": "plugin-licence-" + p.id,
+      title: "Publisher key " + l.publisher + " · issued " + l.issued_at },
+      h("span", { class: "badge", text: "licensed" }), h("span", { text: feats }),
+      h("span", { class: "muted", text: l.expires ? "expires " + new Date(l.expires).toLocaleDateString() : "never expires" }));
+  }
+  function uploadLicence(id, text) {
+    var headers = Object.assign({ Accept: "application/json", "Content-Type": "text/plain" }, CSRF);
+    return fetch("/api/licenses?plugin=" + encodeURIComponent(id), { method: "POST", headers: headers, body: text, credentials: "same-origin" })
+      .then(function (r) {
+        return r.text().then(function (t) {
+          var j = null;
+          try { j = t ? JSON.parse(t) : null; } catch (e) { j = null; }
+          if (!r.ok) throw new ApiError(r.status, j);
+          return j;
+        });
+      });
+  }
   function packageLine(p) {
     var pkg = p.package;
     if (pkg === undefined) return null; // a host without packages

@@ -353,3 +353,140 @@ async fn disabled_at_load_does_not_spawn_and_a_disable_cancels_the_backoff() {
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(p.handle(Input::Tick, Instant::now()).is_empty());
 }
+
+fn missing(code: &str) -> Input {
+    Input::LicenceMissing {
+        code: code.into(),
+        reason: format!("reason {code}"),
+    }
+}
+
+fn revoked(code: &str) -> Input {
+    Input::LicenceRevoked {
+        code: code.into(),
+        reason: format!("reason {code}"),
+    }
+}
+
+/// Without a licence a plugin waits: no failure counted, no timer, no restart; retrying (enable,
+/// restart) asks the gate again; a valid licence starts it.
+#[tokio::test(start_paused = true)]
+async fn a_missing_licence_waits_without_counting_failures() {
+    let mut p = loaded();
+    let acts = p.handle(missing("missing"), Instant::now());
+    assert_eq!(p.state(), PluginState::LicenceNeeded);
+    assert_eq!(
+        messages(&acts, EventKind::LicenseNeeded),
+        vec!["licence needed: reason missing"]
+    );
+    assert_eq!(p.licence_needed(), Some("reason missing"));
+    assert_eq!(p.deadline(), None, "no backoff timer");
+    assert_eq!(
+        (p.restarts(), p.consecutive_failures(Instant::now())),
+        (0, 0)
+    );
+    // A restart or an enable tries again (the glue asks the gate at the spawn).
+    assert_eq!(
+        p.handle(Input::Restart, Instant::now()),
+        vec![Action::Spawn]
+    );
+    p.handle(missing("missing"), Instant::now());
+    let acts = p.handle(Input::Enable, Instant::now());
+    assert!(acts.contains(&Action::Spawn), "{acts:?}");
+    p.handle(missing("expired"), Instant::now());
+    // The same refusal found again by a periodic check records nothing; another one does.
+    assert!(p.handle(revoked("expired"), Instant::now()).is_empty());
+    let acts = p.handle(revoked("untrusted_publisher"), Instant::now());
+    assert_eq!(messages(&acts, EventKind::LicenseNeeded).len(), 1);
+    assert_eq!(
+        p.handle(Input::LicenceValid, Instant::now()),
+        vec![Action::Spawn]
+    );
+    assert_eq!(p.state(), PluginState::Starting);
+    assert_eq!(p.licence_needed(), None);
+    assert_eq!(p.restarts(), 0);
+}
+
+/// A running plugin whose licence goes stops (the usual escalation) and waits; a disabled one
+/// stays disabled when a licence arrives.
+#[tokio::test(start_paused = true)]
+async fn a_revoked_licence_stops_a_running_plugin_and_waits() {
+    let mut p = ready();
+    let acts = p.handle(revoked("missing"), Instant::now());
+    assert!(acts.contains(&Action::SendShutdown), "{acts:?}");
+    assert_eq!(messages(&acts, EventKind::LicenseNeeded).len(), 1);
+    assert_eq!(p.state(), PluginState::Stopping);
+    let acts = p.handle(Input::Exited(exit("exited with code 0")), Instant::now());
+    assert_eq!(messages(&acts, EventKind::Stopped).len(), 1);
+    assert!(!acts.contains(&Action::Spawn));
+    assert_eq!(p.state(), PluginState::LicenceNeeded);
+    assert_eq!(p.consecutive_failures(Instant::now()), 0);
+    // Disabled while waiting: a licence does not start it.
+    p.handle(Input::Disable, Instant::now());
+    assert_eq!(p.state(), PluginState::Disabled);
+    assert!(p.handle(Input::LicenceValid, Instant::now()).is_empty());
+    assert_eq!(p.state(), PluginState::Disabled);
+    // A plugin in backoff whose licence goes waits for one instead of restarting.
+    let mut p = loaded();
+    failed(&mut p);
+    assert_eq!(p.state(), PluginState::Backoff);
+    p.handle(revoked("expired"), Instant::now());
+    assert_eq!(p.state(), PluginState::LicenceNeeded);
+    assert_eq!(p.deadline(), None);
+}
+
+/// Held by safe mode, a plugin waits without a process, a timer or a failure; enabling or
+/// restarting it asks again (the glue holds it again while safe mode lasts); leaving safe mode
+/// starts it, unless it was disabled meanwhile (the banner's "Disable").
+#[tokio::test(start_paused = true)]
+async fn a_held_plugin_waits_and_starts_when_released_unless_disabled() {
+    let mut p = loaded();
+    assert!(p.handle(Input::Held, Instant::now()).is_empty());
+    assert_eq!(p.state(), PluginState::Held);
+    assert!(p.enabled(), "its enabled flag is unchanged");
+    assert_eq!(p.deadline(), None, "no timer");
+    assert_eq!(
+        (p.restarts(), p.consecutive_failures(Instant::now())),
+        (0, 0)
+    );
+    assert_eq!(
+        p.handle(Input::Restart, Instant::now()),
+        vec![Action::Spawn]
+    );
+    p.handle(Input::Held, Instant::now());
+    let acts = p.handle(Input::Enable, Instant::now());
+    assert!(acts.contains(&Action::Spawn), "{acts:?}");
+    p.handle(Input::Held, Instant::now());
+    // A licence check meanwhile changes nothing.
+    assert!(p.handle(revoked("missing"), Instant::now()).is_empty());
+    assert!(p.handle(Input::LicenceValid, Instant::now()).is_empty());
+    assert_eq!(p.state(), PluginState::Held);
+    assert_eq!(
+        p.handle(Input::Released, Instant::now()),
+        vec![Action::Spawn]
+    );
+    assert_eq!(p.state(), PluginState::Starting);
+    assert_eq!(p.restarts(), 0);
+    // Released again (or while not held): nothing.
+    assert!(p.handle(Input::Released, Instant::now()).is_empty());
+
+    // Disabled while held: persisted as disabled, and leaving safe mode does not start it.
+    let mut p = loaded();
+    p.handle(Input::Held, Instant::now());
+    let acts = p.handle(Input::Disable, Instant::now());
+    assert_eq!(
+        acts,
+        vec![Action::Persist {
+            enabled: false,
+            auto_disabled: None
+        }]
+    );
+    assert_eq!(p.state(), PluginState::Disabled);
+    assert!(p.handle(Input::Released, Instant::now()).is_empty());
+    assert_eq!(p.state(), PluginState::Disabled);
+    // Retired while held: stopped, nothing to wait for.
+    let mut p = loaded();
+    p.handle(Input::Held, Instant::now());
+    assert!(p.handle(Input::Retire, Instant::now()).is_empty());
+    assert_eq!(p.state(), PluginState::Stopped);
+}

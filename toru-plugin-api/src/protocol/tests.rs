@@ -153,8 +153,29 @@ fn every_message_round_trips() {
         heartbeat_interval_ms: Some(5000),
         max_frame_len: Some(8 << 20),
         config: serde_json::json!({"greeting": "hi", "mqtt": {"port": 1883, "tls": true}}),
+        license: None,
     };
-    round_trip_host(HostMessage::Init(init), Some("h1"));
+    round_trip_host(HostMessage::Init(init.clone()), Some("h1"));
+    // 1.1 addition: the verified licence; absent (older hosts, unlicensed plugins) reads as None.
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let licensed = Init {
+        license: Some(crate::protocol::License {
+            plugin: "p".into(),
+            publisher: "8E2C1D4B6A0F3E57".into(),
+            instance: "0123456789abcdef0123456789abcdef".into(),
+            features: vec!["pro".into()],
+            not_before: at("2025-01-01T00:00:00Z"),
+            expires: None,
+            issued_at: at("2025-01-01T00:00:00Z"),
+        }),
+        ..init.clone()
+    };
+    assert!(licensed.license.as_ref().unwrap().has_feature("pro"));
+    round_trip_host(HostMessage::Init(licensed), Some("h2"));
+    let mut without = serde_json::to_value(&init).unwrap();
+    without.as_object_mut().unwrap().remove("license");
+    let back: Init = serde_json::from_value(without).unwrap();
+    assert_eq!(back.license, None);
     round_trip_host(
         HostMessage::Config(serde_json::json!({"greeting": "hello", "list": [1, 2.5, null]})),
         Some("h7"),

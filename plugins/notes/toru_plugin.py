@@ -1,0 +1,1 @@
+../../toru-plugin-api/python/toru_plugin.py
