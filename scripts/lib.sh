@@ -16,10 +16,10 @@ need_apt() {
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     say "installing: ${missing[*]}"
     if [ -z "${TORU_APT_UPDATED:-}" ]; then
-        $sudo apt-get update -qq >&2
+        $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
         export TORU_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # Add the rustup targets in "$@" that the active toolchain lacks (the test command's contract, as
