@@ -5,5 +5,7 @@ set -euo pipefail
 need_apt python3 faketime minisign curl # faketime: tests/clock.rs preloads libfaketime; minisign: src/package/interop_tests.rs; curl: tests/guide.rs (docs/PLUGINS.md)
 # tests/update.rs: the real RAUC with its own system bus, bundles (squashfs) and a throwaway CA
 need_apt rauc dbus squashfs-tools openssl
+# tests/mqtt.rs: a real broker started by each test on loopback, and its command-line clients
+need_apt mosquitto mosquitto-clients
 cargo build --workspace --locked
 cargo test --workspace --locked

@@ -1,0 +1,674 @@
+//! The bridge's glue: two tasks on the host's runtime. The *link* task owns the MQTT client's
+//! event loop and only polls it — never cancelled, so a connection being set up is never torn down
+//! by other work — reconnecting with a capped backoff and reporting the connection state. The
+//! *bridge* task follows the supervisor's state changes and the store's live event feed, turns them
+//! into messages in the [`Outbox`] (coalesced, bounded, drops counted) and hands them to the client
+//! with `try_publish` only while connected and only while the client's bounded queue has room; on
+//! every new connection it republishes the discovery payload, availability and all state, and
+//! subscribes to the command topics when commands are on. Commands run on tasks of their own,
+//! a few at a time. Nothing here awaits the broker on behalf of anyone else: the broker being
+//! down, slow or refusing shows in [`Status`], never in the host's other work.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+};
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use super::outbox::{Message, Outbox};
+use super::payloads::{self, HostFacts, PluginEntry};
+use super::topics::{Command, Topics};
+use crate::config::MqttConfig;
+use crate::store::Store;
+use crate::supervisor::{PluginState, Supervisor};
+
+/// The first wait before reconnecting; it doubles after each failure up to [`MAX_RETRY`].
+pub(crate) const MIN_RETRY: Duration = Duration::from_millis(500);
+/// The longest wait between connection attempts.
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long one connection attempt (TCP, TLS, CONNACK) may take.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+/// MQTT keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Requests the client's queue holds (the bridge stops handing over messages when it is full).
+const CLIENT_QUEUE: usize = 64;
+/// Incoming messages (commands) waiting for the bridge task; more are dropped and counted.
+const INCOMING_QUEUE: usize = 64;
+/// Commands running at once; more are dropped and counted.
+const MAX_COMMANDS_IN_FLIGHT: usize = 4;
+/// How often the host's state (uptime) is republished without another change.
+const HOST_STATE_PERIOD: Duration = Duration::from_secs(60);
+/// Largest MQTT packet accepted or sent.
+const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// How long a stop waits for the offline message and the disconnect to go out.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// While the bridge cannot be set up (an unreadable CA or password file), how often it tries.
+const SETUP_RETRY: Duration = Duration::from_secs(30);
+
+/// The bridge's connection state, as `/api/system`, `/metrics` and the UI show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ConnState {
+    /// No `[mqtt] url`: the bridge is off.
+    Disabled,
+    /// Connecting (or waiting to retry).
+    Connecting,
+    /// Connected to the broker.
+    Connected,
+    /// The last attempt or connection failed (`last_error` says why); retrying.
+    Disconnected,
+}
+
+/// What the bridge reports.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Status {
+    /// See [`ConnState`].
+    pub state: ConnState,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub broker: Option<String>,
+    /// The client id in use.
+    pub client_id: Option<String>,
+    /// `<topic_prefix>` in force.
+    pub topic_prefix: Option<String>,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: Option<String>,
+    /// Whether commands from the broker are obeyed.
+    pub commands: bool,
+    /// Why the last attempt or connection failed.
+    pub last_error: Option<String>,
+    /// When the current connection was made.
+    pub connected_since: Option<DateTime<Utc>>,
+    /// Connections made since the start.
+    pub connects: u64,
+    /// Messages written to the broker since the start.
+    pub published: u64,
+    /// Messages dropped (queues full) since the start.
+    pub dropped: u64,
+    /// Commands obeyed since the start.
+    pub commands_done: u64,
+}
+
+impl Status {
+    fn disabled() -> Status {
+        Status {
+            state: ConnState::Disabled,
+            broker: None,
+            client_id: None,
+            topic_prefix: None,
+            discovery_prefix: None,
+            commands: false,
+            last_error: None,
+            connected_since: None,
+            connects: 0,
+            published: 0,
+            dropped: 0,
+            commands_done: 0,
+        }
+    }
+}
+
+/// Why the bridge could not be set up (it retries every [`SETUP_RETRY`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SetupError {
+    /// `password_file` cannot be read.
+    #[error("cannot read the MQTT password file {path}")]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ca_file` cannot be read or holds no usable certificate.
+    #[error("cannot use the MQTT CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No `ca_file` and no system CA certificates.
+    #[error("no CA certificates to check the broker with: set [mqtt] ca_file")]
+    NoRoots,
+    /// The TLS configuration was refused.
+    #[error("TLS setup failed")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Handle to the bridge (cheap to clone; lives on the runtime thread).
+#[derive(Debug, Clone)]
+pub(crate) struct Bridge {
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    status: RefCell<Status>,
+    /// Messages dropped outside the outbox (incoming queue full, too many commands at once).
+    dropped_elsewhere: Cell<u64>,
+    stop: watch::Sender<bool>,
+    tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the two tasks share.
+struct Shared {
+    bridge: Rc<Inner>,
+    /// Bumped on every new connection (the bridge task republishes).
+    connected: watch::Sender<u64>,
+    /// Notified when the client took a request from its queue (room to hand over more).
+    room: Notify,
+    /// Incoming messages for the bridge task.
+    incoming: mpsc::Sender<rumqttc::Publish>,
+    /// Set once the bridge task asked for the disconnect (the link task ends on it).
+    stopping: Cell<bool>,
+}
+
+impl Bridge {
+    /// A bridge that is off (`[mqtt]` has no url).
+    pub(crate) fn disabled() -> Bridge {
+        Bridge {
+            inner: Rc::new(Inner {
+                status: RefCell::new(Status::disabled()),
+                dropped_elsewhere: Cell::new(0),
+                stop: watch::Sender::new(false),
+                tasks: RefCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Start the bridge `config` describes on the current `LocalSet` (off without a url). Returns
+    /// at once; connecting happens on the bridge's own tasks.
+    pub(crate) fn start(
+        config: &MqttConfig,
+        store: Store,
+        supervisor: Supervisor,
+        started: Instant,
+    ) -> Bridge {
+        let bridge = Bridge::disabled();
+        let Some(broker) = config.broker.clone() else {
+            return bridge;
+        };
+        let instance = store.instance_id();
+        let topics = Topics::new(
+            config.topic_prefix.as_deref(),
+            &config.discovery_prefix,
+            &instance,
+        );
+        let client_id = config.client_id.clone().unwrap_or(instance);
+        {
+            let mut s = bridge.inner.status.borrow_mut();
+            s.state = ConnState::Connecting;
+            let scheme = if broker.tls { "mqtts" } else { "mqtt" };
+            let host = if broker.host.contains(':') {
+                format!("[{}]", broker.host)
+            } else {
+                broker.host.clone()
+            };
+            s.broker = Some(format!("{scheme}://{host}:{}", broker.port));
+            s.client_id = Some(client_id.clone());
+            s.topic_prefix = Some(topics.prefix().to_string());
+            s.discovery_prefix = Some(config.discovery_prefix.clone());
+            s.commands = config.commands;
+        }
+        let task = tokio::task::spawn_local(run(
+            config.clone(),
+            client_id,
+            topics,
+            store,
+            supervisor,
+            started,
+            bridge.inner.clone(),
+        ));
+        bridge.inner.tasks.borrow_mut().push(task);
+        bridge
+    }
+
+    /// The bridge's state and counters.
+    pub(crate) fn status(&self) -> Status {
+        self.inner.status.borrow().clone()
+    }
+
+    /// Publish `offline`, disconnect and end the bridge's tasks (at most [`STOP_GRACE`]).
+    pub(crate) async fn stop(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// The MQTT options for `config`.
+fn options(
+    config: &MqttConfig,
+    client_id: &str,
+    topics: &Topics,
+) -> Result<MqttOptions, SetupError> {
+    let broker = config
+        .broker
+        .as_ref()
+        .expect("the bridge runs only with a broker");
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_last_will(LastWill::new(
+            topics.availability(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &config.username {
+        let password = match &config.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| SetupError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if broker.tls {
+        let tls = tls_config(config.ca_file.as_deref())?;
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+    }
+    Ok(o)
+}
+
+/// A rustls client configuration (ring provider) trusting `ca_file`'s certificates, or the
+/// system's without one.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SetupError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err = |reason: String| SetupError::CaFile {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| err(e.to_string()))?;
+                roots.add(cert).map_err(|e| err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(err("no certificate in it".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(SetupError::NoRoots);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(SetupError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The bridge task: set up (retrying while the files it needs are unusable), start the link task,
+/// then follow the host and feed the client until stopped.
+async fn run(
+    config: MqttConfig,
+    client_id: String,
+    topics: Topics,
+    store: Store,
+    supervisor: Supervisor,
+    started: Instant,
+    inner: Rc<Inner>,
+) {
+    let mut stop = inner.stop.subscribe();
+    let opts = loop {
+        match options(&config, &client_id, &topics) {
+            Ok(o) => break o,
+            Err(e) => {
+                let message = crate::error_chain::error_chain(&e);
+                log::error!("mqtt: {message}; trying again in {SETUP_RETRY:?}");
+                {
+                    let mut s = inner.status.borrow_mut();
+                    s.state = ConnState::Disconnected;
+                    s.last_error = Some(message);
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(SETUP_RETRY) => {}
+                }
+            }
+        }
+    };
+    let (client, mut eventloop) = AsyncClient::new(opts, CLIENT_QUEUE);
+    eventloop
+        .network_options
+        .set_connection_timeout(CONNECT_TIMEOUT_SECS);
+    let (incoming_tx, mut incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+    let shared = Rc::new(Shared {
+        bridge: inner.clone(),
+        connected: watch::Sender::new(0),
+        room: Notify::new(),
+        incoming: incoming_tx,
+        stopping: Cell::new(false),
+    });
+    let mut connected = shared.connected.subscribe();
+    let link = tokio::task::spawn_local(drive(eventloop, shared.clone()));
+
+    let mut feed = store.subscribe_events();
+    let changes = supervisor.changes();
+    let mut outbox = Outbox::new();
+    // The retained payload last handed to the client, per topic (cleared on a new connection).
+    let mut sent: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut plugins_published: BTreeSet<String> = BTreeSet::new();
+    let mut host_timer = tokio::time::interval(HOST_STATE_PERIOD);
+    host_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut uptime_secs = 0;
+    let in_flight = Rc::new(Cell::new(0usize));
+    let mut is_connected = false;
+    let mut feed_open = true;
+    let mut dirty = true;
+    loop {
+        let notified = changes.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if dirty {
+            dirty = false;
+            let s = Snapshot {
+                topics: &topics,
+                supervisor: &supervisor,
+                store: &store,
+                commands: config.commands,
+                uptime_secs,
+            };
+            s.queue(&mut outbox, &mut sent, &mut plugins_published);
+        }
+        if is_connected {
+            hand_over(&client, &mut outbox);
+        }
+        inner.status.borrow_mut().dropped = outbox.dropped() + inner.dropped_elsewhere.get();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = &mut notified => dirty = true,
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                is_connected = true;
+                sent.clear();
+                plugins_published.clear();
+                uptime_secs = started.elapsed().as_secs();
+                dirty = true;
+                outbox.put_retained(topics.availability(), b"online".to_vec());
+                if config.commands {
+                    for f in topics.command_filters() {
+                        if client.try_subscribe(f, QoS::AtLeastOnce).is_err() {
+                            log::warn!("mqtt: cannot subscribe to the command topics (client queue full); they follow the next connection");
+                        }
+                    }
+                }
+            }
+            ev = feed.recv(), if feed_open => match ev {
+                Ok(event) => {
+                    let payload = serde_json::to_vec(&event).expect("an Event always serialises");
+                    outbox.push_event(&event.plugin, Message {
+                        topic: topics.events(),
+                        payload,
+                        retain: false,
+                        qos: 1,
+                    });
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => outbox.count_dropped(n),
+                Err(broadcast::error::RecvError::Closed) => feed_open = false,
+            },
+            Some(p) = incoming_rx.recv() => {
+                handle_incoming(&p, &topics, &config, &supervisor, &inner, &in_flight);
+            }
+            _ = host_timer.tick() => {
+                uptime_secs = started.elapsed().as_secs();
+                dirty = true;
+            }
+            () = shared.room.notified(), if is_connected && !outbox.is_empty() => {}
+        }
+        if inner.status.borrow().state != ConnState::Connected {
+            is_connected = false;
+        }
+    }
+    // A clean stop: say so (retained), then disconnect; the link task ends on the disconnect.
+    shared.stopping.set(true);
+    if inner.status.borrow().state == ConnState::Connected {
+        let _ = client.try_publish(topics.availability(), QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(STOP_GRACE, link).await;
+    } else {
+        link.abort();
+    }
+    let mut s = inner.status.borrow_mut();
+    s.state = ConnState::Disconnected;
+    s.connected_since = None;
+}
+
+/// Hand messages to the client while its queue has room.
+fn hand_over(client: &AsyncClient, outbox: &mut Outbox) {
+    while let Some(popped) = outbox.pop() {
+        let m = &popped.message;
+        let qos = match m.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        match client.try_publish(m.topic.clone(), qos, m.retain, m.payload.clone()) {
+            Ok(()) => {}
+            Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {
+                outbox.unpop(popped);
+                return;
+            }
+        }
+    }
+}
+
+/// What the host looks like now, queued where it differs from what was last handed over.
+struct Snapshot<'a> {
+    topics: &'a Topics,
+    supervisor: &'a Supervisor,
+    store: &'a Store,
+    commands: bool,
+    uptime_secs: u64,
+}
+
+impl Snapshot<'_> {
+    fn queue(
+        &self,
+        outbox: &mut Outbox,
+        sent: &mut HashMap<String, Vec<u8>>,
+        plugins_published: &mut BTreeSet<String>,
+    ) {
+        let t = self.topics;
+        let plugins = self.supervisor.plugins();
+        let mut put = |topic: String, payload: Vec<u8>| {
+            if sent.get(&topic) != Some(&payload) {
+                sent.insert(topic.clone(), payload.clone());
+                outbox.put_retained(topic, payload);
+            }
+        };
+        let entries: Vec<PluginEntry> = plugins
+            .iter()
+            .map(|p| PluginEntry {
+                id: p.id.clone(),
+                name: p.name.clone(),
+            })
+            .collect();
+        let config = payloads::device_config(t, crate::app::VERSION, &entries, self.commands);
+        put(t.discovery_config(), to_json(&config));
+        let health = self.store.health();
+        let facts = HostFacts {
+            version: crate::app::VERSION.to_string(),
+            uptime_secs: self.uptime_secs,
+            plugins_total: plugins.len(),
+            plugins_ready: plugins
+                .iter()
+                .filter(|p| p.state == PluginState::Ready)
+                .count(),
+            plugins_enabled: plugins.iter().filter(|p| p.enabled).count(),
+            store: match health {
+                crate::store::StoreHealth::Ok => "ok".to_string(),
+                _ => "degraded".to_string(),
+            },
+        };
+        put(t.host_state(), to_json(&payloads::host_state(&facts)));
+        let mut now: BTreeSet<String> = BTreeSet::new();
+        for p in &plugins {
+            put(t.plugin_state(&p.id), to_json(&payloads::plugin_state(p)));
+            put(t.plugin_update(&p.id), to_json(&payloads::plugin_update(p)));
+            now.insert(p.id.clone());
+        }
+        // A plugin that is gone: its retained state is cleared (an empty retained message).
+        for gone in plugins_published.difference(&now) {
+            for topic in [t.plugin_state(gone), t.plugin_update(gone)] {
+                sent.remove(&topic);
+                outbox.put_retained(topic, Vec::new());
+            }
+        }
+        *plugins_published = now;
+    }
+}
+
+fn to_json(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value always serialises")
+}
+
+/// A message the broker delivered: a command (when commands are on), else ignored.
+fn handle_incoming(
+    p: &rumqttc::Publish,
+    topics: &Topics,
+    config: &MqttConfig,
+    supervisor: &Supervisor,
+    inner: &Rc<Inner>,
+    in_flight: &Rc<Cell<usize>>,
+) {
+    if !config.commands {
+        return;
+    }
+    let Some(cmd) = topics.parse_command(&p.topic, &p.payload) else {
+        log::debug!("mqtt: ignoring a message on {}", p.topic);
+        return;
+    };
+    // A retained command would be obeyed again on every reconnect: only live ones count.
+    if p.retain {
+        log::warn!("mqtt: ignoring a retained command on {}", p.topic);
+        return;
+    }
+    if in_flight.get() >= MAX_COMMANDS_IN_FLIGHT {
+        log::warn!("mqtt: too many commands at once; dropped {cmd:?}");
+        inner
+            .dropped_elsewhere
+            .set(inner.dropped_elsewhere.get() + 1);
+        inner.status.borrow_mut().dropped += 1;
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    let guard = InFlight(in_flight.clone());
+    let (supervisor, inner) = (supervisor.clone(), inner.clone());
+    tokio::task::spawn_local(async move {
+        let _guard = guard;
+        log::info!("mqtt: command from the broker: {cmd:?}");
+        let result = match &cmd {
+            Command::Enable(id) => supervisor.enable(id).await,
+            Command::Disable(id) => supervisor.disable(id).await,
+            Command::Restart(id) => supervisor.restart(id).await,
+        };
+        match result {
+            Ok(_) => inner.status.borrow_mut().commands_done += 1,
+            Err(e) => log::warn!("mqtt: command {cmd:?} failed: {e}"),
+        }
+    });
+}
+
+/// Releases a command's place when its task ends, however it ends.
+struct InFlight(Rc<Cell<usize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// The link task: poll the event loop for ever, reporting the connection state; after a failure,
+/// wait (doubling from [`MIN_RETRY`] to [`MAX_RETRY`]) and poll again, which reconnects.
+async fn drive(mut eventloop: EventLoop, shared: Rc<Shared>) {
+    let mut retry = MIN_RETRY;
+    let mut last_logged: Option<String> = None;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                retry = MIN_RETRY;
+                last_logged = None;
+                {
+                    let mut s = shared.bridge.status.borrow_mut();
+                    s.state = ConnState::Connected;
+                    s.last_error = None;
+                    s.connected_since = Some(crate::clock::now());
+                    s.connects += 1;
+                    log::info!(
+                        "mqtt: connected to {}",
+                        s.broker.as_deref().unwrap_or("the broker")
+                    );
+                }
+                shared.connected.send_modify(|n| *n += 1);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if shared.incoming.try_send(p).is_err() {
+                    let b = &shared.bridge;
+                    b.dropped_elsewhere.set(b.dropped_elsewhere.get() + 1);
+                    b.status.borrow_mut().dropped += 1;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) if shared.stopping.get() => return,
+            Ok(Event::Outgoing(out)) => {
+                if let Outgoing::Publish(_) = out {
+                    shared.bridge.status.borrow_mut().published += 1;
+                }
+                shared.room.notify_one();
+            }
+            Ok(Event::Incoming(_)) => {}
+            Err(e) => {
+                if shared.stopping.get() {
+                    return;
+                }
+                let message = e.to_string();
+                if last_logged.as_deref() != Some(message.as_str()) {
+                    log::warn!("mqtt: {message}; retrying (backoff up to {MAX_RETRY:?})");
+                    last_logged = Some(message.clone());
+                }
+                {
+                    let mut s = shared.bridge.status.borrow_mut();
+                    s.state = ConnState::Disconnected;
+                    s.last_error = Some(message);
+                    s.connected_since = None;
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_RETRY);
+                shared.bridge.status.borrow_mut().state = ConnState::Connecting;
+            }
+        }
+    }
+}
