@@ -400,6 +400,9 @@ pub async fn run(
     let started = Instant::now();
     // Off without `[mqtt] url`; connects on its own tasks, never holding up the start.
     let mqtt = mqtt::Bridge::start(&config.mqtt, store.clone(), supervisor.clone(), started);
+    // Before any plugin starts: 1.1 plugins' `mqtt` requests go to the bridge (which answers that
+    // it is off when it is).
+    supervisor.set_mqtt(Rc::new(mqtt.clone()));
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),

@@ -657,3 +657,71 @@ fn tls_with_a_test_ca() {
         "{s}"
     );
 }
+
+/// The `stress` plugin's `<stem>.mqtt` report once it holds `line`.
+fn wait_report_line(h: &Host, stem: &str, line: &str) -> String {
+    eventually(&format!("{line:?} in {stem}.mqtt"), || {
+        h.read_report(&format!("{stem}.mqtt"))
+            .filter(|r| r.lines().any(|l| l == line))
+    })
+}
+
+#[test]
+fn a_plugin_publishes_and_subscribes_under_its_own_topics_only() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-plug").unwrap();
+    let broker = Broker::start(&dir, None);
+    let own = Subscriber::start(&broker, "toru/test/plugins/stress-mqtt/#");
+    let h = host(&broker.url("mqtt"), "", vec![stress("mqtt")]);
+
+    // Its publish (retained) reached the broker under its own prefix.
+    let (retain, _, v) = own.wait_for("the plugin's retained publish", |t, _| {
+        t == "toru/test/plugins/stress-mqtt/hello"
+    });
+    assert!(retain || v == "hi", "{v}");
+    assert_eq!(broker.retained("toru/test/plugins/stress-mqtt/hello"), "hi");
+    // Leaving its part of the tree is refused with an error, not a crash.
+    wait_report_line(&h, "stress-mqtt", "m1 ok");
+    wait_report_line(&h, "stress-mqtt", "m2 ok");
+    wait_report_line(&h, "stress-mqtt", "m3 error bad_request");
+    wait_report_line(&h, "stress-mqtt", "m4 error bad_request");
+
+    // A message on its topic reaches it (relative), and its answer reaches a subscriber. The
+    // bridge subscribes once connected: send until the answer shows that it did.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        broker.publish("toru/test/plugins/stress-mqtt/cmd/go", "now");
+        let echoed = own
+            .lines
+            .recv_timeout(Duration::from_secs(2))
+            .ok()
+            .is_some_and(|(_, t, p)| t == "toru/test/plugins/stress-mqtt/echo/go" && p == "now");
+        if echoed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no echo from the plugin");
+    }
+    wait_report_line(&h, "stress-mqtt", "message cmd/go now");
+    // Another plugin's topics are not its own: nothing published there reaches it.
+    let report = h.read_report("stress-mqtt.mqtt").unwrap();
+    assert!(!report.contains("escape"), "{report}");
+}
+
+#[test]
+fn a_plugins_mqtt_request_is_refused_clearly_when_the_bridge_is_off() {
+    // No broker needed: the host has no [mqtt] url.
+    let h = Host::start(HostOpts {
+        plugins: vec![stress("mqtt")],
+        config: Some(FAST.into()),
+        ..Default::default()
+    });
+    for rid in ["m1", "m2", "m3", "m4"] {
+        wait_report_line(&h, "stress-mqtt", &format!("{rid} error unavailable"));
+    }
+    let token = admin_token(&h);
+    assert_eq!(system(&h, &token)["mqtt"]["state"], "disabled");
+    let metrics = bearer(&h, "GET", "/metrics", &token, None).text();
+    assert!(!metrics.contains("toru_mqtt_connected"), "{metrics}");
+}

@@ -22,11 +22,16 @@ use rumqttc::{
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
+use toru_plugin_api::protocol::{
+    ErrorCode, ErrorReply, MAX_MQTT_PAYLOAD_LEN, MqttDelivery, MqttRequest,
+};
+
 use super::outbox::{Message, Outbox};
 use super::payloads::{self, HostFacts, PluginEntry};
-use super::topics::{Command, Topics};
+use super::topics::{Command, Topics, matches};
 use crate::config::MqttConfig;
 use crate::store::Store;
+use crate::supervisor::mqtt_port::{PluginMqtt, bridge_off};
 use crate::supervisor::{PluginState, Supervisor};
 
 /// The first wait before reconnecting; it doubles after each failure up to [`MAX_RETRY`].
@@ -49,6 +54,8 @@ const HOST_STATE_PERIOD: Duration = Duration::from_secs(60);
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// How long a stop waits for the offline message and the disconnect to go out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Topic filters one plugin may hold.
+pub(crate) const MAX_FILTERS_PER_PLUGIN: usize = 16;
 /// While the bridge cannot be set up (an unreadable CA or password file), how often it tries.
 const SETUP_RETRY: Duration = Duration::from_secs(30);
 
@@ -152,8 +159,20 @@ pub(crate) struct Bridge {
 #[derive(Debug)]
 struct Inner {
     status: RefCell<Status>,
-    /// Messages dropped outside the outbox (incoming queue full, too many commands at once).
+    /// Messages dropped outside the outbox (incoming queue full, too many commands at once,
+    /// deliveries a plugin could not take).
     dropped_elsewhere: Cell<u64>,
+    /// The topics (`None` while the bridge is off).
+    topics: Option<Topics>,
+    /// What waits for the client (the bridge task and plugins' publishes fill it).
+    outbox: RefCell<Outbox>,
+    /// Wakes the bridge task: a plugin queued a message or a subscription.
+    wake: Notify,
+    /// Each plugin's topic filters (absolute), kept for the host's life and subscribed again on
+    /// every connection.
+    subscriptions: RefCell<std::collections::BTreeMap<String, BTreeSet<String>>>,
+    /// Filters not yet subscribed on this connection.
+    unsent_filters: RefCell<Vec<String>>,
     stop: watch::Sender<bool>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -174,10 +193,19 @@ struct Shared {
 impl Bridge {
     /// A bridge that is off (`[mqtt]` has no url).
     pub(crate) fn disabled() -> Bridge {
+        Bridge::with_topics(None)
+    }
+
+    fn with_topics(topics: Option<Topics>) -> Bridge {
         Bridge {
             inner: Rc::new(Inner {
                 status: RefCell::new(Status::disabled()),
                 dropped_elsewhere: Cell::new(0),
+                topics,
+                outbox: RefCell::new(Outbox::new()),
+                wake: Notify::new(),
+                subscriptions: RefCell::new(std::collections::BTreeMap::new()),
+                unsent_filters: RefCell::new(Vec::new()),
                 stop: watch::Sender::new(false),
                 tasks: RefCell::new(Vec::new()),
             }),
@@ -192,9 +220,8 @@ impl Bridge {
         supervisor: Supervisor,
         started: Instant,
     ) -> Bridge {
-        let bridge = Bridge::disabled();
         let Some(broker) = config.broker.clone() else {
-            return bridge;
+            return Bridge::disabled();
         };
         let instance = store.instance_id();
         let topics = Topics::new(
@@ -202,6 +229,7 @@ impl Bridge {
             &config.discovery_prefix,
             &instance,
         );
+        let bridge = Bridge::with_topics(Some(topics.clone()));
         let client_id = config.client_id.clone().unwrap_or(instance);
         {
             let mut s = bridge.inner.status.borrow_mut();
@@ -376,7 +404,6 @@ async fn run(
 
     let mut feed = store.subscribe_events();
     let changes = supervisor.changes();
-    let mut outbox = Outbox::new();
     // The retained payload last handed to the client, per topic (cleared on a new connection).
     let mut sent: HashMap<String, Vec<u8>> = HashMap::new();
     let mut plugins_published: BTreeSet<String> = BTreeSet::new();
@@ -391,21 +418,29 @@ async fn run(
         let notified = changes.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if dirty {
-            dirty = false;
-            let s = Snapshot {
-                topics: &topics,
-                supervisor: &supervisor,
-                store: &store,
-                commands: config.commands,
-                uptime_secs,
-            };
-            s.queue(&mut outbox, &mut sent, &mut plugins_published);
-        }
-        if is_connected {
-            hand_over(&client, &mut outbox);
-        }
-        inner.status.borrow_mut().dropped = outbox.dropped() + inner.dropped_elsewhere.get();
+        let wake = inner.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let outbox_empty = {
+            let mut outbox = inner.outbox.borrow_mut();
+            if dirty {
+                dirty = false;
+                let s = Snapshot {
+                    topics: &topics,
+                    supervisor: &supervisor,
+                    store: &store,
+                    commands: config.commands,
+                    uptime_secs,
+                };
+                s.queue(&mut outbox, &mut sent, &mut plugins_published);
+            }
+            if is_connected {
+                subscribe_new_filters(&client, &inner);
+                hand_over(&client, &mut outbox);
+            }
+            inner.status.borrow_mut().dropped = outbox.dropped() + inner.dropped_elsewhere.get();
+            outbox.is_empty()
+        };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             () = &mut notified => dirty = true,
@@ -418,7 +453,19 @@ async fn run(
                 plugins_published.clear();
                 uptime_secs = started.elapsed().as_secs();
                 dirty = true;
-                outbox.put_retained(topics.availability(), b"online".to_vec());
+                inner
+                    .outbox
+                    .borrow_mut()
+                    .put_retained(topics.availability(), b"online".to_vec());
+                // A new session: every plugin's filters are subscribed again.
+                let all: Vec<String> = inner
+                    .subscriptions
+                    .borrow()
+                    .values()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                *inner.unsent_filters.borrow_mut() = all;
                 if config.commands {
                     for f in topics.command_filters() {
                         if client.try_subscribe(f, QoS::AtLeastOnce).is_err() {
@@ -430,14 +477,16 @@ async fn run(
             ev = feed.recv(), if feed_open => match ev {
                 Ok(event) => {
                     let payload = serde_json::to_vec(&event).expect("an Event always serialises");
-                    outbox.push_event(&event.plugin, Message {
+                    inner.outbox.borrow_mut().push_event(&event.plugin, Message {
                         topic: topics.events(),
                         payload,
                         retain: false,
                         qos: 1,
                     });
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => outbox.count_dropped(n),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    inner.outbox.borrow_mut().count_dropped(n);
+                }
                 Err(broadcast::error::RecvError::Closed) => feed_open = false,
             },
             Some(p) = incoming_rx.recv() => {
@@ -447,7 +496,8 @@ async fn run(
                 uptime_secs = started.elapsed().as_secs();
                 dirty = true;
             }
-            () = shared.room.notified(), if is_connected && !outbox.is_empty() => {}
+            () = shared.room.notified(), if is_connected && !outbox_empty => {}
+            () = &mut wake => {}
         }
         if inner.status.borrow().state != ConnState::Connected {
             is_connected = false;
@@ -465,6 +515,18 @@ async fn run(
     let mut s = inner.status.borrow_mut();
     s.state = ConnState::Disconnected;
     s.connected_since = None;
+}
+
+/// Subscribe to the filters plugins asked for since the last call, while the client's queue has
+/// room (the rest wait for the next turn).
+fn subscribe_new_filters(client: &AsyncClient, inner: &Inner) {
+    let mut unsent = inner.unsent_filters.borrow_mut();
+    while let Some(f) = unsent.pop() {
+        if client.try_subscribe(f.clone(), QoS::AtLeastOnce).is_err() {
+            unsent.push(f);
+            return;
+        }
+    }
 }
 
 /// Hand messages to the client while its queue has room.
@@ -556,7 +618,8 @@ fn to_json(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("a JSON value always serialises")
 }
 
-/// A message the broker delivered: a command (when commands are on), else ignored.
+/// A message the broker delivered: for the plugins whose filters match it, and a command (when
+/// commands are on); anything else is ignored.
 fn handle_incoming(
     p: &rumqttc::Publish,
     topics: &Topics,
@@ -565,7 +628,28 @@ fn handle_incoming(
     inner: &Rc<Inner>,
     in_flight: &Rc<Cell<usize>>,
 ) {
-    if !config.commands {
+    let mut for_plugins = false;
+    for (id, filters) in inner.subscriptions.borrow().iter() {
+        if !filters.iter().any(|f| matches(f, &p.topic)) {
+            continue;
+        }
+        for_plugins = true;
+        let relative = topics.plugin(id).relative(&p.topic).map(str::to_string);
+        let payload = std::str::from_utf8(&p.payload).ok().map(str::to_string);
+        let delivered = match (relative, payload) {
+            (Some(topic), Some(payload)) => {
+                supervisor.deliver_mqtt(id, MqttDelivery { topic, payload })
+            }
+            _ => false,
+        };
+        if !delivered {
+            inner
+                .dropped_elsewhere
+                .set(inner.dropped_elsewhere.get() + 1);
+            inner.status.borrow_mut().dropped += 1;
+        }
+    }
+    if for_plugins || !config.commands {
         return;
     }
     let Some(cmd) = topics.parse_command(&p.topic, &p.payload) else {
@@ -668,6 +752,78 @@ async fn drive(mut eventloop: EventLoop, shared: Rc<Shared>) {
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(MAX_RETRY);
                 shared.bridge.status.borrow_mut().state = ConnState::Connecting;
+            }
+        }
+    }
+}
+
+impl PluginMqtt for Bridge {
+    fn request(&self, plugin: &str, req: MqttRequest) -> Result<(), ErrorReply> {
+        let Some(topics) = &self.inner.topics else {
+            return Err(bridge_off());
+        };
+        let mine = topics.plugin(plugin);
+        let bad =
+            |e: super::topics::TopicError| ErrorReply::new(ErrorCode::BadRequest, e.to_string());
+        match req {
+            MqttRequest::Publish {
+                topic,
+                payload,
+                retain,
+                qos,
+            } => {
+                if payload.len() > MAX_MQTT_PAYLOAD_LEN {
+                    return Err(ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!("an MQTT payload may be at most {MAX_MQTT_PAYLOAD_LEN} bytes"),
+                    ));
+                }
+                let qos = match qos {
+                    None | Some(1) => 1,
+                    Some(0) => 0,
+                    Some(q) => {
+                        return Err(ErrorReply::new(
+                            ErrorCode::BadRequest,
+                            format!("qos {q}: the host publishes with QoS 0 or 1"),
+                        ));
+                    }
+                };
+                let topic = mine.publish_topic(&topic).map_err(bad)?;
+                let queued = self.inner.outbox.borrow_mut().push_plugin_message(
+                    plugin,
+                    Message {
+                        topic,
+                        payload: payload.into_bytes(),
+                        retain,
+                        qos,
+                    },
+                );
+                if !queued {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        "too many messages wait for the broker: this one was dropped",
+                    ));
+                }
+                self.inner.wake.notify_one();
+                Ok(())
+            }
+            MqttRequest::Subscribe { filter } => {
+                let filter = mine.subscribe_filter(&filter).map_err(bad)?;
+                let mut subs = self.inner.subscriptions.borrow_mut();
+                let mine = subs.entry(plugin.to_string()).or_default();
+                if mine.contains(&filter) {
+                    return Ok(());
+                }
+                if mine.len() >= MAX_FILTERS_PER_PLUGIN {
+                    return Err(ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!("a plugin may hold at most {MAX_FILTERS_PER_PLUGIN} topic filters"),
+                    ));
+                }
+                mine.insert(filter.clone());
+                self.inner.unsent_filters.borrow_mut().push(filter);
+                self.inner.wake.notify_one();
+                Ok(())
             }
         }
     }

@@ -208,6 +208,7 @@ impl Outbox {
     }
 
     /// Messages waiting.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.retained.len() + self.events.len() + self.plugin_messages.len()
     }
