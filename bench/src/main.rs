@@ -9,7 +9,7 @@
 //!          --out FILE  --no-build
 //! ```
 //! Groups: memory, login, restart, http, protocol, kv, start, size, stress, packages, isolation,
-//! profile.
+//! profile, mqtt.
 //! `scripts/bench.sh` installs the peers first. Every load loop is bounded in count and time;
 //! everything started is stopped by PID or process group (guards in `util`), also on errors.
 
@@ -21,6 +21,7 @@ mod isolation;
 mod kv;
 mod login;
 mod memory;
+mod mqtt;
 mod packages;
 mod peers;
 mod profile;
@@ -107,7 +108,7 @@ impl Report {
 
 type Group = fn(&Bins, &Opts, &mut Report) -> Result<()>;
 
-const GROUPS: [(&str, Group); 12] = [
+const GROUPS: [(&str, Group); 13] = [
     ("memory", memory::run),
     ("login", login::run),
     ("restart", restart::run),
@@ -119,6 +120,7 @@ const GROUPS: [(&str, Group); 12] = [
     ("packages", packages::run),
     ("isolation", isolation::run),
     ("profile", profile::run),
+    ("mqtt", mqtt::run),
     // After `profile`: it reads the symbols of the build `profile` makes.
     ("size", size::run),
 ];

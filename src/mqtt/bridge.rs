@@ -503,9 +503,22 @@ async fn run(
             is_connected = false;
         }
     }
-    // A clean stop: say so (retained), then disconnect; the link task ends on the disconnect.
+    // A clean stop: the plugins' last states (they stopped just before), then `offline`
+    // (retained), then disconnect; the link task ends on the disconnect.
     shared.stopping.set(true);
     if inner.status.borrow().state == ConnState::Connected {
+        {
+            let mut outbox = inner.outbox.borrow_mut();
+            let s = Snapshot {
+                topics: &topics,
+                supervisor: &supervisor,
+                store: &store,
+                commands: config.commands,
+                uptime_secs: started.elapsed().as_secs(),
+            };
+            s.queue(&mut outbox, &mut sent, &mut plugins_published);
+            hand_over(&client, &mut outbox);
+        }
         let _ = client.try_publish(topics.availability(), QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(STOP_GRACE, link).await;
@@ -826,5 +839,71 @@ impl PluginMqtt for Bridge {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, payload: &str, qos: Option<u8>) -> MqttRequest {
+        MqttRequest::Publish {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain: false,
+            qos,
+        }
+    }
+
+    #[test]
+    fn without_a_bridge_every_plugin_request_is_unavailable() {
+        let b = Bridge::disabled();
+        let e = b.request("p", publish("t", "x", None)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.contains("[mqtt] url"), "{}", e.message);
+        let sub = MqttRequest::Subscribe { filter: "a".into() };
+        assert_eq!(
+            b.request("p", sub).unwrap_err().code,
+            ErrorCode::Unavailable
+        );
+    }
+
+    #[test]
+    fn plugin_requests_are_checked_queued_and_bounded() {
+        let b = Bridge::with_topics(Some(Topics::new(Some("site"), "homeassistant", "i")));
+        b.request("p", publish("temp", "21", Some(0))).unwrap();
+        let queued = b.inner.outbox.borrow_mut().pop().unwrap().message;
+        assert_eq!(queued.topic, "site/plugins/p/temp");
+        assert_eq!((queued.qos, queued.retain), (0, false));
+        let code = |r: MqttRequest| b.request("p", r).unwrap_err().code;
+        assert_eq!(code(publish("../q/temp", "x", None)), ErrorCode::BadRequest);
+        assert_eq!(code(publish("state", "x", None)), ErrorCode::BadRequest);
+        assert_eq!(code(publish("t", "x", Some(2))), ErrorCode::BadRequest);
+        let big = "x".repeat(MAX_MQTT_PAYLOAD_LEN + 1);
+        assert_eq!(code(publish("t", &big, None)), ErrorCode::TooLarge);
+        // The outbox's share of one plugin, then `busy`.
+        let mut busy = 0;
+        for _ in 0..super::super::outbox::MAX_QUEUED_MESSAGES_PER_PLUGIN + 3 {
+            if b.request("p", publish("t", "x", None)).is_err() {
+                busy += 1;
+            }
+        }
+        assert_eq!(busy, 3);
+        // Filters: checked, registered once, at most MAX_FILTERS_PER_PLUGIN.
+        let sub = |f: &str| MqttRequest::Subscribe { filter: f.into() };
+        assert_eq!(code(sub("#")), ErrorCode::BadRequest);
+        b.request("p", sub("cmd/#")).unwrap();
+        b.request("p", sub("cmd/#")).unwrap();
+        assert_eq!(b.inner.unsent_filters.borrow().len(), 1);
+        for i in 1..MAX_FILTERS_PER_PLUGIN {
+            b.request("p", sub(&format!("f{i}"))).unwrap();
+        }
+        assert_eq!(code(sub("one/more")), ErrorCode::TooLarge);
+        assert_eq!(
+            b.inner.subscriptions.borrow()["p"]
+                .first()
+                .map(String::as_str),
+            Some("site/plugins/p/cmd/#")
+        );
     }
 }
