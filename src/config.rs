@@ -179,6 +179,11 @@ impl MqttBroker {
     pub fn parse(url: &str) -> Result<MqttBroker, &'static str> {
         const EXPECTED: &str = "a broker address like \"mqtt://broker.local:1883\" or \"mqtts://broker.local:8883\" (no user, path or query)";
         let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            if !cfg!(feature = "mqtt-tls") {
+                return Err(
+                    "a plain mqtt:// broker: this toru was built without TLS (cargo feature mqtt-tls)",
+                );
+            }
             (true, r)
         } else if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
@@ -1899,6 +1904,8 @@ mod tests {
         }
     }
 
+    // Reads an `mqtts://` url, which a build without TLS refuses.
+    #[cfg(feature = "mqtt-tls")]
     #[test]
     fn mqtt_is_off_by_default_and_each_key_is_checked_by_name() {
         let d = load_text("").unwrap().mqtt;

@@ -532,6 +532,7 @@ fn a_clean_stop_leaves_offline_and_a_kill_leaves_it_through_the_last_will() {
 }
 
 /// `openssl` makes a CA and a server certificate for 127.0.0.1 signed by it.
+#[cfg(feature = "mqtt-tls")]
 fn make_ca(dir: &TempDir) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let run = |args: &[&str]| {
         Command::new("openssl")
@@ -594,6 +595,7 @@ fn make_ca(dir: &TempDir) -> Option<(PathBuf, PathBuf, PathBuf)> {
     })
 }
 
+#[cfg(feature = "mqtt-tls")]
 #[test]
 fn tls_with_a_test_ca() {
     if !have_mosquitto() {

@@ -291,14 +291,29 @@ fn run() -> Result<()> {
             "toru-bench",
         ]))?;
     }
-    for tool in [
-        "wrk",
-        "monit",
-        "runsvdir",
-        "s6-svscan",
-        "valgrind",
-        "python3",
-    ] {
+    // The tools the chosen groups need: the peers and wrk for the comparisons, the broker and its
+    // client for `mqtt` alone.
+    let mut tools: Vec<&str> = Vec::new();
+    for g in &groups {
+        let need: &[&str] = if g == "mqtt" {
+            &["mosquitto", "mosquitto_sub"]
+        } else {
+            &[
+                "wrk",
+                "monit",
+                "runsvdir",
+                "s6-svscan",
+                "valgrind",
+                "python3",
+            ]
+        };
+        for t in need {
+            if !tools.contains(t) {
+                tools.push(t);
+            }
+        }
+    }
+    for tool in tools {
         if run_cmd(
             Command::new("sh")
                 .arg("-c")

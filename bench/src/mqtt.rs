@@ -38,18 +38,17 @@ struct Counter {
 impl Counter {
     /// Start `mosquitto_sub -d` on `filter` and return once its subscription is acknowledged.
     fn start(port: u16, filter: &str, n: usize) -> Result<Counter> {
-        let mut cmd = Command::new("mosquitto_sub");
+        // Line-buffered (`stdbuf -oL`): piped, its stdio would hold the lines back.
+        let mut cmd = Command::new("stdbuf");
         cmd.args([
+            "-oL",
+            "mosquitto_sub",
             "-h",
             "127.0.0.1",
             "-p",
             &port.to_string(),
-            "-t",
-            filter,
-            "-q",
-            "1",
-            "-d",
         ])
+        .args(["-t", filter, "-q", "1", "-d"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         let mut proc = Proc::spawn(&mut cmd, "mosquitto_sub")?;

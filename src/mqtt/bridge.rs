@@ -12,7 +12,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -135,6 +134,7 @@ pub(crate) enum SetupError {
         source: std::io::Error,
     },
     /// `ca_file` cannot be read or holds no usable certificate.
+    #[cfg(feature = "mqtt-tls")]
     #[error("cannot use the MQTT CA file {path}: {reason}")]
     CaFile {
         /// The file.
@@ -143,9 +143,11 @@ pub(crate) enum SetupError {
         reason: String,
     },
     /// No `ca_file` and no system CA certificates.
+    #[cfg(feature = "mqtt-tls")]
     #[error("no CA certificates to check the broker with: set [mqtt] ca_file")]
     NoRoots,
     /// The TLS configuration was refused.
+    #[cfg(feature = "mqtt-tls")]
     #[error("TLS setup failed")]
     Tls(#[source] rustls::Error),
 }
@@ -310,10 +312,11 @@ fn options(
         };
         o.set_credentials(user.clone(), password);
     }
+    #[cfg(feature = "mqtt-tls")]
     if broker.tls {
         let tls = tls_config(config.ca_file.as_deref())?;
         o.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
         ));
     }
     Ok(o)
@@ -321,6 +324,7 @@ fn options(
 
 /// A rustls client configuration (ring provider) trusting `ca_file`'s certificates, or the
 /// system's without one.
+#[cfg(feature = "mqtt-tls")]
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SetupError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -349,7 +353,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(SetupError::Tls)?

@@ -1,9 +1,9 @@
 //! The bridge's outbox (pure): what waits to be handed to the MQTT client, bounded whatever the
 //! broker does. Retained state is coalesced by topic (a newer payload replaces one not yet sent, so
 //! a plugin flapping while the broker is away costs one message per topic, not one per change);
-//! events and plugin messages are queued in order up to a limit per plugin and in all, and what does
-//! not fit is dropped and counted. Retained state goes first: it is what a subscriber must end up
-//! with.
+//! events and plugin messages are queued in order up to a limit per plugin and in all. An event
+//! that does not fit is dropped and counted; a plugin's message that does not fit is refused (the
+//! plugin is answered `busy`). Retained state goes first: it is what a subscriber must end up with.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -91,7 +91,8 @@ impl Outbox {
         self.push(false, owner, message)
     }
 
-    /// Queue a plugin's own message. `false`: dropped (a limit was reached).
+    /// Queue a plugin's own message. `false`: refused (a limit was reached); not counted as
+    /// dropped, since the plugin is told (`busy`) and may try again.
     pub(crate) fn push_plugin_message(&mut self, owner: &str, message: Message) -> bool {
         self.push(true, owner, message)
     }
@@ -115,7 +116,9 @@ impl Outbox {
             .entry((plugin_message, owner.to_string()))
             .or_default();
         if queue.len() >= max || *count >= max_per_owner {
-            self.dropped += 1;
+            if !plugin_message {
+                self.dropped += 1;
+            }
             return false;
         }
         *count += 1;
@@ -282,6 +285,19 @@ mod tests {
         o.put_retained("s".into(), b"new".to_vec());
         o.unpop(m);
         assert_eq!(o.pop().unwrap().message.payload, b"new");
+    }
+
+    #[test]
+    fn a_plugins_refused_message_is_not_counted_as_dropped() {
+        let mut o = Outbox::new();
+        for _ in 0..MAX_QUEUED_MESSAGES_PER_PLUGIN {
+            assert!(o.push_plugin_message("p", msg("t", "x")));
+        }
+        assert!(
+            !o.push_plugin_message("p", msg("t", "x")),
+            "refused: the plugin hears busy"
+        );
+        assert_eq!(o.dropped(), 0);
     }
 
     #[test]
