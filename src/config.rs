@@ -131,8 +131,8 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     /// The user name (`username`), if the broker wants one.
     pub username: Option<String>,
-    /// A file holding the password (`password_file`, read at each connection, trailing newline
-    /// removed), so the secret is not in the config file.
+    /// A file holding the password (`password_file`, read when the bridge starts, a trailing
+    /// newline removed), so the secret is not in the config file. Needs `username`.
     pub password_file: Option<PathBuf>,
     /// CA certificates (PEM) that sign the broker's certificate (`ca_file`, `mqtts://` only);
     /// `None`: the system's CA certificates.
@@ -1336,6 +1336,13 @@ impl Config {
         if let Some(v) = m.commands {
             d.commands = v;
         }
+        if let (Some(pw), None) = (&d.password_file, &d.username) {
+            return Err(rules.refuse(
+                "mqtt.password_file",
+                format!("{:?}", pw.display().to_string()),
+                "a password goes with a user name: set mqtt.username too",
+            ));
+        }
         if let (Some(ca), Some(MqttBroker { tls: false, .. })) = (&d.ca_file, &d.broker) {
             return Err(rules.refuse(
                 "mqtt.ca_file",
@@ -1953,6 +1960,7 @@ mod tests {
             ("[mqtt]\nclient_id = \"a b\"", "mqtt.client_id"),
             ("[mqtt]\nusername = \"\"", "mqtt.username"),
             ("[mqtt]\npassword_file = \"pw\"", "mqtt.password_file"),
+            ("[mqtt]\npassword_file = \"/pw\"", "mqtt.password_file"),
             ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
             ("[mqtt]\ntopic_prefix = \"/a\"", "mqtt.topic_prefix"),
             ("[mqtt]\ntopic_prefix = \"a//b\"", "mqtt.topic_prefix"),

@@ -69,9 +69,14 @@ struct Broker {
 impl Broker {
     /// Start a broker listening on a free port; `tls` is `(ca, cert, key)` for a TLS listener.
     fn start(dir: &TempDir, tls: Option<(&Path, &Path, &Path)>) -> Broker {
+        Broker::start_with(dir, tls, "allow_anonymous true\n")
+    }
+
+    /// [`Broker::start`] with `auth` (the `allow_anonymous` / `password_file` lines) in its config.
+    fn start_with(dir: &TempDir, tls: Option<(&Path, &Path, &Path)>, auth: &str) -> Broker {
         let port = free_port();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n"
+            "listener {port} 127.0.0.1\n{auth}persistence false\nlog_dest stderr\nlog_type all\n"
         );
         if support::is_root() {
             // The key and the config lie in a private temp dir: stay root to read them.
@@ -726,4 +731,66 @@ fn a_plugins_mqtt_request_is_refused_clearly_when_the_bridge_is_off() {
     assert_eq!(system(&h, &token)["mqtt"]["state"], "disabled");
     let metrics = bearer(&h, "GET", "/metrics", &token, None).text();
     assert!(!metrics.contains("toru_mqtt_connected"), "{metrics}");
+}
+
+#[test]
+fn credentials_come_from_the_password_file_and_a_refusal_says_why() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = TempDir::new("mqtt-auth").unwrap();
+    let passwords = dir.join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["toru", "s3cret pass"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let broker = Broker::start_with(
+        &dir,
+        None,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    );
+    let good = dir.join("good.pw");
+    std::fs::write(&good, "s3cret pass\n").unwrap();
+    let h = host(
+        &broker.url("mqtt"),
+        &format!(
+            "username = \"toru\"\npassword_file = \"{}\"\n",
+            good.display()
+        ),
+        vec![],
+    );
+    let token = admin_token(&h);
+    eventually("connected with the password", || {
+        (system(&h, &token)["mqtt"]["state"] == "connected").then_some(())
+    });
+
+    // A wrong password: the broker refuses, the host says why and keeps serving.
+    let bad = dir.join("bad.pw");
+    std::fs::write(&bad, "wrong").unwrap();
+    let h2 = host(
+        &broker.url("mqtt"),
+        &format!(
+            "client_id = \"second\"\nusername = \"toru\"\npassword_file = \"{}\"\n",
+            bad.display()
+        ),
+        vec![],
+    );
+    let token2 = admin_token(&h2);
+    let s = eventually("a refusal", || {
+        let s = system(&h2, &token2)["mqtt"].clone();
+        s["last_error"].is_string().then_some(s)
+    });
+    assert_eq!(s["connects"], 0, "{s}");
+    assert!(s["last_error"].as_str().unwrap().contains("refused"), "{s}");
+    assert_eq!(h2.http("GET", "/api/health", &[], None).status, 200);
 }
