@@ -2,7 +2,7 @@
 # Whole-device updates under QEMU (virt, UEFI firmware + GRUB, the image's real boot path), end to end
 # through the host's API as a device owner's browser would use it (board/README.md, "Updates"):
 #
-#   board/update-test.sh            # builds its own image and bundles (throwaway CAs), ~30-40 min
+#   board/update-test.sh            # builds its own image and bundles (throwaway CAs), 35-55 min
 #
 # 1. refusals: a bundle signed by another CA, an unsigned one and one for another compatible string
 #    are refused at upload (422, the reason named), nothing is written to slot B;

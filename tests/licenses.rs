@@ -319,6 +319,10 @@ fn libfaketime() -> Option<PathBuf> {
 /// The wall clock runs a licence past its expiry once (the host records the time it saw), then is
 /// set back before the expiry: the licence stays expired.
 #[test]
+#[cfg_attr(
+    target_env = "musl",
+    ignore = "a static host cannot be preloaded with libfaketime"
+)]
 fn a_clock_set_back_does_not_revive_an_expired_licence() {
     let Some(faketime) = libfaketime() else {
         eprintln!("SKIPPED: libfaketime is missing (apt-get install faketime)");
