@@ -7,5 +7,7 @@ need_apt python3 faketime minisign curl # faketime: tests/clock.rs preloads libf
 need_apt rauc dbus squashfs-tools openssl
 # tests/mqtt.rs: a real broker started by each test on loopback, and its command-line clients
 need_apt mosquitto mosquitto-clients
-cargo build --workspace --locked
-cargo test --workspace --locked
+# With the MQTT bridge's TLS (cargo feature mqtt-tls, off by default to keep the device binary in
+# its budget), so tests/mqtt.rs's TLS case runs.
+cargo build --workspace --locked --features toru/mqtt-tls
+cargo test --workspace --locked --features toru/mqtt-tls
