@@ -33,6 +33,10 @@ use crate::store::Store;
 use crate::supervisor::mqtt_port::{PluginMqtt, bridge_off};
 use crate::supervisor::{PluginState, Supervisor};
 
+/// The host's version, as `crate::app::VERSION` (the same `CARGO_PKG_VERSION`; named here so the
+/// bridge does not import the layer above it).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The first wait before reconnecting; it doubles after each failure up to [`MAX_RETRY`].
 pub(crate) const MIN_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait between connection attempts.
@@ -596,11 +600,11 @@ impl Snapshot<'_> {
                 name: p.name.clone(),
             })
             .collect();
-        let config = payloads::device_config(t, crate::app::VERSION, &entries, self.commands);
+        let config = payloads::device_config(t, VERSION, &entries, self.commands);
         put(t.discovery_config(), to_json(&config));
         let health = self.store.health();
         let facts = HostFacts {
-            version: crate::app::VERSION.to_string(),
+            version: VERSION.to_string(),
             uptime_secs: self.uptime_secs,
             plugins_total: plugins.len(),
             plugins_ready: plugins
