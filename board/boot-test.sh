@@ -28,7 +28,8 @@ set -euo pipefail
 img=${1:?usage: $0 <image.img> [virt|raspi3b]}
 machine=${2:-virt}
 base=${img%.img}
-need_apt qemu-system-arm qemu-efi-aarch64 curl python3 util-linux mtools
+# gcc-aarch64-linux-gnu: ring's C for the aarch64-musl build below (.cargo/config.toml [env]).
+need_apt qemu-system-arm qemu-efi-aarch64 curl python3 util-linux mtools gcc-aarch64-linux-gnu
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/toru-boot.XXXXXX")
 console="$run/console.log"

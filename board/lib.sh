@@ -10,10 +10,12 @@ BOARD_CACHE="${TORU_BOARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/toru-board}"
 # shellcheck disable=SC2034
 BOARD_OUT="${TORU_BOARD_OUT:-$BOARD_DIR/out}"
 
-# Host tools for building and booting the image (Debian main).
+# Host tools for building and booting the image (Debian main). gcc-aarch64-linux-gnu: the C
+# compiler the device build uses for ring (the MQTT bridge's TLS; .cargo/config.toml [env]).
 board_need_tools() {
     need_apt mmdebstrap qemu-user-static binfmt-support arch-test mtools dosfstools fdisk \
-        e2fsprogs xz-utils bmap-tools qemu-system-arm curl ca-certificates openssl python3
+        e2fsprogs xz-utils bmap-tools qemu-system-arm curl ca-certificates openssl python3 \
+        gcc-aarch64-linux-gnu
 }
 
 # mmdebstrap runs arm64 maintainer scripts through qemu-user: binfmt_misc must be mounted and

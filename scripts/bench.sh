@@ -11,8 +11,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(toru_root)"
 
 say "peers and tools"
-# Cross linkers for the size group (aarch64-musl links with rust-lld; armv7 glibc needs the cross gcc).
-need_apt monit runit s6 wrk valgrind llvm gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+# Cross linkers for the size group (aarch64-musl links with rust-lld; armv7 glibc needs the cross gcc)
+# and the C compiler aarch64-musl builds ring with (the MQTT bridge's TLS; .cargo/config.toml [env]).
+need_apt monit runit s6 wrk valgrind llvm gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+    gcc-aarch64-linux-gnu
+# The mqtt group: a real broker of the bench's own on loopback, and its subscriber.
+need_apt mosquitto mosquitto-clients
 # The size group builds for the device targets (bench/src/size.rs).
 case " ${*:-all} " in
     *" all "* | *" size "*) need_rust_target aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf ;;

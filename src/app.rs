@@ -42,6 +42,8 @@ pub(crate) struct App {
     pub safe_mode: SafeMode,
     /// Whole-device updates (RAUC).
     pub updates: crate::update::Updates,
+    /// The MQTT bridge (its state for the API, metrics and UI).
+    pub mqtt: crate::mqtt::Bridge,
     /// When the host started (monotonic).
     pub started: Instant,
     /// When the host started (wall clock).

@@ -59,6 +59,8 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// When the host starts in safe mode (`[safe_mode]`, docs/RELIABILITY.md#safe-mode).
     pub safe_mode: SafeModeConfig,
+    /// The MQTT bridge (`[mqtt]`, docs/MQTT.md); off unless a broker `url` is given.
+    pub mqtt: MqttConfig,
     /// Deprecated config-file keys that were used, one sentence each (file, line, the key to use
     /// instead). `main` logs them once the logger runs.
     pub deprecations: Vec<String>,
@@ -117,6 +119,125 @@ impl Default for SafeModeConfig {
             keep: Vec::new(),
         }
     }
+}
+
+/// The MQTT bridge (`[mqtt]`; docs/MQTT.md): state, events and Home Assistant discovery on a
+/// broker, and optionally commands from it. Off while `broker` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// The broker (`url = "mqtt://host:port"` or `"mqtts://host:port"`); `None`: the bridge is off.
+    pub broker: Option<MqttBroker>,
+    /// The MQTT client id (`client_id`); `None`: the instance id.
+    pub client_id: Option<String>,
+    /// The user name (`username`), if the broker wants one.
+    pub username: Option<String>,
+    /// A file holding the password (`password_file`, read when the bridge starts, a trailing
+    /// newline removed), so the secret is not in the config file. Needs `username`.
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the broker's certificate (`ca_file`, `mqtts://` only);
+    /// `None`: the system's CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Where the host's topics live (`topic_prefix`); `None`: `toru/<instance id>`.
+    pub topic_prefix: Option<String>,
+    /// Home Assistant's discovery prefix (`discovery_prefix`, default `homeassistant`).
+    pub discovery_prefix: String,
+    /// Commands from the broker are obeyed (`commands`, default false).
+    pub commands: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: None,
+            client_id: None,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            topic_prefix: None,
+            discovery_prefix: DEFAULT_DISCOVERY_PREFIX.to_string(),
+            commands: false,
+        }
+    }
+}
+
+/// Home Assistant's default discovery prefix.
+pub const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
+
+/// A broker address from `[mqtt] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttBroker {
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+    /// Host name or IP address (an IPv6 address without its brackets).
+    pub host: String,
+    /// Port (default 1883, or 8883 with TLS).
+    pub port: u16,
+}
+
+impl MqttBroker {
+    /// Parse `mqtt://host[:port]` or `mqtts://host[:port]`; `Err` says what is expected.
+    pub fn parse(url: &str) -> Result<MqttBroker, &'static str> {
+        const EXPECTED: &str = "a broker address like \"mqtt://broker.local:1883\" or \"mqtts://broker.local:8883\" (no user, path or query)";
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            if !cfg!(feature = "mqtt-tls") {
+                return Err(
+                    "a plain mqtt:// broker: this toru was built without TLS (cargo feature mqtt-tls)",
+                );
+            }
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(EXPECTED);
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty()
+            || rest
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "/@?#".contains(c))
+        {
+            return Err(EXPECTED);
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or(EXPECTED)?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(EXPECTED);
+            }
+            match after {
+                "" => (host, None),
+                p => (host, Some(p.strip_prefix(':').ok_or(EXPECTED)?)),
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            None => default_port,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(EXPECTED)?,
+        };
+        if host.is_empty() || host.len() > 253 {
+            return Err(EXPECTED);
+        }
+        Ok(MqttBroker {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Whether `prefix` can lead MQTT topics: 1–200 bytes, no wildcard (`#`, `+`), no empty level
+/// (no leading, trailing or doubled `/`), not a `$` (broker) topic, no control character.
+pub fn mqtt_prefix_ok(prefix: &str) -> bool {
+    (1..=200).contains(&prefix.len())
+        && !prefix.starts_with('$')
+        && !prefix
+            .chars()
+            .any(|c| c.is_control() || c == '#' || c == '+')
+        && prefix.split('/').all(|level| !level.is_empty())
 }
 
 /// Whole-device A/B updates through RAUC (`[update]`; docs/UPDATES.md).
@@ -347,6 +468,7 @@ impl Default for Config {
             isolation: IsolationConfig::default(),
             limits: crate::limits::builtin_defaults(),
             safe_mode: SafeModeConfig::default(),
+            mqtt: MqttConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -425,6 +547,20 @@ struct FileConfig {
     isolation: Option<FileIsolation>,
     limits: Option<serde_json::Map<String, serde_json::Value>>,
     safe_mode: Option<FileSafeMode>,
+    mqtt: Option<FileMqtt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMqtt {
+    url: Option<String>,
+    client_id: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    topic_prefix: Option<String>,
+    discovery_prefix: Option<String>,
+    commands: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1054,6 +1190,9 @@ impl Config {
         if let Some(u) = f.update {
             self.apply_update(u, rules)?;
         }
+        if let Some(m) = f.mqtt {
+            self.apply_mqtt(m, rules)?;
+        }
         if let Some(h) = f.http {
             let d = &mut self.http;
             if let Some(v) = h.max_connections {
@@ -1131,6 +1270,89 @@ impl Config {
 
 impl Config {
     /// The `[update]` table over the defaults.
+    fn apply_mqtt(&mut self, m: FileMqtt, rules: &FileRules<'_>) -> Result<(), ConfigError> {
+        let d = &mut self.mqtt;
+        if let Some(v) = m.url {
+            d.broker = Some(
+                MqttBroker::parse(&v).map_err(|e| rules.refuse("mqtt.url", format!("{v:?}"), e))?,
+            );
+        }
+        if let Some(v) = m.client_id {
+            let ok = (1..=128).contains(&v.len())
+                && v.chars()
+                    .all(|c| c.is_ascii_graphic() && c != '#' && c != '+');
+            if !ok {
+                return Err(rules.refuse(
+                    "mqtt.client_id",
+                    format!("{v:?}"),
+                    "1 to 128 printable ASCII characters, no spaces (default: the instance id)",
+                ));
+            }
+            d.client_id = Some(v);
+        }
+        if let Some(v) = m.username {
+            if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(rules.refuse(
+                    "mqtt.username",
+                    format!("{v:?}"),
+                    "a user name of 1 to 256 characters",
+                ));
+            }
+            d.username = Some(v);
+        }
+        for (key, v, slot) in [
+            ("mqtt.password_file", m.password_file, &mut d.password_file),
+            ("mqtt.ca_file", m.ca_file, &mut d.ca_file),
+        ] {
+            if let Some(v) = v {
+                if !v.is_absolute() {
+                    return Err(rules.refuse(
+                        key,
+                        format!("{:?}", v.display().to_string()),
+                        "an absolute path",
+                    ));
+                }
+                *slot = Some(v);
+            }
+        }
+        let prefix = |key: &str, v: String| {
+            if mqtt_prefix_ok(&v) {
+                Ok(v)
+            } else {
+                Err(rules.refuse(
+                    key,
+                    format!("{v:?}"),
+                    "MQTT topic levels like \"toru/kitchen\": no wildcard (# +), no empty level \
+                     (no leading, trailing or doubled /), not starting with $, at most 200 bytes",
+                ))
+            }
+        };
+        if let Some(v) = m.topic_prefix {
+            d.topic_prefix = Some(prefix("mqtt.topic_prefix", v)?);
+        }
+        if let Some(v) = m.discovery_prefix {
+            d.discovery_prefix = prefix("mqtt.discovery_prefix", v)?;
+        }
+        if let Some(v) = m.commands {
+            d.commands = v;
+        }
+        if let (Some(pw), None) = (&d.password_file, &d.username) {
+            return Err(rules.refuse(
+                "mqtt.password_file",
+                format!("{:?}", pw.display().to_string()),
+                "a password goes with a user name: set mqtt.username too",
+            ));
+        }
+        if let (Some(ca), Some(MqttBroker { tls: false, .. })) = (&d.ca_file, &d.broker) {
+            return Err(rules.refuse(
+                "mqtt.ca_file",
+                format!("{:?}", ca.display().to_string()),
+                "a CA file is for a TLS broker: give an mqtts:// url",
+            ));
+        }
+        Ok(())
+    }
+
     fn apply_update(&mut self, u: FileUpdate, rules: &FileRules<'_>) -> Result<(), ConfigError> {
         let d = &mut self.update;
         if let Some(v) = u.enabled {
@@ -1685,6 +1907,77 @@ mod tests {
                     "probation_secs = {secs} is refused: between 0 and 90"
                 )) && shown.contains("request time limit"),
                 "{shown}"
+            );
+        }
+    }
+
+    // Reads an `mqtts://` url, which a build without TLS refuses.
+    #[cfg(feature = "mqtt-tls")]
+    #[test]
+    fn mqtt_is_off_by_default_and_each_key_is_checked_by_name() {
+        let d = load_text("").unwrap().mqtt;
+        assert_eq!(d, MqttConfig::default());
+        assert!(d.broker.is_none());
+        assert_eq!(d.discovery_prefix, "homeassistant");
+        let c = load_text(
+            "[mqtt]\nurl = \"mqtts://broker.local\"\nclient_id = \"kitchen-1\"\nusername = \"toru\"\n\
+             password_file = \"/etc/toru/mqtt.pw\"\nca_file = \"/etc/toru/ca.pem\"\n\
+             topic_prefix = \"site/kitchen\"\ndiscovery_prefix = \"ha\"\ncommands = true\n",
+        )
+        .unwrap()
+        .mqtt;
+        assert_eq!(
+            c.broker,
+            Some(MqttBroker {
+                tls: true,
+                host: "broker.local".into(),
+                port: 8883
+            })
+        );
+        assert_eq!(c.client_id.as_deref(), Some("kitchen-1"));
+        assert_eq!(c.topic_prefix.as_deref(), Some("site/kitchen"));
+        assert_eq!(c.discovery_prefix, "ha");
+        assert!(c.commands);
+        let b = |u: &str| MqttBroker::parse(u);
+        assert_eq!(b("mqtt://10.0.0.2").unwrap().port, 1883);
+        assert_eq!(b("mqtt://h:1884/").unwrap().port, 1884);
+        let v6 = b("mqtt://[::1]:1885").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1885));
+        for bad in [
+            "http://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+            "mqtt://h/path",
+            "mqtt://[::1",
+            "mqtt://h x",
+        ] {
+            assert!(b(bad).is_err(), "{bad}");
+        }
+        for (text, key) in [
+            ("[mqtt]\nurl = \"tcp://h\"", "mqtt.url"),
+            ("[mqtt]\nclient_id = \"a b\"", "mqtt.client_id"),
+            ("[mqtt]\nusername = \"\"", "mqtt.username"),
+            ("[mqtt]\npassword_file = \"pw\"", "mqtt.password_file"),
+            ("[mqtt]\npassword_file = \"/pw\"", "mqtt.password_file"),
+            ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
+            ("[mqtt]\ntopic_prefix = \"/a\"", "mqtt.topic_prefix"),
+            ("[mqtt]\ntopic_prefix = \"a//b\"", "mqtt.topic_prefix"),
+            (
+                "[mqtt]\ndiscovery_prefix = \"$SYS\"",
+                "mqtt.discovery_prefix",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://h\"\nca_file = \"/ca.pem\"",
+                "mqtt.ca_file",
+            ),
+            ("[mqtt]\ncommand = true", "mqtt.command"),
+        ] {
+            let e = load_text(text).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::FileValue { key: k, .. } if k == key),
+                "{text}: {e}"
             );
         }
     }

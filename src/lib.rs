@@ -18,6 +18,8 @@
 //! app                     App: the handles the above share (config, store, supervisor, packages)
 //! install                 package transactions (receive, check, switch, probation, rollback,
 //!                         remove, recovery at start), trusted keys, settings, licences
+//! mqtt/                   the MQTT bridge (the only module that names rumqttc): topics, payloads
+//!                         and the coalescing outbox (pure) · the glue (on supervisor/, store/)
 //! license                 instance-bound licences: format, verification, issuing (pure) and
 //!                         the gate the supervisor asks before every spawn (reads the store)
 //! safe_mode               after K unclean host exits in a row, start with third-party plugins
@@ -80,6 +82,7 @@ pub(crate) mod http;
 pub(crate) mod install;
 pub(crate) mod license;
 pub mod limits;
+pub(crate) mod mqtt;
 pub(crate) mod package;
 pub mod role;
 pub(crate) mod safe_mode;
@@ -394,6 +397,12 @@ pub async fn run(
     let packages = install::Packages::new(config.clone(), store.clone(), supervisor.clone());
     packages.recover().await;
     let updates = update::Updates::new(config.clone(), store.clone(), supervisor.clone());
+    let started = Instant::now();
+    // Off without `[mqtt] url`; connects on its own tasks, never holding up the start.
+    let mqtt = mqtt::Bridge::start(&config.mqtt, store.clone(), supervisor.clone(), started);
+    // Before any plugin starts: 1.1 plugins' `mqtt` requests go to the bridge (which answers that
+    // it is off when it is).
+    supervisor.set_mqtt(Rc::new(mqtt.clone()));
     let app = Rc::new(App {
         config: config.clone(),
         store: store.clone(),
@@ -401,7 +410,8 @@ pub async fn run(
         packages,
         safe_mode: safe_mode.clone(),
         updates: updates.clone(),
-        started: Instant::now(),
+        mqtt: mqtt.clone(),
+        started,
         started_at: crate::clock::now(),
     });
     if let Err(e) = auth::ensure_setup_code(&app).await {
@@ -516,6 +526,8 @@ pub async fn run(
         gate.abort();
     }
     supervisor.shutdown().await;
+    // After the plugins' last states went out: `offline`, then a clean disconnect (bounded).
+    mqtt.stop().await;
     reaper_task.abort();
     descendants.finish().await;
     // Every plugin is gone: this run ends cleanly (a kill before this line counts as unclean).

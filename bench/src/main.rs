@@ -9,7 +9,7 @@
 //!          --out FILE  --no-build
 //! ```
 //! Groups: memory, login, restart, http, protocol, kv, start, size, stress, packages, isolation,
-//! profile.
+//! profile, mqtt.
 //! `scripts/bench.sh` installs the peers first. Every load loop is bounded in count and time;
 //! everything started is stopped by PID or process group (guards in `util`), also on errors.
 
@@ -21,6 +21,7 @@ mod isolation;
 mod kv;
 mod login;
 mod memory;
+mod mqtt;
 mod packages;
 mod peers;
 mod profile;
@@ -107,7 +108,7 @@ impl Report {
 
 type Group = fn(&Bins, &Opts, &mut Report) -> Result<()>;
 
-const GROUPS: [(&str, Group); 12] = [
+const GROUPS: [(&str, Group); 13] = [
     ("memory", memory::run),
     ("login", login::run),
     ("restart", restart::run),
@@ -119,6 +120,7 @@ const GROUPS: [(&str, Group); 12] = [
     ("packages", packages::run),
     ("isolation", isolation::run),
     ("profile", profile::run),
+    ("mqtt", mqtt::run),
     // After `profile`: it reads the symbols of the build `profile` makes.
     ("size", size::run),
 ];
@@ -289,14 +291,29 @@ fn run() -> Result<()> {
             "toru-bench",
         ]))?;
     }
-    for tool in [
-        "wrk",
-        "monit",
-        "runsvdir",
-        "s6-svscan",
-        "valgrind",
-        "python3",
-    ] {
+    // The tools the chosen groups need: the peers and wrk for the comparisons, the broker and its
+    // client for `mqtt` alone.
+    let mut tools: Vec<&str> = Vec::new();
+    for g in &groups {
+        let need: &[&str] = if g == "mqtt" {
+            &["mosquitto", "mosquitto_sub"]
+        } else {
+            &[
+                "wrk",
+                "monit",
+                "runsvdir",
+                "s6-svscan",
+                "valgrind",
+                "python3",
+            ]
+        };
+        for t in need {
+            if !tools.contains(t) {
+                tools.push(t);
+            }
+        }
+    }
+    for tool in tools {
         if run_cmd(
             Command::new("sh")
                 .arg("-c")

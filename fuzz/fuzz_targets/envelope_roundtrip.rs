@@ -1,7 +1,8 @@
 //! Every message either side may send survives its trip: a frame built from the fuzzer's bytes —
 //! any host message (init with settings, shutdown, ping, HTTP request, KV payload, error,
-//! settings change) or plugin message (ready, shutdown ack, pong, HTTP reply, KV request, log,
-//! error, settings applied), with arbitrary strings,
+//! settings change, MQTT ok and delivery) or plugin message (ready, shutdown ack, pong, HTTP
+//! reply, KV request, log, error, settings applied, MQTT publish and subscribe), with arbitrary
+//! strings,
 //! headers, bodies, numbers and timestamps within the protocol's rules — decodes to exactly the
 //! frame that was encoded: `decode(encode(x)) == x`.
 //!
@@ -19,8 +20,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use toru_plugin_api::protocol::{
     BodyEncoding, ErrorCode, ErrorReply, Frame, HostMessage, HttpRequest, HttpResponse, Init,
-    KvPayload, KvRequest, LogLevel, LogRecord, MAX_REQUEST_ID_LEN, PluginMessage,
-    decode_host_frame, decode_plugin_frame,
+    KvPayload, KvRequest, LogLevel, LogRecord, MAX_REQUEST_ID_LEN, MqttDelivery, MqttRequest,
+    PluginMessage, decode_host_frame, decode_plugin_frame,
 };
 
 fn string(u: &mut Unstructured) -> Result<String> {
@@ -114,7 +115,7 @@ fn error_reply(u: &mut Unstructured) -> Result<ErrorReply> {
 
 /// A host message and whether it needs a `request_id`.
 fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
-    Ok(match u.int_in_range(0..=6)? {
+    Ok(match u.int_in_range(0..=8)? {
         0 => (
             HostMessage::Init(Init {
                 instance_id: string(u)?,
@@ -159,13 +160,21 @@ fn host_message(u: &mut Unstructured) -> Result<(HostMessage, bool)> {
             (HostMessage::Kv(KvPayload(m)), true)
         }
         5 => (HostMessage::Config(settings(u)?), true),
+        6 => (HostMessage::MqttOk, true),
+        7 => (
+            HostMessage::MqttMessage(MqttDelivery {
+                topic: string(u)?,
+                payload: string(u)?,
+            }),
+            false,
+        ),
         _ => (HostMessage::Error(error_reply(u)?), true),
     })
 }
 
 /// A plugin message and whether it needs a `request_id`.
 fn plugin_message(u: &mut Unstructured) -> Result<(PluginMessage, bool)> {
-    Ok(match u.int_in_range(0..=7)? {
+    Ok(match u.int_in_range(0..=8)? {
         0 => (PluginMessage::Ready, false),
         1 => (PluginMessage::ShutdownAck, false),
         2 => (
@@ -217,6 +226,19 @@ fn plugin_message(u: &mut Unstructured) -> Result<(PluginMessage, bool)> {
             )
         }
         6 => (PluginMessage::ConfigOk, false),
+        7 => {
+            let req = if u.arbitrary()? {
+                MqttRequest::Publish {
+                    topic: string(u)?,
+                    payload: string(u)?,
+                    retain: u.arbitrary()?,
+                    qos: u.arbitrary()?,
+                }
+            } else {
+                MqttRequest::Subscribe { filter: string(u)? }
+            };
+            (PluginMessage::Mqtt(req), true)
+        }
         _ => (PluginMessage::Error(error_reply(u)?), false),
     })
 }

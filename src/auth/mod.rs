@@ -187,6 +187,7 @@ pub(crate) mod testing {
             ),
             safe_mode: crate::safe_mode::SafeMode::new(&config, store.clone(), supervisor.clone()),
             updates: crate::update::Updates::new(config.clone(), store.clone(), supervisor.clone()),
+            mqtt: crate::mqtt::Bridge::disabled(),
             supervisor,
             config,
             store,

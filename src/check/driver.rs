@@ -496,6 +496,7 @@ impl Check {
             &self.store,
             &self.ring,
             self.config.max_frame_len,
+            None,
         );
         self.link = Some(Rc::new(link));
         match found.protocol {

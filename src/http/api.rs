@@ -269,6 +269,7 @@ fn system_json(srv: &Server) -> serde_json::Value {
         },
         "invalid_plugins": app.supervisor.invalid(),
         "safe_mode": app.safe_mode.status(),
+        "mqtt": app.mqtt.status(),
         "packages": {
             "allow_unsigned": app.packages.allow_unsigned(),
             "max_package_bytes": app.config.packages.max_package_bytes,

@@ -178,6 +178,42 @@ impl Metrics {
             "1 when the store runs without its file.",
         );
         let _ = writeln!(o, "toru_store_degraded {degraded}");
+        let mqtt = app.mqtt.status();
+        if mqtt.state != crate::mqtt::ConnState::Disabled {
+            help(
+                &mut o,
+                "toru_mqtt_connected",
+                "gauge",
+                "1 while the MQTT bridge is connected to its broker.",
+            );
+            let connected = u8::from(mqtt.state == crate::mqtt::ConnState::Connected);
+            let _ = writeln!(o, "toru_mqtt_connected {connected}");
+            for (name, what, v) in [
+                (
+                    "toru_mqtt_connects_total",
+                    "Connections the MQTT bridge made to its broker.",
+                    mqtt.connects,
+                ),
+                (
+                    "toru_mqtt_published_total",
+                    "Messages the MQTT bridge wrote to its broker.",
+                    mqtt.published,
+                ),
+                (
+                    "toru_mqtt_dropped_total",
+                    "Messages the MQTT bridge dropped because a bounded queue was full.",
+                    mqtt.dropped,
+                ),
+                (
+                    "toru_mqtt_commands_total",
+                    "Commands from the broker the MQTT bridge carried out.",
+                    mqtt.commands_done,
+                ),
+            ] {
+                help(&mut o, name, "counter", what);
+                let _ = writeln!(o, "{name} {v}");
+            }
+        }
         let safe_mode = app.safe_mode.status();
         help(
             &mut o,

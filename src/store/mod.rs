@@ -26,6 +26,11 @@
 //! write cannot sink its neighbours. Writes are applied in the order they were submitted. A caller
 //! that stops waiting does not cancel its write.
 //!
+//! Every event a committed transaction appended is then sent on a bounded broadcast channel,
+//! the live event feed ([`Store::subscribe_events`]; the MQTT bridge follows it): after the
+//! commit, never for an aborted one, and without waiting for a slow receiver (it lags and is told
+//! how many it lost).
+//!
 //! Reads run on the caller's thread in a read transaction on the shared `Database` (an MVCC
 //! snapshot; they never wait for the writer). They see every acknowledged write.
 //!
@@ -135,6 +140,8 @@ use self::tables::{Doing, Limits};
 use self::writer::Writer;
 use crate::role::Role;
 
+/// Events the live feed ([`Store::subscribe_events`]) holds for a receiver that lags.
+pub const EVENT_FEED_LEN: usize = 256;
 /// Most events one [`Store::events`] returns.
 pub const MAX_LIST_EVENTS: usize = 1000;
 /// An event whose JSON is larger than this is stored with its details replaced by a note and its
@@ -669,6 +676,8 @@ struct Inner {
     shared: Arc<Shared>,
     instance_id: String,
     commits: Arc<AtomicU64>,
+    /// The live event feed's sender (the writer thread holds a clone and sends on commit).
+    feed: tokio::sync::broadcast::Sender<Event>,
     _lock: File,
 }
 
@@ -698,10 +707,8 @@ impl Store {
             opts.cache_bytes,
         ));
         let commits = Arc::new(AtomicU64::new(0));
-        let limits = Limits {
-            kv_quota_bytes: opts.kv_quota_bytes,
-            events_per_plugin: opts.events_per_plugin.max(1),
-        };
+        let (feed, _) = tokio::sync::broadcast::channel(EVENT_FEED_LEN);
+        let limits = Limits::new(&opts, feed.clone());
         let writer = Writer::spawn(Arc::clone(&shared), limits, Arc::clone(&commits))
             .map_err(OpenError::WriterThread)?;
         Ok(Store {
@@ -710,6 +717,7 @@ impl Store {
                 shared,
                 instance_id: opened.instance_id,
                 commits,
+                feed,
                 _lock: lock,
             }),
         })
@@ -731,10 +739,8 @@ impl Store {
         };
         let shared = Arc::new(Shared::new(db, StoreHealth::Ok, None, opts.cache_bytes));
         let commits = Arc::new(AtomicU64::new(0));
-        let limits = Limits {
-            kv_quota_bytes: opts.kv_quota_bytes,
-            events_per_plugin: opts.events_per_plugin.max(1),
-        };
+        let (feed, _) = tokio::sync::broadcast::channel(EVENT_FEED_LEN);
+        let limits = Limits::new(&opts, feed.clone());
         let writer =
             Writer::spawn(Arc::clone(&shared), limits, Arc::clone(&commits)).expect("writer");
         Store {
@@ -743,6 +749,7 @@ impl Store {
                 shared,
                 instance_id,
                 commits,
+                feed,
                 _lock: lock,
             }),
         }
@@ -869,6 +876,14 @@ impl Store {
             tables::append_event(txn, limits, &plugin, &ev, at)
         })
         .await
+    }
+
+    /// Every event stored from now on, in commit order, as soon as its transaction is durable
+    /// (whoever records it: the supervisor, packages, licences, updates). The feed is bounded
+    /// ([`EVENT_FEED_LEN`]): a receiver that falls further behind loses the oldest and is told how
+    /// many (`RecvError::Lagged`); the writer never waits for a receiver.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.feed.subscribe()
     }
 
     /// Up to `limit` (at most [`MAX_LIST_EVENTS`]) events, newest first: `plugin`'s, or every

@@ -43,13 +43,34 @@ const TOKEN_NAMES: TableDefinition<&str, &str> = TableDefinition::new("token_nam
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
 const USER_SESSIONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_sessions");
 
-/// The limits the writer enforces.
-#[derive(Debug, Clone, Copy)]
+/// The limits the writer enforces, and what the transaction being built appended for the live
+/// event feed (the writer thread's alone: it sends them once the transaction commits).
+#[derive(Debug)]
 pub(super) struct Limits {
     /// Per-plugin KV quota (keys + values).
     pub kv_quota_bytes: u64,
     /// Events kept per plugin, at least 1 (so the newest event keeps the host-wide seq going).
     pub events_per_plugin: u64,
+    /// Events appended by the transaction being built: sent to [`Limits::feed`] if it commits,
+    /// forgotten if it aborts.
+    pub appended: std::cell::RefCell<Vec<Event>>,
+    /// The live event feed ([`super::Store::subscribe_events`]).
+    pub feed: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Limits {
+    /// Limits for `opts`, feeding committed events to `feed`.
+    pub(super) fn new(
+        opts: &super::StoreOptions,
+        feed: tokio::sync::broadcast::Sender<Event>,
+    ) -> Limits {
+        Limits {
+            kv_quota_bytes: opts.kv_quota_bytes,
+            events_per_plugin: opts.events_per_plugin.max(1),
+            appended: std::cell::RefCell::new(Vec::new()),
+            feed,
+        }
+    }
 }
 
 /// Attach what the store was doing to an engine (or decoding) error.
@@ -226,6 +247,7 @@ pub(super) fn append_event(
     let json = serde_json::to_string(&event).expect("an Event always serialises");
     events.insert(seq, json.as_str()).doing(WHAT)?;
     index.insert((plugin, seq), ()).doing(WHAT)?;
+    limits.appended.borrow_mut().push(event.clone());
 
     // Retention: drop this plugin's oldest events beyond the limit.
     let all_of_plugin = (plugin, 0u64)..=(plugin, u64::MAX);

@@ -370,6 +370,46 @@ async fn events_are_newest_first_and_retention_is_per_plugin() {
 }
 
 #[tokio::test]
+async fn the_live_feed_sees_committed_events_in_order_and_a_lagging_receiver_is_told_its_loss() {
+    let dir = TempDir::new();
+    let store = open(&dir);
+    let mut feed = store.subscribe_events();
+    let a = store.record_event("a", event("a0")).await.expect("record");
+    store
+        .set_plugin(
+            "b",
+            PluginRecord {
+                enabled: false,
+                auto_disabled: None,
+            },
+            Some(event("disabled")),
+        )
+        .await
+        .expect("set_plugin");
+    assert_eq!(feed.recv().await.expect("first"), a);
+    let b = feed.recv().await.expect("second");
+    assert_eq!(
+        (b.plugin.as_str(), b.kind.to_string()),
+        ("b", "disabled".into())
+    );
+    assert!(feed.try_recv().is_err(), "nothing else was stored");
+
+    // A refused write appends nothing; a receiver that falls behind loses the oldest, counted.
+    let _ = store.kv_set("a", "", "v").await.expect_err("empty key");
+    for i in 0..EVENT_FEED_LEN + 5 {
+        store
+            .record_event("a", event(&format!("x{i}")))
+            .await
+            .expect("record");
+    }
+    match feed.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => assert_eq!(n, 5),
+        other => panic!("expected a lag, got {other:?}"),
+    }
+    assert_eq!(feed.recv().await.expect("oldest kept").kind, "x5");
+}
+
+#[tokio::test]
 async fn oversized_event_is_kept_with_its_details_omitted() {
     let dir = TempDir::new();
     let store = open(&dir);

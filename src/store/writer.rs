@@ -319,6 +319,8 @@ fn apply_and_commit<'a>(
             std::io::Error::other(e.to_string()),
         )
     })?;
+    // Events of an earlier transaction that aborted were never stored: not for the feed.
+    limits.appended.borrow_mut().clear();
     let mut txn = db.begin_write().doing("starting a write transaction")?;
     txn.set_durability(Durability::Immediate)
         .doing("starting a write transaction")?;
@@ -326,5 +328,10 @@ fn apply_and_commit<'a>(
         // On error `txn` is dropped here, which aborts it.
         op.apply(&txn, limits)?;
     }
-    txn.commit().doing("committing a write transaction")
+    txn.commit().doing("committing a write transaction")?;
+    // Durable now: the live feed sees them (no receiver, or one that lags: its loss, never a wait).
+    for event in limits.appended.borrow_mut().drain(..) {
+        let _ = limits.feed.send(event);
+    }
+    Ok(())
 }

@@ -5,7 +5,8 @@
 //!   host requests are matched to replies by `request_id` in its pending table. The reader task
 //!   here owns the read half and dispatches what the plugin sends: replies to the multiplexer, KV
 //!   requests to [`crate::store::kv::serve`] (scoped to the plugin; the same function serves the
-//!   REST API's KV), `log` frames to its ring.
+//!   REST API's KV), `log` frames to its ring, `mqtt` requests to the MQTT bridge's port
+//!   ([`super::mqtt_port`], answered at once).
 //!
 //! Each connection keeps a [`Tally`] of what the plugin sent of its own accord (KV requests,
 //! frames it could not decode), which `toru plugin check` reports.
@@ -26,6 +27,7 @@ use toru_plugin_api::protocol::{
 };
 
 use super::logs::LogRing;
+use super::mqtt_port::{PluginMqtt, bridge_off};
 use super::view::LogStream;
 use crate::store::{Store, kv};
 
@@ -110,7 +112,8 @@ pub enum ConnEnd {
 
 impl Conn {
     /// Wrap a connected stream; spawns the reader and writer tasks on the local set. `ended`
-    /// receives exactly one [`ConnEnd`].
+    /// receives exactly one [`ConnEnd`]. The plugin's `mqtt` requests are answered that the
+    /// bridge is off (see [`Conn::start_with_mqtt`]).
     pub fn start(
         stream: UnixStream,
         plugin: String,
@@ -118,6 +121,19 @@ impl Conn {
         ring: Rc<LogRing>,
         max_frame: usize,
         ended: oneshot::Sender<ConnEnd>,
+    ) -> Rc<Conn> {
+        Conn::start_with_mqtt(stream, plugin, store, ring, max_frame, ended, None)
+    }
+
+    /// [`Conn::start`], with the plugin's `mqtt` requests handed to `mqtt`.
+    pub(crate) fn start_with_mqtt(
+        stream: UnixStream,
+        plugin: String,
+        store: Store,
+        ring: Rc<LogRing>,
+        max_frame: usize,
+        ended: oneshot::Sender<ConnEnd>,
+        mqtt: Option<Rc<dyn PluginMqtt>>,
     ) -> Rc<Conn> {
         let (mut reader, writer) = stream.into_split();
         let mux: Rc<HostMux> = Mux::start(writer, MuxConfig::host(max_frame));
@@ -162,6 +178,22 @@ impl Conn {
                 match message {
                     PluginMessage::Log(rec) => {
                         ring.push(LogStream::Protocol, rec.level, &rec.message)
+                    }
+                    PluginMessage::Mqtt(req) => {
+                        let Some(id) = request_id else {
+                            continue;
+                        };
+                        let answer = match &mqtt {
+                            Some(port) => port.request(&plugin, req),
+                            None => Err(bridge_off()),
+                        };
+                        let msg = match answer {
+                            Ok(()) => HostMessage::MqttOk,
+                            Err(e) => HostMessage::Error(e),
+                        };
+                        // A reply from the read loop must not wait: a plugin that does not read
+                        // its replies loses them (it gets a `busy` the next time it asks).
+                        let _ = mux.try_send(Some(id), msg);
                     }
                     PluginMessage::Kv(req) => {
                         let Some(id) = request_id else {
@@ -217,6 +249,12 @@ impl Conn {
             let _ = ended.send(end);
         });
         conn
+    }
+
+    /// Queue a message that needs no reply if there is room now (`false`: the connection's
+    /// queue is full or closed).
+    pub(crate) fn try_notify(&self, msg: HostMessage) -> bool {
+        self.mux.try_send(None, msg).is_ok()
     }
 
     /// What the plugin sent on this connection of its own accord so far.

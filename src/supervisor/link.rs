@@ -31,6 +31,7 @@ use toru_plugin_api::protocol::{
 
 use super::conn::{Conn, ConnEnd, ConnError, Tally};
 use super::logs::LogRing;
+use super::mqtt_port::PluginMqtt;
 use super::view::ForwardError;
 use crate::store::Store;
 
@@ -159,6 +160,7 @@ enum Kind {
     Persistent {
         store: Store,
         ring: Rc<LogRing>,
+        mqtt: Option<Rc<dyn PluginMqtt>>,
         conn: RefCell<Option<Rc<Conn>>>,
         ended: RefCell<Option<oneshot::Receiver<ConnEnd>>>,
     },
@@ -167,7 +169,7 @@ enum Kind {
 impl PluginLink {
     /// A link to the process of `plugin` that listens on `socket`; nothing is sent before
     /// [`PluginLink::init`]. A 1.1 plugin's KV requests are served from `store`, its `log` frames
-    /// go to `ring`.
+    /// go to `ring`, its `mqtt` requests to `mqtt` (`None`: answered that the bridge is off).
     pub(crate) fn new(
         protocol: ProtocolVersion,
         plugin: &str,
@@ -175,6 +177,7 @@ impl PluginLink {
         store: &Store,
         ring: &Rc<LogRing>,
         max_frame: usize,
+        mqtt: Option<Rc<dyn PluginMqtt>>,
     ) -> PluginLink {
         let kind = match protocol {
             ProtocolVersion::V1_0 => Kind::Legacy {
@@ -184,6 +187,7 @@ impl PluginLink {
             ProtocolVersion::V1_1 => Kind::Persistent {
                 store: store.clone(),
                 ring: ring.clone(),
+                mqtt,
                 conn: RefCell::new(None),
                 ended: RefCell::new(None),
             },
@@ -226,6 +230,7 @@ impl PluginLink {
             Kind::Persistent {
                 store,
                 ring,
+                mqtt,
                 conn,
                 ended,
             } => {
@@ -234,13 +239,14 @@ impl PluginLink {
                 init.max_frame_len = Some(self.max_frame as u64);
                 let (ended_tx, ended_rx) = oneshot::channel();
                 *ended.borrow_mut() = Some(ended_rx);
-                let started = Conn::start(
+                let started = Conn::start_with_mqtt(
                     stream,
                     self.plugin.clone(),
                     store.clone(),
                     ring.clone(),
                     self.max_frame,
                     ended_tx,
+                    mqtt.clone(),
                 );
                 match started
                     .request(HostMessage::Init(init), ready_timeout)
@@ -258,6 +264,17 @@ impl PluginLink {
                     Err(e) => Err(InitError::NoReady(e)),
                 }
             }
+        }
+    }
+
+    /// Queue a message that needs no reply on a 1.1 connection if there is room now; `false`
+    /// when there is no connection (1.0, not started) or its queue is full.
+    pub(crate) fn try_notify(&self, msg: HostMessage) -> bool {
+        match &self.kind {
+            Kind::Persistent { conn, .. } => {
+                conn.borrow().as_ref().is_some_and(|c| c.try_notify(msg))
+            }
+            Kind::Legacy { .. } => false,
         }
     }
 

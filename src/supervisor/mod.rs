@@ -37,6 +37,7 @@ pub(crate) mod discovery;
 pub(crate) mod isolation;
 pub(crate) mod link;
 pub(crate) mod logs;
+pub(crate) mod mqtt_port;
 pub(crate) mod plugin;
 pub(crate) mod policy;
 pub(crate) mod process;
@@ -123,6 +124,7 @@ impl Supervisor {
                     descendants,
                     hold: RefCell::new(None),
                     track_runs: Cell::new(false),
+                    mqtt: RefCell::new(None),
                 }),
                 plugins: RefCell::new(BTreeMap::new()),
                 invalid: RefCell::new(Vec::new()),
@@ -933,6 +935,28 @@ impl Supervisor {
     /// `Notified` before reading the states).
     pub(crate) fn changes(&self) -> Rc<Notify> {
         self.inner.ctx.changed.clone()
+    }
+
+    /// Where 1.1 plugins' `mqtt` requests go from now on (plugins started earlier keep answering
+    /// that the bridge is off). `run` calls it before any plugin starts.
+    pub(crate) fn set_mqtt(&self, port: Rc<dyn mqtt_port::PluginMqtt>) {
+        *self.inner.ctx.mqtt.borrow_mut() = Some(port);
+    }
+
+    /// Hand `message` to plugin `id` if it runs and speaks 1.1, without waiting: `false` when it
+    /// could not be (no such plugin, not connected, its queue full).
+    pub(crate) fn deliver_mqtt(
+        &self,
+        id: &str,
+        message: toru_plugin_api::protocol::MqttDelivery,
+    ) -> bool {
+        let Some(shared) = self.shared(id) else {
+            return false;
+        };
+        let link = shared.link.borrow().clone();
+        link.is_some_and(|l| {
+            l.try_notify(toru_plugin_api::protocol::HostMessage::MqttMessage(message))
+        })
     }
 
     /// A one-line summary for systemd's STATUS=.

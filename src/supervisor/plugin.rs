@@ -138,6 +138,8 @@ pub struct Ctx {
     pub hold: RefCell<Option<HoldRule>>,
     /// Keep the run record's list of starting and running plugins (safe mode is on).
     pub track_runs: Cell<bool>,
+    /// Where 1.1 plugins' `mqtt` requests go (`None`: the bridge is off).
+    pub(crate) mqtt: RefCell<Option<Rc<dyn super::mqtt_port::PluginMqtt>>>,
 }
 
 impl Ctx {
@@ -648,6 +650,7 @@ impl Task {
             &self.ctx.store,
             &self.shared.ring,
             self.ctx.config.max_frame_len,
+            self.ctx.mqtt.borrow().clone(),
         ));
         *self.shared.link.borrow_mut() = Some(link.clone());
         self.record(

@@ -801,6 +801,14 @@ def scenario_11(c, toru, fleet):
         c.check(is_error(incr, "unsupported"),
                 "§5.3 there is no atomic increment: action incr is unsupported", brief(incr))
 
+        pub = side.request("mqtt", {"type": "mqtt", "action": "publish", "topic": "t",
+                                    "payload": "x"})
+        sub = side.request("mqtt", {"type": "mqtt", "action": "subscribe", "filter": "cmd/#"})
+        c.check(is_error(pub, "unavailable") and is_error(sub, "unavailable")
+                and "[mqtt] url" in ((pub.get("payload") or {}).get("message") or ""),
+                "§5.3 mqtt: a host without an MQTT bridge answers every mqtt request "
+                "unavailable, with a sentence saying so", brief([pub, sub]))
+
         big = side.kv(action="set", key="big", value="x" * (MAX_CONTROL_FRAME_LEN + 1))
         big_get = side.kv(action="get", key="big")
         c.check(is_error(big, "too_large") and kv_ok(big_get, "get")

@@ -541,6 +541,24 @@ class DispatchTest(unittest.TestCase):
                 return {"code": e.code, "message": e.message}
             return {"code": None}
 
+        @p.route("GET", "/mqtt")
+        def mqtt(req, ctx):
+            ctx.mqtt.subscribe("cmd/#")
+            ctx.mqtt.publish("t", "v", retain=True)
+            try:
+                ctx.mqtt.publish("../x", "v")
+            except tp.MQTTError as e:
+                return {"refused": [e.code, e.message]}
+            return {"refused": None}
+
+        self.mqtt_seen = []
+        self.mqtt_seen_event = threading.Event()
+
+        @p.on_mqtt_message
+        def on_message(ctx, topic, payload):
+            self.mqtt_seen.append((topic, payload))
+            self.mqtt_seen_event.set()
+
         @p.route("GET", "/boom")
         def boom(req, ctx):
             raise RuntimeError("kaput")
@@ -694,6 +712,35 @@ class DispatchTest(unittest.TestCase):
         self.assertEqual(seen[0], {"type": "kv", "action": "set", "key": "a", "value": "1"})
         self.assertEqual(seen[4], {"type": "kv", "action": "list", "prefix": "a/",
                                    "start_after": "a/3", "limit": 2})
+
+    def test_mqtt_requests_are_answered_and_messages_reach_the_hook(self):
+        self.ready()
+        rid = self.host.http("GET", "/mqtt")
+        seen = []
+        while True:
+            msg = self.host.recv()
+            if msg["type"] != "mqtt":
+                break
+            p = msg["payload"]
+            seen.append(p)
+            if p.get("topic") == "../x":
+                reply = tp.make_envelope("error", {"type": "error", "code": "bad_request",
+                                                   "message": "leaves"}, msg["request_id"])
+            else:
+                reply = tp.make_envelope("mqtt", {"type": "mqtt", "action": "ok"},
+                                         msg["request_id"])
+            self.host.send(reply)
+        self.assertEqual(msg["request_id"], rid)
+        self.assertEqual(json.loads(msg["payload"]["body"]),
+                         {"refused": ["bad_request", "leaves"]})
+        self.assertEqual(seen[0], {"type": "mqtt", "action": "subscribe", "filter": "cmd/#"})
+        self.assertEqual(seen[1], {"type": "mqtt", "action": "publish", "topic": "t",
+                                   "payload": "v", "retain": True})
+        # A delivery needs no reply and reaches the hook, in a worker thread.
+        self.host.send(tp.make_envelope("mqtt", {"type": "mqtt", "action": "message",
+                                                 "topic": "cmd/go", "payload": "now"}))
+        self.assertTrue(self.mqtt_seen_event.wait(WAIT_S))
+        self.assertEqual(self.mqtt_seen, [("cmd/go", "now")])
 
     def test_kv_error_reply_raises_typed_exception(self):
         self.ready()

@@ -100,6 +100,7 @@ __all__ = [
     "BadJSON",
     "KVError",
     "KVTimeout",
+    "MQTTError",
     "HTTPError",
     "ConfigError",
     "read_frame",
@@ -115,6 +116,7 @@ __all__ = [
     "Context",
     "KVClient",
     "KVPage",
+    "MQTTClient",
     "Plugin",
     "bind_socket",
 ]
@@ -139,6 +141,8 @@ MAX_KV_VALUE_LEN = 64 * 1024
 MAX_KV_IN_FLIGHT = 16
 #: Most keys one ``list`` reply carries (the host caps ``limit`` here).
 MAX_KV_LIST_LIMIT = 1000
+#: Longest payload a plugin may publish through the host's MQTT bridge, in bytes.
+MAX_MQTT_PAYLOAD_LEN = 64 * 1024
 #: The environment variable holding the socket path.
 SOCKET_ENV = "TORU_PLUGIN_SOCKET"
 #: Levels accepted by ``log`` frames, most severe first.
@@ -246,6 +250,13 @@ class KVTimeout(KVError):
 
     def __init__(self, message: str) -> None:
         super().__init__("timeout", message)
+
+
+class MQTTError(KVError):
+    """The host refused an MQTT request (``code``: ``unavailable`` when its bridge is off,
+    ``bad_request`` for a topic outside the plugin's own, ``too_large``, ``busy``, …), or it did
+    not answer in time (``timeout``). A subclass of :class:`KVError`: both are host requests
+    answered with the same ``error`` frames."""
 
 
 class HTTPError(ToruError):
@@ -753,6 +764,47 @@ class KVClient:
             start_after = page.keys[-1]
 
 
+class MQTTClient:
+    """Publish and subscribe through the host's MQTT bridge (docs/MQTT.md), under the plugin's
+    own part of the topic tree (``<topic_prefix>/plugins/<id>/``): topics are relative to it.
+    The plugin needs no MQTT library or broker credentials of its own.
+
+    Calls block the calling thread (a handler or hook) for one round trip and raise
+    :class:`MQTTError` when the host refuses. Messages on subscribed topics arrive through
+    :meth:`Plugin.on_mqtt_message` hooks.
+    """
+
+    def __init__(self, session: "Optional[_Session]") -> None:
+        self._session = session
+
+    def _call(self, payload: Dict[str, Any], timeout: Optional[float]) -> None:
+        if self._session is None or self._session.legacy:
+            raise MQTTError("unavailable", "the host speaks protocol 1.0, which has no MQTT bridge")
+        self._session.call("mqtt", payload, KV_TIMEOUT_S if timeout is None else timeout,
+                           reply_action="ok", error_cls=MQTTError)
+
+    def publish(self, topic: str, payload: str, retain: bool = False, qos: Optional[int] = None,
+                timeout: Optional[float] = None) -> None:
+        """Publish text ``payload`` on ``topic`` (relative, no wildcards); returns once the host
+        queued it for the broker. ``qos`` is 0 or 1 (default 1)."""
+        if not isinstance(topic, str) or not isinstance(payload, str):
+            raise MQTTError("bad_request", "topic and payload must be str")
+        if len(payload.encode("utf-8")) > MAX_MQTT_PAYLOAD_LEN:
+            raise MQTTError("too_large", "payload over %d bytes" % MAX_MQTT_PAYLOAD_LEN)
+        message = {"type": "mqtt", "action": "publish", "topic": topic, "payload": payload,
+                   "retain": bool(retain)}  # type: Dict[str, Any]
+        if qos is not None:
+            message["qos"] = qos
+        self._call(message, timeout)
+
+    def subscribe(self, filter: str, timeout: Optional[float] = None) -> None:
+        """Receive what is published on ``filter`` (relative; ``+`` and ``#`` as whole levels,
+        not the first)."""
+        if not isinstance(filter, str):
+            raise MQTTError("bad_request", "a filter must be a str")
+        self._call({"type": "mqtt", "action": "subscribe", "filter": filter}, timeout)
+
+
 class Context:
     """What handlers and hooks get besides the request.
 
@@ -763,7 +815,8 @@ class Context:
     when it has none), ``license`` (the licence the host verified for this device, a dict with
     ``plugin``, ``publisher``, ``instance``, ``features``, ``not_before``, ``expires`` and
     ``issued_at``; ``None`` without one, see :meth:`has_feature`), ``init`` (the whole init
-    payload), ``kv`` (:class:`KVClient`) and ``plugin`` (the :class:`Plugin`).
+    payload), ``kv`` (:class:`KVClient`), ``mqtt`` (:class:`MQTTClient`) and ``plugin`` (the
+    :class:`Plugin`).
     """
 
     def __init__(self, plugin: "Plugin", session: "Optional[_Session]",
@@ -786,6 +839,7 @@ class Context:
         # Verified by the host before the start (publisher, this device, dates); absent: none.
         self.license = license if isinstance(license, dict) else None  # type: Optional[Dict[str, Any]]
         self.kv = KVClient(session)
+        self.mqtt = MQTTClient(session)
         self._session = session
 
     def has_feature(self, feature: str) -> bool:
@@ -814,15 +868,16 @@ class Context:
 
 
 class _Pending:
-    """A KV request waiting for its reply."""
+    """A request to the host (KV, MQTT) waiting for its reply."""
 
-    __slots__ = ("action", "event", "reply", "error")
+    __slots__ = ("action", "event", "reply", "error", "error_cls")
 
-    def __init__(self, action: str) -> None:
-        self.action = action
+    def __init__(self, action: str, error_cls: type = KVError) -> None:
+        self.action = action  # the reply's expected action
         self.event = threading.Event()
         self.reply = None  # type: Optional[Dict[str, Any]]
         self.error = None  # type: Optional[KVError]
+        self.error_cls = error_cls
 
 
 class _Session:
@@ -917,26 +972,39 @@ class _Session:
 
     def kv_call(self, payload: Dict[str, Any], timeout: float) -> Dict[str, Any]:
         """Send one KV request and wait for its reply (called from worker threads only)."""
+        return self.call("kv", payload, timeout)
+
+    def call(self, mtype: str, payload: Dict[str, Any], timeout: float,
+             reply_action: Optional[str] = None, error_cls: type = KVError) -> Dict[str, Any]:
+        """Send one request of type ``mtype`` and wait for its reply, whose action is
+        ``reply_action`` (default: the request's); failures raise ``error_cls``. Called from
+        worker threads only; KV and MQTT requests share the in-flight slots."""
+        what = mtype.upper() if mtype == "kv" else "MQTT"
         if threading.current_thread() is self._reader_thread:
-            raise KVError("unavailable", "KV cannot be called from the I/O thread")
+            raise error_cls("unavailable", "%s cannot be called from the I/O thread" % what)
         deadline = time.monotonic() + timeout
         if not self._kv_slots.acquire(timeout=max(0.0, timeout)):
-            raise KVTimeout("no KV slot free within %.1f s" % timeout)
+            if error_cls is KVError:
+                raise KVTimeout("no KV slot free within %.1f s" % timeout)
+            raise error_cls("timeout", "no request slot free within %.1f s" % timeout)
         rid = "p%d" % next(self._ids)
-        pending = _Pending(payload["action"])
+        pending = _Pending(reply_action or payload["action"], error_cls)
         try:
             with self._state_lock:
                 if self._closed:
-                    raise KVError("unavailable", "not connected to the host")
+                    raise error_cls("unavailable", "not connected to the host")
                 self._pending[rid] = pending
             try:
-                sent = self.send(make_envelope("kv", payload, rid))
+                sent = self.send(make_envelope(mtype, payload, rid))
             except OversizedFrame as e:
-                raise KVError("too_large", str(e))
+                raise error_cls("too_large", str(e))
             if not sent:
-                raise KVError("unavailable", "not connected to the host")
+                raise error_cls("unavailable", "not connected to the host")
             if not pending.event.wait(max(0.0, deadline - time.monotonic())):
-                raise KVTimeout("no reply to KV %s within %.1f s" % (payload["action"], timeout))
+                message = "no reply to %s %s within %.1f s" % (what, payload["action"], timeout)
+                if error_cls is KVError:
+                    raise KVTimeout(message)
+                raise error_cls("timeout", message)
             if pending.error is not None:
                 raise pending.error
             assert pending.reply is not None
@@ -946,16 +1014,19 @@ class _Session:
                 self._pending.pop(rid, None)
             self._kv_slots.release()
 
-    def _resolve(self, rid: Any, reply: Optional[Dict[str, Any]], error: Optional[KVError]) -> bool:
+    def _resolve(self, rid: Any, reply: Optional[Dict[str, Any]],
+                 error: Optional[Tuple[str, str]]) -> bool:
+        """Hand ``reply`` (or the ``(code, message)`` of an error) to the request ``rid``."""
         with self._state_lock:
             pending = self._pending.get(rid) if isinstance(rid, str) else None
         if pending is None:
             return False
         if reply is not None and reply.get("action") != pending.action:
-            error = KVError("bad_request", "host answered %r to a %r request"
-                            % (reply.get("action"), pending.action))
+            error = ("bad_request", "host answered %r where %r was expected"
+                     % (reply.get("action"), pending.action))
             reply = None
-        pending.reply, pending.error = reply, error
+        pending.reply = reply
+        pending.error = pending.error_cls(*error) if error is not None else None
         pending.event.set()
         return True
 
@@ -964,7 +1035,7 @@ class _Session:
             self._closed = True
             pending = list(self._pending.values())
         for p in pending:
-            p.error = KVError("unavailable", "connection to the host closed")
+            p.error = p.error_cls("unavailable", "connection to the host closed")
             p.event.set()
 
     # -- reading and dispatch --------------------------------------------------------------
@@ -1060,6 +1131,7 @@ class _Session:
             "kv": self._on_kv_reply,
             "error": self._on_error,
             "config": self._on_config,
+            "mqtt": self._on_mqtt,
         }.get(mtype)
         if handler is None:
             if not self.legacy:
@@ -1067,9 +1139,12 @@ class _Session:
             else:
                 self._log_local("warn", "ignored a %r frame from a 1.0 host" % mtype)
             return
-        if mtype in ("kv", "error"):  # replies to our requests: fail the waiting call instead
+        raw = msg.get("payload")
+        is_reply = mtype in ("kv", "error") or (
+            mtype == "mqtt" and isinstance(raw, dict) and raw.get("action") == "ok")
+        if is_reply:  # replies to our requests: fail the waiting call instead
             def reject(code: str, message: str) -> None:
-                if not self._resolve(rid, None, KVError(code, "bad reply from host: " + message)):
+                if not self._resolve(rid, None, (code, "bad reply from host: " + message)):
                     self._log_local("warn", "dropped a %s frame: %s" % (mtype, message))
         else:
             def reject(code: str, message: str) -> None:
@@ -1147,7 +1222,7 @@ class _Session:
             self.plugin.init(self.ctx)
         except Exception as e:
             self._log_local("error", "init failed: %s\n%s" % (e, traceback.format_exc()))
-            code = e.code if isinstance(e, KVError) else "internal"
+            code = e.code if isinstance(e, KVError) else "internal"  # MQTTError included
             self.send_error(rid, code if code != "timeout" else "internal", "init failed: %s" % e)
             self._finish(1)
             return
@@ -1246,8 +1321,34 @@ class _Session:
     def _on_error(self, rid: Optional[str], payload: Dict[str, Any]) -> None:
         code = payload.get("code") if isinstance(payload.get("code"), str) else "internal"
         message = payload.get("message") if isinstance(payload.get("message"), str) else ""
-        if not self._resolve(rid, None, KVError(code, message)):
+        if not self._resolve(rid, None, (code, message)):
             self._log_local("warn", "error from host for %r: %s: %s" % (rid, code, message))
+
+    def _on_mqtt(self, rid: Optional[str], payload: Dict[str, Any]) -> None:
+        action = payload.get("action")
+        if action == "ok":
+            if not self._resolve(rid, payload, None):
+                self._log_local("warn", "mqtt reply for unknown request %r dropped" % (rid,))
+            return
+        if action != "message":
+            self.send_error(rid, "unsupported", "unsupported mqtt action %r" % (action,))
+            return
+        topic, text = payload.get("topic"), payload.get("payload")
+        if not isinstance(topic, str) or not isinstance(text, str):
+            self._log_local("warn", "dropped an mqtt message without a str topic and payload")
+            return
+        if self.ctx is None or not self._ready:
+            self._log_local("warn", "dropped an mqtt message that came before ready")
+            return
+        self._spawn(self._run_mqtt_message, topic, text)
+
+    def _run_mqtt_message(self, topic: str, payload: str) -> None:
+        assert self.ctx is not None
+        try:
+            self.plugin.mqtt_message(self.ctx, topic, payload)
+        except Exception as e:
+            self._log_local("error", "on_mqtt_message failed: %s\n%s"
+                            % (e, traceback.format_exc()))
 
     def _on_http(self, rid: Optional[str], payload: Dict[str, Any]) -> None:
         if rid is None:
@@ -1354,6 +1455,7 @@ class _Session:
 Handler = Callable[[Request, Context], Any]
 Hook = Callable[[Context], None]
 ConfigHook = Callable[[Context, Dict[str, Any]], None]
+MqttHook = Callable[[Context, str, str], None]
 
 
 class Plugin:
@@ -1413,6 +1515,7 @@ class Plugin:
         self._init_hooks = []  # type: List[Hook]
         self._config_hooks = []  # type: List[ConfigHook]
         self._shutdown_hooks = []  # type: List[Hook]
+        self._mqtt_hooks = []  # type: List[MqttHook]
         self._not_found = None  # type: Optional[Handler]
 
     # -- metadata --------------------------------------------------------------------------
@@ -1455,6 +1558,13 @@ class Plugin:
     def on_shutdown(self, fn: Hook) -> Hook:
         """Decorator: ``fn(ctx)`` runs when the host asks the plugin to stop (bounded to 3 s)."""
         self._shutdown_hooks.append(fn)
+        return fn
+
+    def on_mqtt_message(self, fn: MqttHook) -> MqttHook:
+        """Decorator: ``fn(ctx, topic, payload)`` runs for each message on a topic the plugin
+        subscribed to with ``ctx.mqtt.subscribe`` (``topic`` relative to its own part of the tree,
+        ``payload`` text), each in a worker thread."""
+        self._mqtt_hooks.append(fn)
         return fn
 
     def route(self, method: Union[str, List[str], Tuple[str, ...]], pattern: str
@@ -1518,6 +1628,11 @@ class Plugin:
         """Run the :meth:`on_shutdown` hooks in order. Override in a subclass to do more."""
         for hook in self._shutdown_hooks:
             hook(ctx)
+
+    def mqtt_message(self, ctx: Context, topic: str, payload: str) -> None:
+        """Run the :meth:`on_mqtt_message` hooks in order. Override in a subclass to do more."""
+        for hook in self._mqtt_hooks:
+            hook(ctx, topic, payload)
 
     def handle(self, req: Request, ctx: Context) -> Any:
         """Answer one request: the first matching route, else the not-found handler."""

@@ -22,8 +22,11 @@ pub mod protocol;
 pub mod sdk;
 
 pub use protocol::{
-    ErrorCode, HttpRequest, HttpResponse, KvRequest, License, LogLevel, PROTOCOL_VERSION,
-    PluginMetadata,
+    ErrorCode, HttpRequest, HttpResponse, KvRequest, License, LogLevel, MqttDelivery,
+    PROTOCOL_VERSION, PluginMetadata,
 };
 #[cfg(feature = "sdk")]
-pub use sdk::{KvClient, KvError, PluginContext, PluginError, RunError, ToruPlugin, run, serve};
+pub use sdk::{
+    KvClient, KvError, MqttClient, MqttError, PluginContext, PluginError, RunError, ToruPlugin,
+    run, serve,
+};

@@ -36,6 +36,8 @@ pub const MAX_HOST_REQUESTS_IN_FLIGHT: usize = 64;
 pub const MAX_KV_REQUESTS_IN_FLIGHT: usize = 16;
 /// The environment variable that gives a plugin the path of the socket it listens on.
 pub const SOCKET_ENV: &str = "TORU_PLUGIN_SOCKET";
+/// Longest `mqtt` publish payload, in bytes.
+pub const MAX_MQTT_PAYLOAD_LEN: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Metadata
@@ -522,6 +524,41 @@ impl KvPayload {
     }
 }
 
+/// A plugin's `mqtt` request (1.1): publish or subscribe through the host's MQTT bridge. Topics
+/// and filters are relative to the plugin's own part of the host's topic tree
+/// (`<topic_prefix>/plugins/<id>/`); the host refuses anything that would leave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum MqttRequest {
+    /// Publish `payload` (text) on `topic`.
+    Publish {
+        /// The topic, relative (`temperature/kitchen`); no wildcards.
+        topic: String,
+        /// The payload (UTF-8 text, at most [`MAX_MQTT_PAYLOAD_LEN`] bytes).
+        payload: String,
+        /// Ask the broker to keep it for later subscribers.
+        #[serde(default)]
+        retain: bool,
+        /// QoS 0 or 1 (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        qos: Option<u8>,
+    },
+    /// Receive what is published on `filter` (relative; `+` and `#` as whole levels, not first).
+    Subscribe {
+        /// The topic filter.
+        filter: String,
+    },
+}
+
+/// A message the host delivers to a plugin from a topic it subscribed to (1.1, no reply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttDelivery {
+    /// The topic, relative to the plugin's part of the tree.
+    pub topic: String,
+    /// The payload (a payload that is not UTF-8 is not delivered).
+    pub payload: String,
+}
+
 /// Severity of a `log` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -649,6 +686,11 @@ pub enum HostMessage {
     /// `config`/`set` (1.1): the plugin's settings changed; the payload's `config`, a JSON
     /// object. Answered with [`PluginMessage::ConfigOk`] or an `error`.
     Config(Value),
+    /// `mqtt`/`ok` (1.1): the reply to a plugin's [`PluginMessage::Mqtt`] (published: queued for
+    /// the broker; subscribed: registered).
+    MqttOk,
+    /// `mqtt`/`message` (1.1): a message on a topic the plugin subscribed to; no reply.
+    MqttMessage(MqttDelivery),
 }
 
 /// A message from a plugin to the host.
@@ -673,6 +715,9 @@ pub enum PluginMessage {
     Error(ErrorReply),
     /// `config`/`ok` (1.1): the plugin applied the settings of a [`HostMessage::Config`].
     ConfigOk,
+    /// `mqtt`/`publish` or `mqtt`/`subscribe` (1.1): answered with [`HostMessage::MqttOk`] or
+    /// an `error`.
+    Mqtt(MqttRequest),
 }
 
 /// A message with its envelope fields.
@@ -928,6 +973,14 @@ pub fn decode_host_frame(bytes: &[u8]) -> Result<Frame<HostMessage>, DecodeError
             }
             other => return Err(p.unsupported("action", other)),
         },
+        "mqtt" => match p.action()? {
+            "ok" => {
+                p.require_id()?;
+                HostMessage::MqttOk
+            }
+            "message" => HostMessage::MqttMessage(p.whole_payload("mqtt")?),
+            other => return Err(p.unsupported("action", other)),
+        },
         other => return Err(p.unsupported("type", other)),
     };
     Ok(p.frame(msg))
@@ -970,6 +1023,13 @@ pub fn decode_plugin_frame(bytes: &[u8]) -> Result<Frame<PluginMessage>, DecodeE
             "ok" => PluginMessage::ConfigOk,
             other => return Err(p.unsupported("action", other)),
         },
+        "mqtt" => {
+            p.require_id()?;
+            match p.action()? {
+                "publish" | "subscribe" => PluginMessage::Mqtt(p.whole_payload("mqtt")?),
+                other => return Err(p.unsupported("action", other)),
+            }
+        }
         other => return Err(p.unsupported("type", other)),
     };
     Ok(p.frame(msg))
@@ -1073,6 +1133,14 @@ impl Frame<HostMessage> {
                     serde_json::json!({"action": "set", "config": config}),
                 ),
             ),
+            HostMessage::MqttOk => ("mqtt", tagged("mqtt", serde_json::json!({"action": "ok"}))),
+            HostMessage::MqttMessage(m) => {
+                let mut v = tagged("mqtt", serde_json::json!({"action": "message"}));
+                if let (Value::Object(o), Value::Object(f)) = (&mut v, to_value(m)) {
+                    o.extend(f);
+                }
+                ("mqtt", v)
+            }
         };
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }
@@ -1147,6 +1215,7 @@ impl Frame<PluginMessage> {
                 "config",
                 tagged("config", serde_json::json!({"action": "ok"})),
             ),
+            PluginMessage::Mqtt(r) => ("mqtt", tagged("mqtt", to_value(r))),
         };
         envelope(kind, &self.timestamp, &self.request_id, payload)
     }

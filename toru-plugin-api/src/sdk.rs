@@ -29,8 +29,8 @@ use crate::codec::{FrameError, MAX_FRAME_LEN, tokio_codec};
 use crate::mux::{Mux, MuxConfig, MuxError, PluginMux};
 use crate::protocol::{
     ErrorCode, ErrorReply, HostMessage, HttpRequest, HttpResponse, Init, KvReply, KvRequest,
-    LogLevel, LogRecord, PROTOCOL_VERSION, PluginMessage, PluginMetadata, decode_host_frame,
-    empty_config,
+    LogLevel, LogRecord, MqttDelivery, MqttRequest, PROTOCOL_VERSION, PluginMessage,
+    PluginMetadata, decode_host_frame, empty_config,
 };
 
 /// The environment variable holding the socket path (defined in [`crate::protocol`]).
@@ -68,6 +68,13 @@ pub trait ToruPlugin: 'static {
     ) -> Result<(), PluginError> {
         let _ = (ctx, config);
         Ok(())
+    }
+
+    /// A message arrived on a topic the plugin subscribed to ([`MqttClient::subscribe`]); `topic`
+    /// is relative to the plugin's own part of the topic tree. Each runs in its own task. The
+    /// default ignores it.
+    async fn on_mqtt_message(&self, ctx: &PluginContext, message: MqttDelivery) {
+        let _ = (ctx, message);
     }
 
     /// Answer a KV request from a legacy 1.0 host, which could ask plugins for values. Toru keeps
@@ -137,6 +144,81 @@ pub enum KvError {
     Protocol(String),
 }
 
+/// Why an MQTT call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttError {
+    /// The host answered with an `error` frame: its MQTT bridge is off (`unavailable`), the topic
+    /// leaves the plugin's part of the tree (`bad_request`), the payload is too large, …
+    #[error("host refused the MQTT request: {0}")]
+    Host(#[source] ErrorReply),
+    /// The connection to the host is gone.
+    #[error("not connected to the host")]
+    Disconnected,
+    /// The host speaks protocol 1.0, which has no MQTT bridge.
+    #[error("the host speaks protocol 1.0, which has no MQTT bridge")]
+    Unsupported,
+    /// The host's reply did not match the request.
+    #[error("unexpected MQTT reply from the host: {0}")]
+    Protocol(String),
+}
+
+/// Publish and subscribe through the host's MQTT bridge, under the plugin's own part of the topic
+/// tree (`<topic_prefix>/plugins/<id>/`): topics are relative to it. The plugin needs no MQTT
+/// client or broker credentials of its own.
+#[derive(Clone)]
+pub struct MqttClient {
+    /// The 1.1 connection; `None` under a 1.0 host.
+    link: Option<Rc<PluginMux>>,
+}
+
+impl fmt::Debug for MqttClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttClient").finish_non_exhaustive()
+    }
+}
+
+impl MqttClient {
+    async fn call(&self, req: MqttRequest) -> Result<(), MqttError> {
+        let link = self.link.as_ref().ok_or(MqttError::Unsupported)?;
+        let frame = link
+            .request(PluginMessage::Mqtt(req))
+            .await
+            .map_err(|e| match e {
+                MuxError::Busy(_) | MuxError::TooLarge { .. } => {
+                    MqttError::Host(ErrorReply::new(ErrorCode::Busy, e.to_string()))
+                }
+                _ => MqttError::Disconnected,
+            })?;
+        match frame.message {
+            HostMessage::MqttOk => Ok(()),
+            HostMessage::Error(e) => Err(MqttError::Host(e)),
+            other => Err(MqttError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Publish `payload` on `topic` (relative; retained if `retain`), QoS 1. Returns once the host
+    /// queued it for the broker (it is delivered when the bridge is connected; see docs/MQTT.md).
+    pub async fn publish(&self, topic: &str, payload: &str, retain: bool) -> Result<(), MqttError> {
+        self.call(MqttRequest::Publish {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+            qos: None,
+        })
+        .await
+    }
+
+    /// Receive what is published on `filter` (relative; `+` and `#` as whole levels, not the
+    /// first) through [`ToruPlugin::on_mqtt_message`].
+    pub async fn subscribe(&self, filter: &str) -> Result<(), MqttError> {
+        self.call(MqttRequest::Subscribe {
+            filter: filter.into(),
+        })
+        .await
+    }
+}
+
 /// Why the runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -182,6 +264,8 @@ pub struct PluginContext {
     pub init: Rc<Init>,
     /// A client of the host's KV store, scoped to this plugin.
     pub kv: KvClient,
+    /// Publish and subscribe through the host's MQTT bridge, under this plugin's topics.
+    pub mqtt: MqttClient,
     log: Logger,
     /// The current settings, shared by every clone of this context.
     config: Rc<RefCell<serde_json::Value>>,
@@ -490,10 +574,12 @@ async fn serve_connection<P: ToruPlugin>(
         // A `kv` or `error` frame answers one of our KV requests when its id is pending; a `kv`
         // frame that answers nothing is a legacy host's request.
         let frame = match frame.message {
-            HostMessage::Kv(_) | HostMessage::Error(_) => match link.resolve(frame) {
-                None => continue,
-                Some(unclaimed) => unclaimed,
-            },
+            HostMessage::Kv(_) | HostMessage::Error(_) | HostMessage::MqttOk => {
+                match link.resolve(frame) {
+                    None => continue,
+                    Some(unclaimed) => unclaimed,
+                }
+            }
             _ => frame,
         };
         let id = frame.request_id;
@@ -506,6 +592,7 @@ async fn serve_connection<P: ToruPlugin>(
                     config: Rc::new(RefCell::new(init.config.clone())),
                     init: Rc::new(init),
                     kv: KvClient { link: live.clone() },
+                    mqtt: MqttClient { link: live.clone() },
                     log: Logger { link: live },
                 };
                 *shared.ctx.borrow_mut() = Some(ctx.clone());
@@ -569,6 +656,14 @@ async fn serve_connection<P: ToruPlugin>(
                 });
             }
             HostMessage::Error(reply) => eprintln!("plugin: error from host: {reply}"),
+            HostMessage::MqttOk => {}
+            HostMessage::MqttMessage(message) => {
+                let ctx = context(shared);
+                let shared = shared.clone();
+                tokio::task::spawn_local(async move {
+                    shared.plugin.on_mqtt_message(&ctx, message).await;
+                });
+            }
             HostMessage::Config(config) => {
                 if !modern {
                     // 1.0 has no `config` message (nor an `error` frame to refuse it with).
@@ -660,6 +755,7 @@ fn context<P>(shared: &Rc<Shared<P>>) -> PluginContext {
             license: None,
         }),
         kv: KvClient { link: None },
+        mqtt: MqttClient { link: None },
         log: Logger { link: None },
         config: Rc::new(RefCell::new(empty_config())),
     }
@@ -814,6 +910,138 @@ mod tests {
 
             let bye = host.request(HostMessage::Shutdown).await;
             assert_eq!(bye.message, PluginMessage::ShutdownAck);
+            served.await.unwrap().unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Subscribes in `init`; answers each message on `cmd/<x>` by publishing it on `echo/<x>`.
+    struct Echo;
+
+    impl ToruPlugin for Echo {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata {
+                id: "echo".into(),
+                name: "Echo".into(),
+                version: "0".into(),
+                author: None,
+                icon: String::new(),
+                route: "/echo".into(),
+                protocol: None,
+            }
+        }
+
+        async fn init(&self, ctx: &PluginContext) -> Result<(), PluginError> {
+            ctx.mqtt
+                .subscribe("cmd/#")
+                .await
+                .map_err(|e| PluginError::internal(e.to_string()))
+        }
+
+        async fn handle_http(&self, _ctx: &PluginContext, _req: HttpRequest) -> HttpResponse {
+            HttpResponse::json(200, &serde_json::json!({}))
+        }
+
+        async fn on_mqtt_message(&self, ctx: &PluginContext, m: MqttDelivery) {
+            let rest = m.topic.strip_prefix("cmd/").unwrap_or(&m.topic);
+            let answer = ctx
+                .mqtt
+                .publish(&format!("echo/{rest}"), &m.payload, false)
+                .await;
+            // The host refuses the second one: the SDK hands the refusal back.
+            let refused = ctx.mqtt.publish("../escape", "x", false).await;
+            let outcome = match (answer, refused) {
+                (Ok(()), Err(MqttError::Host(e))) => e.message,
+                other => format!("unexpected: {other:?}"),
+            };
+            ctx.log(LogLevel::Info, outcome);
+        }
+    }
+
+    /// `mqtt` through the SDK: a subscribe answered `ok`, a delivered message reaching
+    /// `on_mqtt_message`, a publish answered `ok` and one answered with an `error`.
+    #[test]
+    fn mqtt_requests_and_deliveries_go_through_the_context() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("toru-sdk-mqtt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.sock");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let listener = bind(&path).unwrap();
+            let served = tokio::task::spawn_local(serve(Echo, listener));
+            let mut stream = UnixStream::connect(&path).await.unwrap();
+            let write = |f: crate::protocol::Frame<HostMessage>| f.encode();
+            let init_frame = crate::protocol::Frame::new(Some("h1".into()), init(empty_config()));
+            tokio_codec::write_frame(&mut stream, &write(init_frame), MAX_FRAME_LEN)
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                let body = tokio_codec::read_frame(&mut stream, MAX_FRAME_LEN)
+                    .await
+                    .unwrap()
+                    .expect("a frame");
+                let f = decode_plugin_frame(&body).unwrap();
+                let reply = match &f.message {
+                    PluginMessage::Mqtt(MqttRequest::Publish { topic, .. })
+                        if topic.starts_with("..") =>
+                    {
+                        Some(HostMessage::Error(ErrorReply::new(
+                            ErrorCode::BadRequest,
+                            "leaves the plugin's topics",
+                        )))
+                    }
+                    PluginMessage::Mqtt(_) => Some(HostMessage::MqttOk),
+                    _ => None,
+                };
+                if let Some(r) = reply {
+                    let out = crate::protocol::Frame::new(f.request_id.clone(), r);
+                    tokio_codec::write_frame(&mut stream, &out.encode(), MAX_FRAME_LEN)
+                        .await
+                        .unwrap();
+                }
+                if f.message == PluginMessage::Ready {
+                    let m = crate::protocol::Frame::new(
+                        None,
+                        HostMessage::MqttMessage(MqttDelivery {
+                            topic: "cmd/go".into(),
+                            payload: "now".into(),
+                        }),
+                    );
+                    tokio_codec::write_frame(&mut stream, &m.encode(), MAX_FRAME_LEN)
+                        .await
+                        .unwrap();
+                }
+                let done = matches!(&f.message, PluginMessage::Log(_));
+                seen.push(f.message);
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(
+                seen[0],
+                PluginMessage::Mqtt(MqttRequest::Subscribe {
+                    filter: "cmd/#".into()
+                })
+            );
+            assert_eq!(seen[1], PluginMessage::Ready);
+            assert_eq!(
+                seen[2],
+                PluginMessage::Mqtt(MqttRequest::Publish {
+                    topic: "echo/go".into(),
+                    payload: "now".into(),
+                    retain: false,
+                    qos: None
+                })
+            );
+            match seen.last() {
+                Some(PluginMessage::Log(l)) => assert_eq!(l.message, "leaves the plugin's topics"),
+                other => panic!("{other:?}"),
+            }
+            drop(stream);
             served.await.unwrap().unwrap();
         });
         let _ = std::fs::remove_dir_all(&dir);

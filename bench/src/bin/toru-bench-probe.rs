@@ -10,7 +10,10 @@
 //!   plugin built on the public SDK. Its id and route come from its file name
 //!   (`<id>.binary` → route `/<id>`). Routes: `GET /` → `{"ok":true}`; `/rt` → a reply padded so
 //!   the frame is about 200 bytes; `/kvbench?n=N&w=W` → N acknowledged KV sets from W concurrent
-//!   writers, timed inside the plugin (the KV-through-the-plugin-socket benchmark).
+//!   writers, timed inside the plugin (the KV-through-the-plugin-socket benchmark);
+//!   `/mqttbench?n=N&w=W` → N messages published through the host's MQTT bridge on `bench/<w>`
+//!   from W concurrent publishers, a `busy` answer (the bridge's queue is full) retried after 1 ms
+//!   and counted (the MQTT benchmark).
 //! - Otherwise (runit, s6, supervisord, monit) it sleeps until killed. `--pidfile F` writes its pid
 //!   (monit), `$TORU_BENCH_NOTIFY_FD=N` writes a newline to fd N (s6 readiness), `--daemonize`
 //!   forks into the background first (a classic daemon, for monit's `start program`).
@@ -28,6 +31,10 @@ use toru_plugin_api::{HttpRequest, HttpResponse, PluginContext, PluginMetadata, 
 const MAX_KVBENCH_SETS: usize = 5_000;
 /// Most concurrent writers of one `/kvbench` request (the host allows 16 KV requests in flight).
 const MAX_KVBENCH_WRITERS: usize = 16;
+/// Most messages one `/mqttbench` request may publish.
+const MAX_MQTTBENCH_MESSAGES: usize = 100_000;
+/// Most `busy` retries of one `/mqttbench` request in all (bounds it in time: ~1 ms each).
+const MAX_MQTTBENCH_RETRIES: usize = 60_000;
 
 fn arg_value(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -86,6 +93,7 @@ impl ToruPlugin for Probe {
             // The request frame is ~200 bytes (the bench pads it); answer in kind.
             "/rt" => HttpResponse::json(200, &json!({"pad": "x".repeat(120)})),
             "/kvbench" => kvbench(ctx, &req).await,
+            "/mqttbench" => mqttbench(ctx, &req).await,
             _ => HttpResponse::json(404, &json!({"error": "not_found"})),
         }
     }
@@ -133,6 +141,59 @@ async fn kvbench(ctx: &PluginContext, req: &HttpRequest) -> HttpResponse {
     }
     let elapsed_us = start.elapsed().as_secs_f64() * 1e6;
     HttpResponse::json(200, &json!({"lat_us": all, "elapsed_us": elapsed_us}))
+}
+
+/// `n` publishes from `w` publishers, each waiting for the host's answer; `busy` is retried after
+/// 1 ms. Answers how long the host took to take them all, and the retries.
+async fn mqttbench(ctx: &PluginContext, req: &HttpRequest) -> HttpResponse {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let num = |k: &str, d: usize| {
+        req.query_param(k)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(d)
+    };
+    let n = num("n", 1000).clamp(1, MAX_MQTTBENCH_MESSAGES);
+    let w = num("w", 1).clamp(1, MAX_KVBENCH_WRITERS);
+    let retries = Rc::new(Cell::new(0usize));
+    let payload = "x".repeat(num("bytes", 64).clamp(1, 4096));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for publisher in 0..w {
+        let (ctx, payload, retries) = (ctx.clone(), payload.clone(), retries.clone());
+        let count = n / w + usize::from(publisher < n % w);
+        tasks.push(tokio::task::spawn_local(async move {
+            let topic = format!("bench/{publisher}");
+            for _ in 0..count {
+                loop {
+                    match ctx.mqtt.publish(&topic, &payload, false).await {
+                        Ok(()) => break,
+                        Err(toru_plugin_api::MqttError::Host(e))
+                            if e.code == toru_plugin_api::ErrorCode::Busy
+                                && retries.get() < MAX_MQTTBENCH_RETRIES =>
+                        {
+                            retries.set(retries.get() + 1);
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return HttpResponse::json(500, &json!({ "error": e })),
+            Err(e) => return HttpResponse::json(500, &json!({ "error": e.to_string() })),
+        }
+    }
+    let elapsed_us = start.elapsed().as_secs_f64() * 1e6;
+    HttpResponse::json(
+        200,
+        &json!({"elapsed_us": elapsed_us, "busy_retries": retries.get()}),
+    )
 }
 
 fn peer(args: &[String]) -> ExitCode {

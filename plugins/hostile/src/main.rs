@@ -618,7 +618,10 @@ fn serve(mut stream: UnixStream, me: &Identity) -> ExitCode {
                 let reply = HttpResponse::json(200, &json!({ "mode": mode, "outcome": outcome }));
                 send(&mut stream, id, PluginMessage::HttpReply(reply));
             }
-            HostMessage::Kv(_) | HostMessage::Error(_) => {}
+            HostMessage::Kv(_)
+            | HostMessage::Error(_)
+            | HostMessage::MqttOk
+            | HostMessage::MqttMessage(_) => {}
         }
     }
 }

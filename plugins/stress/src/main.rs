@@ -26,6 +26,7 @@
 //! | `slow-<ms>` | answers HTTP after `<ms>` ms, heartbeats promptly |
 //! | `big-<kib>` | answers every HTTP request with `200` and a `text/plain` body of `<kib>` KiB of `x` |
 //! | `bad-metadata` | prints metadata with an invalid id |
+//! | `mqtt` | after `ready`, through the host's MQTT bridge: subscribes to `cmd/#`, publishes `hi` on `hello` (retained), then tries a publish to `../escape` and a subscribe to `#` (both refused); each answer is a line of `<stem>.mqtt` (`<request id> ok` or `<request id> error <code>`); every message delivered on `cmd/<x>` is a line `message <topic> <payload>` and is published back on `echo/<x>` |
 //! | `kvloop` | writes KV keys in a loop; appends each acknowledged key to `kvloop.acked` (fsync'd); if `kvloop.verify` exists, instead lists every key into `kvloop.present` |
 //!
 //! Every mode answers a `config` message (new settings) with `error`/`unsupported`, as a 1.1
@@ -51,7 +52,7 @@ use serde_json::json;
 use toru_plugin_api::codec::{MAX_FRAME_LEN, read_frame, write_frame};
 use toru_plugin_api::protocol::{
     ErrorCode, ErrorReply, Frame, HostMessage, HttpResponse, KvPayload, KvReply, KvRequest,
-    PluginMessage, decode_host_frame,
+    MqttRequest, PluginMessage, decode_host_frame,
 };
 
 type Writer = Arc<Mutex<UnixStream>>;
@@ -306,7 +307,37 @@ fn serve(
                         let stem = stem.to_string();
                         std::thread::spawn(move || kvloop(&w, &wt, &stem));
                     }
+                    "mqtt" => {
+                        let sub = |f: &str| MqttRequest::Subscribe { filter: f.into() };
+                        let publish = |t: &str, p: &str, retain| MqttRequest::Publish {
+                            topic: t.into(),
+                            payload: p.into(),
+                            retain,
+                            qos: None,
+                        };
+                        for (rid, req) in [
+                            ("m1", sub("cmd/#")),
+                            ("m2", publish("hello", "hi", true)),
+                            ("m3", publish("../escape", "x", false)),
+                            ("m4", sub("#")),
+                        ] {
+                            send(&writer, Some(rid.into()), PluginMessage::Mqtt(req));
+                        }
+                    }
                     _ => {}
+                }
+            }
+            HostMessage::MqttOk => note_mqtt(stem, &format!("{} ok", id.unwrap_or_default())),
+            HostMessage::MqttMessage(m) => {
+                note_mqtt(stem, &format!("message {} {}", m.topic, m.payload));
+                if let Some(rest) = m.topic.strip_prefix("cmd/") {
+                    let req = MqttRequest::Publish {
+                        topic: format!("echo/{rest}"),
+                        payload: m.payload,
+                        retain: false,
+                        qos: Some(1),
+                    };
+                    send(&writer, Some(format!("e-{rest}")), PluginMessage::Mqtt(req));
                 }
             }
             HostMessage::Ping { seq } => send(&writer, id, PluginMessage::Pong { seq }),
@@ -325,6 +356,10 @@ fn serve(
             }
             HostMessage::Error(e) => {
                 eprintln!("host error: {e}");
+                if mode == "mqtt" {
+                    let rid = id.clone().unwrap_or_default();
+                    note_mqtt(stem, &format!("{rid} error {}", e.code.as_str()));
+                }
                 if let Some(tx) = id.as_ref().and_then(|i| waiters.lock().ok()?.remove(i)) {
                     drop(tx);
                 }
@@ -370,6 +405,17 @@ fn serve(
                 });
             }
         }
+    }
+}
+
+/// One line appended to `<stem>.mqtt` (mode `mqtt`).
+fn note_mqtt(stem: &str, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report(&format!("{stem}.mqtt")))
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 

@@ -512,6 +512,16 @@
   }
 
   // ---------------------------------------------------------------- system
+  // The MQTT bridge's line on the System page (docs/MQTT.md): state, broker, last error, counters.
+  function mqttLine(q) {
+    if (q.state === "disabled") return "off (no [mqtt] url in the config file)";
+    var line = q.state + " \u00b7 " + q.broker + " \u00b7 topics under " + q.topic_prefix +
+      " \u00b7 commands " + (q.commands ? "on" : "off") +
+      " \u00b7 " + q.published + " published, " + q.dropped + " dropped";
+    if (q.last_error && q.state !== "connected") line += " \u00b7 last error: " + q.last_error;
+    return line;
+  }
+
   function viewSystem() {
     var m = shell.main;
     m.appendChild(h("h1", { text: "System" }));
@@ -532,6 +542,7 @@
           s.safe_mode ? ["Safe mode", (s.safe_mode.active ? "ACTIVE: third-party plugins held" : s.safe_mode.after_unclean ? "not active" : "off") +
             " \u00b7 " + s.safe_mode.unclean_in_a_row + " unclean exit(s) in a row" +
             (s.safe_mode.after_unclean ? " (safe mode after " + s.safe_mode.after_unclean + ")" : "")] : null,
+          s.mqtt ? ["MQTT", mqttLine(s.mqtt)] : null,
           s.packages ? ["Packages", (s.packages.allow_unsigned ? "unsigned packages ALLOWED (development setting)" : "signed packages only") +
             (typeof s.packages.probation_secs === "number" ? " \u00b7 probation " + s.packages.probation_secs + " s" : "")] : null
         ];

@@ -267,6 +267,65 @@ fn every_message_round_trips() {
         Some("h6"),
     );
     round_trip_plugin(PluginMessage::ConfigOk, Some("h7"));
+    for req in [
+        MqttRequest::Publish {
+            topic: "temp/kitchen".into(),
+            payload: "21.5".into(),
+            retain: true,
+            qos: Some(0),
+        },
+        MqttRequest::Publish {
+            topic: "t".into(),
+            payload: String::new(),
+            retain: false,
+            qos: None,
+        },
+        MqttRequest::Subscribe {
+            filter: "cmd/#".into(),
+        },
+    ] {
+        round_trip_plugin(PluginMessage::Mqtt(req), Some("p3"));
+    }
+    round_trip_host(HostMessage::MqttOk, Some("p3"));
+    round_trip_host(
+        HostMessage::MqttMessage(MqttDelivery {
+            topic: "cmd/go".into(),
+            payload: "{\"a\":1}".into(),
+        }),
+        None,
+    );
+}
+
+/// The `mqtt` messages as PROTOCOL.md shows them: requests need an id, a delivery needs none.
+#[test]
+fn mqtt_messages_on_the_wire() {
+    let f = br#"{"type":"mqtt","timestamp":"2025-12-30T12:00:00Z","request_id":"p1","payload":{"type":"mqtt","action":"publish","topic":"temp","payload":"21.5"}}"#;
+    let m = decode_plugin_frame(f).unwrap();
+    assert_eq!(
+        m.message,
+        PluginMessage::Mqtt(MqttRequest::Publish {
+            topic: "temp".into(),
+            payload: "21.5".into(),
+            retain: false,
+            qos: None
+        })
+    );
+    let f = br#"{"type":"mqtt","timestamp":"2025-12-30T12:00:00Z","payload":{"action":"subscribe","filter":"cmd/#"}}"#;
+    assert!(matches!(
+        decode_plugin_frame(f),
+        Err(DecodeError::Invalid { .. })
+    ));
+    let f = br#"{"type":"mqtt","timestamp":"2025-12-30T12:00:00Z","request_id":"p2","payload":{"action":"publish","topic":"t"}}"#;
+    let e = decode_plugin_frame(f).unwrap_err();
+    assert_eq!(e.request_id(), Some("p2"));
+    let f = br#"{"type":"mqtt","timestamp":"2025-12-30T12:00:00Z","payload":{"type":"mqtt","action":"message","topic":"cmd/go","payload":"x"}}"#;
+    assert_eq!(
+        decode_host_frame(f).unwrap().message,
+        HostMessage::MqttMessage(MqttDelivery {
+            topic: "cmd/go".into(),
+            payload: "x".into()
+        })
+    );
 }
 
 /// The `config` request and its answer, as PROTOCOL.md §5.3 shows them.
