@@ -239,6 +239,32 @@ impl Subscriber {
         Subscriber { child, lines }
     }
 
+    /// Publishes `(topic, payload)` until the next message this subscriber gets within 2 s is one
+    /// `answered(topic, payload)` accepts, within [`WAIT`] (else fails with `failure`): the host
+    /// subscribes only once connected, and a message sent before that is lost. Each send is one
+    /// real message.
+    fn publish_until_answered(
+        &self,
+        broker: &Broker,
+        (topic, payload): (&str, &str),
+        failure: &str,
+        answered: impl Fn(&str, &str) -> bool,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            broker.publish(topic, payload);
+            let got = self
+                .lines
+                .recv_timeout(Duration::from_secs(2))
+                .ok()
+                .is_some_and(|(_, t, p)| answered(&t, &p));
+            if got {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{failure}");
+        }
+    }
+
     /// The first message (retained or not) for which `want` says yes, within [`WAIT`].
     fn wait_for(
         &self,
@@ -445,21 +471,12 @@ fn a_command_disables_a_plugin_only_when_commands_are_on() {
     assert_eq!(config["cmps"]["plugin_hello_rust_restart"]["p"], "button");
     // The host subscribes right after connecting; a command sent before that would be lost, so
     // send until the state says it was obeyed (each send is one real command).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        broker.publish("toru/test/plugins/hello-rust/set", "OFF");
-        let obeyed = states
-            .lines
-            .recv_timeout(Duration::from_secs(2))
-            .ok()
-            .is_some_and(|(_, _, p)| {
-                serde_json::from_str::<Value>(&p).is_ok_and(|v| v["enabled"] == false)
-            });
-        if obeyed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the OFF command was not obeyed");
-    }
+    states.publish_until_answered(
+        &broker,
+        ("toru/test/plugins/hello-rust/set", "OFF"),
+        "the OFF command was not obeyed",
+        |_, p| serde_json::from_str::<Value>(p).is_ok_and(|v| v["enabled"] == false),
+    );
     let p = plugin_state(&h, &token, "hello-rust");
     assert_eq!(
         (p["enabled"].clone(), p["state"].clone()),
@@ -720,19 +737,12 @@ fn a_plugin_publishes_and_subscribes_under_its_own_topics_only() {
 
     // A message on its topic reaches it (relative), and its answer reaches a subscriber. The
     // bridge subscribes once connected: send until the answer shows that it did.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        broker.publish("toru/test/plugins/stress-mqtt/cmd/go", "now");
-        let echoed = own
-            .lines
-            .recv_timeout(Duration::from_secs(2))
-            .ok()
-            .is_some_and(|(_, t, p)| t == "toru/test/plugins/stress-mqtt/echo/go" && p == "now");
-        if echoed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no echo from the plugin");
-    }
+    own.publish_until_answered(
+        &broker,
+        ("toru/test/plugins/stress-mqtt/cmd/go", "now"),
+        "no echo from the plugin",
+        |t, p| t == "toru/test/plugins/stress-mqtt/echo/go" && p == "now",
+    );
     wait_report_line(&h, "stress-mqtt", "message cmd/go now");
     // Another plugin's topics are not its own: nothing published there reaches it.
     let report = h.read_report("stress-mqtt.mqtt").unwrap();

@@ -94,6 +94,14 @@ export async function setupAdmin(page, host, password) {
   await page.getByTestId("plugin-cards").waitFor();
 }
 
+// Logs in through the UI as `username`, from the host's front page.
+export async function login(page, host, username, password) {
+  await page.goto(host.url);
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill(password);
+  await page.getByTestId("login-submit").click();
+}
+
 // Console and page errors on `page` go to `problems`, named by `label` — except the resource
 // errors Chromium logs for the HTTP statuses in `expected` (refusals the test provokes).
 export function watch(page, problems, label, expected = []) {

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { chromiumPath, cli, hostFlow, launchArgs, log, repo, shot, watch } from "./lib.mjs";
+import { chromiumPath, cli, hostFlow, launchArgs, log, login, repo, shot, watch } from "./lib.mjs";
 
 const PASSWORD = "notes password 1";
 const ID = "notes";
@@ -176,10 +176,7 @@ async function viewerOnPhone(browser, host, problems) {
   const ctx = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
   const page = await ctx.newPage();
   watch(page, problems, "notes viewer", REFUSALS);
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  await login(page, host, "watcher", "viewer password 1");
   await page.getByTestId("plugin-cards").waitFor();
   await page.evaluate((id) => { location.hash = "#/p/" + id; }, ID);
   const view = page.locator(`[data-plugin="${ID}"]`);

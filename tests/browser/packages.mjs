@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { cli, log, repo, setupAdmin, shot, startHost, watch } from "./lib.mjs";
+import { cli, log, login, repo, setupAdmin, shot, startHost, watch } from "./lib.mjs";
 
 const PASSWORD = "package password 1";
 const ID = "hello-python";
@@ -352,10 +352,7 @@ async function viewerFlow(browser, host, pk, problems) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await ctx.newPage();
   watch(page, problems, "viewer", REFUSALS);
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  await login(page, host, "watcher", "viewer password 1");
   await page.getByTestId("plugin-package-" + ID).waitFor();
   assert.equal(await page.getByTestId("install-open").count(), 0, "no Install for a viewer");
   assert.equal(await page.getByTestId("plugin-remove-" + ID).count(), 0, "no Remove for a viewer");

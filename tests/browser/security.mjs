@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { cli, hostFlow, log, repo, shot, watch } from "./lib.mjs";
+import { cli, hostFlow, log, login, repo, shot, watch } from "./lib.mjs";
 
 const PASSWORD = "security password 1";
 const ID = "hello-python";
@@ -232,10 +232,7 @@ async function viewerFlow(browser, host, problems) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
   watch(page, problems, "security viewer", REFUSALS);
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  await login(page, host, "watcher", "viewer password 1");
   await openSecurity(page);
   assert.deepEqual(await limitRow(page, "processes"), { value: "32", source: "admin" });
   await page.getByTestId("security-readonly").filter({ hasText: "Only an admin" }).waitFor();
