@@ -239,6 +239,32 @@ impl Subscriber {
         Subscriber { child, lines }
     }
 
+    /// Publishes `(topic, payload)` until the next message this subscriber gets within 2 s is one
+    /// `answered(topic, payload)` accepts, within [`WAIT`] (else fails with `failure`): the host
+    /// subscribes only once connected, and a message sent before that is lost. Each send is one
+    /// real message.
+    fn publish_until_answered(
+        &self,
+        broker: &Broker,
+        (topic, payload): (&str, &str),
+        failure: &str,
+        answered: impl Fn(&str, &str) -> bool,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            broker.publish(topic, payload);
+            let got = self
+                .lines
+                .recv_timeout(Duration::from_secs(2))
+                .ok()
+                .is_some_and(|(_, t, p)| answered(&t, &p));
+            if got {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{failure}");
+        }
+    }
+
     /// The first message (retained or not) for which `want` says yes, within [`WAIT`].
     fn wait_for(
         &self,
@@ -265,6 +291,17 @@ impl Drop for Subscriber {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain broker (no TLS, anonymous clients) of the test's own in a temp dir named `name`, or
+/// `None` (the test skips) where Mosquitto is not installed. Keep both: the dir outlives the broker.
+fn plain_broker(name: &str) -> Option<(TempDir, Broker)> {
+    if !have_mosquitto() {
+        return None;
+    }
+    let dir = TempDir::new(name).unwrap();
+    let broker = Broker::start(&dir, None);
+    Some((dir, broker))
 }
 
 fn host(broker_url: &str, extra: &str, plugins: Vec<PluginSrc>) -> Host {
@@ -305,11 +342,9 @@ fn discovery_topic(h: &Host, token: &str) -> String {
 
 #[test]
 fn discovery_state_and_events_are_published_and_a_crash_shows_in_both() {
-    if !have_mosquitto() {
+    let Some((_dir, broker)) = plain_broker("mqtt-disc") else {
         return;
-    }
-    let dir = TempDir::new("mqtt-disc").unwrap();
-    let broker = Broker::start(&dir, None);
+    };
     let events = Subscriber::start(&broker, "toru/test/events");
     let h = host(
         &broker.url("mqtt"),
@@ -391,11 +426,9 @@ fn discovery_state_and_events_are_published_and_a_crash_shows_in_both() {
 
 #[test]
 fn a_command_disables_a_plugin_only_when_commands_are_on() {
-    if !have_mosquitto() {
+    let Some((_dir, broker)) = plain_broker("mqtt-cmd") else {
         return;
-    }
-    let dir = TempDir::new("mqtt-cmd").unwrap();
-    let broker = Broker::start(&dir, None);
+    };
 
     // Off (the default): no controls are offered and the command does nothing.
     let mut h = host(&broker.url("mqtt"), "", vec![built("hello-rust")]);
@@ -438,21 +471,12 @@ fn a_command_disables_a_plugin_only_when_commands_are_on() {
     assert_eq!(config["cmps"]["plugin_hello_rust_restart"]["p"], "button");
     // The host subscribes right after connecting; a command sent before that would be lost, so
     // send until the state says it was obeyed (each send is one real command).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        broker.publish("toru/test/plugins/hello-rust/set", "OFF");
-        let obeyed = states
-            .lines
-            .recv_timeout(Duration::from_secs(2))
-            .ok()
-            .is_some_and(|(_, _, p)| {
-                serde_json::from_str::<Value>(&p).is_ok_and(|v| v["enabled"] == false)
-            });
-        if obeyed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the OFF command was not obeyed");
-    }
+    states.publish_until_answered(
+        &broker,
+        ("toru/test/plugins/hello-rust/set", "OFF"),
+        "the OFF command was not obeyed",
+        |_, p| serde_json::from_str::<Value>(p).is_ok_and(|v| v["enabled"] == false),
+    );
     let p = plugin_state(&h, &token, "hello-rust");
     assert_eq!(
         (p["enabled"].clone(), p["state"].clone()),
@@ -480,11 +504,9 @@ fn a_command_disables_a_plugin_only_when_commands_are_on() {
 
 #[test]
 fn a_broker_outage_does_not_stop_the_host_and_state_is_republished_after_it() {
-    if !have_mosquitto() {
+    let Some((_dir, mut broker)) = plain_broker("mqtt-down") else {
         return;
-    }
-    let dir = TempDir::new("mqtt-down").unwrap();
-    let mut broker = Broker::start(&dir, None);
+    };
     let h = host(&broker.url("mqtt"), "", vec![built("hello-rust")]);
     let token = admin_token(&h);
     let topic = discovery_topic(&h, &token);
@@ -530,11 +552,9 @@ fn a_broker_outage_does_not_stop_the_host_and_state_is_republished_after_it() {
 
 #[test]
 fn a_clean_stop_leaves_offline_and_a_kill_leaves_it_through_the_last_will() {
-    if !have_mosquitto() {
+    let Some((_dir, broker)) = plain_broker("mqtt-will") else {
         return;
-    }
-    let dir = TempDir::new("mqtt-will").unwrap();
-    let broker = Broker::start(&dir, None);
+    };
     let mut h = host(&broker.url("mqtt"), "", vec![]);
     assert_eq!(broker.retained("toru/test/availability"), "online");
     let avail = Subscriber::start(&broker, "toru/test/availability");
@@ -654,20 +674,11 @@ fn tls_with_a_test_ca() {
     // A CA that did not sign the broker's certificate: refused, and said why.
     let other = TempDir::new("mqtt-tls2").unwrap();
     let (other_ca, _, _) = make_ca(&other).unwrap();
-    let h2 = host(
+    let (_h2, s) = refused_second_host(
         &broker.url("mqtts"),
-        &format!(
-            "client_id = \"second\"\nca_file = \"{}\"\n",
-            other_ca.display()
-        ),
-        vec![],
+        &format!("ca_file = \"{}\"\n", other_ca.display()),
+        "a refused TLS connection",
     );
-    let token2 = admin_token(&h2);
-    let s = eventually("a refused TLS connection", || {
-        let s = system(&h2, &token2)["mqtt"].clone();
-        s["last_error"].is_string().then_some(s)
-    });
-    assert_eq!(s["connects"], 0, "{s}");
     assert!(
         s["last_error"]
             .as_str()
@@ -676,6 +687,24 @@ fn tls_with_a_test_ca() {
             .contains("cert"),
         "{s}"
     );
+}
+
+/// A second host (client id `second`, `extra` added to its `[mqtt]`) on `broker_url` whose
+/// connection the broker refuses: waits until the bridge says why (`last_error`, the wait named
+/// `what`) and checks it never connected. The host is returned alive, with its `mqtt` status.
+fn refused_second_host(broker_url: &str, extra: &str, what: &str) -> (Host, Value) {
+    let h = host(
+        broker_url,
+        &format!("client_id = \"second\"\n{extra}"),
+        vec![],
+    );
+    let token = admin_token(&h);
+    let s = eventually(what, || {
+        let s = system(&h, &token)["mqtt"].clone();
+        s["last_error"].is_string().then_some(s)
+    });
+    assert_eq!(s["connects"], 0, "{s}");
+    (h, s)
 }
 
 /// The `stress` plugin's `<stem>.mqtt` report once it holds `line`.
@@ -688,11 +717,9 @@ fn wait_report_line(h: &Host, stem: &str, line: &str) -> String {
 
 #[test]
 fn a_plugin_publishes_and_subscribes_under_its_own_topics_only() {
-    if !have_mosquitto() {
+    let Some((_dir, broker)) = plain_broker("mqtt-plug") else {
         return;
-    }
-    let dir = TempDir::new("mqtt-plug").unwrap();
-    let broker = Broker::start(&dir, None);
+    };
     let own = Subscriber::start(&broker, "toru/test/plugins/stress-mqtt/#");
     let h = host(&broker.url("mqtt"), "", vec![stress("mqtt")]);
 
@@ -710,19 +737,12 @@ fn a_plugin_publishes_and_subscribes_under_its_own_topics_only() {
 
     // A message on its topic reaches it (relative), and its answer reaches a subscriber. The
     // bridge subscribes once connected: send until the answer shows that it did.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        broker.publish("toru/test/plugins/stress-mqtt/cmd/go", "now");
-        let echoed = own
-            .lines
-            .recv_timeout(Duration::from_secs(2))
-            .ok()
-            .is_some_and(|(_, t, p)| t == "toru/test/plugins/stress-mqtt/echo/go" && p == "now");
-        if echoed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no echo from the plugin");
-    }
+    own.publish_until_answered(
+        &broker,
+        ("toru/test/plugins/stress-mqtt/cmd/go", "now"),
+        "no echo from the plugin",
+        |t, p| t == "toru/test/plugins/stress-mqtt/echo/go" && p == "now",
+    );
     wait_report_line(&h, "stress-mqtt", "message cmd/go now");
     // Another plugin's topics are not its own: nothing published there reaches it.
     let report = h.read_report("stress-mqtt.mqtt").unwrap();
@@ -790,20 +810,14 @@ fn credentials_come_from_the_password_file_and_a_refusal_says_why() {
     // A wrong password: the broker refuses, the host says why and keeps serving.
     let bad = dir.join("bad.pw");
     std::fs::write(&bad, "wrong").unwrap();
-    let h2 = host(
+    let (h2, s) = refused_second_host(
         &broker.url("mqtt"),
         &format!(
-            "client_id = \"second\"\nusername = \"toru\"\npassword_file = \"{}\"\n",
+            "username = \"toru\"\npassword_file = \"{}\"\n",
             bad.display()
         ),
-        vec![],
+        "a refusal",
     );
-    let token2 = admin_token(&h2);
-    let s = eventually("a refusal", || {
-        let s = system(&h2, &token2)["mqtt"].clone();
-        s["last_error"].is_string().then_some(s)
-    });
-    assert_eq!(s["connects"], 0, "{s}");
     assert!(s["last_error"].as_str().unwrap().contains("refused"), "{s}");
     assert_eq!(h2.http("GET", "/api/health", &[], None).status, 200);
 }

@@ -12,7 +12,7 @@ mod support;
 
 use http_util::{bearer, create_token, setup_admin};
 use serde_json::{Value, json};
-use support::{Host, HostOpts, built, eventually};
+use support::{Host, HostOpts, Resp, built, eventually};
 
 fn opts(h: Option<&Host>, safe_mode: &str) -> HostOpts {
     HostOpts {
@@ -29,6 +29,34 @@ fn system(h: &Host, token: &str) -> Value {
     let r = bearer(h, "GET", "/api/system", token, None);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
+}
+
+/// The host's safe-mode status, as `/api/system` says it.
+fn safe_mode(h: &Host, token: &str) -> Value {
+    system(h, token)["safe_mode"].clone()
+}
+
+/// The host is not in safe mode and counts `unclean` unclean runs in a row; returns the status.
+#[track_caller]
+fn assert_not_in_safe_mode(h: &Host, token: &str, unclean: u64) -> Value {
+    let s = safe_mode(h, token);
+    assert_eq!(
+        (s["active"].clone(), s["unclean_in_a_row"].clone()),
+        (json!(false), json!(unclean)),
+        "{s}"
+    );
+    s
+}
+
+/// `POST /api/system/safe-mode/leave` with `token`.
+fn leave(h: &Host, token: &str) -> Resp {
+    bearer(
+        h,
+        "POST",
+        "/api/system/safe-mode/leave",
+        token,
+        Some(&json!({})),
+    )
 }
 
 fn state(h: &Host, token: &str, id: &str) -> Value {
@@ -82,7 +110,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
     let mut h = Host::start(opts(None, SAFE));
     setup_admin(&h);
     let token = create_token(&h, "safe", "admin");
-    let s = system(&h, &token)["safe_mode"].clone();
+    let s = safe_mode(&h, &token);
     assert_eq!(s["active"], false, "{s}");
     assert_eq!(s["unclean_in_a_row"], 0, "{s}");
     assert_eq!(s["after_unclean"], 2, "{s}");
@@ -90,12 +118,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
 
     // One kill: counted, named, not yet safe mode.
     kill_and_restart(&mut h, &token, SAFE);
-    let s = system(&h, &token)["safe_mode"].clone();
-    assert_eq!(
-        (s["active"].clone(), s["unclean_in_a_row"].clone()),
-        (json!(false), json!(1)),
-        "{s}"
-    );
+    let s = assert_not_in_safe_mode(&h, &token, 1);
     assert_eq!(s["likely_culprits"], json!(["hello-rust"]), "{s}");
     wait_state(&h, &token, "hello-rust", "ready");
     let ev = host_events(&h, &token);
@@ -104,7 +127,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
 
     // Two in a row: safe mode. The third-party plugin is held, the kept one runs.
     kill_and_restart(&mut h, &token, SAFE);
-    let s = system(&h, &token)["safe_mode"].clone();
+    let s = safe_mode(&h, &token);
     assert_eq!(s["active"], true, "{s}");
     assert_eq!(s["unclean_in_a_row"], 2, "{s}");
     assert_eq!(s["likely_culprits"], json!(["hello-rust"]), "{s}");
@@ -123,7 +146,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
     assert_eq!(held["pid"], Value::Null, "{held}");
     assert_eq!(held["consecutive_failures"], 0, "{held}");
     wait_state(&h, &token, "sysinfo", "ready");
-    let s = system(&h, &token)["safe_mode"].clone();
+    let s = safe_mode(&h, &token);
     assert_eq!(s["held"], json!(["hello-rust"]), "{s}");
     let ev = host_events(&h, &token);
     assert_eq!(count(&ev, "unclean-exit"), 2, "{ev:?}");
@@ -162,23 +185,11 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
     assert!(r.text().contains("it is held"), "{}", r.text());
     // A viewer may not leave.
     let viewer = create_token(&h, "look", "viewer");
-    let r = bearer(
-        &h,
-        "POST",
-        "/api/system/safe-mode/leave",
-        &viewer,
-        Some(&json!({})),
-    );
+    let r = leave(&h, &viewer);
     assert_eq!(r.status, 403, "{}", r.text());
 
     // Leave: the held plugin starts, the count resets, the event says so.
-    let r = bearer(
-        &h,
-        "POST",
-        "/api/system/safe-mode/leave",
-        &token,
-        Some(&json!({})),
-    );
+    let r = leave(&h, &token);
     assert_eq!(r.status, 200, "{}", r.text());
     let left = r.json();
     assert_eq!(
@@ -189,13 +200,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
     wait_state(&h, &token, "hello-rust", "ready");
     let ev = host_events(&h, &token);
     assert_eq!(count(&ev, "safe-mode-left"), 1, "{ev:?}");
-    let r = bearer(
-        &h,
-        "POST",
-        "/api/system/safe-mode/leave",
-        &token,
-        Some(&json!({})),
-    );
+    let r = leave(&h, &token);
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json()["error"], "not_in_safe_mode", "{}", r.text());
     let metrics = bearer(&h, "GET", "/metrics", &token, None).text();
@@ -203,12 +208,7 @@ fn safe_mode_is_entered_after_the_configured_kills_and_left_through_the_api() {
 
     // Left for good: the next start (after a kill, one below the threshold) runs everything.
     kill_and_restart(&mut h, &token, SAFE);
-    let s = system(&h, &token)["safe_mode"].clone();
-    assert_eq!(
-        (s["active"].clone(), s["unclean_in_a_row"].clone()),
-        (json!(false), json!(1)),
-        "{s}"
-    );
+    assert_not_in_safe_mode(&h, &token, 1);
     wait_state(&h, &token, "hello-rust", "ready");
 }
 
@@ -226,13 +226,13 @@ fn safe_mode_is_left_at_the_start_after_a_clean_run_and_one_more_kill_does_not_e
     let token = create_token(&h, "safe", "admin");
     kill_and_restart(&mut h, &token, SLOW);
     kill_and_restart(&mut h, &token, QUICK);
-    let s = system(&h, &token)["safe_mode"].clone();
+    let s = safe_mode(&h, &token);
     assert_eq!(s["active"], true, "two in a row: {s}");
     assert_eq!(state(&h, &token, "hello-rust")["state"], "held");
     // The run lasts a second: the count goes back to nothing (seen through the API), safe mode
     // stays for this run, and still names why.
     let s = eventually("the clean run to reset the count", || {
-        let s = system(&h, &token)["safe_mode"].clone();
+        let s = safe_mode(&h, &token);
         (s["unclean_in_a_row"] == 0).then_some(s)
     });
     assert_eq!(s["active"], true, "not left in the middle of the run: {s}");
@@ -240,12 +240,7 @@ fn safe_mode_is_left_at_the_start_after_a_clean_run_and_one_more_kill_does_not_e
     assert_eq!(state(&h, &token, "hello-rust")["state"], "held");
     // One more kill -9: one in a row, below the threshold: the start leaves safe mode.
     kill_and_restart_held(&mut h, SLOW);
-    let s = system(&h, &token)["safe_mode"].clone();
-    assert_eq!(
-        (s["active"].clone(), s["unclean_in_a_row"].clone()),
-        (json!(false), json!(1)),
-        "{s}"
-    );
+    assert_not_in_safe_mode(&h, &token, 1);
     wait_state(&h, &token, "hello-rust", "ready");
     let ev = host_events(&h, &token);
     let left = ev.iter().find(|e| e["kind"] == "safe-mode-left").unwrap();
@@ -265,12 +260,7 @@ fn a_clean_stop_never_counts() {
         wait_state(&h, &token, "hello-rust", "ready");
         assert!(h.stop().success(), "SIGTERM: a clean stop");
         h.restart(opts(Some(&h), SAFE));
-        let s = system(&h, &token)["safe_mode"].clone();
-        assert_eq!(
-            (s["active"].clone(), s["unclean_in_a_row"].clone()),
-            (json!(false), json!(0)),
-            "{s}"
-        );
+        assert_not_in_safe_mode(&h, &token, 0);
     }
     assert_eq!(count(&host_events(&h, &token), "unclean-exit"), 0);
     // With the daemon stopped, the CLI reads the record: nothing counted.
@@ -282,14 +272,14 @@ fn a_clean_stop_never_counts() {
     // The same threshold reached by one kill: safe mode, so the count above was real.
     h.restart(opts(Some(&h), SAFE));
     kill_and_restart(&mut h, &token, SAFE);
-    assert_eq!(system(&h, &token)["safe_mode"]["active"], true);
+    assert_eq!(safe_mode(&h, &token)["active"], true);
     assert_eq!(state(&h, &token, "hello-rust")["state"], "held");
     // Left with the daemon stopped: the next start starts normally.
     assert!(h.stop().success());
     let o = h.cli(&["system", "safe-mode", "--leave"], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     h.restart(opts(Some(&h), SAFE));
-    assert_eq!(system(&h, &token)["safe_mode"]["active"], false);
+    assert_eq!(safe_mode(&h, &token)["active"], false);
     wait_state(&h, &token, "hello-rust", "ready");
     let o = h.cli(&["system", "safe-mode", "--leave"], None);
     assert!(!o.status.success(), "not in safe mode");

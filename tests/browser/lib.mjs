@@ -1,5 +1,6 @@
 // Shared by the browser tests: start the real `toru` on temp dirs, read its setup code, take
-// screenshots, run the CLI.
+// screenshots, run the CLI, watch a page for errors, run a flow on a host of its own.
+import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -91,6 +92,61 @@ export async function setupAdmin(page, host, password) {
   await page.getByTestId("setup-password2").fill(password);
   await page.getByTestId("setup-submit").click();
   await page.getByTestId("plugin-cards").waitFor();
+}
+
+// Logs in through the UI as `username`, from the host's front page.
+export async function login(page, host, username, password) {
+  await page.goto(host.url);
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill(password);
+  await page.getByTestId("login-submit").click();
+}
+
+// Console and page errors on `page` go to `problems`, named by `label` — except the resource
+// errors Chromium logs for the HTTP statuses in `expected` (refusals the test provokes).
+export function watch(page, problems, label, expected = []) {
+  page.setDefaultTimeout(WAIT);
+  const provoked = expected.length ? new RegExp(`status of (${expected.join("|")})`) : null;
+  page.on("console", (m) => {
+    if (m.type() === "error" && !provoked?.test(m.text())) problems.push(label + " console: " + m.text());
+  });
+  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
+}
+
+// A flow on a host of its own, the shape the package tests share: a work dir (mkdtemp makes it
+// 0700: plugins under their own uids on a root host must pass it, else the host runs them as
+// itself and says isolation is off), a host started with `prefix` and `config`,
+// `prepare(host, work)` (e.g. a package installed with the CLI), a page in a new context of
+// `viewport` watched as `name` (`expected`: the statuses the flow provokes), the first-start
+// setup with `password`, then `body({ host, page, work, problems })`. On a failure: a
+// screenshot, the host log's tail and the problems so far. The host always stops; then no
+// problems may be left, and both dirs are removed.
+export async function hostFlow(browser, { name, prefix, config, password, viewport, expected, prepare }, body) {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.chmodSync(work, 0o755);
+  const problems = [];
+  const host = await startHost({ prefix, config });
+  log(name, "host at", host.url);
+  let page = null;
+  try {
+    if (prepare) await prepare(host, work);
+    const ctx = await browser.newContext({ viewport });
+    page = await ctx.newPage();
+    watch(page, problems, name, expected);
+    await setupAdmin(page, host, password);
+    await body({ host, page, work, problems });
+    await ctx.close();
+  } catch (e) {
+    if (page) await shot(page, "failed-" + name).catch(() => {});
+    console.error(name + " host log:\n" + host.log().split("\n").slice(-60).join("\n"));
+    if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
+    throw e;
+  } finally {
+    await host.stop();
+  }
+  assert.deepEqual(problems, [], "no console errors");
+  fs.rmSync(host.root, { recursive: true, force: true });
+  fs.rmSync(work, { recursive: true, force: true });
 }
 
 export async function shot(page, name) {

@@ -6,21 +6,11 @@
 // card shows the licence's features and expiry.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { WAIT, cli, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { cli, hostFlow, repo, shot } from "./lib.mjs";
 
 const PASSWORD = "licence password 1";
 const ID = "hello-python";
-
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // The refusal the test provokes (422) is logged by Chromium as a resource error.
-    if (m.type() === "error" && !/status of (401|422)/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
-}
 
 // The example, its manifest saying `license = "required"`, packed and signed in `work`.
 function licensedPackage(work) {
@@ -47,17 +37,14 @@ function issue(work, key, instance, name, extra = []) {
 }
 
 export async function licenceFlows(browser) {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "tbl-"));
-  const built = licensedPackage(work);
-  const problems = [];
-  const host = await startHost({ prefix: "tbl-", config: "[packages]\nprobation_secs = 1\n" });
-  log("licences host at", host.url);
-  let page = null;
-  try {
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-    page = await ctx.newPage();
-    watch(page, problems, "licences");
-    await setupAdmin(page, host, PASSWORD);
+  let built;
+  await hostFlow(browser, {
+    name: "licences", prefix: "tbl-", config: "[packages]\nprobation_secs = 1\n", password: PASSWORD,
+    viewport: { width: 1280, height: 860 },
+    // The refusal the test provokes (422) is logged by Chromium as a resource error.
+    expected: [401, 422],
+    prepare: (host, work) => { built = licensedPackage(work); },
+  }, async ({ host, page, work }) => {
     host.cli(["trust", "add", built.pub]);
     host.cli(["plugin", "install", built.pkg]);
     const licensingId = JSON.parse(host.cli(["instance", "id", "--json"])).licensing_id;
@@ -91,16 +78,5 @@ export async function licenceFlows(browser) {
     await line.getByText("pro").waitFor();
     await line.getByText("never expires").waitFor();
     await shot(page, "62-licensed");
-    await ctx.close();
-  } catch (e) {
-    if (page) await shot(page, "failed-licences").catch(() => {});
-    console.error("licences host log:\n" + host.log().split("\n").slice(-60).join("\n"));
-    if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
-    throw e;
-  } finally {
-    await host.stop();
-  }
-  fs.rmSync(host.root, { recursive: true, force: true });
-  fs.rmSync(work, { recursive: true, force: true });
-  assert.deepEqual(problems, [], "no console errors");
+  });
 }

@@ -8,16 +8,17 @@
 //
 // Run with the others (run.mjs), or alone: node notes.mjs   (after `cargo build --workspace`)
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { WAIT, chromiumPath, cli, launchArgs, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { chromiumPath, cli, hostFlow, launchArgs, log, login, repo, shot, watch } from "./lib.mjs";
 
 const PASSWORD = "notes password 1";
 const ID = "notes";
 const XSS_TITLE = "Groceries <img src=x onerror=window.__xss=1>";
+// Refusals the test provokes (400: an empty title; 404: a deleted note; 401: the login check before
+// logging in), logged by Chromium as resource errors.
+const REFUSALS = [400, 401, 404];
 
 // plugins/notes packed and signed by a fresh key, the key trusted, the package installed.
 function installNotes(host, work) {
@@ -26,16 +27,6 @@ function installNotes(host, work) {
   cli(["plugin", "pack", path.join(repo, "plugins/notes"), "--key", path.join(work, "notespub.key"), "-o", file], { cwd: work });
   host.cli(["trust", "add", path.join(work, "notespub.pub")]);
   host.cli(["plugin", "install", file]);
-}
-
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // Refusals the test provokes (400: an empty title; 404: a deleted note; 401: the login check
-    // before logging in) are logged by Chromium as resource errors.
-    if (m.type() === "error" && !/status of (400|401|404)/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
 }
 
 // The plugin's answer to `GET path`, fetched by the page (its session).
@@ -184,11 +175,8 @@ async function viewerOnPhone(browser, host, problems) {
   host.cli(["passwd", "--user", "watcher", "--role", "viewer"], "viewer password 1\n");
   const ctx = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
   const page = await ctx.newPage();
-  watch(page, problems, "notes viewer");
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  watch(page, problems, "notes viewer", REFUSALS);
+  await login(page, host, "watcher", "viewer password 1");
   await page.getByTestId("plugin-cards").waitFor();
   await page.evaluate((id) => { location.hash = "#/p/" + id; }, ID);
   const view = page.locator(`[data-plugin="${ID}"]`);
@@ -204,32 +192,15 @@ async function viewerOnPhone(browser, host, problems) {
 }
 
 export async function notesFlows(browser) {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "tbn-"));
-  fs.chmodSync(work, 0o755);
-  const problems = [];
-  const host = await startHost({ prefix: "tbn-", config: "[packages]\nprobation_secs = 1\n" });
-  log("notes host at", host.url);
-  let page = null;
-  try {
-    installNotes(host, work);
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-    page = await ctx.newPage();
-    watch(page, problems, "notes");
-    await setupAdmin(page, host, PASSWORD);
+  await hostFlow(browser, {
+    name: "notes", prefix: "tbn-", config: "[packages]\nprobation_secs = 1\n", password: PASSWORD,
+    viewport: { width: 1280, height: 860 },
+    expected: REFUSALS,
+    prepare: installNotes,
+  }, async ({ host, page, problems }) => {
     await flows(page);
     await viewerOnPhone(browser, host, problems);
-    await ctx.close();
-  } catch (e) {
-    if (page) await shot(page, "failed-notes").catch(() => {});
-    console.error("notes host log:\n" + host.log().split("\n").slice(-60).join("\n"));
-    if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
-    throw e;
-  } finally {
-    await host.stop();
-  }
-  assert.deepEqual(problems, [], "no console errors");
-  fs.rmSync(host.root, { recursive: true, force: true });
-  fs.rmSync(work, { recursive: true, force: true });
+  });
 }
 
 // Alone: node notes.mjs

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { WAIT, cli, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { cli, log, login, repo, setupAdmin, shot, startHost, watch } from "./lib.mjs";
 
 const PASSWORD = "package password 1";
 const ID = "hello-python";
@@ -99,14 +99,8 @@ export function buildPackages(work) {
     keyId: keyId("publisher"), spareId: keyId("spare") };
 }
 
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // Refusals the test provokes (401, 409, 422) are logged by Chromium as resource errors.
-    if (m.type() === "error" && !/status of (401|409|422)/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
-}
+// Refusals the test provokes (401, 409, 422), logged by Chromium as resource errors.
+const REFUSALS = [401, 409, 422];
 
 // Through the install dialog: pick `files`, upload; returns once the manifest (or an error) shows.
 async function upload(page, files) {
@@ -357,11 +351,8 @@ async function viewerFlow(browser, host, pk, problems) {
   host.cli(["passwd", "--user", "watcher", "--role", "viewer"], "viewer password 1\n");
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await ctx.newPage();
-  watch(page, problems, "viewer");
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  watch(page, problems, "viewer", REFUSALS);
+  await login(page, host, "watcher", "viewer password 1");
   await page.getByTestId("plugin-package-" + ID).waitFor();
   assert.equal(await page.getByTestId("install-open").count(), 0, "no Install for a viewer");
   assert.equal(await page.getByTestId("plugin-remove-" + ID).count(), 0, "no Remove for a viewer");
@@ -385,7 +376,7 @@ async function unsignedFlow(browser, pk, problems) {
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     const page = await ctx.newPage();
-    watch(page, problems, "unsigned");
+    watch(page, problems, "unsigned", REFUSALS);
     await setupAdmin(page, host, PASSWORD);
     for (const nav of ["nav-plugins", "nav-events", "nav-trust", "nav-system"]) {
       await page.getByTestId(nav).click();
@@ -484,7 +475,7 @@ export async function packageFlows(browser) {
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     page = await ctx.newPage();
-    watch(page, problems, "packages");
+    watch(page, problems, "packages", REFUSALS);
     await setupAdmin(page, host, PASSWORD);
     assert.equal(await page.getByTestId("banner-unsigned").count(), 0, "no unsigned banner by default");
     await trustFlow(page, pk);

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { WAIT, bin, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { bin, log, repo, setupAdmin, shot, startHost, watch } from "./lib.mjs";
 
 const PASSWORD = "safe mode password 1";
 const CONFIG = '[safe_mode]\nafter_unclean = 1\nkeep = ["hello-rust"]\n';
@@ -51,9 +51,7 @@ export async function safeModeFlows(browser) {
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     page = await ctx.newPage();
-    page.setDefaultTimeout(WAIT);
-    page.on("console", (m) => { if (m.type() === "error") problems.push("safe mode console: " + m.text()); });
-    page.on("pageerror", (e) => problems.push("safe mode page error: " + e.message));
+    watch(page, problems, "safe mode");
     await setupAdmin(page, host, PASSWORD);
     await stateOf(page, CULPRIT, "ready").waitFor();
     await stateOf(page, "hello-rust", "ready").waitFor();

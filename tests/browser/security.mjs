@@ -10,15 +10,16 @@
 // sentence is also checked on a root host, with the API's answer replaced in the browser.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { WAIT, cli, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { cli, hostFlow, log, login, repo, shot, watch } from "./lib.mjs";
 
 const PASSWORD = "security password 1";
 const ID = "hello-python";
 const REASON = "Reads the <b>serial</b> port; ptrace for its debugger.";
 const GROUP = "dialout"; // a group Debian (and the image) has
 const SYSCALL = "ptrace";
+// Refusals the test provokes (400 invalid_limit, 401 at login), logged as resource errors.
+const REFUSALS = [400, 401];
 const MANIFEST_EXTRA = `
 [limits]
 processes = 64
@@ -49,15 +50,6 @@ function installPackage(host, work) {
   cli(["plugin", "pack", dir, "--key", path.join(work, "secpub.key"), "-o", file], { cwd: work });
   host.cli(["trust", "add", path.join(work, "secpub.pub")]);
   host.cli(["plugin", "install", file]);
-}
-
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // Refusals the test provokes (400 invalid_limit, 401 at login) are logged as resource errors.
-    if (m.type() === "error" && !/status of (400|401)/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
 }
 
 const api = (page, p) => page.evaluate(async (p) => {
@@ -239,11 +231,8 @@ async function viewerFlow(browser, host, problems) {
   host.cli(["passwd", "--user", "watcher", "--role", "viewer"], "viewer password 1\n");
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
-  watch(page, problems, "security viewer");
-  await page.goto(host.url);
-  await page.getByTestId("login-username").fill("watcher");
-  await page.getByTestId("login-password").fill("viewer password 1");
-  await page.getByTestId("login-submit").click();
+  watch(page, problems, "security viewer", REFUSALS);
+  await login(page, host, "watcher", "viewer password 1");
   await openSecurity(page);
   assert.deepEqual(await limitRow(page, "processes"), { value: "32", source: "admin" });
   await page.getByTestId("security-readonly").filter({ hasText: "Only an admin" }).waitFor();
@@ -254,33 +243,14 @@ async function viewerFlow(browser, host, problems) {
 }
 
 export async function securityFlows(browser) {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "tbs-"));
-  // mkdtemp makes it 0700: plugins under their own uids (root host) must pass it, else the host
-  // runs them as itself and says isolation is off.
-  fs.chmodSync(work, 0o755);
-  const problems = [];
-  const host = await startHost({ prefix: "tbs-", config: "[packages]\nprobation_secs = 1\n" });
-  log("security host at", host.url);
-  let page = null;
-  try {
-    installPackage(host, work);
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    page = await ctx.newPage();
-    watch(page, problems, "security");
-    await setupAdmin(page, host, PASSWORD);
+  await hostFlow(browser, {
+    name: "security", prefix: "tbs-", config: "[packages]\nprobation_secs = 1\n", password: PASSWORD,
+    viewport: { width: 1280, height: 900 },
+    expected: REFUSALS,
+    prepare: installPackage,
+  }, async ({ host, page, problems }) => {
     await page.waitForFunction((id) => document.querySelector(`[data-testid="plugin-state-${id}"]`)?.dataset.state === "ready", ID);
     await adminFlow(page);
     await viewerFlow(browser, host, problems);
-    await ctx.close();
-  } catch (e) {
-    if (page) await shot(page, "failed-security").catch(() => {});
-    console.error("security host log:\n" + host.log().split("\n").slice(-60).join("\n"));
-    if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
-    throw e;
-  } finally {
-    await host.stop();
-  }
-  assert.deepEqual(problems, [], "no console errors");
-  fs.rmSync(host.root, { recursive: true, force: true });
-  fs.rmSync(work, { recursive: true, force: true });
+  });
 }

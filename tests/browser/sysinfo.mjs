@@ -11,11 +11,10 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { chromium } from "playwright-core";
-import { WAIT, bin, chromiumPath, cli, launchArgs, log, repo, setupAdmin, shot, startHost } from "./lib.mjs";
+import { bin, chromiumPath, cli, hostFlow, launchArgs, log, repo, shot } from "./lib.mjs";
 
 const PASSWORD = "sysinfo password 1";
 const ID = "sysinfo";
@@ -54,15 +53,6 @@ function installPackage(host, work) {
   cli(["plugin", "pack", dir, "--key", path.join(work, "syspub.key"), "-o", file], { cwd: work });
   host.cli(["trust", "add", path.join(work, "syspub.pub")]);
   host.cli(["plugin", "install", file]);
-}
-
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // The UI's login check before setup is a 401, logged by Chromium as a resource error.
-    if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
 }
 
 const view = (page) => page.locator(`[data-plugin="${ID}"]`);
@@ -162,36 +152,20 @@ async function stopsOnUnmount(page) {
 }
 
 export async function sysinfoFlows(browser) {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "tbsys-"));
-  fs.chmodSync(work, 0o755);
-  const problems = [];
-  const host = await startHost({ prefix: "tbsys-", config: "[packages]\nprobation_secs = 1\n" });
-  log("sysinfo host at", host.url);
-  let page = null;
-  try {
-    installPackage(host, work);
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    page = await ctx.newPage();
-    watch(page, problems, "sysinfo");
-    await setupAdmin(page, host, PASSWORD);
+  await hostFlow(browser, {
+    name: "sysinfo", prefix: "tbsys-", config: "[packages]\nprobation_secs = 1\n", password: PASSWORD,
+    viewport: { width: 1280, height: 900 },
+    // The UI's login check before setup is a 401, logged by Chromium as a resource error.
+    expected: [401],
+    prepare: installPackage,
+  }, async ({ page }) => {
     await page.waitForFunction((id) => document.querySelector(`[data-testid="plugin-state-${id}"]`)?.dataset.state === "ready", ID);
     await liveFigures(page);
     await historyChart(page);
     await settingsChange(page);
     await phone(page);
     await stopsOnUnmount(page);
-    await ctx.close();
-  } catch (e) {
-    if (page) await shot(page, "failed-sysinfo").catch(() => {});
-    console.error("sysinfo host log:\n" + host.log().split("\n").slice(-60).join("\n"));
-    if (problems.length) console.error("browser problems:\n" + problems.join("\n"));
-    throw e;
-  } finally {
-    await host.stop();
-  }
-  assert.deepEqual(problems, [], "no console errors");
-  fs.rmSync(host.root, { recursive: true, force: true });
-  fs.rmSync(work, { recursive: true, force: true });
+  });
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

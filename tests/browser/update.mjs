@@ -13,18 +13,12 @@ import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { WAIT, log, setupAdmin, shot, startHost } from "./lib.mjs";
+import { WAIT, log, setupAdmin, shot, startHost, watch } from "./lib.mjs";
 
 const PASSWORD = "update password 1";
 
-function watch(page, problems, label) {
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (m) => {
-    // The refusals the test provokes (422) are logged by Chromium as resource errors.
-    if (m.type() === "error" && !/status of (401|422)/.test(m.text())) problems.push(label + " console: " + m.text());
-  });
-  page.on("pageerror", (e) => problems.push(label + " page error: " + e.message));
-}
+// The refusals the test provokes (422), logged by Chromium as resource errors.
+const REFUSALS = [401, 422];
 
 function run(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { encoding: "utf8", ...opts });
@@ -133,7 +127,7 @@ export async function updateFlows(browser) {
     try {
       const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
       const page = await ctx.newPage();
-      watch(page, problems, "update (off)");
+      watch(page, problems, "update (off)", REFUSALS);
       await setupAdmin(page, host, PASSWORD);
       await page.goto(host.url + "#/system");
       const off = page.getByTestId("update-unavailable");
@@ -162,7 +156,7 @@ export async function updateFlows(browser) {
   try {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await ctx.newPage();
-    watch(page, problems, "update");
+    watch(page, problems, "update", REFUSALS);
     await setupAdmin(page, host, PASSWORD);
     await page.goto(host.url + "#/system");
     await page.getByTestId("update-booted").waitFor();
