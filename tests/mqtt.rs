@@ -477,7 +477,12 @@ fn a_command_disables_a_plugin_only_when_commands_are_on() {
         "the OFF command was not obeyed",
         |_, p| serde_json::from_str::<Value>(p).is_ok_and(|v| v["enabled"] == false),
     );
-    let p = plugin_state(&h, &token, "hello-rust");
+    // `enabled` turns false at once; the plugin is `stopping` until its process is gone (seen
+    // under qemu-user), then `disabled`.
+    let p = eventually("hello-rust disabled after the OFF command", || {
+        let p = plugin_state(&h, &token, "hello-rust");
+        (p["state"] != "stopping").then_some(p)
+    });
     assert_eq!(
         (p["enabled"].clone(), p["state"].clone()),
         (false.into(), "disabled".into())
