@@ -898,10 +898,6 @@ pub async fn run_install(
     let (mut stream, path) = connect_daemon(config)
         .await
         .ok_or(AdminError::NotRunning(NOT_RUNNING_PACKAGES))?;
-    let control = |source| AdminError::Control {
-        path: path.clone(),
-        source,
-    };
     let size = package
         .metadata()
         .map_err(|source| AdminError::File {
@@ -915,33 +911,7 @@ pub async fn run_install(
         expect: expect.to_owned(),
         allow_downgrade,
     };
-    tokio_codec::write_frame(&mut stream, &serde_json::to_vec(&req)?, MAX_CONTROL_FRAME)
-        .await
-        .map_err(control)?;
-    let mut buf = vec![0u8; MAX_CONTROL_FRAME];
-    loop {
-        use std::io::Read;
-        let n = package.read(&mut buf).map_err(|source| AdminError::File {
-            path: file.to_path_buf(),
-            source,
-        })?;
-        // A refusal mid-way (too large) closes the connection: its reply is read below.
-        if n == 0
-            || tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
-                .await
-                .is_err()
-        {
-            break;
-        }
-    }
-    let reply = tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME)
-        .await
-        .map_err(control)?
-        .ok_or(AdminError::Closed)?;
-    match serde_json::from_slice::<ControlReply<Value>>(&reply)? {
-        ControlReply::Done(v) => Ok(v),
-        ControlReply::Failed(e) => Err(AdminError::Refused(e)),
-    }
+    send_file(&mut stream, &path, &req, &mut package, file).await
 }
 
 /// `toru system update FILE`: stream the bundle `file` to the running daemon, which has RAUC
@@ -956,28 +926,43 @@ pub async fn run_update_upload(config: &Config, file: &Path) -> Result<Value, Ad
     let (mut stream, path) = connect_daemon(config)
         .await
         .ok_or(AdminError::NotRunning(NOT_RUNNING_UPDATE))?;
+    let req = Request::UpdateUpload { size };
+    send_file(&mut stream, &path, &req, &mut bundle, file).await
+}
+
+/// Send `req`, then `file`'s bytes in frames, to the daemon, and read its one reply: the client
+/// side of the control socket's uploads (packages, update bundles). A refusal mid-way (too large,
+/// disk full) closes the connection; its reply is read all the same.
+async fn send_file(
+    stream: &mut UnixStream,
+    path: &Path,
+    req: &Request,
+    content: &mut std::fs::File,
+    file: &Path,
+) -> Result<Value, AdminError> {
+    use std::io::Read;
     let control = |source| AdminError::Control {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let req = Request::UpdateUpload { size };
-    tokio_codec::write_frame(&mut stream, &serde_json::to_vec(&req)?, MAX_CONTROL_FRAME)
+    tokio_codec::write_frame(stream, &serde_json::to_vec(req)?, MAX_CONTROL_FRAME)
         .await
         .map_err(control)?;
     let mut buf = vec![0u8; MAX_CONTROL_FRAME];
     loop {
-        use std::io::Read;
-        let n = bundle.read(&mut buf).map_err(file_err)?;
-        // A refusal mid-way (too large, disk full) closes the connection: its reply is read below.
+        let n = content.read(&mut buf).map_err(|source| AdminError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
         if n == 0
-            || tokio_codec::write_frame(&mut stream, &buf[..n], MAX_CONTROL_FRAME)
+            || tokio_codec::write_frame(stream, &buf[..n], MAX_CONTROL_FRAME)
                 .await
                 .is_err()
         {
             break;
         }
     }
-    let reply = tokio_codec::read_frame(&mut stream, MAX_CONTROL_FRAME)
+    let reply = tokio_codec::read_frame(stream, MAX_CONTROL_FRAME)
         .await
         .map_err(control)?
         .ok_or(AdminError::Closed)?;
